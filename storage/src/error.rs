@@ -1,0 +1,71 @@
+//! Errors of the storage layer.
+
+use thiserror::Error;
+
+/// Everything a storage operation can fail with. Messages name the limit that was hit.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum StorageError {
+    /// The bucket name is empty.
+    #[error("bucket is empty: a bucket name needs 1 to {max} bytes")]
+    EmptyBucket {
+        /// Largest allowed bucket name, bytes.
+        max: usize,
+    },
+    /// The bucket name is longer than allowed.
+    #[error("bucket is {len} bytes, over the maximum of {max} bytes")]
+    BucketTooLong {
+        /// Length given, bytes.
+        len: usize,
+        /// Largest allowed, bytes.
+        max: usize,
+    },
+    /// The key is empty.
+    #[error("key is empty: a key needs 1 to {max} bytes")]
+    EmptyKey {
+        /// Largest allowed key, bytes.
+        max: usize,
+    },
+    /// The key is longer than allowed.
+    #[error("key is {len} bytes, over the maximum of {max} bytes")]
+    KeyTooLong {
+        /// Length given, bytes.
+        len: usize,
+        /// Largest allowed, bytes.
+        max: usize,
+    },
+    /// A write would keep more concurrent siblings than the cap.
+    #[error("the write would make more than {limit} siblings: read the key, resolve its siblings and write with the returned context")]
+    TooManySiblings {
+        /// The sibling cap.
+        limit: usize,
+    },
+    /// The causal context given by a client does not decode.
+    #[error("malformed causal context: {0}")]
+    BadContext(String),
+    /// The partition reached its largest allowed map size, or the disk is full.
+    #[error("partition {partition} is full: {detail}")]
+    Full {
+        /// Partition number.
+        partition: u32,
+        /// What was full (map size limit or disk).
+        detail: String,
+    },
+    /// A stored record does not decode (unknown version byte or broken msgpack).
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+    /// The data directory was made with other settings than the ones given now.
+    #[error("data directory mismatch: {0}")]
+    Mismatch(String),
+    /// An LMDB or I/O error.
+    #[error("storage I/O error: {0}")]
+    Io(String),
+    /// The partition is shutting down and takes no more writes.
+    #[error("partition {0} is closed")]
+    Closed(u32),
+}
+
+impl StorageError {
+    pub(crate) fn io(e: impl std::fmt::Display) -> Self {
+        StorageError::Io(e.to_string())
+    }
+}

@@ -1,0 +1,95 @@
+//! Bucket and key validation and the on-disk key layout.
+//!
+//! A stored key is `[bucket length: u8][bucket][key]`, so that every bucket's keys are
+//! contiguous in LMDB's key order. LMDB allows at most 511 bytes per key, hence
+//! [`MAX_BUCKET_LEN`] + [`MAX_KEY_LEN`] + 1 = 511.
+
+use crate::StorageError;
+
+/// Largest bucket name, bytes.
+pub const MAX_BUCKET_LEN: usize = 64;
+/// Largest key, bytes.
+pub const MAX_KEY_LEN: usize = 446;
+
+/// Checks a bucket name and a key against the limits.
+///
+/// # Errors
+/// [`StorageError::EmptyBucket`], [`StorageError::BucketTooLong`], [`StorageError::EmptyKey`]
+/// or [`StorageError::KeyTooLong`], each naming the limit.
+pub fn validate(bucket: &[u8], key: &[u8]) -> Result<(), StorageError> {
+    if bucket.is_empty() {
+        return Err(StorageError::EmptyBucket {
+            max: MAX_BUCKET_LEN,
+        });
+    }
+    if bucket.len() > MAX_BUCKET_LEN {
+        return Err(StorageError::BucketTooLong {
+            len: bucket.len(),
+            max: MAX_BUCKET_LEN,
+        });
+    }
+    if key.is_empty() {
+        return Err(StorageError::EmptyKey { max: MAX_KEY_LEN });
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(StorageError::KeyTooLong {
+            len: key.len(),
+            max: MAX_KEY_LEN,
+        });
+    }
+    Ok(())
+}
+
+/// Validates and encodes `(bucket, key)` as a stored key.
+///
+/// # Errors
+/// As [`validate`].
+pub fn storage_key(bucket: &[u8], key: &[u8]) -> Result<Vec<u8>, StorageError> {
+    validate(bucket, key)?;
+    let mut out = Vec::with_capacity(1 + bucket.len() + key.len());
+    out.push(bucket.len() as u8);
+    out.extend_from_slice(bucket);
+    out.extend_from_slice(key);
+    Ok(out)
+}
+
+/// Splits a stored key back into `(bucket, key)`; `None` if it is not one.
+pub fn split_storage_key(stored: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (&len, rest) = stored.split_first()?;
+    let len = len as usize;
+    (rest.len() > len).then(|| rest.split_at(len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_named() {
+        assert_eq!(
+            validate(b"b", &[]).unwrap_err(),
+            StorageError::EmptyKey { max: MAX_KEY_LEN }
+        );
+        assert_eq!(
+            validate(b"b", &[0; MAX_KEY_LEN + 1]).unwrap_err(),
+            StorageError::KeyTooLong {
+                len: MAX_KEY_LEN + 1,
+                max: MAX_KEY_LEN
+            }
+        );
+        assert!(validate(b"", b"k").is_err());
+        assert!(validate(&[1; MAX_BUCKET_LEN + 1], b"k").is_err());
+        let msg = validate(b"b", &[0; 500]).unwrap_err().to_string();
+        assert!(msg.contains("446"), "{msg}");
+        assert!(validate(&[1; MAX_BUCKET_LEN], &[2; MAX_KEY_LEN]).is_ok());
+    }
+
+    #[test]
+    fn stored_key_round_trips_and_fits_lmdb() {
+        let k = storage_key(&[1; MAX_BUCKET_LEN], &[2; MAX_KEY_LEN]).unwrap();
+        assert_eq!(k.len(), 511);
+        let (b, key) = split_storage_key(&k).unwrap();
+        assert_eq!((b.len(), key.len()), (MAX_BUCKET_LEN, MAX_KEY_LEN));
+        assert_eq!(split_storage_key(b"\x05ab"), None);
+    }
+}

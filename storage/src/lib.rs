@@ -1,0 +1,73 @@
+//! ringkv storage: LMDB partitions, records, dotted version vectors.
+//!
+//! * [`dvv`]: dotted version vectors with siblings ([`DvvSet`]), the causality of every key;
+//! * [`record`]: the persisted form of a key's state (version byte + named msgpack);
+//! * [`keys`]: bucket and key limits and the on-disk key layout;
+//! * [`partition`]: one LMDB env per partition, written by a group-committing writer thread;
+//! * [`system`]: the node's system env (replica id, partition count);
+//! * [`DataDir`]: a node's data directory, opening all of the above.
+//!
+//! This crate knows nothing of actors or networking and is tested as a plain library.
+#![warn(missing_docs)]
+
+pub mod dvv;
+mod error;
+pub mod keys;
+pub mod partition;
+pub mod record;
+pub mod system;
+
+pub use dvv::{Dot, DvvSet, ReplicaId, Sibling, VersionVector};
+pub use error::StorageError;
+pub use partition::{Partition, PartitionOptions, WriteReply};
+pub use system::SystemStore;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A node's data directory: `system/` (the [`SystemStore`]) and `partitions/NNNNN/`, one LMDB
+/// env per partition.
+pub struct DataDir {
+    /// Where it is.
+    pub path: PathBuf,
+    /// The system env.
+    pub system: SystemStore,
+    /// Partition `i` at index `i`.
+    pub partitions: Vec<Arc<Partition>>,
+}
+
+impl DataDir {
+    /// Opens or creates the data directory at `path` with `partitions` partitions.
+    ///
+    /// # Errors
+    /// [`StorageError::Mismatch`] if it was created with another partition count,
+    /// [`StorageError::Io`] on file or LMDB errors.
+    pub fn open(
+        path: &Path,
+        partitions: u32,
+        options: &PartitionOptions,
+    ) -> Result<Self, StorageError> {
+        let system = SystemStore::open(&path.join("system"), partitions)?;
+        let replica = system.replica_id();
+        let partitions = (0..partitions)
+            .map(|p| Partition::open(&Self::partition_dir(path, p), p, replica, options))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            system,
+            partitions,
+        })
+    }
+
+    /// Directory of partition `p` under a data directory.
+    pub fn partition_dir(path: &Path, p: u32) -> PathBuf {
+        path.join("partitions").join(format!("{p:05}"))
+    }
+
+    /// Shuts every partition's writer down after it has committed what is queued.
+    pub fn shutdown(&self) {
+        for p in &self.partitions {
+            p.shutdown();
+        }
+    }
+}
