@@ -1,1 +1,13 @@
-pub fn _x(){}
+//! ringkv cluster: partitioning of the key space and node configuration.
+//!
+//! * [`ring`]: which partition owns a key (a stable 64-bit hash, Q equal arcs);
+//! * [`config`]: [`NodeConfig`], every setting with unit, default and validation.
+//!
+//! Knows nothing of actors or storage; tested as a plain library.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod ring;
+
+pub use config::{ConfigError, NodeConfig};
+pub use ring::partition_for;

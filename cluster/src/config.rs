@@ -1,0 +1,172 @@
+//! Node configuration: every setting with its unit, default and checks.
+//!
+//! The same names are the `ringkv start` flags (`--data-dir`) and the keys of the TOML config
+//! file (`data-dir = "..."`). Precedence: flag, then config file, then default.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// A setting that is out of range or inconsistent with another.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `partitions` is not a power of two in range.
+    #[error("partitions must be a power of two from 1 to {max}, not {got}")]
+    Partitions {
+        /// Value given.
+        got: u32,
+        /// Largest allowed.
+        max: u32,
+    },
+    /// A size or count that must be positive is 0.
+    #[error("{name} must be at least 1")]
+    Zero {
+        /// The setting's name.
+        name: &'static str,
+    },
+    /// `max-value-bytes` leaves no room in a frame for the rest of a request.
+    #[error("max-value-bytes ({value}) must be at most max-frame-bytes ({frame}) minus 1024 bytes for the rest of the request")]
+    ValueOverFrame {
+        /// max-value-bytes.
+        value: usize,
+        /// max-frame-bytes.
+        frame: usize,
+    },
+    /// `initial-map-bytes` is over `max-map-bytes`.
+    #[error("initial-map-bytes ({initial}) must be at most max-map-bytes ({max})")]
+    MapSizes {
+        /// initial-map-bytes.
+        initial: usize,
+        /// max-map-bytes.
+        max: usize,
+    },
+}
+
+/// Configuration of one node. Field names in kebab-case are the flag and config-file names.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Directory holding the node's data (one LMDB env per partition, plus `system/`).
+    /// Default `./ringkv-data`.
+    pub data_dir: PathBuf,
+    /// Address the client (msgpack TCP) listener binds. Port 0 picks a free port; the bound
+    /// address is printed on stdout. Default `127.0.0.1:7379`.
+    pub listen: SocketAddr,
+    /// Number of partitions Q: a power of two, fixed when the data directory is created.
+    /// Default 64.
+    pub partitions: u32,
+    /// Largest frame a client may send or receive, bytes (the 4-byte length prefix not
+    /// counted). Default 8 MiB.
+    pub max_frame_bytes: usize,
+    /// Largest value, bytes. Default 4 MiB.
+    pub max_value_bytes: usize,
+    /// Most client connections open at once; more are answered with an error and closed.
+    /// Default 1024.
+    pub max_connections: usize,
+    /// Most requests in flight on one connection; the server stops reading from a connection
+    /// that has this many unanswered. Default 1024.
+    pub max_in_flight: usize,
+    /// Default time limit of a request, milliseconds. Default 5000.
+    pub request_timeout_ms: u64,
+    /// Most siblings one key may hold. Default 100.
+    pub max_siblings: usize,
+    /// Most writes one partition commits in one LMDB transaction. Default 1024.
+    pub max_batch: usize,
+    /// LMDB map size each partition starts with, bytes. Default 64 MiB.
+    pub initial_map_bytes: usize,
+    /// LMDB map size a partition may grow to, bytes. Default 64 GiB.
+    pub max_map_bytes: usize,
+    /// Most seconds a shutdown waits for in-flight requests. Default 10.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./ringkv-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7379)),
+            partitions: 64,
+            max_frame_bytes: 8 << 20,
+            max_value_bytes: 4 << 20,
+            max_connections: 1024,
+            max_in_flight: 1024,
+            request_timeout_ms: 5000,
+            max_siblings: 100,
+            max_batch: 1024,
+            initial_map_bytes: 64 << 20,
+            max_map_bytes: 64 << 30,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Checks every setting and their relations.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let max = crate::ring::MAX_PARTITIONS;
+        if !self.partitions.is_power_of_two() || self.partitions > max {
+            return Err(ConfigError::Partitions {
+                got: self.partitions,
+                max,
+            });
+        }
+        for (name, v) in [
+            ("max-frame-bytes", self.max_frame_bytes),
+            ("max-value-bytes", self.max_value_bytes),
+            ("max-connections", self.max_connections),
+            ("max-in-flight", self.max_in_flight),
+            ("request-timeout-ms", self.request_timeout_ms as usize),
+            ("max-siblings", self.max_siblings),
+            ("max-batch", self.max_batch),
+            ("initial-map-bytes", self.initial_map_bytes),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero { name });
+            }
+        }
+        if self.max_value_bytes + 1024 > self.max_frame_bytes {
+            return Err(ConfigError::ValueOverFrame {
+                value: self.max_value_bytes,
+                frame: self.max_frame_bytes,
+            });
+        }
+        if self.initial_map_bytes > self.max_map_bytes {
+            return Err(ConfigError::MapSizes {
+                initial: self.initial_map_bytes,
+                max: self.max_map_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        NodeConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let c = NodeConfig {
+            partitions: 48,
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("power of two"));
+        let c = NodeConfig {
+            max_value_bytes: 8 << 20,
+            ..Default::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::ValueOverFrame { .. })
+        ));
+    }
+}
