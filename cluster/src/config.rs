@@ -159,7 +159,11 @@ mod tests {
             partitions: 48,
             ..Default::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("power of two"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("power of two"));
         let c = NodeConfig {
             max_value_bytes: 8 << 20,
             ..Default::default()

@@ -198,7 +198,11 @@ impl DvvSet {
         timestamp_ms: u64,
         max_siblings: usize,
     ) -> Result<Dot, SiblingLimit> {
-        let kept = self.siblings.iter().filter(|s| !ctx.contains(&s.dot)).count();
+        let kept = self
+            .siblings
+            .iter()
+            .filter(|s| !ctx.contains(&s.dot))
+            .count();
         // Tombstones the client did not see still count: they are versions it must resolve.
         if kept + 1 > max_siblings {
             return Err(SiblingLimit {

@@ -271,15 +271,8 @@ impl Partition {
     /// queued, and waits for it. Idempotent. Writes queued afterwards fail with
     /// [`StorageError::Closed`].
     pub fn shutdown(&self) {
-        self.queue
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let handle = self
-            .writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        self.queue.write().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(handle) = handle {
             let _ = handle.join();
         }
@@ -498,7 +491,10 @@ mod tests {
         assert!(p.map_size() > 1 << 20, "map did not grow");
         assert!(stored > 16, "only {stored} values fit");
         let err = full.expect("an 8 MiB map cannot hold 25 MiB");
-        assert!(matches!(err, StorageError::Full { partition: 3, .. }), "{err}");
+        assert!(
+            matches!(err, StorageError::Full { partition: 3, .. }),
+            "{err}"
+        );
         // Everything acknowledged before is still there and readable.
         for i in 0..stored as u32 {
             assert!(p.get(b"b", &i.to_be_bytes()).unwrap().is_some());

@@ -12,8 +12,7 @@ pub const RECORD_V1: u8 = 1;
 pub fn encode(record: &DvvSet) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + record.values().map(|v| v.len()).sum::<usize>());
     out.push(RECORD_V1);
-    rmp_serde::encode::write_named(&mut out, record)
-        .expect("a DvvSet always encodes into a Vec");
+    rmp_serde::encode::write_named(&mut out, record).expect("a DvvSet always encodes into a Vec");
     out
 }
 
@@ -26,9 +25,7 @@ pub fn decode(bytes: &[u8]) -> Result<DvvSet, StorageError> {
         Some((&RECORD_V1, body)) => {
             rmp_serde::from_slice(body).map_err(|e| StorageError::Corrupt(e.to_string()))
         }
-        Some((v, _)) => Err(StorageError::Corrupt(format!(
-            "unknown record version {v}"
-        ))),
+        Some((v, _)) => Err(StorageError::Corrupt(format!("unknown record version {v}"))),
         None => Err(StorageError::Corrupt("empty record".into())),
     }
 }
@@ -41,8 +38,14 @@ mod tests {
     #[test]
     fn round_trip_and_version_byte() {
         let mut d = DvvSet::new();
-        d.update(&VersionVector::new(), 42, Some(vec![0, 1, 2, 255]), 1234, 10)
-            .unwrap();
+        d.update(
+            &VersionVector::new(),
+            42,
+            Some(vec![0, 1, 2, 255]),
+            1234,
+            10,
+        )
+        .unwrap();
         d.update(&VersionVector::new(), 42, None, 1235, 10).unwrap();
         let bytes = encode(&d);
         assert_eq!(bytes[0], RECORD_V1);

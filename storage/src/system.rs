@@ -62,10 +62,10 @@ impl SystemStore {
         };
         match meta.get(&wtxn, PARTITIONS).map_err(StorageError::io)? {
             Some(b) => {
-                let stored = u32::from_be_bytes(
-                    b.try_into()
-                        .map_err(|_| StorageError::Corrupt("partition count is not 4 bytes".into()))?,
-                );
+                let stored =
+                    u32::from_be_bytes(b.try_into().map_err(|_| {
+                        StorageError::Corrupt("partition count is not 4 bytes".into())
+                    })?);
                 if stored != partitions {
                     return Err(StorageError::Mismatch(format!(
                         "the data directory was created with {stored} partitions, not {partitions}; \

@@ -1,0 +1,193 @@
+//! One node in-process: versions, siblings, supervision.
+
+use ringkv_actors::vnode::VNodeMsg;
+use ringkv_actors::{KvError, Node, NodeConfig, RequestOptions};
+use ringkv_storage::StorageError;
+use std::time::{Duration, Instant};
+
+async fn start(dir: &std::path::Path) -> Node {
+    Node::start(NodeConfig {
+        data_dir: dir.to_path_buf(),
+        partitions: 8,
+        initial_map_bytes: 1 << 20,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn opts() -> RequestOptions {
+    RequestOptions::default()
+}
+
+/// Dynamo's shopping cart: two clients add to the same cart concurrently, both versions are
+/// kept as siblings, a third client merges them and writes with the merged context.
+#[tokio::test]
+async fn shopping_cart_siblings_and_resolution() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    let (b, k) = (b"carts".as_slice(), b"alice".as_slice());
+
+    node.put(b, k, b"milk".to_vec(), &[], &opts())
+        .await
+        .unwrap();
+    let seen = node.get(b, k, &opts()).await.unwrap();
+    assert_eq!(seen.values, vec![b"milk".to_vec()]);
+
+    // Two clients both read {milk} and each add one item with that context.
+    node.put(b, k, b"milk,eggs".to_vec(), &seen.context, &opts())
+        .await
+        .unwrap();
+    node.put(b, k, b"milk,bread".to_vec(), &seen.context, &opts())
+        .await
+        .unwrap();
+    let both = node.get(b, k, &opts()).await.unwrap();
+    let mut values = both.values.clone();
+    values.sort();
+    assert_eq!(values, vec![b"milk,bread".to_vec(), b"milk,eggs".to_vec()]);
+
+    // A write with the merged context resolves them into one value.
+    node.put(b, k, b"milk,eggs,bread".to_vec(), &both.context, &opts())
+        .await
+        .unwrap();
+    let resolved = node.get(b, k, &opts()).await.unwrap();
+    assert_eq!(resolved.values, vec![b"milk,eggs,bread".to_vec()]);
+
+    // A write with the context of the first read replaces only what that read saw: the
+    // resolved value is a version it did not see, so it stays as a sibling.
+    node.put(b, k, b"stale".to_vec(), &seen.context, &opts())
+        .await
+        .unwrap();
+    assert_eq!(node.get(b, k, &opts()).await.unwrap().values.len(), 2);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn blind_writes_are_concurrent_and_delete_leaves_a_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    node.put(b"b", b"k", b"1".to_vec(), &[], &opts())
+        .await
+        .unwrap();
+    node.put(b"b", b"k", b"2".to_vec(), &[], &opts())
+        .await
+        .unwrap();
+    let got = node.get(b"b", b"k", &opts()).await.unwrap();
+    assert_eq!(got.values.len(), 2);
+
+    node.delete(b"b", b"k", &got.context, &opts())
+        .await
+        .unwrap();
+    let gone = node.get(b"b", b"k", &opts()).await.unwrap();
+    assert!(gone.values.is_empty());
+    assert!(
+        !gone.context.is_empty(),
+        "a tombstone keeps its causal context"
+    );
+
+    let never = node.get(b"b", b"never", &opts()).await.unwrap();
+    assert!(never.values.is_empty() && never.context.is_empty());
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    let long = vec![b'k'; 447];
+    assert!(matches!(
+        node.put(b"b", &long, b"v".to_vec(), &[], &opts()).await,
+        Err(KvError::Storage(StorageError::KeyTooLong {
+            len: 447,
+            max: 446
+        }))
+    ));
+    assert!(matches!(
+        node.get(b"b", b"", &opts()).await,
+        Err(KvError::Storage(StorageError::EmptyKey { .. }))
+    ));
+    assert!(matches!(
+        node.put(b"b", b"k", b"v".to_vec(), b"\xc1", &opts()).await,
+        Err(KvError::Storage(StorageError::BadContext(_)))
+    ));
+    let big = vec![0u8; node.config().max_value_bytes + 1];
+    assert!(matches!(
+        node.put(b"b", b"k", big, &[], &opts()).await,
+        Err(KvError::ValueTooLarge { .. })
+    ));
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn panicked_vnode_is_restarted_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    let p = node.partition_of(b"b", b"k");
+    node.put(b"b", b"k", b"kept".to_vec(), &[], &opts())
+        .await
+        .unwrap();
+
+    let before = node.vnode(p).unwrap();
+    before.send_message(VNodeMsg::InjectPanic).unwrap();
+
+    // The very next request succeeds: the coordinator waits for the restarted vnode.
+    let got = node.get(b"b", b"k", &opts()).await.unwrap();
+    assert_eq!(got.values, vec![b"kept".to_vec()]);
+    let after = node.vnode(p).unwrap();
+    assert_ne!(
+        before.get_id(),
+        after.get_id(),
+        "the vnode was not restarted"
+    );
+
+    // And writes go through the same env.
+    node.put(b"b", b"k", b"new".to_vec(), &got.context, &opts())
+        .await
+        .unwrap();
+    assert_eq!(
+        node.get(b"b", b"k", &opts()).await.unwrap().values,
+        vec![b"new".to_vec()]
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn vnode_failures_past_the_budget_stop_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    // 5 vnode restarts per VNodeSupervisor, 5 VNodeSupervisor restarts: 36 failures in a
+    // row exhaust both budgets and the node stops instead of limping on.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !node.is_stopped() {
+        assert!(Instant::now() < deadline, "node did not stop");
+        if let Some(v) = node.vnode(0) {
+            let _ = v.send_message(VNodeMsg::InjectPanic);
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(matches!(
+        node.get(b"b", b"k", &opts()).await,
+        Err(KvError::ShuttingDown)
+    ));
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn data_survives_a_restart_of_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let node = start(dir.path()).await;
+        for i in 0..100u32 {
+            node.put(b"b", &i.to_be_bytes(), vec![i as u8; 10], &[], &opts())
+                .await
+                .unwrap();
+        }
+        node.shutdown().await;
+    }
+    let node = start(dir.path()).await;
+    for i in 0..100u32 {
+        let got = node.get(b"b", &i.to_be_bytes(), &opts()).await.unwrap();
+        assert_eq!(got.values, vec![vec![i as u8; 10]]);
+    }
+    node.shutdown().await;
+}
