@@ -1,1 +1,12 @@
-pub fn _x() {}
+//! ringkv API: the msgpack TCP protocol (`PROTOCOL.md`), the server, the async Rust client,
+//! and the pieces of the `ringkv` binary.
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod client;
+pub mod load;
+pub mod protocol;
+pub mod server;
+
+pub use client::{Client, ClientError};
+pub use server::Server;

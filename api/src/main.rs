@@ -1,1 +1,475 @@
-fn main() {}
+//! The `ringkv` binary: `start` runs a node; the other commands are clients.
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use ringkv_actors::{Node, NodeConfig};
+use ringkv_api::bench::{BenchOp, BenchSpec};
+use ringkv_api::{Client, Server};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "ringkv",
+    version,
+    about = "ringkv: a Dynamo-style distributed key-value store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Start(StartArgs),
+    /// Check that a node answers.
+    Ping(AddrArg),
+    /// Write a value (from VALUE, --file PATH, or stdin). Replaces the current value(s):
+    /// the key's context is read first, unless --context or --blind is given.
+    Put {
+        #[command(flatten)]
+        addr: AddrArg,
+        /// Bucket name (1 to 64 bytes).
+        bucket: String,
+        /// Key (1 to 446 bytes).
+        key: String,
+        /// The value; without it and without --file, stdin is read.
+        value: Option<String>,
+        /// Read the value from this file.
+        #[arg(long, conflicts_with = "value")]
+        file: Option<PathBuf>,
+        /// Causal context (hex, from `get --json`): replace exactly those versions.
+        #[arg(long, conflicts_with = "blind")]
+        context: Option<String>,
+        /// Write without a context: any existing value stays as a sibling.
+        #[arg(long)]
+        blind: bool,
+    },
+    /// Read a key: one value is written raw to stdout; siblings are announced on stderr.
+    /// A missing key exits with status 1.
+    Get {
+        #[command(flatten)]
+        addr: AddrArg,
+        /// Bucket name.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Print values and context as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a key (reads its context first, so every version is deleted).
+    Delete {
+        #[command(flatten)]
+        addr: AddrArg,
+        /// Bucket name.
+        bucket: String,
+        /// Key.
+        key: String,
+    },
+    /// Store every file under DIR (key = relative path, value = bytes) and verify each
+    /// reads back byte for byte.
+    Load {
+        #[command(flatten)]
+        addr: AddrArg,
+        /// Directory to load.
+        dir: PathBuf,
+        /// Bucket to store into.
+        #[arg(long, default_value = "files")]
+        bucket: String,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Measure throughput and latency of puts or gets against a node.
+    Bench {
+        #[command(flatten)]
+        addr: AddrArg,
+        /// Operation.
+        #[arg(long, value_enum, default_value_t = BenchOp::Put)]
+        op: BenchOp,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+        /// Value size, bytes.
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
+        /// Distinct keys.
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+        /// Requests to run.
+        #[arg(long, default_value_t = 100_000)]
+        requests: u64,
+        /// Bucket used.
+        #[arg(long, default_value = "bench")]
+        bucket: String,
+        /// Seed of the key choice.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct AddrArg {
+    /// Client address of a node.
+    #[arg(long, default_value = "127.0.0.1:7379", env = "RINGKV_ADDR")]
+    addr: String,
+}
+
+/// `ringkv start` flags; each overrides the same key of the config file.
+#[derive(Args)]
+struct StartArgs {
+    /// TOML config file; its keys are the flag names (e.g. `data-dir = "/var/lib/ringkv"`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./ringkv-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Client listen address; port 0 picks a free one [default: 127.0.0.1:7379].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Partitions (a power of two, fixed at creation) [default: 64].
+    #[arg(long)]
+    partitions: Option<u32>,
+    /// Largest frame, bytes [default: 8388608].
+    #[arg(long)]
+    max_frame_bytes: Option<usize>,
+    /// Largest value, bytes [default: 4194304].
+    #[arg(long)]
+    max_value_bytes: Option<usize>,
+    /// Most client connections [default: 1024].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Most unanswered requests per connection [default: 1024].
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+    /// Default request time limit, ms [default: 5000].
+    #[arg(long)]
+    request_timeout_ms: Option<u64>,
+    /// Most siblings per key [default: 100].
+    #[arg(long)]
+    max_siblings: Option<usize>,
+    /// Most writes per LMDB transaction [default: 1024].
+    #[arg(long)]
+    max_batch: Option<usize>,
+    /// Initial LMDB map size per partition, bytes [default: 67108864].
+    #[arg(long)]
+    initial_map_bytes: Option<usize>,
+    /// Largest LMDB map size per partition, bytes [default: 68719476736].
+    #[arg(long)]
+    max_map_bytes: Option<usize>,
+    /// Seconds a shutdown waits for in-flight requests [default: 10].
+    #[arg(long)]
+    shutdown_grace_secs: Option<u64>,
+}
+
+impl StartArgs {
+    fn config(&self) -> anyhow::Result<NodeConfig> {
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<NodeConfig>(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => NodeConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
+        }
+        set!(
+            data_dir,
+            listen,
+            partitions,
+            max_frame_bytes,
+            max_value_bytes,
+            max_connections,
+            max_in_flight,
+            request_timeout_ms,
+            max_siblings,
+            max_batch,
+            initial_map_bytes,
+            max_map_bytes,
+            shutdown_grace_secs
+        );
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ringkv: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ringkv: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Start(args) => start(args).await,
+        Command::Ping(a) => {
+            let t = std::time::Instant::now();
+            connect(&a).await?.ping().await?;
+            println!(
+                "pong from {} in {:.2} ms",
+                a.addr,
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Put {
+            addr,
+            bucket,
+            key,
+            value,
+            file,
+            context,
+            blind,
+        } => {
+            let value = match (value, file) {
+                (Some(v), _) => v.into_bytes(),
+                (None, Some(path)) => {
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
+                }
+                (None, None) => {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                        .context("reading stdin")?;
+                    buf
+                }
+            };
+            let client = connect(&addr).await?;
+            let context = match (context, blind) {
+                (Some(hex), _) => decode_hex(&hex).context("--context is not hex")?,
+                (None, true) => Vec::new(),
+                (None, false) => client.get(bucket.as_bytes(), key.as_bytes()).await?.context,
+            };
+            client
+                .put(bucket.as_bytes(), key.as_bytes(), value, &context)
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get {
+            addr,
+            bucket,
+            key,
+            json,
+        } => {
+            let got = connect(&addr)
+                .await?
+                .get(bucket.as_bytes(), key.as_bytes())
+                .await?;
+            if json {
+                let values: Vec<serde_json::Value> = got
+                    .values
+                    .iter()
+                    .map(|v| match std::str::from_utf8(v) {
+                        Ok(s) => serde_json::json!({"size": v.len(), "utf8": s}),
+                        Err(_) => serde_json::json!({"size": v.len(), "hex": encode_hex(v)}),
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"found": !got.values.is_empty(), "values": values, "context": encode_hex(&got.context)})
+                );
+                return Ok(if got.values.is_empty() {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                });
+            }
+            let mut out = std::io::stdout().lock();
+            match got.values.as_slice() {
+                [] => {
+                    eprintln!("not found: {bucket}/{key}");
+                    return Ok(ExitCode::from(1));
+                }
+                [v] => out.write_all(v)?,
+                many => {
+                    eprintln!(
+                        "{bucket}/{key} has {} siblings (concurrent writes). Resolve them by writing the merged value with the context from `ringkv get --json`:",
+                        many.len()
+                    );
+                    for (i, v) in many.iter().enumerate() {
+                        writeln!(
+                            out,
+                            "--- sibling {} of {} ({} bytes) ---",
+                            i + 1,
+                            many.len(),
+                            v.len()
+                        )?;
+                        out.write_all(v)?;
+                        writeln!(out)?;
+                    }
+                }
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Delete { addr, bucket, key } => {
+            let client = connect(&addr).await?;
+            let got = client.get(bucket.as_bytes(), key.as_bytes()).await?;
+            if got.values.is_empty() {
+                eprintln!("not found: {bucket}/{key}");
+                return Ok(ExitCode::from(1));
+            }
+            client
+                .delete(bucket.as_bytes(), key.as_bytes(), &got.context)
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Load {
+            addr,
+            dir,
+            bucket,
+            concurrency,
+            quiet,
+        } => {
+            let client = connect(&addr).await?;
+            let r = ringkv_api::load::load(&client, &dir, bucket.as_bytes(), concurrency, quiet)
+                .await?;
+            let mb = r.bytes as f64 / 1e6;
+            let (st, vt) = (r.store_time.as_secs_f64(), r.verify_time.as_secs_f64());
+            println!(
+                "stored   {} files, {:.1} MB in {:.2} s: {:.0} files/s, {:.1} MB/s",
+                r.stored,
+                mb,
+                st,
+                r.stored as f64 / st,
+                mb / st
+            );
+            println!(
+                "verified {} files in {:.2} s: {:.0} files/s, {:.1} MB/s; {} mismatched",
+                r.stored,
+                vt,
+                r.stored as f64 / vt,
+                mb / vt,
+                r.mismatched.len()
+            );
+            if !r.skipped.is_empty() {
+                println!("skipped  {} files:", r.skipped.len());
+                for (p, why) in r.skipped.iter().take(20) {
+                    println!("  {}: {why}", p.display());
+                }
+            }
+            for (p, why) in r.mismatched.iter().take(20) {
+                println!("MISMATCH {}: {why}", p.display());
+            }
+            Ok(if r.mismatched.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Bench {
+            addr,
+            op,
+            concurrency,
+            value_size,
+            keys,
+            requests,
+            bucket,
+            seed,
+            json,
+        } => {
+            let client = connect(&addr).await?;
+            let spec = BenchSpec {
+                op,
+                concurrency,
+                value_size,
+                keys,
+                requests,
+                bucket: bucket.into_bytes(),
+                seed,
+                quiet: json,
+            };
+            let result = ringkv_api::bench::run(&client, &spec).await?;
+            if json {
+                println!("{}", serde_json::to_string(&result)?);
+            } else {
+                println!("{result}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn connect(a: &AddrArg) -> anyhow::Result<Client> {
+    Client::connect(a.addr.as_str())
+        .await
+        .with_context(|| format!("connecting to {}", a.addr))
+}
+
+async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = args.config()?;
+    let node = Arc::new(Node::start(config).await?);
+    let server = Server::bind(node.clone())
+        .await
+        .with_context(|| format!("binding {}", node.config().listen))?;
+    let addr = server.local_addr()?;
+    println!("ringkv: listening on {addr}");
+    std::io::stdout().flush()?;
+    tracing::info!(%addr, "listening for clients");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let serving = tokio::spawn(server.run(stop_rx));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let escalated = tokio::select! {
+        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; shutting down"); false }
+        _ = sigterm.recv() => { tracing::info!("SIGTERM; shutting down"); false }
+        _ = node.stopped() => { tracing::error!("supervision tree stopped; shutting down"); true }
+    };
+    let _ = stop_tx.send(true);
+    let _ = serving.await;
+    node.shutdown().await;
+    Ok(if escalated {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn encode_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn decode_hex(s: &str) -> anyhow::Result<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        bail!("odd number of hex digits");
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(Into::into))
+        .collect()
+}

@@ -1,0 +1,288 @@
+//! The async Rust client.
+//!
+//! One TCP connection, many requests in flight: every call gets a fresh id, its frame goes to
+//! a writer task, and a reader task hands each answer to the caller waiting for that id, in
+//! whatever order answers arrive. [`Client`] is cheap to clone; clones share the connection.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), ringkv_api::client::ClientError> {
+//! let client = ringkv_api::Client::connect("127.0.0.1:7379").await?;
+//! client.put(b"carts", b"alice", b"milk".to_vec(), &[]).await?;
+//! let got = client.get(b"carts", b"alice").await?;
+//! client.put(b"carts", b"alice", b"milk,eggs".to_vec(), &got.context).await?;
+//! # Ok(()) }
+//! ```
+
+use crate::protocol::{encode_frame, read_frame, RequestFrame, ResponseFrame};
+use ringkv_actors::Fetched;
+use serde_bytes::ByteBuf;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use thiserror::Error;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::{mpsc, oneshot};
+
+/// Largest answer frame the client accepts, bytes (256 MiB: room for many siblings).
+pub const MAX_ANSWER_BYTES: usize = 256 << 20;
+
+/// Why a client call failed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// Connecting failed.
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    /// The connection closed before the answer came.
+    #[error("connection closed")]
+    Closed,
+    /// The server answered with an error.
+    #[error("{code}: {message}")]
+    Server {
+        /// Stable error code (see PROTOCOL.md).
+        code: String,
+        /// Description.
+        message: String,
+    },
+    /// The server's answer did not have the documented shape.
+    #[error("unexpected answer: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The server's error code, if this is a server error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Server { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<ResponseFrame>>>>>;
+
+struct Inner {
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+    pending: Pending,
+    next_id: AtomicU64,
+}
+
+/// A connection to a ringkv node.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// Connects to a node's client address.
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`].
+    pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(ClientError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let (frames, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        tokio::spawn(async move {
+            let mut wr = BufWriter::with_capacity(64 << 10, wr);
+            while let Some(f) = rx.recv().await {
+                if wr.write_all(&f).await.is_err() {
+                    return;
+                }
+                while let Ok(f) = rx.try_recv() {
+                    if wr.write_all(&f).await.is_err() {
+                        return;
+                    }
+                }
+                if wr.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let reader_pending = pending.clone();
+        tokio::spawn(async move {
+            let mut rd = BufReader::with_capacity(64 << 10, rd);
+            let mut buf = Vec::new();
+            while let Ok(true) = read_frame(&mut rd, &mut buf, MAX_ANSWER_BYTES).await {
+                let Ok(answer) = rmp_serde::from_slice::<ResponseFrame>(&buf) else {
+                    tracing::warn!("undecodable answer from server; closing connection");
+                    break;
+                };
+                let waiter = reader_pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_mut()
+                    .and_then(|m| m.remove(&answer.id));
+                if let Some(w) = waiter {
+                    let _ = w.send(answer);
+                }
+            }
+            // Fail every waiting call: dropping the senders wakes them with Closed.
+            reader_pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+        });
+        Ok(Client {
+            inner: Arc::new(Inner {
+                frames,
+                pending,
+                next_id: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// Sends a request (its `id` is set by the client) and waits for its answer, whatever it
+    /// is (error answers included).
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`] if the connection ends first.
+    pub async fn request(&self, mut frame: RequestFrame) -> Result<ResponseFrame, ClientError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        frame.id = id;
+        let (tx, rx) = oneshot::channel();
+        match self
+            .inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            Some(m) => m.insert(id, tx),
+            None => return Err(ClientError::Closed),
+        };
+        if self.inner.frames.send(encode_frame(&frame)).is_err() {
+            return Err(ClientError::Closed);
+        }
+        rx.await.map_err(|_| ClientError::Closed)
+    }
+
+    async fn call(&self, frame: RequestFrame) -> Result<ResponseFrame, ClientError> {
+        let answer = self.request(frame).await?;
+        if answer.ok {
+            Ok(answer)
+        } else {
+            Err(ClientError::Server {
+                code: answer.code.unwrap_or_default(),
+                message: answer.message.unwrap_or_default(),
+            })
+        }
+    }
+
+    /// Checks that the node answers.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        self.call(RequestFrame {
+            op: "ping".into(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Reads a key: its live sibling values (empty: not found) and causal context.
+    ///
+    /// # Errors
+    /// [`ClientError`]; server codes as in PROTOCOL.md.
+    pub async fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Fetched, ClientError> {
+        let answer = self
+            .call(RequestFrame {
+                op: "get".into(),
+                bucket: Some(ByteBuf::from(bucket)),
+                key: Some(ByteBuf::from(key)),
+                ..Default::default()
+            })
+            .await?;
+        fetched(answer)
+    }
+
+    /// Writes `value`, replacing the versions `context` (from a get; empty for a blind write)
+    /// covers. Returns once the write is durable.
+    ///
+    /// # Errors
+    /// [`ClientError`]; server codes as in PROTOCOL.md.
+    pub async fn put(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        value: Vec<u8>,
+        context: &[u8],
+    ) -> Result<(), ClientError> {
+        self.call(put_frame(bucket, key, value, context, false))
+            .await
+            .map(|_| ())
+    }
+
+    /// As [`Client::put`], and returns the key's values and context after the write.
+    ///
+    /// # Errors
+    /// As [`Client::put`].
+    pub async fn put_return_body(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        value: Vec<u8>,
+        context: &[u8],
+    ) -> Result<Fetched, ClientError> {
+        fetched(
+            self.call(put_frame(bucket, key, value, context, true))
+                .await?,
+        )
+    }
+
+    /// Deletes a key (a tombstone over what `context` covers).
+    ///
+    /// # Errors
+    /// [`ClientError`]; server codes as in PROTOCOL.md.
+    pub async fn delete(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        context: &[u8],
+    ) -> Result<(), ClientError> {
+        self.call(RequestFrame {
+            op: "delete".into(),
+            bucket: Some(ByteBuf::from(bucket)),
+            key: Some(ByteBuf::from(key)),
+            context: Some(ByteBuf::from(context)),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+fn put_frame(
+    bucket: &[u8],
+    key: &[u8],
+    value: Vec<u8>,
+    context: &[u8],
+    body: bool,
+) -> RequestFrame {
+    RequestFrame {
+        op: "put".into(),
+        bucket: Some(ByteBuf::from(bucket)),
+        key: Some(ByteBuf::from(key)),
+        value: Some(ByteBuf::from(value)),
+        context: (!context.is_empty()).then(|| ByteBuf::from(context)),
+        return_body: body.then_some(true),
+        ..Default::default()
+    }
+}
+
+fn fetched(answer: ResponseFrame) -> Result<Fetched, ClientError> {
+    Ok(Fetched {
+        values: answer
+            .values
+            .ok_or_else(|| ClientError::Protocol("answer has no values".into()))?
+            .into_iter()
+            .map(ByteBuf::into_vec)
+            .collect(),
+        context: answer.context.map(ByteBuf::into_vec).unwrap_or_default(),
+    })
+}

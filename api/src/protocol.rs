@@ -1,0 +1,499 @@
+//! The client wire protocol (see `api/PROTOCOL.md`, the reference for other languages).
+//!
+//! A frame is a 4-byte big-endian length `L` followed by `L` bytes of msgpack: one map. Requests
+//! carry an `id` chosen by the client and an `op`; the answer to a request carries the same
+//! `id`. Answers may come back in any order.
+
+use ringkv_actors::{Fetched, KvError, RequestOptions};
+use ringkv_storage::StorageError;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Stable error codes of the protocol. The string form (`as_str`) is what goes on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The frame is not a msgpack map of the documented shape.
+    MalformedRequest,
+    /// The frame is longer than the server's `max-frame-bytes`; the server closes the
+    /// connection after this answer.
+    FrameTooLarge,
+    /// `op` names no operation.
+    UnknownOp,
+    /// The bucket is empty or too long.
+    InvalidBucket,
+    /// The key is empty or too long.
+    InvalidKey,
+    /// The value is over `max-value-bytes`.
+    ValueTooLarge,
+    /// The causal context does not decode.
+    BadContext,
+    /// The write would make more siblings than allowed.
+    TooManySiblings,
+    /// The partition's storage is full (map limit or disk).
+    StorageFull,
+    /// Another storage failure.
+    StorageError,
+    /// No answer within the request's time limit.
+    Timeout,
+    /// The server has `max-connections` open; the connection is closed after this answer.
+    TooManyConnections,
+    /// The node is shutting down.
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    /// The wire form, e.g. `"invalid_key"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedRequest => "malformed_request",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::InvalidBucket => "invalid_bucket",
+            ErrorCode::InvalidKey => "invalid_key",
+            ErrorCode::ValueTooLarge => "value_too_large",
+            ErrorCode::BadContext => "bad_context",
+            ErrorCode::TooManySiblings => "too_many_siblings",
+            ErrorCode::StorageFull => "storage_full",
+            ErrorCode::StorageError => "storage_error",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// An error answer: a stable code and a message for people.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct ProtocolError {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// Human-readable detail (names the limit that was hit, where there is one).
+    pub message: String,
+}
+
+impl ProtocolError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<KvError> for ProtocolError {
+    fn from(e: KvError) -> Self {
+        let code = match &e {
+            KvError::Storage(s) => match s {
+                StorageError::EmptyBucket { .. } | StorageError::BucketTooLong { .. } => {
+                    ErrorCode::InvalidBucket
+                }
+                StorageError::EmptyKey { .. } | StorageError::KeyTooLong { .. } => {
+                    ErrorCode::InvalidKey
+                }
+                StorageError::TooManySiblings { .. } => ErrorCode::TooManySiblings,
+                StorageError::BadContext(_) => ErrorCode::BadContext,
+                StorageError::Full { .. } => ErrorCode::StorageFull,
+                StorageError::Closed(_) => ErrorCode::ShuttingDown,
+                StorageError::Corrupt(_) | StorageError::Mismatch(_) | StorageError::Io(_) => {
+                    ErrorCode::StorageError
+                }
+            },
+            KvError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
+            KvError::Timeout { .. } => ErrorCode::Timeout,
+            KvError::ShuttingDown => ErrorCode::ShuttingDown,
+        };
+        ProtocolError::new(code, e.to_string())
+    }
+}
+
+/// A request frame's map, field by field, as it travels. Unknown fields are ignored so that
+/// newer clients can talk to older servers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RequestFrame {
+    /// Client-chosen request id, echoed in the answer.
+    pub id: u64,
+    /// `"ping"`, `"get"`, `"put"` or `"delete"`.
+    pub op: String,
+    /// Bucket name (bin or str), 1 to 64 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<ByteBuf>,
+    /// Key (bin or str), 1 to 446 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<ByteBuf>,
+    /// Value (put), up to `max-value-bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<ByteBuf>,
+    /// Causal context from an earlier get (put, delete); absent or empty for a blind write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<ByteBuf>,
+    /// Time limit of this request, ms; absent for the server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Put: answer with the key's values and context after the write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub return_body: Option<bool>,
+}
+
+/// An answer frame's map.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    /// The id of the request answered (0 if the request's id could not be read).
+    pub id: u64,
+    /// True on success; false with `code` and `message` on error.
+    pub ok: bool,
+    /// get, and put with `return_body`: the live sibling values (empty: not found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<ByteBuf>>,
+    /// get, and put with `return_body`: the causal context to write back with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<ByteBuf>,
+    /// Error code (see [`ErrorCode`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Error message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl ResponseFrame {
+    /// A bare success.
+    pub fn ok(id: u64) -> Self {
+        Self {
+            id,
+            ok: true,
+            ..Default::default()
+        }
+    }
+
+    /// A success carrying values and context.
+    pub fn fetched(id: u64, f: Fetched) -> Self {
+        Self {
+            id,
+            ok: true,
+            values: Some(f.values.into_iter().map(ByteBuf::from).collect()),
+            context: Some(ByteBuf::from(f.context)),
+            ..Default::default()
+        }
+    }
+
+    /// An error answer.
+    pub fn error(id: u64, e: &ProtocolError) -> Self {
+        Self {
+            id,
+            ok: false,
+            code: Some(e.code.as_str().to_string()),
+            message: Some(e.message.clone()),
+            ..Default::default()
+        }
+    }
+
+    /// Encodes this answer as a whole frame (length prefix included).
+    pub fn encode(&self) -> Vec<u8> {
+        encode_frame(self)
+    }
+}
+
+/// A validated request.
+#[derive(Clone, Debug)]
+pub enum Request {
+    /// Liveness check; answered `{id, ok: true}`.
+    Ping,
+    /// Read a key.
+    Get {
+        /// Bucket.
+        bucket: Vec<u8>,
+        /// Key.
+        key: Vec<u8>,
+        /// Per-request settings.
+        opts: RequestOptions,
+    },
+    /// Write a value.
+    Put {
+        /// Bucket.
+        bucket: Vec<u8>,
+        /// Key.
+        key: Vec<u8>,
+        /// Value.
+        value: Vec<u8>,
+        /// Causal context (may be empty).
+        context: Vec<u8>,
+        /// Answer with values and context.
+        return_body: bool,
+        /// Per-request settings.
+        opts: RequestOptions,
+    },
+    /// Delete a key (write a tombstone).
+    Delete {
+        /// Bucket.
+        bucket: Vec<u8>,
+        /// Key.
+        key: Vec<u8>,
+        /// Causal context (may be empty).
+        context: Vec<u8>,
+        /// Per-request settings.
+        opts: RequestOptions,
+    },
+}
+
+fn required(field: Option<ByteBuf>, name: &str, op: &str) -> Result<Vec<u8>, ProtocolError> {
+    field.map(ByteBuf::into_vec).ok_or_else(|| {
+        ProtocolError::new(
+            ErrorCode::MalformedRequest,
+            format!("op {op} needs the field {name}"),
+        )
+    })
+}
+
+impl Request {
+    /// Decodes a frame body into its id and the validated request. The id is recovered
+    /// whenever the body is a map with an integer `id`, so that most errors can be answered
+    /// to the right request.
+    ///
+    /// # Errors
+    /// `(id, error)`: [`ErrorCode::MalformedRequest`] or [`ErrorCode::UnknownOp`], with the id
+    /// (0 if unreadable).
+    pub fn decode(body: &[u8]) -> Result<(u64, Request), (u64, ProtocolError)> {
+        let frame: RequestFrame = match rmp_serde::from_slice(body) {
+            Ok(f) => f,
+            Err(e) => {
+                #[derive(Deserialize)]
+                struct IdOnly {
+                    id: u64,
+                }
+                let id = rmp_serde::from_slice::<IdOnly>(body)
+                    .map(|i| i.id)
+                    .unwrap_or(0);
+                return Err((
+                    id,
+                    ProtocolError::new(
+                        ErrorCode::MalformedRequest,
+                        format!("request is not a msgpack map of the documented fields: {e}"),
+                    ),
+                ));
+            }
+        };
+        let id = frame.id;
+        Self::from_frame(frame)
+            .map(|r| (id, r))
+            .map_err(|e| (id, e))
+    }
+
+    fn from_frame(f: RequestFrame) -> Result<Request, ProtocolError> {
+        let opts = RequestOptions {
+            timeout: f.timeout_ms.map(Duration::from_millis),
+        };
+        let op = f.op.as_str();
+        Ok(match op {
+            "ping" => Request::Ping,
+            "get" => Request::Get {
+                bucket: required(f.bucket, "bucket", op)?,
+                key: required(f.key, "key", op)?,
+                opts,
+            },
+            "put" => Request::Put {
+                bucket: required(f.bucket, "bucket", op)?,
+                key: required(f.key, "key", op)?,
+                value: required(f.value, "value", op)?,
+                context: f.context.map(ByteBuf::into_vec).unwrap_or_default(),
+                return_body: f.return_body.unwrap_or(false),
+                opts,
+            },
+            "delete" => Request::Delete {
+                bucket: required(f.bucket, "bucket", op)?,
+                key: required(f.key, "key", op)?,
+                context: f.context.map(ByteBuf::into_vec).unwrap_or_default(),
+                opts,
+            },
+            other => {
+                return Err(ProtocolError::new(
+                    ErrorCode::UnknownOp,
+                    format!("unknown op {other:?}; known ops: ping, get, put, delete"),
+                ))
+            }
+        })
+    }
+}
+
+/// Encodes `msg` as a frame: 4-byte big-endian length, then msgpack with named fields.
+pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut out = vec![0u8; 4];
+    rmp_serde::encode::write_named(&mut out, msg).expect("encoding into a Vec cannot fail");
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The announced length is over the limit.
+    #[error("frame of {len} bytes is over the maximum of {max} bytes (max-frame-bytes)")]
+    TooLarge {
+        /// Announced length, bytes.
+        len: usize,
+        /// Limit, bytes.
+        max: usize,
+    },
+    /// The stream ended inside a frame.
+    #[error("connection closed inside a frame")]
+    Truncated,
+    /// An I/O error.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one frame body into `buf` (resized to fit). Returns `Ok(false)` on a clean end of
+/// stream between frames.
+///
+/// # Errors
+/// [`FrameError::TooLarge`] before reading the body, [`FrameError::Truncated`],
+/// [`FrameError::Io`].
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<bool, FrameError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut len[got..]).await?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(false)
+            } else {
+                Err(FrameError::Truncated)
+            };
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    buf.clear();
+    buf.resize(len, 0);
+    match r.read_exact(buf).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(FrameError::Truncated),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes pre-encoded frames and flushes.
+///
+/// # Errors
+/// I/O errors.
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> std::io::Result<()> {
+    w.write_all(frame).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(frame: &RequestFrame) -> Vec<u8> {
+        encode_frame(frame)[4..].to_vec()
+    }
+
+    #[test]
+    fn decodes_a_put_and_keeps_the_id_on_errors() {
+        let f = RequestFrame {
+            id: 42,
+            op: "put".into(),
+            bucket: Some(ByteBuf::from(b"b".to_vec())),
+            key: Some(ByteBuf::from(b"k".to_vec())),
+            value: Some(ByteBuf::from(vec![0, 255])),
+            ..Default::default()
+        };
+        let (id, req) = Request::decode(&body(&f)).unwrap();
+        assert_eq!(id, 42);
+        assert!(matches!(req, Request::Put { value, .. } if value == vec![0, 255]));
+
+        let missing = RequestFrame {
+            value: None,
+            ..f.clone()
+        };
+        let (id, e) = Request::decode(&body(&missing)).unwrap_err();
+        assert_eq!((id, e.code), (42, ErrorCode::MalformedRequest));
+        assert!(e.message.contains("value"));
+
+        let unknown = RequestFrame {
+            op: "frobnicate".into(),
+            ..f
+        };
+        let (id, e) = Request::decode(&body(&unknown)).unwrap_err();
+        assert_eq!((id, e.code), (42, ErrorCode::UnknownOp));
+    }
+
+    #[test]
+    fn garbage_is_a_malformed_request() {
+        for junk in [
+            &b""[..],
+            b"\xc1",
+            b"\x93\x01\x02\x03",
+            b"\xa5hello",
+            b"\x81\xa2id\xa1x",
+        ] {
+            let (id, e) = Request::decode(junk).unwrap_err();
+            assert_eq!((id, e.code), (0, ErrorCode::MalformedRequest), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn strings_are_accepted_for_bucket_and_key() {
+        #[derive(Serialize)]
+        struct Str {
+            id: u64,
+            op: &'static str,
+            bucket: &'static str,
+            key: &'static str,
+        }
+        let b = encode_frame(&Str {
+            id: 1,
+            op: "get",
+            bucket: "users",
+            key: "alice",
+        });
+        let (_, req) = Request::decode(&b[4..]).unwrap();
+        assert!(
+            matches!(req, Request::Get { bucket, key, .. } if bucket == b"users" && key == b"alice")
+        );
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_and_limits_hold() {
+        let resp = ResponseFrame::fetched(
+            7,
+            Fetched {
+                values: vec![b"a".to_vec()],
+                context: vec![1],
+            },
+        );
+        let bytes = resp.encode();
+        let mut r = &bytes[..];
+        let mut buf = Vec::new();
+        assert!(read_frame(&mut r, &mut buf, 1 << 20).await.unwrap());
+        assert_eq!(rmp_serde::from_slice::<ResponseFrame>(&buf).unwrap(), resp);
+        assert!(!read_frame(&mut r, &mut buf, 1 << 20).await.unwrap());
+
+        let mut r = &bytes[..];
+        assert!(matches!(
+            read_frame(&mut r, &mut buf, 3).await,
+            Err(FrameError::TooLarge { max: 3, .. })
+        ));
+        let mut r = &bytes[..bytes.len() - 1];
+        assert!(matches!(
+            read_frame(&mut r, &mut buf, 1 << 20).await,
+            Err(FrameError::Truncated)
+        ));
+        let mut r = &bytes[..2];
+        assert!(matches!(
+            read_frame(&mut r, &mut buf, 1 << 20).await,
+            Err(FrameError::Truncated)
+        ));
+    }
+}

@@ -1,0 +1,223 @@
+//! The client listener: one tokio task per connection, one task per request.
+//!
+//! A connection's reader decodes frames and starts a task per request, which runs the
+//! request on the [`Node`] (a Coordinator per request) and queues the encoded answer for the
+//! connection's writer task. The writer writes every queued answer before flushing, so
+//! pipelined answers share syscalls. At most `max-in-flight` requests per connection are
+//! unanswered at once: past that, the reader waits, which pushes back on the client through
+//! TCP.
+
+use crate::protocol::{read_frame, ErrorCode, FrameError, ProtocolError, Request, ResponseFrame};
+use ringkv_actors::Node;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+/// The client listener of one node.
+pub struct Server {
+    listener: TcpListener,
+    node: Arc<Node>,
+}
+
+impl Server {
+    /// Binds the node's `listen` address.
+    ///
+    /// # Errors
+    /// The bind error (address in use, permission).
+    pub async fn bind(node: Arc<Node>) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(node.config().listen).await?;
+        Ok(Server { listener, node })
+    }
+
+    /// The address actually bound (useful with port 0).
+    ///
+    /// # Errors
+    /// As `TcpListener::local_addr`.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` turns true (or its sender is dropped): then stops accepting,
+    /// stops reading requests, and waits up to `shutdown-grace-secs` for the answers to the
+    /// requests already read.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let mut stop = shutdown.clone();
+        let config = self.node.config().clone();
+        let connections = Arc::new(Semaphore::new(config.max_connections));
+        let mut tasks = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = until_true(&mut stop) => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let node = self.node.clone();
+                        let shutdown = shutdown.clone();
+                        match connections.clone().try_acquire_owned() {
+                            Ok(permit) => {
+                                tasks.spawn(async move {
+                                    serve_connection(stream, node, shutdown).await;
+                                    drop(permit);
+                                }.instrument(tracing::debug_span!("connection", %peer)));
+                            }
+                            Err(_) => {
+                                tracing::warn!(%peer, max = config.max_connections, "refusing connection: too many open");
+                                tasks.spawn(refuse(stream, config.max_connections));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::error!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "connections still busy after the grace period; closing them"
+            );
+            tasks.abort_all();
+        }
+    }
+}
+
+/// Resolves once the flag is true (or its sender is gone).
+async fn until_true(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|s| *s).await;
+}
+
+async fn refuse(mut stream: TcpStream, max: usize) {
+    let e = ProtocolError::new(
+        ErrorCode::TooManyConnections,
+        format!("the node has its maximum of {max} connections open (max-connections)"),
+    );
+    let _ = stream
+        .write_all(&ResponseFrame::error(0, &e).encode())
+        .await;
+    let _ = stream.shutdown().await;
+}
+
+async fn serve_connection(stream: TcpStream, node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+    let config = node.config();
+    let (rd, wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(64 << 10, rd);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(async move {
+        let mut wr = BufWriter::with_capacity(64 << 10, wr);
+        while let Some(frame) = rx.recv().await {
+            if wr.write_all(&frame).await.is_err() {
+                return;
+            }
+            while let Ok(frame) = rx.try_recv() {
+                if wr.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+            if wr.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let max_in_flight = config.max_in_flight;
+    let in_flight = Arc::new(Semaphore::new(max_in_flight));
+    let mut buf = Vec::new();
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let frame = tokio::select! {
+            _ = until_true(&mut shutdown) => break,
+            frame = read_frame(&mut rd, &mut buf, config.max_frame_bytes) => frame,
+        };
+        match frame {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(FrameError::TooLarge { len, max }) => {
+                tracing::debug!(len, max, "frame too large; closing connection");
+                let e = ProtocolError::new(
+                    ErrorCode::FrameTooLarge,
+                    format!("frame of {len} bytes is over the maximum of {max} bytes (max-frame-bytes); closing the connection"),
+                );
+                let _ = tx.send(ResponseFrame::error(0, &e).encode());
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "connection ended");
+                break;
+            }
+        }
+        match Request::decode(&buf) {
+            Ok((id, Request::Ping)) => {
+                let _ = tx.send(ResponseFrame::ok(id).encode());
+            }
+            Ok((id, request)) => {
+                let node = node.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let answer = execute(&node, id, request).await;
+                    let _ = tx.send(answer.encode());
+                    drop(permit);
+                });
+            }
+            Err((id, e)) => {
+                let _ = tx.send(ResponseFrame::error(id, &e).encode());
+            }
+        }
+    }
+    // Wait for the answers to every request already read, then let the writer finish.
+    let _ = in_flight.acquire_many(max_in_flight as u32).await;
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Runs one request on the node and builds its answer.
+pub async fn execute(node: &Node, id: u64, request: Request) -> ResponseFrame {
+    let result = match request {
+        Request::Ping => Ok(ResponseFrame::ok(id)),
+        Request::Get { bucket, key, opts } => node
+            .get(&bucket, &key, &opts)
+            .await
+            .map(|f| ResponseFrame::fetched(id, f)),
+        Request::Put {
+            bucket,
+            key,
+            value,
+            context,
+            return_body,
+            opts,
+        } => node
+            .put(&bucket, &key, value, &context, &opts)
+            .await
+            .map(|f| {
+                if return_body {
+                    ResponseFrame::fetched(id, f)
+                } else {
+                    ResponseFrame::ok(id)
+                }
+            }),
+        Request::Delete {
+            bucket,
+            key,
+            context,
+            opts,
+        } => node
+            .delete(&bucket, &key, &context, &opts)
+            .await
+            .map(|()| ResponseFrame::ok(id)),
+    };
+    result.unwrap_or_else(|e| ResponseFrame::error(id, &ProtocolError::from(e)))
+}
