@@ -41,6 +41,9 @@ pub enum KvError {
     /// The node is shutting down or its supervision tree has stopped.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// A fault-injection request reached a node that runs without `fault-injection`.
+    #[error("fault injection is disabled on this node (start it with --fault-injection)")]
+    FaultInjectionDisabled,
 }
 
 /// A request as the coordinator executes it.

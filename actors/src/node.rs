@@ -336,6 +336,24 @@ impl Node {
         answer.await.map_err(|_| KvError::ShuttingDown)?
     }
 
+    /// Fault injection: panics the vnode that owns `(bucket, key)`, so that tests can watch
+    /// it being restarted. Returns the partition. Refused unless the node runs with
+    /// `fault-injection` on.
+    ///
+    /// # Errors
+    /// [`KvError::FaultInjectionDisabled`]; [`KvError::ShuttingDown`] if the vnode is not up.
+    pub fn inject_vnode_panic(&self, bucket: &[u8], key: &[u8]) -> Result<u32, KvError> {
+        if !self.config.fault_injection {
+            return Err(KvError::FaultInjectionDisabled);
+        }
+        let p = self.partition_of(bucket, key);
+        let vnode = self.directory.get(p).ok_or(KvError::ShuttingDown)?;
+        vnode
+            .send_message(VNodeMsg::InjectPanic)
+            .map_err(|_| KvError::ShuttingDown)?;
+        Ok(p)
+    }
+
     /// Resolves when the supervision tree has stopped: after [`Node::shutdown`], or when a
     /// failure escalated past every restart budget.
     pub async fn stopped(&self) {

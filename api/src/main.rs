@@ -171,6 +171,9 @@ struct StartArgs {
     /// Seconds a shutdown waits for in-flight requests [default: 10].
     #[arg(long)]
     shutdown_grace_secs: Option<u64>,
+    /// Accept the `inject_fault` op that panics actors on purpose (tests only).
+    #[arg(long)]
+    fault_injection: bool,
 }
 
 impl StartArgs {
@@ -202,6 +205,7 @@ impl StartArgs {
             max_map_bytes,
             shutdown_grace_secs
         );
+        c.fault_injection |= self.fault_injection;
         c.validate()?;
         Ok(c)
     }
@@ -431,6 +435,7 @@ async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = args.config()?;
     let node = Arc::new(Node::start(config).await?);

@@ -105,6 +105,7 @@ impl From<KvError> for ProtocolError {
             KvError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
             KvError::Timeout { .. } => ErrorCode::Timeout,
             KvError::ShuttingDown => ErrorCode::ShuttingDown,
+            KvError::FaultInjectionDisabled => ErrorCode::UnknownOp,
         };
         ProtocolError::new(code, e.to_string())
     }
@@ -116,7 +117,7 @@ impl From<KvError> for ProtocolError {
 pub struct RequestFrame {
     /// Client-chosen request id, echoed in the answer.
     pub id: u64,
-    /// `"ping"`, `"get"`, `"put"` or `"delete"`.
+    /// `"ping"`, `"get"`, `"put"`, `"delete"` (or `"inject_fault"`, for tests).
     pub op: String,
     /// Bucket name (bin or str), 1 to 64 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -226,6 +227,13 @@ pub enum Request {
         /// Per-request settings.
         opts: RequestOptions,
     },
+    /// Testing only: panic the vnode that owns `(bucket, key)` (needs `fault-injection`).
+    InjectFault {
+        /// Bucket.
+        bucket: Vec<u8>,
+        /// Key.
+        key: Vec<u8>,
+    },
     /// Delete a key (write a tombstone).
     Delete {
         /// Bucket.
@@ -307,6 +315,10 @@ impl Request {
                 key: required(f.key, "key", op)?,
                 context: f.context.map(ByteBuf::into_vec).unwrap_or_default(),
                 opts,
+            },
+            "inject_fault" => Request::InjectFault {
+                bucket: required(f.bucket, "bucket", op)?,
+                key: required(f.key, "key", op)?,
             },
             other => {
                 return Err(ProtocolError::new(

@@ -209,6 +209,9 @@ pub async fn execute(node: &Node, id: u64, request: Request) -> ResponseFrame {
                     ResponseFrame::ok(id)
                 }
             }),
+        Request::InjectFault { bucket, key } => node
+            .inject_vnode_panic(&bucket, &key)
+            .map(|_| ResponseFrame::ok(id)),
         Request::Delete {
             bucket,
             key,

@@ -79,6 +79,9 @@ pub struct NodeConfig {
     pub max_map_bytes: usize,
     /// Most seconds a shutdown waits for in-flight requests. Default 10.
     pub shutdown_grace_secs: u64,
+    /// Accept the `inject_fault` protocol op, which panics actors on purpose (for tests of
+    /// supervision). Never enable it in production. Default false.
+    pub fault_injection: bool,
 }
 
 impl Default for NodeConfig {
@@ -97,6 +100,7 @@ impl Default for NodeConfig {
             initial_map_bytes: 64 << 20,
             max_map_bytes: 64 << 30,
             shutdown_grace_secs: 10,
+            fault_injection: false,
         }
     }
 }
