@@ -71,7 +71,9 @@ fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
 }
 
 /// Stores and verifies every file under `root` into `bucket`, with `concurrency` requests in
-/// flight on one pipelined connection.
+/// flight on one pipelined connection. Files over `max_value_bytes` (the node's
+/// `max-value-bytes`) are skipped and reported, never sent: a frame over the node's limit would
+/// close the connection.
 ///
 /// # Errors
 /// If `root` cannot be listed or the connection fails; per-file problems are in the report.
@@ -80,6 +82,7 @@ pub async fn load(
     root: &Path,
     bucket: &[u8],
     concurrency: usize,
+    max_value_bytes: u64,
     quiet: bool,
 ) -> anyhow::Result<LoadReport> {
     let files = walk(root)?;
@@ -93,7 +96,7 @@ pub async fn load(
         let permit = limit.clone().acquire_owned().await?;
         let (client, root, bucket) = (client.clone(), root.to_path_buf(), bucket.to_vec());
         tasks.spawn(async move {
-            let result = store_one(&client, &root, &file, &bucket).await;
+            let result = store_one(&client, &root, &file, &bucket, max_value_bytes).await;
             drop(permit);
             (file, result)
         });
@@ -172,7 +175,18 @@ async fn store_one(
     root: &Path,
     file: &Path,
     bucket: &[u8],
+    max_value_bytes: u64,
 ) -> Result<Stored, ClientError> {
+    match tokio::fs::metadata(file).await {
+        Ok(m) if m.len() > max_value_bytes => {
+            return Ok(Stored::Skipped(format!(
+                "{} bytes, over the maximum value of {max_value_bytes} bytes (--max-value-bytes)",
+                m.len()
+            )))
+        }
+        Ok(_) => {}
+        Err(e) => return Ok(Stored::Skipped(format!("unreadable: {e}"))),
+    }
     let value = match tokio::fs::read(file).await {
         Ok(v) => v,
         Err(e) => return Ok(Stored::Skipped(format!("unreadable: {e}"))),

@@ -84,6 +84,9 @@ enum Command {
         /// Requests in flight.
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
+        /// Skip files larger than this, bytes (set it to the node's max-value-bytes).
+        #[arg(long, default_value_t = 4 << 20)]
+        max_value_bytes: u64,
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
@@ -351,11 +354,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
             bucket,
             concurrency,
+            max_value_bytes,
             quiet,
         } => {
             let client = connect(&addr).await?;
-            let r = ringkv_api::load::load(&client, &dir, bucket.as_bytes(), concurrency, quiet)
-                .await?;
+            let r = ringkv_api::load::load(
+                &client,
+                &dir,
+                bucket.as_bytes(),
+                concurrency,
+                max_value_bytes,
+                quiet,
+            )
+            .await?;
             let mb = r.bytes as f64 / 1e6;
             let (st, vt) = (r.store_time.as_secs_f64(), r.verify_time.as_secs_f64());
             println!(
