@@ -13,14 +13,14 @@
 //! # Ok(()) }
 //! ```
 
-use crate::protocol::{encode_frame, read_frame, RequestFrame, ResponseFrame};
+use crate::protocol::{encode_frame, read_frame, write_frames, RequestFrame, ResponseFrame};
 use ringkv_actors::Fetched;
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::BufReader;
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 
@@ -84,24 +84,9 @@ impl Client {
             .map_err(ClientError::Connect)?;
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
-        let (frames, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (frames, rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
-        tokio::spawn(async move {
-            let mut wr = BufWriter::with_capacity(64 << 10, wr);
-            while let Some(f) = rx.recv().await {
-                if wr.write_all(&f).await.is_err() {
-                    return;
-                }
-                while let Ok(f) = rx.try_recv() {
-                    if wr.write_all(&f).await.is_err() {
-                        return;
-                    }
-                }
-                if wr.flush().await.is_err() {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(write_frames(wr, rx));
         let reader_pending = pending.clone();
         tokio::spawn(async move {
             let mut rd = BufReader::with_capacity(64 << 10, rd);

@@ -395,12 +395,29 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     }
 }
 
-/// Writes pre-encoded frames and flushes.
-///
-/// # Errors
-/// I/O errors.
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> std::io::Result<()> {
-    w.write_all(frame).await
+/// Writes the encoded frames that arrive on `frames` to `w` until the channel closes (then
+/// shuts the write side down) or a write fails. Every frame already queued is written before
+/// a flush, so pipelined frames share syscalls. Used by the server's connections and by the
+/// client.
+pub async fn write_frames<W: AsyncWrite + Unpin>(
+    w: W,
+    mut frames: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    let mut w = tokio::io::BufWriter::with_capacity(64 << 10, w);
+    while let Some(frame) = frames.recv().await {
+        if w.write_all(&frame).await.is_err() {
+            return;
+        }
+        while let Ok(frame) = frames.try_recv() {
+            if w.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
 }
 
 #[cfg(test)]

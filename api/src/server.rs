@@ -7,12 +7,14 @@
 //! unanswered at once: past that, the reader waits, which pushes back on the client through
 //! TCP.
 
-use crate::protocol::{read_frame, ErrorCode, FrameError, ProtocolError, Request, ResponseFrame};
+use crate::protocol::{
+    read_frame, write_frames, ErrorCode, FrameError, ProtocolError, Request, ResponseFrame,
+};
 use ringkv_actors::Node;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
@@ -114,24 +116,8 @@ async fn serve_connection(stream: TcpStream, node: Arc<Node>, mut shutdown: watc
     let config = node.config();
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 << 10, rd);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let writer = tokio::spawn(async move {
-        let mut wr = BufWriter::with_capacity(64 << 10, wr);
-        while let Some(frame) = rx.recv().await {
-            if wr.write_all(&frame).await.is_err() {
-                return;
-            }
-            while let Ok(frame) = rx.try_recv() {
-                if wr.write_all(&frame).await.is_err() {
-                    return;
-                }
-            }
-            if wr.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
+    let (tx, rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(write_frames(wr, rx));
     let max_in_flight = config.max_in_flight;
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
     let mut buf = Vec::new();

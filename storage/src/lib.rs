@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod dvv;
+mod env;
 mod error;
 pub mod keys;
 pub mod partition;

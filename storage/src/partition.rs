@@ -18,7 +18,7 @@
 use crate::dvv::{DvvSet, ReplicaId, VersionVector};
 use crate::{keys, record, StorageError};
 use heed::types::Bytes;
-use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
+use heed::{Database, Env, WithoutTls};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, RwLock};
@@ -118,7 +118,6 @@ impl Partition {
         replica: ReplicaId,
         options: &PartitionOptions,
     ) -> Result<Arc<Self>, StorageError> {
-        std::fs::create_dir_all(dir).map_err(StorageError::io)?;
         // Start with room for twice the data already there, so a restart does not begin by
         // growing the map step by step.
         let existing = std::fs::metadata(dir.join("data.mdb"))
@@ -128,26 +127,7 @@ impl Partition {
             .initial_map_bytes
             .max(existing.saturating_mul(2).next_power_of_two())
             .min(options.max_map_bytes.max(existing));
-        let env = unsafe {
-            // SAFETY: each partition directory is opened once per process (the supervisor
-            // keeps the handle), and ringkv never opens it from another process while a node
-            // runs on it.
-            EnvOpenOptions::new()
-                .read_txn_without_tls()
-                .map_size(map_bytes)
-                .max_dbs(4)
-                .open(dir)
-        }
-        .map_err(StorageError::io)?;
-        let wtxn = env.write_txn().map_err(StorageError::io)?;
-        let db: Database<'static, Bytes, Bytes> = env
-            .create_databases_and_commit(wtxn, |opener, wtxn| {
-                opener
-                    .create_database::<Bytes, Bytes>(wtxn, Some("kv"))
-                    .map(CommitOrAbort::<_, ()>::Commit)
-            })
-            .map_err(|e: heed::Error| StorageError::io(e))?
-            .unwrap_commit();
+        let (env, db) = crate::env::open_env::<Bytes, Bytes>(dir, map_bytes, "kv")?;
 
         let (tx, rx) = mpsc::channel();
         let gate = Arc::new(RwLock::new(()));

@@ -7,7 +7,7 @@
 use crate::dvv::ReplicaId;
 use crate::StorageError;
 use heed::types::{Bytes, Str};
-use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
+use heed::{Database, Env, WithoutTls};
 use std::path::Path;
 
 const REPLICA_ID: &str = "replica_id";
@@ -28,25 +28,7 @@ impl SystemStore {
     /// [`StorageError::Mismatch`] if the directory was made with another partition count;
     /// [`StorageError::Io`] on LMDB or file errors.
     pub fn open(dir: &Path, partitions: u32) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(dir).map_err(StorageError::io)?;
-        let env = unsafe {
-            // SAFETY: opened once per process, by the node that owns the data directory.
-            EnvOpenOptions::new()
-                .read_txn_without_tls()
-                .map_size(64 << 20)
-                .max_dbs(8)
-                .open(dir)
-        }
-        .map_err(StorageError::io)?;
-        let wtxn = env.write_txn().map_err(StorageError::io)?;
-        let meta: Database<'static, Str, Bytes> = env
-            .create_databases_and_commit(wtxn, |opener, wtxn| {
-                opener
-                    .create_database::<Str, Bytes>(wtxn, Some("meta"))
-                    .map(CommitOrAbort::<_, ()>::Commit)
-            })
-            .map_err(|e: heed::Error| StorageError::io(e))?
-            .unwrap_commit();
+        let (env, meta) = crate::env::open_env::<Str, Bytes>(dir, 64 << 20, "meta")?;
         let mut wtxn = env.write_txn().map_err(StorageError::io)?;
         let replica = match meta.get(&wtxn, REPLICA_ID).map_err(StorageError::io)? {
             Some(b) => u64::from_be_bytes(
