@@ -20,6 +20,7 @@
 pub mod coordinator;
 pub mod directory;
 pub mod node;
+pub mod replica;
 pub mod supervision;
 pub mod vnode;
 pub mod vnode_supervisor;

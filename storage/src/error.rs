@@ -3,7 +3,7 @@
 use thiserror::Error;
 
 /// Everything a storage operation can fail with. Messages name the limit that was hit.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[derive(Debug, Error, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StorageError {
     /// The bucket name is empty.
     #[error("bucket is empty: a bucket name needs 1 to {max} bytes")]
