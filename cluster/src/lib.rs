@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod phi;
 pub mod ring;
 
 pub use config::{ConfigError, NodeConfig};
