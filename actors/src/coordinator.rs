@@ -1,22 +1,29 @@
-//! The Coordinator: one short-lived actor per client request.
+//! The Coordinator: one short-lived actor per client request, with Dynamo's quorum rules.
 //!
-//! It finds the vnode of the key's partition, sends it the request with the time left before
-//! the request's deadline, and hands the answer back to whoever started it. If the vnode dies
-//! while holding the request, the coordinator waits for the restarted vnode and tries again
-//! within the same deadline. Its message type is local-only (`RactorMessage`), so spawning one
-//! costs no cluster traffic (STACK-NOTES). It is never restarted: a failed request is answered
-//! with an error and the client decides.
+//! * **Write** (put or delete): the coordinator asks the first reachable replica of the
+//!   preference list (this node first, when it is a replica) to apply the write. That replica
+//!   creates the new dot and stores the record durably. The coordinator then sends the
+//!   resulting record to the other replicas, which merge it. It answers after `w` durable
+//!   acknowledgements, the coordinating replica's included, or with
+//!   [`KvError::Quorum`] saying how many answered. Merges still under way when it answers go
+//!   on in the background, so every reachable replica gets the write.
+//! * **Read**: it asks every replica, answers after `r` answers with the merge (DVV sync) of
+//!   what they returned, and keeps listening until the deadline. Then it sends the merged
+//!   record to every replica that answered with something older (**read repair**).
+//!
+//! Replicas are reached through [`Peers`]: the local vnode directly, other nodes' Replica
+//! actors through ractor_cluster. The coordinator's message type is local-only
+//! (`RactorMessage`), so spawning one sends nothing to other nodes (STACK-NOTES). It is never
+//! restarted: a failed request is answered with an error and the client decides.
 
-use crate::directory::VNodeDirectory;
-use crate::vnode::VNodeMsg;
-use ractor::rpc::CallResult;
+use crate::replica::{Peers, ReplicaError, ReplicaRequest};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
 use ringkv_storage::{DvvSet, StorageError, VersionVector};
-use std::sync::Arc;
+use serde_bytes::ByteBuf;
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// Why a request failed.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -32,6 +39,24 @@ pub enum KvError {
         /// Largest allowed, bytes.
         max: usize,
     },
+    /// Fewer replicas answered than the quorum needs.
+    #[error("{op} quorum not reached: {answered} of {n} replicas answered, {needed} needed")]
+    Quorum {
+        /// `"read"` or `"write"`.
+        op: &'static str,
+        /// Replicas that answered successfully.
+        answered: usize,
+        /// Answers needed (`r` or `w`).
+        needed: usize,
+        /// Replicas asked (`n`).
+        n: usize,
+    },
+    /// Quorum parameters that cannot be met (`r` or `w` of 0 or over `n`, `n` of 0).
+    #[error("invalid quorum: {0}")]
+    BadQuorum(String),
+    /// The cluster has no committed layout yet, so no partition has replicas.
+    #[error("the cluster has no committed layout: run `ringkv cluster plan` and `ringkv cluster commit`")]
+    NoLayout,
     /// No answer before the request's deadline.
     #[error("request timed out after {ms} ms")]
     Timeout {
@@ -44,6 +69,9 @@ pub enum KvError {
     /// A fault-injection request reached a node that runs without `fault-injection`.
     #[error("fault injection is disabled on this node (start it with --fault-injection)")]
     FaultInjectionDisabled,
+    /// A cluster administration request failed.
+    #[error("{0}")]
+    Admin(String),
 }
 
 /// A request as the coordinator executes it.
@@ -69,14 +97,27 @@ pub enum KvRequest {
     },
 }
 
+/// Where a request goes: the key's partition, its preference list and the quorums.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    /// The key's partition.
+    pub partition: u32,
+    /// Node names of the replicas (the first `n` of the preference list).
+    pub replicas: Vec<String>,
+    /// Read quorum, `1..=replicas.len()`.
+    pub r: usize,
+    /// Write quorum, `1..=replicas.len()`.
+    pub w: usize,
+}
+
 /// Arguments of a [`Coordinator`].
 pub struct CoordinatorArgs {
     /// What to do.
     pub request: KvRequest,
-    /// The key's partition.
-    pub partition: u32,
-    /// Where the vnodes are.
-    pub directory: Arc<VNodeDirectory>,
+    /// Where.
+    pub placement: Placement,
+    /// How replicas are reached.
+    pub peers: Peers,
     /// Time limit of the whole request.
     pub timeout: Duration,
     /// Receives the key's state after the request (`None`: a read of a key never written).
@@ -109,7 +150,16 @@ impl Actor for Coordinator {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(args) = state.take() {
-            let result = run(&args).await;
+            let deadline = Instant::now() + args.timeout;
+            let result = match &args.request {
+                KvRequest::Get { bucket, key } => read(&args, bucket, key, deadline).await,
+                KvRequest::Update {
+                    bucket,
+                    key,
+                    context,
+                    value,
+                } => write(&args, bucket, key, context, value, deadline).await,
+            };
             let _ = args.reply.send(result);
         }
         myself.stop(None);
@@ -117,64 +167,213 @@ impl Actor for Coordinator {
     }
 }
 
-async fn run(args: &CoordinatorArgs) -> Result<Option<DvvSet>, KvError> {
-    let deadline = Instant::now() + args.timeout;
-    let timeout = KvError::Timeout {
+fn timeout_error(args: &CoordinatorArgs) -> KvError {
+    KvError::Timeout {
         ms: args.timeout.as_millis() as u64,
+    }
+}
+
+/// True for storage errors that any replica would give for the same request (bad input),
+/// as opposed to a failure of one replica.
+fn is_request_error(e: &StorageError) -> bool {
+    matches!(
+        e,
+        StorageError::EmptyBucket { .. }
+            | StorageError::BucketTooLong { .. }
+            | StorageError::EmptyKey { .. }
+            | StorageError::KeyTooLong { .. }
+            | StorageError::TooManySiblings { .. }
+            | StorageError::BadContext(_)
+    )
+}
+
+async fn write(
+    args: &CoordinatorArgs,
+    bucket: &[u8],
+    key: &[u8],
+    context: &VersionVector,
+    value: &Option<Vec<u8>>,
+    deadline: Instant,
+) -> Result<Option<DvvSet>, KvError> {
+    let Placement {
+        partition,
+        replicas,
+        w,
+        ..
+    } = &args.placement;
+    let (n, w) = (replicas.len(), *w);
+    let quorum = |answered| KvError::Quorum {
+        op: "write",
+        answered,
+        needed: w,
+        n,
     };
-    let mut stale: Option<ActorRef<VNodeMsg>> = None;
-    loop {
-        let vnode = args
-            .directory
-            .wait_for(args.partition, stale.as_ref(), deadline)
-            .await
-            .ok_or_else(|| timeout.clone())?;
+    // The coordinating replica: this node if it is one, else the first reachable one.
+    let mut order: Vec<&String> = replicas.iter().collect();
+    order.sort_by_key(|node| **node != args.peers.local);
+    let mut coordinated = None;
+    let mut last_failure = None;
+    for node in order {
+        if !args.peers.reachable(node) {
+            continue;
+        }
         let left = deadline.saturating_duration_since(Instant::now());
-        let answer = match &args.request {
-            KvRequest::Get { bucket, key } => vnode
-                .call(
-                    |reply| VNodeMsg::Get {
-                        bucket: bucket.clone(),
-                        key: key.clone(),
-                        reply,
-                    },
-                    Some(left),
-                )
-                .await
-                .map_err(|_| ()),
-            KvRequest::Update {
-                bucket,
-                key,
-                context,
-                value,
-            } => vnode
-                .call(
-                    |reply| VNodeMsg::Update {
-                        bucket: bucket.clone(),
-                        key: key.clone(),
-                        context: context.clone(),
-                        value: value.clone(),
-                        timestamp_ms: now_ms(),
-                        reply,
-                    },
-                    Some(left),
-                )
-                .await
-                .map(|r| match r {
-                    CallResult::Success(r) => CallResult::Success(r.map(Some)),
-                    CallResult::Timeout => CallResult::Timeout,
-                    CallResult::SenderError => CallResult::SenderError,
-                })
-                .map_err(|_| ()),
+        if left.is_zero() {
+            return Err(timeout_error(args));
+        }
+        let update = ReplicaRequest::Update {
+            partition: *partition,
+            bucket: ByteBuf::from(bucket),
+            key: ByteBuf::from(key),
+            context: context.clone(),
+            value: value.clone().map(ByteBuf::from),
+            timestamp_ms: now_ms(),
         };
-        match answer {
-            Ok(CallResult::Success(r)) => return r.map_err(KvError::from),
-            Ok(CallResult::Timeout) => return Err(timeout),
-            // The vnode died with the request (before handing a write to the writer thread,
-            // so nothing was applied): wait for its successor and try again.
-            Ok(CallResult::SenderError) | Err(()) => stale = Some(vnode),
+        match args.peers.call(node, update, left).await {
+            Ok(Ok(Some(record))) => {
+                coordinated = Some((node.clone(), record));
+                break;
+            }
+            Ok(Ok(None)) => last_failure = Some(format!("{node} returned no record")),
+            Ok(Err(e)) if is_request_error(&e) => return Err(e.into()),
+            Ok(Err(e)) => last_failure = Some(e.to_string()),
+            Err(e) => last_failure = Some(e.to_string()),
         }
     }
+    let Some((coordinator, record)) = coordinated else {
+        if let Some(f) = last_failure {
+            tracing::debug!(failure = %f, "no replica could coordinate the write");
+        }
+        return Err(quorum(0));
+    };
+    let mut acks = 1;
+    let (tx, mut rx) = mpsc::unbounded_channel::<bool>();
+    for node in replicas.iter().filter(|n| **n != coordinator) {
+        let (peers, node, tx) = (args.peers.clone(), node.clone(), tx.clone());
+        let merge = ReplicaRequest::Merge {
+            partition: *partition,
+            bucket: ByteBuf::from(bucket),
+            key: ByteBuf::from(key),
+            record: record.clone(),
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::spawn(async move {
+            let ok = matches!(peers.call(&node, merge, left).await, Ok(Ok(_)));
+            let _ = tx.send(ok);
+        });
+    }
+    drop(tx);
+    while acks < w {
+        match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+            Ok(Some(true)) => acks += 1,
+            Ok(Some(false)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if acks >= w {
+        Ok(Some(record))
+    } else {
+        Err(quorum(acks))
+    }
+}
+
+async fn read(
+    args: &CoordinatorArgs,
+    bucket: &[u8],
+    key: &[u8],
+    deadline: Instant,
+) -> Result<Option<DvvSet>, KvError> {
+    let Placement {
+        partition,
+        replicas,
+        r,
+        ..
+    } = &args.placement;
+    let (n, r) = (replicas.len(), *r);
+    type Answer = (String, Result<Option<DvvSet>, ReplicaError>);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Answer>();
+    for node in replicas {
+        let (peers, node, tx) = (args.peers.clone(), node.clone(), tx.clone());
+        let get = ReplicaRequest::Get {
+            partition: *partition,
+            bucket: ByteBuf::from(bucket),
+            key: ByteBuf::from(key),
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::spawn(async move {
+            let answer = match peers.call(&node, get, left).await {
+                Ok(Ok(record)) => Ok(record),
+                Ok(Err(e)) => Err(ReplicaError::Garbled(node.clone(), e.to_string())),
+                Err(e) => Err(e),
+            };
+            let _ = tx.send((node, answer));
+        });
+    }
+    drop(tx);
+    let mut answers: Vec<(String, Option<DvvSet>)> = Vec::with_capacity(n);
+    let mut replied = 0;
+    while answers.len() < r && replied < n {
+        match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+            Ok(Some((node, Ok(record)))) => {
+                replied += 1;
+                answers.push((node, record));
+            }
+            Ok(Some((node, Err(e)))) => {
+                replied += 1;
+                tracing::debug!(%node, error = %e, "replica failed a read");
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if answers.len() < r {
+        return Err(KvError::Quorum {
+            op: "read",
+            answered: answers.len(),
+            needed: r,
+            n,
+        });
+    }
+    let merged = merge_all(&answers);
+    // Read repair: wait for the other answers (until the deadline), then bring every replica
+    // that answered with less than the merge up to date.
+    let (peers, partition) = (args.peers.clone(), *partition);
+    let (bucket, key) = (bucket.to_vec(), key.to_vec());
+    tokio::spawn(async move {
+        while let Ok(Some((node, Ok(record)))) =
+            tokio::time::timeout_at(deadline.into(), rx.recv()).await
+        {
+            answers.push((node, record));
+        }
+        let Some(merged) = merge_all(&answers) else {
+            return;
+        };
+        for (node, record) in answers {
+            if record.as_ref().is_some_and(|r| r.descends(&merged)) {
+                continue;
+            }
+            tracing::debug!(%node, partition, "read repair");
+            let merge = ReplicaRequest::Merge {
+                partition,
+                bucket: ByteBuf::from(bucket.clone()),
+                key: ByteBuf::from(key.clone()),
+                record: merged.clone(),
+            };
+            let _ = peers.call(&node, merge, Duration::from_secs(5)).await;
+        }
+    });
+    Ok(merged)
+}
+
+fn merge_all(answers: &[(String, Option<DvvSet>)]) -> Option<DvvSet> {
+    answers
+        .iter()
+        .filter_map(|(_, r)| r.as_ref())
+        .fold(None, |acc: Option<DvvSet>, r| {
+            Some(match acc {
+                Some(a) => a.sync(r),
+                None => r.clone(),
+            })
+        })
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

@@ -17,11 +17,14 @@
 //! issues.
 #![warn(missing_docs)]
 
+pub mod cluster_view;
 pub mod coordinator;
 pub mod directory;
+pub mod gossip;
 pub mod node;
 pub mod replica;
 pub mod supervision;
+mod transport_events;
 pub mod vnode;
 pub mod vnode_supervisor;
 

@@ -1,13 +1,19 @@
 //! The NodeSupervisor and [`Node`], the handle through which the API (or an embedding Rust
 //! service) uses a running node.
 
-use crate::coordinator::{Coordinator, CoordinatorArgs, KvError, KvRequest};
+use crate::cluster_view::ClusterView;
+use crate::coordinator::{Coordinator, CoordinatorArgs, KvError, KvRequest, Placement};
 use crate::directory::VNodeDirectory;
+use crate::gossip::{Gossip, GossipArgs};
+use crate::replica::{Peers, Replica, ReplicaArgs};
 use crate::supervision::RestartBudget;
 use crate::vnode::VNodeMsg;
 use crate::vnode_supervisor::{VNodeSupervisor, VNodeSupervisorArgs};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::RactorMessage;
+use ractor_cluster::{NodeServer, NodeServerMessage};
+use ringkv_cluster::membership::{BucketProps, ClusterState, Member, MemberStatus, Plan};
+use ringkv_cluster::phi::PhiConfig;
 use ringkv_cluster::{partition_for, NodeConfig};
 use ringkv_storage::{
     keys, DataDir, DvvSet, Partition, PartitionOptions, StorageError, VersionVector,
@@ -45,34 +51,98 @@ pub struct NodeSupervisorArgs {
     pub budget: RestartBudget,
     /// Restarts of vnodes allowed, per VNodeSupervisor incarnation.
     pub vnode_budget: RestartBudget,
+    /// The node's cluster view.
+    pub view: Arc<ClusterView>,
+    /// The cluster transport, when the node has a cluster address.
+    pub transport: Option<Transport>,
+    /// Request time limit, for the Replica actor.
+    pub timeout: Duration,
+}
+
+/// What the cluster-facing children need.
+#[derive(Clone)]
+pub struct Transport {
+    /// The ractor_cluster NodeServer.
+    pub node_server: ActorRef<NodeServerMessage>,
+    /// `--join` seeds.
+    pub seeds: Vec<String>,
+    /// Gossip tick.
+    pub interval: Duration,
+}
+
+/// The children a NodeSupervisor restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Child {
+    VNodes,
+    Replica,
+    Gossip,
 }
 
 /// State of the [`NodeSupervisor`].
 pub struct NodeSupervisorState {
     args: NodeSupervisorArgs,
-    vnodes: Option<ActorCell>,
+    children: Vec<(ActorCell, Child)>,
 }
 
 /// Root of a node's supervision tree.
 pub struct NodeSupervisor;
 
 impl NodeSupervisor {
-    async fn start_vnodes(
+    async fn start_child(
         myself: &ActorRef<NodeSupervisorMsg>,
         state: &mut NodeSupervisorState,
+        child: Child,
     ) -> Result<(), ActorProcessingErr> {
-        let (sup, _) = Actor::spawn_linked(
-            None,
-            VNodeSupervisor,
-            VNodeSupervisorArgs {
-                partitions: state.args.partitions.clone(),
-                directory: state.args.directory.clone(),
-                budget: state.args.vnode_budget.clone(),
-            },
-            myself.get_cell(),
-        )
-        .await?;
-        state.vnodes = Some(sup.get_cell());
+        let a = &state.args;
+        let cell = match child {
+            Child::VNodes => Actor::spawn_linked(
+                None,
+                VNodeSupervisor,
+                VNodeSupervisorArgs {
+                    partitions: a.partitions.clone(),
+                    directory: a.directory.clone(),
+                    budget: a.vnode_budget.clone(),
+                },
+                myself.get_cell(),
+            )
+            .await?
+            .0
+            .get_cell(),
+            Child::Replica => Actor::spawn_linked(
+                None,
+                Replica,
+                ReplicaArgs {
+                    name: a.view.local().to_string(),
+                    directory: a.directory.clone(),
+                    timeout: a.timeout,
+                },
+                myself.get_cell(),
+            )
+            .await?
+            .0
+            .get_cell(),
+            Child::Gossip => {
+                let t = a
+                    .transport
+                    .clone()
+                    .expect("gossip runs only with a transport");
+                Actor::spawn_linked(
+                    None,
+                    Gossip,
+                    GossipArgs {
+                        view: a.view.clone(),
+                        node_server: t.node_server,
+                        seeds: t.seeds,
+                        interval: t.interval,
+                    },
+                    myself.get_cell(),
+                )
+                .await?
+                .0
+                .get_cell()
+            }
+        };
+        state.children.push((cell, child));
         Ok(())
     }
 }
@@ -87,8 +157,16 @@ impl Actor for NodeSupervisor {
         myself: ActorRef<Self::Msg>,
         args: NodeSupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut state = NodeSupervisorState { args, vnodes: None };
-        Self::start_vnodes(&myself, &mut state).await?;
+        let clustered = args.transport.is_some();
+        let mut state = NodeSupervisorState {
+            args,
+            children: Vec::new(),
+        };
+        Self::start_child(&myself, &mut state, Child::VNodes).await?;
+        if clustered {
+            Self::start_child(&myself, &mut state, Child::Replica).await?;
+            Self::start_child(&myself, &mut state, Child::Gossip).await?;
+        }
         Ok(state)
     }
 
@@ -101,24 +179,74 @@ impl Actor for NodeSupervisor {
         let SupervisionEvent::ActorFailed(cell, error) = event else {
             return Ok(());
         };
-        if state.vnodes.as_ref().map(|c| c.get_id()) != Some(cell.get_id()) {
+        let Some(i) = state
+            .children
+            .iter()
+            .position(|(c, _)| c.get_id() == cell.get_id())
+        else {
             return Ok(());
-        }
-        state.vnodes = None;
+        };
+        let (_, child) = state.children.remove(i);
         if !state.args.budget.allow(Instant::now()) {
-            tracing::error!(%error, "VNodeSupervisor failed past its restart budget; stopping the node");
-            return Err(format!("VNodeSupervisor failed past its restart budget: {error}").into());
+            tracing::error!(?child, %error, "child failed past the restart budget; stopping the node");
+            return Err(format!("{child:?} failed past the restart budget: {error}").into());
         }
-        tracing::warn!(%error, "VNodeSupervisor failed; restarting it");
-        Self::start_vnodes(&myself, state).await
+        tracing::warn!(?child, %error, "child failed; restarting it");
+        Self::start_child(&myself, state, child).await
     }
+}
+
+/// One member in [`ClusterStatus`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MemberRow {
+    /// Node name.
+    pub name: String,
+    /// joining, active or leaving.
+    pub status: MemberStatus,
+    /// Zone.
+    pub zone: String,
+    /// Capacity.
+    pub capacity: u32,
+    /// Cluster transport address.
+    pub cluster_addr: String,
+    /// Client address.
+    pub client_addr: String,
+    /// Up as this node's failure detector sees it (this node is always up).
+    pub up: bool,
+    /// Current phi of the peer (0 for this node and for peers never heard from).
+    pub phi: f64,
+    /// Partition replicas the committed layout gives it.
+    pub partitions: usize,
+}
+
+/// The cluster as one node sees it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ClusterStatus {
+    /// The node answering.
+    pub node: String,
+    /// Partition count Q.
+    pub partitions: u32,
+    /// Committed layout version (0: none).
+    pub layout_version: u64,
+    /// Hash of the whole cluster state: equal on nodes that agree.
+    pub digest: String,
+    /// Members by name.
+    pub members: Vec<MemberRow>,
 }
 
 /// Per-request settings.
 #[derive(Clone, Debug, Default)]
 pub struct RequestOptions {
-    /// Time limit; `None` uses the node's `request-timeout-ms`.
+    /// Time limit; `None` uses the bucket's, else the node's `request-timeout-ms`.
     pub timeout: Option<Duration>,
+    /// Replicas to use; `None` uses the bucket's `n`.
+    pub n: Option<u8>,
+    /// Read quorum; `None` uses the bucket's `r`.
+    pub r: Option<u8>,
+    /// Write quorum; `None` uses the bucket's `w`.
+    pub w: Option<u8>,
+    /// Read only this node's own replica (no quorum, no read repair): for inspection.
+    pub local: bool,
 }
 
 /// What a read returns: the live sibling values and the causal context to write back with.
@@ -148,7 +276,10 @@ pub struct Node {
     config: NodeConfig,
     data: Arc<DataDir>,
     directory: Arc<VNodeDirectory>,
+    view: Arc<ClusterView>,
+    peers: Peers,
     supervisor: ActorRef<NodeSupervisorMsg>,
+    node_server: Option<ActorRef<NodeServerMessage>>,
     stopped: watch::Receiver<bool>,
 }
 
@@ -172,6 +303,28 @@ impl Node {
             .map_err(|e| NodeError::Spawn(e.to_string()))??;
         let data = Arc::new(data);
         let directory = Arc::new(VNodeDirectory::new(config.partitions));
+        let name = config.node_name();
+        let view = Arc::new(Self::load_view(&config, &name, &data)?);
+
+        let node_server = match config.cluster_addr {
+            Some(addr) => {
+                let server = NodeServer::new(
+                    addr.port(),
+                    config.cookie.clone().unwrap_or_default(),
+                    name.clone(),
+                    addr.ip().to_string(),
+                    None,
+                    Some(ractor_cluster::node::NodeConnectionMode::Transitive),
+                )
+                .with_listen_addr(addr.ip());
+                let (server, _) = Actor::spawn(None, server, ())
+                    .await
+                    .map_err(|e| NodeError::Spawn(format!("cluster transport on {addr}: {e}")))?;
+                crate::transport_events::subscribe(&server);
+                Some(server)
+            }
+            None => None,
+        };
         let (supervisor, join) = Actor::spawn(
             None,
             NodeSupervisor,
@@ -180,6 +333,13 @@ impl Node {
                 directory: directory.clone(),
                 budget: RestartBudget::default(),
                 vnode_budget: RestartBudget::default(),
+                view: view.clone(),
+                transport: node_server.clone().map(|node_server| Transport {
+                    node_server,
+                    seeds: config.join.clone(),
+                    interval: Duration::from_millis(config.heartbeat_ms),
+                }),
+                timeout: Duration::from_millis(config.request_timeout_ms),
             },
         )
         .await
@@ -190,18 +350,88 @@ impl Node {
             let _ = tx.send(true);
         });
         tracing::info!(
+            name = %name,
             data_dir = %config.data_dir.display(),
             partitions = config.partitions,
+            cluster_addr = ?config.cluster_addr,
             replica = format_args!("{:016x}", data.system.replica_id()),
             "node started"
         );
+        let peers = Peers {
+            local: name,
+            directory: directory.clone(),
+            view: view.clone(),
+        };
         Ok(Node {
             config,
             data,
             directory,
+            view,
+            peers,
             supervisor,
+            node_server,
             stopped,
         })
+    }
+
+    /// Loads the persisted cluster view, or makes the first one: a node started without
+    /// `--join` founds a cluster of its own and commits a layout that gives it every
+    /// partition; a joining node waits, `joining`, for an operator's commit. Either way this
+    /// node's own entry is brought up to date with the configuration.
+    fn load_view(
+        config: &NodeConfig,
+        name: &str,
+        data: &DataDir,
+    ) -> Result<ClusterView, NodeError> {
+        let me = Member {
+            name: name.to_string(),
+            cluster_addr: config
+                .cluster_addr
+                .map_or_else(String::new, |a| a.to_string()),
+            client_addr: config.listen.to_string(),
+            zone: config.zone.clone(),
+            capacity: config.capacity,
+            status: MemberStatus::Joining,
+            version: 0,
+        };
+        let founding = config.join.is_empty();
+        let q = config.partitions;
+        let phi = PhiConfig {
+            threshold: config.phi_threshold,
+            first_heartbeat_estimate_ms: config.heartbeat_ms,
+            acceptable_heartbeat_pause_ms: config.acceptable_pause_ms,
+            ..PhiConfig::default()
+        };
+        let first = me.clone();
+        let view = ClusterView::load(
+            name.to_string(),
+            move || {
+                let mut s = ClusterState::new(q);
+                s.upsert_member(first);
+                if founding {
+                    let _ = s.commit();
+                }
+                s
+            },
+            data.system.clone(),
+            phi,
+        )
+        .map_err(|e| NodeError::Spawn(format!("cluster state: {e}")))?;
+        let stale = view.read().members.get(name).cloned();
+        if let Some(known) = stale {
+            let updated = Member {
+                status: known.status,
+                version: known.version,
+                ..me
+            };
+            if updated != known {
+                let _ = view.update(|s| {
+                    s.upsert_member(updated);
+                    Ok(())
+                });
+            }
+        }
+        Ok(view)
     }
 
     /// The configuration the node runs with.
@@ -310,6 +540,57 @@ impl Node {
             .unwrap_or_default())
     }
 
+    /// Where a request on `(bucket, key)` goes, and with which quorums.
+    ///
+    /// # Errors
+    /// [`KvError::NoLayout`], [`KvError::BadQuorum`].
+    pub fn placement(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        opts: &RequestOptions,
+    ) -> Result<(Placement, Duration), KvError> {
+        let partition = self.partition_of(bucket, key);
+        let state = self.view.read();
+        let props = state.bucket_props(bucket);
+        let timeout = opts.timeout.unwrap_or_else(|| {
+            Duration::from_millis(match props.timeout_ms {
+                0 => self.config.request_timeout_ms,
+                t => t,
+            })
+        });
+        if opts.local {
+            let placement = Placement {
+                partition,
+                replicas: vec![self.peers.local.clone()],
+                r: 1,
+                w: 1,
+            };
+            return Ok((placement, timeout));
+        }
+        let prefs = state.preference_list(partition).ok_or(KvError::NoLayout)?;
+        let want_n = opts.n.unwrap_or(props.n) as usize;
+        if want_n == 0 {
+            return Err(KvError::BadQuorum("n must be at least 1".into()));
+        }
+        // A cluster smaller than n keeps as many replicas as it has nodes.
+        let n = want_n.min(prefs.len());
+        let r = opts.r.unwrap_or(props.r) as usize;
+        let w = opts.w.unwrap_or(props.w) as usize;
+        if r == 0 || w == 0 || r > want_n || w > want_n {
+            return Err(KvError::BadQuorum(format!(
+                "r and w must be 1 to n ({want_n}), not r={r} w={w}"
+            )));
+        }
+        let placement = Placement {
+            partition,
+            replicas: prefs[..n].to_vec(),
+            r: r.min(n),
+            w: w.min(n),
+        };
+        Ok((placement, timeout))
+    }
+
     async fn coordinate(
         &self,
         request: KvRequest,
@@ -320,20 +601,125 @@ impl Node {
         if *self.stopped.borrow() {
             return Err(KvError::ShuttingDown);
         }
+        let (placement, timeout) = self.placement(bucket, key, opts)?;
         let (reply, answer) = oneshot::channel();
         let args = CoordinatorArgs {
             request,
-            partition: self.partition_of(bucket, key),
-            directory: self.directory.clone(),
-            timeout: opts
-                .timeout
-                .unwrap_or(Duration::from_millis(self.config.request_timeout_ms)),
+            placement,
+            peers: self.peers.clone(),
+            timeout,
             reply,
         };
         Actor::spawn(None, Coordinator, args)
             .await
             .map_err(|_| KvError::ShuttingDown)?;
         answer.await.map_err(|_| KvError::ShuttingDown)?
+    }
+
+    /// This node's cluster view.
+    pub fn view(&self) -> &Arc<ClusterView> {
+        &self.view
+    }
+
+    /// The cluster as this node sees it (`ringkv cluster status`).
+    pub fn cluster_status(&self) -> ClusterStatus {
+        let state = self.view.snapshot();
+        let peers: std::collections::HashMap<String, (f64, bool)> = self
+            .view
+            .peer_statuses()
+            .into_iter()
+            .map(|(n, phi, up)| (n, (phi, up)))
+            .collect();
+        let held = |name: &str| {
+            state.layout.as_ref().map_or(0, |c| {
+                (0..state.partitions)
+                    .filter(|&p| c.layout.replica_names(p).any(|r| r == name))
+                    .count()
+            })
+        };
+        let members = state
+            .members
+            .values()
+            .map(|m| {
+                let (phi, up) = if m.name == self.peers.local {
+                    (0.0, true)
+                } else {
+                    peers.get(&m.name).copied().unwrap_or((0.0, false))
+                };
+                MemberRow {
+                    name: m.name.clone(),
+                    status: m.status,
+                    zone: m.zone.clone(),
+                    capacity: m.capacity,
+                    cluster_addr: m.cluster_addr.clone(),
+                    client_addr: m.client_addr.clone(),
+                    up,
+                    phi: (phi * 100.0).round() / 100.0,
+                    partitions: held(&m.name),
+                }
+            })
+            .collect();
+        ClusterStatus {
+            node: self.peers.local.clone(),
+            partitions: state.partitions,
+            layout_version: state.layout.as_ref().map_or(0, |c| c.version),
+            digest: format!("{:016x}", state.digest()),
+            members,
+        }
+    }
+
+    /// The layout the next commit would install (`ringkv cluster plan`).
+    ///
+    /// # Errors
+    /// [`KvError::Admin`] if no layout fits.
+    pub fn cluster_plan(&self) -> Result<Plan, KvError> {
+        self.view
+            .read()
+            .plan()
+            .map_err(|e| KvError::Admin(e.to_string()))
+    }
+
+    /// Installs the planned layout (`ringkv cluster commit`); gossip spreads it.
+    ///
+    /// # Errors
+    /// [`KvError::Admin`] if there is nothing to commit or no layout fits.
+    pub fn cluster_commit(&self) -> Result<Plan, KvError> {
+        let plan = self
+            .view
+            .commit()
+            .map_err(|e| KvError::Admin(e.to_string()))?;
+        tracing::info!(
+            version = plan.version,
+            moved = plan.moved,
+            "layout committed"
+        );
+        Ok(plan)
+    }
+
+    /// Marks `node` as leaving: the next commit removes it from the layout.
+    ///
+    /// # Errors
+    /// [`KvError::Admin`] for an unknown node.
+    pub fn cluster_leave(&self, node: &str) -> Result<(), KvError> {
+        self.view
+            .update(|s| s.mark_leaving(node))
+            .map_err(|e| KvError::Admin(e.to_string()))
+    }
+
+    /// A bucket's properties (the defaults if never set).
+    pub fn bucket_props(&self, bucket: &[u8]) -> BucketProps {
+        self.view.read().bucket_props(bucket)
+    }
+
+    /// Sets a bucket's properties; gossip spreads them.
+    ///
+    /// # Errors
+    /// [`KvError::BadQuorum`] for properties that break `1 <= r, w <= n <= 3`.
+    pub fn set_bucket_props(&self, bucket: &[u8], props: BucketProps) -> Result<(), KvError> {
+        keys::validate(bucket, b"k")?;
+        self.view
+            .set_bucket_props(bucket, props)
+            .map_err(|e| KvError::BadQuorum(e.to_string()))
     }
 
     /// Fault injection: panics the vnode that owns `(bucket, key)`, so that tests can watch
@@ -373,6 +759,11 @@ impl Node {
             .supervisor
             .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
             .await;
+        if let Some(server) = &self.node_server {
+            let _ = server
+                .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
+                .await;
+        }
         self.stopped().await;
         let data = self.data.clone();
         let _ = tokio::task::spawn_blocking(move || data.shutdown()).await;

@@ -162,7 +162,9 @@ impl Actor for Replica {
                 Ok(request) => local_call(&directory, request, timeout)
                     .await
                     .unwrap_or_else(|e| Err(StorageError::Io(e.to_string()))),
-                Err(e) => Err(StorageError::Io(format!("undecodable replica request: {e}"))),
+                Err(e) => Err(StorageError::Io(format!(
+                    "undecodable replica request: {e}"
+                ))),
             };
             let _ = reply.send(encode(&answer));
         });
@@ -248,7 +250,10 @@ async fn local_call(
     }
 }
 
-fn map_call<T, U>(c: CallResult<Result<T, StorageError>>, f: impl Fn(T) -> U) -> CallResult<Result<U, StorageError>> {
+fn map_call<T, U>(
+    c: CallResult<Result<T, StorageError>>,
+    f: impl Fn(T) -> U,
+) -> CallResult<Result<U, StorageError>> {
     match c {
         CallResult::Success(r) => CallResult::Success(r.map(f)),
         CallResult::Timeout => CallResult::Timeout,
@@ -263,6 +268,8 @@ pub struct Peers {
     pub local: String,
     /// This node's vnodes.
     pub directory: Arc<VNodeDirectory>,
+    /// The cluster view, for the failure detector's verdicts.
+    pub view: Arc<crate::cluster_view::ClusterView>,
 }
 
 impl Peers {
@@ -294,12 +301,16 @@ impl Peers {
                 decode(&answer).map_err(|e| ReplicaError::Garbled(node.to_string(), e))
             }
             Ok(CallResult::Timeout) => Err(ReplicaError::Timeout(node.to_string())),
-            Ok(CallResult::SenderError) | Err(_) => Err(ReplicaError::Unreachable(node.to_string())),
+            Ok(CallResult::SenderError) | Err(_) => {
+                Err(ReplicaError::Unreachable(node.to_string()))
+            }
         }
     }
 
-    /// True if `node` is this node or has a live session with it.
+    /// True if `node` is this node, or has a live session with it and is not suspected by
+    /// the failure detector.
     pub fn reachable(&self, node: &str) -> bool {
-        node == self.local || !ractor::pg::get_members(&replica_group(node)).is_empty()
+        node == self.local
+            || (!ractor::pg::get_members(&replica_group(node)).is_empty() && self.view.is_up(node))
     }
 }

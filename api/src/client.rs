@@ -59,6 +59,32 @@ impl ClientError {
     }
 }
 
+/// Per-request quorum and time settings; `None` fields use the bucket's properties.
+#[derive(Clone, Debug, Default)]
+pub struct CallOptions {
+    /// Replicas to use.
+    pub n: Option<u8>,
+    /// Read quorum.
+    pub r: Option<u8>,
+    /// Write quorum.
+    pub w: Option<u8>,
+    /// Time limit, ms.
+    pub timeout_ms: Option<u64>,
+    /// Get only: read the answering node's own replica, without quorum or repair.
+    pub local: bool,
+}
+
+impl CallOptions {
+    fn apply(&self, mut f: RequestFrame) -> RequestFrame {
+        f.n = self.n;
+        f.r = self.r;
+        f.w = self.w;
+        f.timeout_ms = self.timeout_ms;
+        f.local = self.local.then_some(true);
+        f
+    }
+}
+
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<ResponseFrame>>>>>;
 
 struct Inner {
@@ -175,15 +201,80 @@ impl Client {
     /// # Errors
     /// [`ClientError`]; server codes as in PROTOCOL.md.
     pub async fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Fetched, ClientError> {
+        self.get_with(bucket, key, &CallOptions::default()).await
+    }
+
+    /// [`Client::get`] with per-request options.
+    ///
+    /// # Errors
+    /// As [`Client::get`].
+    pub async fn get_with(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        opts: &CallOptions,
+    ) -> Result<Fetched, ClientError> {
         let answer = self
-            .call(RequestFrame {
+            .call(opts.apply(RequestFrame {
                 op: "get".into(),
                 bucket: Some(ByteBuf::from(bucket)),
                 key: Some(ByteBuf::from(key)),
                 ..Default::default()
-            })
+            }))
             .await?;
         fetched(answer)
+    }
+
+    /// [`Client::put`] with per-request options.
+    ///
+    /// # Errors
+    /// As [`Client::put`].
+    pub async fn put_with(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        value: Vec<u8>,
+        context: &[u8],
+        opts: &CallOptions,
+    ) -> Result<(), ClientError> {
+        self.call(opts.apply(put_frame(bucket, key, value, context, false)))
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Client::delete`] with per-request options.
+    ///
+    /// # Errors
+    /// As [`Client::delete`].
+    pub async fn delete_with(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        context: &[u8],
+        opts: &CallOptions,
+    ) -> Result<(), ClientError> {
+        self.call(opts.apply(RequestFrame {
+            op: "delete".into(),
+            bucket: Some(ByteBuf::from(bucket)),
+            key: Some(ByteBuf::from(key)),
+            context: Some(ByteBuf::from(context)),
+            ..Default::default()
+        }))
+        .await
+        .map(|_| ())
+    }
+
+    /// Runs an administration op (`cluster_status`, `cluster_plan`, `cluster_commit`,
+    /// `cluster_leave`, `bucket_get`, `bucket_set`) and returns its `info` map.
+    ///
+    /// # Errors
+    /// [`ClientError`]; server codes as in PROTOCOL.md.
+    pub async fn admin(&self, frame: RequestFrame) -> Result<serde_json::Value, ClientError> {
+        Ok(self
+            .call(frame)
+            .await?
+            .info
+            .unwrap_or(serde_json::Value::Null))
     }
 
     /// Writes `value`, replacing the versions `context` (from a get; empty for a blind write)
@@ -198,9 +289,8 @@ impl Client {
         value: Vec<u8>,
         context: &[u8],
     ) -> Result<(), ClientError> {
-        self.call(put_frame(bucket, key, value, context, false))
+        self.put_with(bucket, key, value, context, &CallOptions::default())
             .await
-            .map(|_| ())
     }
 
     /// As [`Client::put`], and returns the key's values and context after the write.
@@ -230,15 +320,8 @@ impl Client {
         key: &[u8],
         context: &[u8],
     ) -> Result<(), ClientError> {
-        self.call(RequestFrame {
-            op: "delete".into(),
-            bucket: Some(ByteBuf::from(bucket)),
-            key: Some(ByteBuf::from(key)),
-            context: Some(ByteBuf::from(context)),
-            ..Default::default()
-        })
-        .await
-        .map(|_| ())
+        self.delete_with(bucket, key, context, &CallOptions::default())
+            .await
     }
 }
 

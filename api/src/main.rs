@@ -4,7 +4,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use ringkv_actors::{Node, NodeConfig};
 use ringkv_api::bench::{BenchOp, BenchSpec};
-use ringkv_api::{Client, Server};
+use ringkv_api::protocol::{BucketPropsFrame, RequestFrame};
+use ringkv_api::{CallOptions, Client, Server};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ enum Command {
         /// Write without a context: any existing value stays as a sibling.
         #[arg(long)]
         blind: bool,
+        #[command(flatten)]
+        quorum: QuorumArgs,
     },
     /// Read a key: one value is written raw to stdout; siblings are announced on stderr.
     /// A missing key exits with status 1.
@@ -61,6 +64,11 @@ enum Command {
         /// Print values and context as JSON.
         #[arg(long)]
         json: bool,
+        /// Read only this node's own replica (no quorum, no read repair).
+        #[arg(long)]
+        local: bool,
+        #[command(flatten)]
+        quorum: QuorumArgs,
     },
     /// Delete a key (reads its context first, so every version is deleted).
     Delete {
@@ -70,6 +78,8 @@ enum Command {
         bucket: String,
         /// Key.
         key: String,
+        #[command(flatten)]
+        quorum: QuorumArgs,
     },
     /// Store every file under DIR (key = relative path, value = bytes) and verify each
     /// reads back byte for byte.
@@ -90,6 +100,20 @@ enum Command {
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Cluster administration: status, plan, commit, leave.
+    Cluster {
+        #[command(flatten)]
+        addr: AddrArg,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Bucket properties: `ringkv bucket set BUCKET n=3 r=2 w=2`, `ringkv bucket get BUCKET`.
+    Bucket {
+        #[command(flatten)]
+        addr: AddrArg,
+        #[command(subcommand)]
+        command: BucketCommand,
     },
     /// Measure throughput and latency of puts or gets against a node.
     Bench {
@@ -122,10 +146,89 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Members, their status, zone, capacity, up/down (this node's failure detector, with
+    /// phi) and partitions held; the layout version.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The layout the next commit would install: replicas per node and moves.
+    Plan {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install the planned layout.
+    Commit {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark a node as leaving; the next commit removes it from the layout.
+    Leave {
+        /// Node name.
+        node: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BucketCommand {
+    /// Set properties: any of n=N r=R w=W timeout_ms=MS.
+    Set {
+        /// Bucket name.
+        bucket: String,
+        /// Settings, `name=value`.
+        #[arg(required = true)]
+        settings: Vec<String>,
+    },
+    /// Show a bucket's properties (JSON).
+    Get {
+        /// Bucket name.
+        bucket: String,
+    },
+}
+
+/// Per-request quorum flags of put, get and delete.
+#[derive(Args, Clone, Default)]
+struct QuorumArgs {
+    /// Replicas to use [default: the bucket's n].
+    #[arg(long)]
+    n: Option<u8>,
+    /// Read quorum [default: the bucket's r].
+    #[arg(long)]
+    r: Option<u8>,
+    /// Write quorum [default: the bucket's w].
+    #[arg(long)]
+    w: Option<u8>,
+    /// Time limit, ms.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+}
+
+impl QuorumArgs {
+    fn options(&self) -> CallOptions {
+        CallOptions {
+            n: self.n,
+            r: self.r,
+            w: self.w,
+            timeout_ms: self.timeout_ms,
+            local: false,
+        }
+    }
+}
+
 #[derive(Args)]
 struct AddrArg {
     /// Client address of a node.
-    #[arg(long, default_value = "127.0.0.1:7379", env = "RINGKV_ADDR")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:7379",
+        env = "RINGKV_ADDR"
+    )]
     addr: String,
 }
 
@@ -177,6 +280,32 @@ struct StartArgs {
     /// Accept the `inject_fault` op that panics actors on purpose (tests only).
     #[arg(long)]
     fault_injection: bool,
+    /// Node name, unique and stable [default: the cluster address, or `local`].
+    #[arg(long)]
+    name: Option<String>,
+    /// Cluster transport address HOST:PORT; without it the node runs alone.
+    /// The cookie comes from RINGKV_COOKIE or `cookie` in the config file.
+    #[arg(long)]
+    cluster_addr: Option<SocketAddr>,
+    /// Cluster address of a member to join through (repeatable).
+    #[arg(long)]
+    join: Vec<String>,
+    /// Failure domain of this node [default: default].
+    #[arg(long)]
+    zone: Option<String>,
+    /// Relative capacity of this node [default: 1].
+    #[arg(long)]
+    capacity: Option<u32>,
+    /// Heartbeat and gossip period, ms [default: 500].
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// Phi above which a peer is suspected down [default: 8].
+    #[arg(long)]
+    phi_threshold: Option<f64>,
+    /// Silence tolerated beyond the usual heartbeat interval before phi rises, ms
+    /// [default: 1000].
+    #[arg(long)]
+    acceptable_pause_ms: Option<u64>,
 }
 
 impl StartArgs {
@@ -206,9 +335,28 @@ impl StartArgs {
             max_batch,
             initial_map_bytes,
             max_map_bytes,
-            shutdown_grace_secs
+            shutdown_grace_secs,
+            zone,
+            capacity,
+            heartbeat_ms,
+            phi_threshold,
+            acceptable_pause_ms
         );
         c.fault_injection |= self.fault_injection;
+        if self.name.is_some() {
+            c.name = self.name.clone();
+        }
+        if self.cluster_addr.is_some() {
+            c.cluster_addr = self.cluster_addr;
+        }
+        if !self.join.is_empty() {
+            c.join = self.join.clone();
+        }
+        if c.cookie.is_none() {
+            c.cookie = std::env::var("RINGKV_COOKIE")
+                .ok()
+                .filter(|s| !s.is_empty());
+        }
         c.validate()?;
         Ok(c)
     }
@@ -256,7 +404,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             file,
             context,
             blind,
+            quorum,
         } => {
+            let opts = quorum.options();
             let value = match (value, file) {
                 (Some(v), _) => v.into_bytes(),
                 (None, Some(path)) => {
@@ -273,10 +423,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let context = match (context, blind) {
                 (Some(hex), _) => decode_hex(&hex).context("--context is not hex")?,
                 (None, true) => Vec::new(),
-                (None, false) => client.get(bucket.as_bytes(), key.as_bytes()).await?.context,
+                (None, false) => {
+                    client
+                        .get_with(bucket.as_bytes(), key.as_bytes(), &opts)
+                        .await?
+                        .context
+                }
             };
             client
-                .put(bucket.as_bytes(), key.as_bytes(), value, &context)
+                .put_with(bucket.as_bytes(), key.as_bytes(), value, &context, &opts)
                 .await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -285,10 +440,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bucket,
             key,
             json,
+            local,
+            quorum,
         } => {
+            let opts = CallOptions {
+                local,
+                ..quorum.options()
+            };
             let got = connect(&addr)
                 .await?
-                .get(bucket.as_bytes(), key.as_bytes())
+                .get_with(bucket.as_bytes(), key.as_bytes(), &opts)
                 .await?;
             if json {
                 let values: Vec<serde_json::Value> = got
@@ -337,16 +498,64 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Delete { addr, bucket, key } => {
+        Command::Delete {
+            addr,
+            bucket,
+            key,
+            quorum,
+        } => {
+            let opts = quorum.options();
             let client = connect(&addr).await?;
-            let got = client.get(bucket.as_bytes(), key.as_bytes()).await?;
+            let got = client
+                .get_with(bucket.as_bytes(), key.as_bytes(), &opts)
+                .await?;
             if got.values.is_empty() {
                 eprintln!("not found: {bucket}/{key}");
                 return Ok(ExitCode::from(1));
             }
             client
-                .delete(bucket.as_bytes(), key.as_bytes(), &got.context)
+                .delete_with(bucket.as_bytes(), key.as_bytes(), &got.context, &opts)
                 .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cluster { addr, command } => {
+            let client = connect(&addr).await?;
+            let (op, json, node) = match command {
+                ClusterCommand::Status { json } => ("cluster_status", json, None),
+                ClusterCommand::Plan { json } => ("cluster_plan", json, None),
+                ClusterCommand::Commit { json } => ("cluster_commit", json, None),
+                ClusterCommand::Leave { node } => ("cluster_leave", false, Some(node)),
+            };
+            let info = client
+                .admin(RequestFrame {
+                    op: op.into(),
+                    node,
+                    ..Default::default()
+                })
+                .await?;
+            if json {
+                println!("{info}");
+            } else {
+                print_admin(op, &info);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bucket { addr, command } => {
+            let client = connect(&addr).await?;
+            let frame = match command {
+                BucketCommand::Get { bucket } => RequestFrame {
+                    op: "bucket_get".into(),
+                    bucket: Some(bucket.into_bytes().into()),
+                    ..Default::default()
+                },
+                BucketCommand::Set { bucket, settings } => RequestFrame {
+                    op: "bucket_set".into(),
+                    bucket: Some(bucket.into_bytes().into()),
+                    props: Some(parse_props(&settings)?),
+                    ..Default::default()
+                },
+            };
+            println!("{}", client.admin(frame).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Load {
@@ -474,6 +683,94 @@ async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Parses `n=3 r=2 w=2 timeout_ms=500`.
+fn parse_props(settings: &[String]) -> anyhow::Result<BucketPropsFrame> {
+    let mut p = BucketPropsFrame::default();
+    for s in settings {
+        let (k, v) = s
+            .split_once('=')
+            .with_context(|| format!("{s:?} is not name=value"))?;
+        match k {
+            "n" => p.n = Some(v.parse().with_context(|| format!("n={v}"))?),
+            "r" => p.r = Some(v.parse().with_context(|| format!("r={v}"))?),
+            "w" => p.w = Some(v.parse().with_context(|| format!("w={v}"))?),
+            "timeout_ms" => {
+                p.timeout_ms = Some(v.parse().with_context(|| format!("timeout_ms={v}"))?)
+            }
+            other => bail!("unknown bucket property {other:?}: use n, r, w or timeout_ms"),
+        }
+    }
+    Ok(p)
+}
+
+/// Prints an administration answer for people.
+fn print_admin(op: &str, info: &serde_json::Value) {
+    match op {
+        "cluster_status" => {
+            println!(
+                "node {}  partitions {}  layout version {}  state digest {}",
+                info["node"].as_str().unwrap_or("?"),
+                info["partitions"],
+                info["layout_version"],
+                info["digest"].as_str().unwrap_or("?")
+            );
+            println!(
+                "{:<20} {:<8} {:<6} {:<10} {:>8} {:>10} {:>6}  {:<22} {:<22}",
+                "NAME",
+                "STATUS",
+                "UP",
+                "ZONE",
+                "CAPACITY",
+                "PARTITIONS",
+                "PHI",
+                "CLUSTER ADDR",
+                "CLIENT ADDR"
+            );
+            for m in info["members"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<20} {:<8} {:<6} {:<10} {:>8} {:>10} {:>6.2}  {:<22} {:<22}",
+                    m["name"].as_str().unwrap_or("?"),
+                    m["status"].as_str().unwrap_or("?"),
+                    if m["up"].as_bool() == Some(true) {
+                        "up"
+                    } else {
+                        "down"
+                    },
+                    m["zone"].as_str().unwrap_or("?"),
+                    m["capacity"],
+                    m["partitions"],
+                    m["phi"].as_f64().unwrap_or(0.0),
+                    m["cluster_addr"].as_str().unwrap_or(""),
+                    m["client_addr"].as_str().unwrap_or(""),
+                );
+            }
+        }
+        "cluster_plan" | "cluster_commit" => {
+            let verb = if op == "cluster_plan" {
+                "would install"
+            } else {
+                "installed"
+            };
+            println!(
+                "layout version {} {verb}: {} partition replicas move",
+                info["version"], info["moved"]
+            );
+            for (k, label) in [("joining", "joining"), ("leaving", "leaving")] {
+                if let Some(list) = info[k].as_array().filter(|l| !l.is_empty()) {
+                    let names: Vec<&str> = list.iter().filter_map(|v| v.as_str()).collect();
+                    println!("{label}: {}", names.join(", "));
+                }
+            }
+            if let Some(map) = info["replicas_per_node"].as_object() {
+                for (node, count) in map {
+                    println!("  {node:<20} {count:>6} partition replicas");
+                }
+            }
+        }
+        _ => println!("ok"),
+    }
 }
 
 fn encode_hex(b: &[u8]) -> String {

@@ -41,6 +41,14 @@ pub enum ErrorCode {
     TooManyConnections,
     /// The node is shutting down.
     ShuttingDown,
+    /// Fewer replicas answered than the read or write quorum needs.
+    QuorumFailed,
+    /// `n`, `r` or `w` out of range (request or bucket properties).
+    InvalidQuorum,
+    /// The cluster has no committed layout yet.
+    NoLayout,
+    /// A cluster administration request failed (nothing to commit, unknown node, ...).
+    ClusterError,
 }
 
 impl ErrorCode {
@@ -60,6 +68,10 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::QuorumFailed => "quorum_failed",
+            ErrorCode::InvalidQuorum => "invalid_quorum",
+            ErrorCode::NoLayout => "no_layout",
+            ErrorCode::ClusterError => "cluster_error",
         }
     }
 }
@@ -106,6 +118,10 @@ impl From<KvError> for ProtocolError {
             KvError::Timeout { .. } => ErrorCode::Timeout,
             KvError::ShuttingDown => ErrorCode::ShuttingDown,
             KvError::FaultInjectionDisabled => ErrorCode::UnknownOp,
+            KvError::Quorum { .. } => ErrorCode::QuorumFailed,
+            KvError::BadQuorum(_) => ErrorCode::InvalidQuorum,
+            KvError::NoLayout => ErrorCode::NoLayout,
+            KvError::Admin(_) => ErrorCode::ClusterError,
         };
         ProtocolError::new(code, e.to_string())
     }
@@ -137,6 +153,41 @@ pub struct RequestFrame {
     /// Put: answer with the key's values and context after the write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub return_body: Option<bool>,
+    /// Replicas to use (default: the bucket's `n`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u8>,
+    /// Read quorum (default: the bucket's `r`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r: Option<u8>,
+    /// Write quorum (default: the bucket's `w`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub w: Option<u8>,
+    /// Get: read only the answering node's own replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<bool>,
+    /// cluster_leave: the node's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// bucket_set: the properties to set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub props: Option<BucketPropsFrame>,
+}
+
+/// Bucket properties as `bucket_set` takes them; absent fields keep their current value.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BucketPropsFrame {
+    /// Replicas per key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u8>,
+    /// Read quorum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r: Option<u8>,
+    /// Write quorum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub w: Option<u8>,
+    /// Default request time limit, ms (0: the node's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// An answer frame's map.
@@ -152,6 +203,9 @@ pub struct ResponseFrame {
     /// get, and put with `return_body`: the causal context to write back with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<ByteBuf>,
+    /// Administration answers (cluster_*, bucket_get): a map described in PROTOCOL.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
     /// Error code (see [`ErrorCode`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
@@ -227,6 +281,29 @@ pub enum Request {
         /// Per-request settings.
         opts: RequestOptions,
     },
+    /// The cluster as the answering node sees it.
+    ClusterStatus,
+    /// The layout the next commit would install.
+    ClusterPlan,
+    /// Install the planned layout.
+    ClusterCommit,
+    /// Mark a node as leaving.
+    ClusterLeave {
+        /// Its name.
+        node: String,
+    },
+    /// A bucket's properties.
+    BucketGet {
+        /// Bucket.
+        bucket: Vec<u8>,
+    },
+    /// Change a bucket's properties.
+    BucketSet {
+        /// Bucket.
+        bucket: Vec<u8>,
+        /// Fields to change.
+        props: BucketPropsFrame,
+    },
     /// Testing only: panic the vnode that owns `(bucket, key)` (needs `fault-injection`).
     InjectFault {
         /// Bucket.
@@ -293,6 +370,10 @@ impl Request {
     fn from_frame(f: RequestFrame) -> Result<Request, ProtocolError> {
         let opts = RequestOptions {
             timeout: f.timeout_ms.map(Duration::from_millis),
+            n: f.n,
+            r: f.r,
+            w: f.w,
+            local: f.local.unwrap_or(false),
         };
         let op = f.op.as_str();
         Ok(match op {
@@ -316,6 +397,23 @@ impl Request {
                 context: f.context.map(ByteBuf::into_vec).unwrap_or_default(),
                 opts,
             },
+            "cluster_status" => Request::ClusterStatus,
+            "cluster_plan" => Request::ClusterPlan,
+            "cluster_commit" => Request::ClusterCommit,
+            "cluster_leave" => Request::ClusterLeave {
+                node: f.node.ok_or_else(|| {
+                    ProtocolError::new(ErrorCode::MalformedRequest, "op cluster_leave needs the field node")
+                })?,
+            },
+            "bucket_get" => Request::BucketGet {
+                bucket: required(f.bucket, "bucket", op)?,
+            },
+            "bucket_set" => Request::BucketSet {
+                bucket: required(f.bucket, "bucket", op)?,
+                props: f.props.ok_or_else(|| {
+                    ProtocolError::new(ErrorCode::MalformedRequest, "op bucket_set needs the field props")
+                })?,
+            },
             "inject_fault" => Request::InjectFault {
                 bucket: required(f.bucket, "bucket", op)?,
                 key: required(f.key, "key", op)?,
@@ -323,7 +421,7 @@ impl Request {
             other => {
                 return Err(ProtocolError::new(
                     ErrorCode::UnknownOp,
-                    format!("unknown op {other:?}; known ops: ping, get, put, delete"),
+                    format!("unknown op {other:?}; known ops: ping, get, put, delete, cluster_status, cluster_plan, cluster_commit, cluster_leave, bucket_get, bucket_set"),
                 ))
             }
         })

@@ -170,6 +170,31 @@ async fn serve_connection(stream: TcpStream, node: Arc<Node>, mut shutdown: watc
     let _ = writer.await;
 }
 
+fn info<T: serde::Serialize>(id: u64, value: &T) -> ResponseFrame {
+    ResponseFrame {
+        info: Some(serde_json::to_value(value).unwrap_or(serde_json::Value::Null)),
+        ..ResponseFrame::ok(id)
+    }
+}
+
+/// What `cluster plan` and `cluster commit` answer: the version, the moves, and each node's
+/// replica count in the new layout.
+fn plan_summary(node: &Node, plan: &ringkv_cluster::membership::Plan) -> serde_json::Value {
+    let mut per_node = std::collections::BTreeMap::<String, usize>::new();
+    for p in 0..node.config().partitions {
+        for r in plan.layout.replica_names(p) {
+            *per_node.entry(r.to_string()).or_default() += 1;
+        }
+    }
+    serde_json::json!({
+        "version": plan.version,
+        "moved": plan.moved,
+        "joining": plan.joining,
+        "leaving": plan.leaving,
+        "replicas_per_node": per_node,
+    })
+}
+
 /// Runs one request on the node and builds its answer.
 pub async fn execute(node: &Node, id: u64, request: Request) -> ResponseFrame {
     let result = match request {
@@ -195,6 +220,26 @@ pub async fn execute(node: &Node, id: u64, request: Request) -> ResponseFrame {
                     ResponseFrame::ok(id)
                 }
             }),
+        Request::ClusterStatus => Ok(info(id, &node.cluster_status())),
+        Request::ClusterPlan => node
+            .cluster_plan()
+            .map(|p| info(id, &plan_summary(node, &p))),
+        Request::ClusterCommit => node
+            .cluster_commit()
+            .map(|p| info(id, &plan_summary(node, &p))),
+        Request::ClusterLeave { node: name } => {
+            node.cluster_leave(&name).map(|()| ResponseFrame::ok(id))
+        }
+        Request::BucketGet { bucket } => Ok(info(id, &node.bucket_props(&bucket))),
+        Request::BucketSet { bucket, props } => {
+            let mut current = node.bucket_props(&bucket);
+            current.n = props.n.unwrap_or(current.n);
+            current.r = props.r.unwrap_or(current.r);
+            current.w = props.w.unwrap_or(current.w);
+            current.timeout_ms = props.timeout_ms.unwrap_or(current.timeout_ms);
+            node.set_bucket_props(&bucket, current)
+                .map(|()| info(id, &current))
+        }
         Request::InjectFault { bucket, key } => node
             .inject_vnode_panic(&bucket, &key)
             .map(|_| ResponseFrame::ok(id)),

@@ -33,6 +33,12 @@ pub enum ConfigError {
         /// max-frame-bytes.
         frame: usize,
     },
+    /// A cluster node has no cookie.
+    #[error("a cluster node needs a cookie: set RINGKV_COOKIE or `cookie` in the config file")]
+    NoCookie,
+    /// `capacity` is 0 or the phi threshold is not positive.
+    #[error("{0}")]
+    Cluster(String),
     /// `initial-map-bytes` is over `max-map-bytes`.
     #[error("initial-map-bytes ({initial}) must be at most max-map-bytes ({max})")]
     MapSizes {
@@ -44,7 +50,7 @@ pub enum ConfigError {
 }
 
 /// Configuration of one node. Field names in kebab-case are the flag and config-file names.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct NodeConfig {
     /// Directory holding the node's data (one LMDB env per partition, plus `system/`).
@@ -79,6 +85,32 @@ pub struct NodeConfig {
     pub max_map_bytes: usize,
     /// Most seconds a shutdown waits for in-flight requests. Default 10.
     pub shutdown_grace_secs: u64,
+    /// Node name, unique in the cluster and stable across restarts: it is the node's identity
+    /// in the layout. Default: the cluster address, or `local` without one.
+    pub name: Option<String>,
+    /// Address of the cluster transport (ractor_cluster), `HOST:PORT`. Without it the node
+    /// runs alone. Default none.
+    pub cluster_addr: Option<SocketAddr>,
+    /// Cluster addresses of existing members to join through (`--join`, repeatable). Without
+    /// it a fresh node starts a new cluster of its own. Default none.
+    pub join: Vec<String>,
+    /// Failure domain (rack, availability zone): replicas of a partition go to distinct zones
+    /// when there are enough. Default `default`.
+    pub zone: String,
+    /// Relative capacity: nodes hold partition replicas in proportion to it. Default 1.
+    pub capacity: u32,
+    /// Shared cluster secret. Only from the config file or the `RINGKV_COOKIE` environment
+    /// variable, never a flag (flags show in `ps`). Required with `cluster-addr`.
+    pub cookie: Option<String>,
+    /// Period of heartbeats and gossip rounds, ms. Default 500.
+    pub heartbeat_ms: u64,
+    /// Phi above which a peer is suspected down (Cassandra's `phi_convict_threshold`).
+    /// Default 8.
+    pub phi_threshold: f64,
+    /// Silence the failure detector tolerates on top of the observed heartbeat intervals
+    /// before phi rises (Akka's `acceptable-heartbeat-pause`), ms. With 500 ms heartbeats and
+    /// the default 1000, a silent peer is suspected after about 2 s. Default 1000.
+    pub acceptable_pause_ms: u64,
     /// Accept the `inject_fault` protocol op, which panics actors on purpose (for tests of
     /// supervision). Never enable it in production. Default false.
     pub fault_injection: bool,
@@ -101,11 +133,29 @@ impl Default for NodeConfig {
             max_map_bytes: 64 << 30,
             shutdown_grace_secs: 10,
             fault_injection: false,
+            name: None,
+            cluster_addr: None,
+            join: Vec::new(),
+            zone: "default".into(),
+            capacity: 1,
+            cookie: None,
+            heartbeat_ms: 500,
+            phi_threshold: 8.0,
+            acceptable_pause_ms: 1000,
         }
     }
 }
 
 impl NodeConfig {
+    /// The node's name: `name`, else the cluster address, else `local`.
+    pub fn node_name(&self) -> String {
+        match (&self.name, &self.cluster_addr) {
+            (Some(n), _) => n.clone(),
+            (None, Some(a)) => a.to_string(),
+            (None, None) => "local".into(),
+        }
+    }
+
     /// Checks every setting and their relations.
     ///
     /// # Errors
@@ -136,6 +186,22 @@ impl NodeConfig {
             return Err(ConfigError::ValueOverFrame {
                 value: self.max_value_bytes,
                 frame: self.max_frame_bytes,
+            });
+        }
+        if self.cluster_addr.is_some() && self.cookie.as_deref().is_none_or(str::is_empty) {
+            return Err(ConfigError::NoCookie);
+        }
+        if self.capacity == 0 {
+            return Err(ConfigError::Cluster("capacity must be at least 1".into()));
+        }
+        if self.phi_threshold.is_nan() || self.phi_threshold <= 0.0 {
+            return Err(ConfigError::Cluster(
+                "phi-threshold must be positive".into(),
+            ));
+        }
+        if self.heartbeat_ms == 0 {
+            return Err(ConfigError::Zero {
+                name: "heartbeat-ms",
             });
         }
         if self.initial_map_bytes > self.max_map_bytes {

@@ -7,6 +7,8 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod layout;
+pub mod membership;
 pub mod phi;
 pub mod ring;
 

@@ -32,7 +32,7 @@ pub struct DataDir {
     /// Where it is.
     pub path: PathBuf,
     /// The system env.
-    pub system: SystemStore,
+    pub system: Arc<SystemStore>,
     /// Partition `i` at index `i`.
     pub partitions: Vec<Arc<Partition>>,
 }
@@ -48,7 +48,7 @@ impl DataDir {
         partitions: u32,
         options: &PartitionOptions,
     ) -> Result<Self, StorageError> {
-        let system = SystemStore::open(&path.join("system"), partitions)?;
+        let system = Arc::new(SystemStore::open(&path.join("system"), partitions)?);
         let replica = system.replica_id();
         let partitions = (0..partitions)
             .map(|p| Partition::open(&Self::partition_dir(path, p), p, replica, options))

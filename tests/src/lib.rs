@@ -58,11 +58,20 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Op
     }
 }
 
+/// A free TCP port on `ip` (bound, read and released; the harness passes it on at once).
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
 /// A `ringkv start` process with its own data directory.
 pub struct NodeProcess {
     child: Option<Child>,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    envs: Vec<(String, String)>,
     /// The client address the node printed.
     pub addr: SocketAddr,
 }
@@ -71,21 +80,37 @@ impl NodeProcess {
     /// Starts a node on `127.0.0.1:0` with a fresh data directory and `extra` flags, and waits
     /// until it listens.
     pub fn start(extra: &[&str]) -> NodeProcess {
+        Self::start_on("127.0.0.1", extra, &[])
+    }
+
+    /// Starts a node whose client listener is on `ip` (port 0), with `extra` flags and
+    /// environment variables `envs`.
+    pub fn start_on(ip: &str, extra: &[&str], envs: &[(&str, &str)]) -> NodeProcess {
         let dir = tempfile::Builder::new()
             .prefix("ringkv-test-")
             .tempdir()
             .expect("temp dir");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, addr) = Self::spawn(dir.path(), &extra, "127.0.0.1:0");
+        let envs: Vec<(String, String)> = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, addr) = Self::spawn(dir.path(), &extra, &envs, &format!("{ip}:0"));
         NodeProcess {
             child: Some(child),
             dir,
             extra,
+            envs,
             addr,
         }
     }
 
-    fn spawn(dir: &Path, extra: &[String], listen: &str) -> (Child, SocketAddr) {
+    fn spawn(
+        dir: &Path,
+        extra: &[String],
+        envs: &[(String, String)],
+        listen: &str,
+    ) -> (Child, SocketAddr) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -99,6 +124,7 @@ impl NodeProcess {
             .arg(listen)
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -181,7 +207,12 @@ impl NodeProcess {
     /// Starts the node again on the same data directory and the same address.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart a node that has stopped");
-        let (child, addr) = Self::spawn(self.dir.path(), &self.extra, &self.addr.to_string());
+        let (child, addr) = Self::spawn(
+            self.dir.path(),
+            &self.extra,
+            &self.envs,
+            &self.addr.to_string(),
+        );
         self.child = Some(child);
         self.addr = addr;
     }
@@ -222,5 +253,108 @@ impl NodeProcess {
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// The cookie of test clusters.
+pub const TEST_COOKIE: &str = "ringkv-test-cookie";
+
+/// A cluster of `ringkv` processes: node `i` (1-based, named `n{i}`) listens for clients and
+/// for its peers on `127.0.0.{i}`. Node 1 founds the cluster; the others join through it.
+pub struct Cluster {
+    /// The nodes; `nodes[0]` is `n1`.
+    pub nodes: Vec<NodeProcess>,
+}
+
+impl Cluster {
+    /// Starts `size` nodes with `extra` flags each, waits until node 1 knows them all, commits
+    /// the layout and waits until every node has it.
+    pub fn start(size: usize, extra: &[&str]) -> Cluster {
+        let mut nodes: Vec<NodeProcess> = Vec::with_capacity(size);
+        let mut seed = String::new();
+        for i in 1..=size {
+            let ip = format!("127.0.0.{i}");
+            let cluster_addr = format!("{ip}:{}", free_port(&ip));
+            let (name, zone) = (format!("n{i}"), format!("z{i}"));
+            let mut args: Vec<&str> = vec![
+                "--name",
+                &name,
+                "--cluster-addr",
+                &cluster_addr,
+                "--zone",
+                &zone,
+                "--heartbeat-ms",
+                "200",
+            ];
+            if i > 1 {
+                args.extend(["--join", seed.as_str()]);
+            }
+            args.extend(extra);
+            nodes.push(NodeProcess::start_on(
+                &ip,
+                &args,
+                &[("RINGKV_COOKIE", TEST_COOKIE)],
+            ));
+            if i == 1 {
+                seed = cluster_addr.clone();
+            }
+        }
+        let cluster = Cluster { nodes };
+        cluster.wait_members(0, size, Duration::from_secs(30));
+        if size > 1 {
+            // The founder committed a layout of itself; this one places the others.
+            let (code, _, err) = cluster.nodes[0].cli(&["cluster", "commit"], None);
+            assert_eq!(code, 0, "cluster commit failed: {err}");
+        }
+        cluster.wait_converged(Duration::from_secs(30));
+        cluster
+    }
+
+    /// `cluster status --json` of node `i` (0-based).
+    pub fn status(&self, i: usize) -> serde_json::Value {
+        let (code, out, err) = self.nodes[i].cli(&["cluster", "status", "--json"], None);
+        assert_eq!(code, 0, "cluster status failed: {err}");
+        serde_json::from_slice(&out).expect("status is JSON")
+    }
+
+    /// Waits until node `i` knows `count` members.
+    pub fn wait_members(&self, i: usize, count: usize, timeout: Duration) {
+        wait_until(
+            &format!("node {} to know {count} members", i + 1),
+            timeout,
+            || {
+                let s = self.status(i);
+                (s["members"].as_array().map_or(0, |m| m.len()) == count).then_some(())
+            },
+        );
+    }
+
+    /// Waits until every running node reports the same cluster state digest, a layout, and
+    /// every peer up; returns the time it took.
+    pub fn wait_converged(&self, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        wait_until("the cluster state to converge", timeout, || {
+            let statuses: Vec<serde_json::Value> =
+                (0..self.nodes.len()).map(|i| self.status(i)).collect();
+            let digest = &statuses[0]["digest"];
+            let agree = statuses.iter().all(|s| {
+                &s["digest"] == digest
+                    && s["layout_version"].as_u64().unwrap_or(0) > 0
+                    && s["members"].as_array().is_some_and(|m| {
+                        m.iter().all(|m| m["up"] == true && m["status"] == "active")
+                    })
+            });
+            agree.then_some(())
+        });
+        started.elapsed()
+    }
+
+    /// Whether node `observer` (0-based) sees node `name` as up.
+    pub fn sees_up(&self, observer: usize, name: &str) -> Option<bool> {
+        self.status(observer)["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == name)
+            .and_then(|m| m["up"].as_bool())
     }
 }

@@ -1,0 +1,210 @@
+//! The Gossip actor: membership exchange, heartbeats, failure detection, reconnection.
+//!
+//! Every tick (`heartbeat-ms`, default 500 ms) it:
+//! * casts a heartbeat to the Gossip actor of every other member, which feeds that node's
+//!   phi-accrual detector (Hayashibara et al. 2004, as Cassandra uses);
+//! * exchanges the cluster state with one random peer (push-pull): the peer merges ours and
+//!   answers with its merge, which we merge in turn, so two nodes agree after one exchange
+//!   and a change reaches all nodes in O(log n) rounds;
+//! * connects to every member it has no session with, and to the `--join` seeds while it
+//!   knows no peer, with exponential backoff per address. ractor_cluster has no reconnect of
+//!   its own (STACK-NOTES).
+//!
+//! Peers are found through the process group `ringkv.gossip.{name}`, our own node names:
+//! ractor's NodeIds change on every reconnect.
+
+use crate::cluster_view::ClusterView;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::{NodeServerMessage, RactorClusterMessage};
+use rand::seq::SliceRandom;
+use ringkv_cluster::membership::ClusterState;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WIRE_V1: u8 = 1;
+
+/// Messages of the Gossip actor (they cross nodes).
+#[derive(RactorClusterMessage)]
+pub enum GossipMsg {
+    /// Push-pull: an encoded `(sender name, ClusterState)`; the reply is the receiver's
+    /// state after merging, encoded the same way.
+    #[rpc]
+    Exchange(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    /// A heartbeat: the sender's name, UTF-8.
+    Heartbeat(Vec<u8>),
+    /// Local timer.
+    Tick,
+}
+
+/// Process group of node `name`'s Gossip actor.
+pub fn gossip_group(name: &str) -> String {
+    format!("ringkv.gossip.{name}")
+}
+
+fn encode(from: &str, state: &ClusterState) -> Vec<u8> {
+    let mut out = vec![WIRE_V1];
+    rmp_serde::encode::write_named(&mut out, &(from, state)).expect("state encodes");
+    out
+}
+
+fn decode(bytes: &[u8]) -> Result<(String, ClusterState), String> {
+    match bytes.split_first() {
+        Some((&WIRE_V1, body)) => rmp_serde::from_slice(body).map_err(|e| e.to_string()),
+        Some((v, _)) => Err(format!("unknown gossip version {v}")),
+        None => Err("empty gossip message".into()),
+    }
+}
+
+/// Arguments of the Gossip actor.
+pub struct GossipArgs {
+    /// The shared view.
+    pub view: Arc<ClusterView>,
+    /// The ractor_cluster NodeServer, for outgoing connections.
+    pub node_server: ActorRef<NodeServerMessage>,
+    /// Seeds to connect to while no peer is known (`--join`).
+    pub seeds: Vec<String>,
+    /// Tick period.
+    pub interval: Duration,
+}
+
+/// Per-address reconnection backoff.
+struct Backoff {
+    next: Instant,
+    delay: Duration,
+}
+
+/// State of the Gossip actor.
+pub struct GossipState {
+    args: GossipArgs,
+    backoff: HashMap<String, Backoff>,
+}
+
+/// The Gossip actor.
+pub struct Gossip;
+
+impl Gossip {
+    fn connect_with_backoff(state: &mut GossipState, addr: &str) {
+        let now = Instant::now();
+        let entry = state.backoff.entry(addr.to_string()).or_insert(Backoff {
+            next: now,
+            delay: Duration::from_millis(250),
+        });
+        if entry.next > now {
+            return;
+        }
+        entry.next = now + entry.delay;
+        entry.delay = (entry.delay * 2).min(Duration::from_secs(5));
+        let server = state.args.node_server.clone();
+        let addr = addr.to_string();
+        tokio::spawn(async move {
+            match ractor_cluster::client_connect(&server, addr.as_str()).await {
+                Ok(()) => tracing::debug!(%addr, "cluster connection opened"),
+                Err(e) => tracing::debug!(%addr, error = %e, "cluster connection failed"),
+            }
+        });
+    }
+
+    fn tick(state: &mut GossipState) {
+        let view = state.args.view.clone();
+        let local = view.local().to_string();
+        let snapshot = view.snapshot();
+        let mut connected = Vec::new();
+        for (name, member) in &snapshot.members {
+            if *name == local {
+                continue;
+            }
+            let peers = ractor::pg::get_members(&gossip_group(name));
+            match peers.into_iter().next() {
+                Some(cell) => {
+                    let peer: ActorRef<GossipMsg> = cell.into();
+                    let _ = peer.cast(GossipMsg::Heartbeat(local.as_bytes().to_vec()));
+                    state.backoff.remove(&member.cluster_addr);
+                    connected.push(peer);
+                }
+                None => Self::connect_with_backoff(state, &member.cluster_addr),
+            }
+        }
+        if connected.is_empty() {
+            for seed in state.args.seeds.clone() {
+                Self::connect_with_backoff(state, &seed);
+            }
+            // A seed we are connected to but do not know by name yet: exchange with it.
+            for cell in ractor::pg::which_groups()
+                .into_iter()
+                .filter(|g| g.starts_with("ringkv.gossip.") && *g != gossip_group(&local))
+                .filter_map(|g| ractor::pg::get_members(&g).into_iter().next())
+            {
+                connected.push(cell.into());
+            }
+        }
+        if let Some(peer) = connected.choose(&mut rand::thread_rng()).cloned() {
+            let message = encode(&local, &snapshot);
+            tokio::spawn(async move {
+                let reply = peer
+                    .call(
+                        |port| GossipMsg::Exchange(message, port),
+                        Some(Duration::from_secs(2)),
+                    )
+                    .await;
+                if let Ok(ractor::rpc::CallResult::Success(bytes)) = reply {
+                    match decode(&bytes) {
+                        Ok((from, theirs)) => {
+                            view.heartbeat(&from);
+                            if view.merge(&theirs) {
+                                tracing::debug!(peer = %from, "cluster state updated by gossip");
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "undecodable gossip answer"),
+                    }
+                }
+            });
+        }
+    }
+}
+
+impl Actor for Gossip {
+    type Msg = GossipMsg;
+    type State = GossipState;
+    type Arguments = GossipArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: GossipArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        ractor::pg::join(gossip_group(args.view.local()), vec![myself.get_cell()]);
+        myself.send_interval(args.interval, || GossipMsg::Tick);
+        let _ = myself.cast(GossipMsg::Tick);
+        Ok(GossipState {
+            args,
+            backoff: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            GossipMsg::Tick => Self::tick(state),
+            GossipMsg::Heartbeat(from) => {
+                state.args.view.heartbeat(&String::from_utf8_lossy(&from));
+            }
+            GossipMsg::Exchange(bytes, reply) => match decode(&bytes) {
+                Ok((from, theirs)) => {
+                    let view = &state.args.view;
+                    view.heartbeat(&from);
+                    if view.merge(&theirs) {
+                        tracing::debug!(peer = %from, "cluster state updated by gossip");
+                    }
+                    let _ = reply.send(encode(view.local(), &view.snapshot()));
+                }
+                Err(e) => tracing::warn!(error = %e, "undecodable gossip message"),
+            },
+        }
+        Ok(())
+    }
+}

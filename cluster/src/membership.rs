@@ -1,0 +1,510 @@
+//! Cluster membership: the state every node gossips, and its merge rule.
+//!
+//! A [`ClusterState`] holds the members (name, addresses, zone, capacity, status), the
+//! committed partition layout and the bucket properties. Each part carries a version. Two
+//! states are merged part by part, and the higher version wins: per member, for the layout as
+//! a whole, and per bucket. Equal versions with different contents are broken by a hash of the
+//! contents. The merge is therefore commutative, associative and idempotent, and every node
+//! that has seen the same updates holds the same state, whatever order the gossip took.
+//!
+//! Layout changes are staged and then applied by the operator, as in Riak (`cluster plan`,
+//! `cluster commit`) and Garage. A node that joins is `joining` until a commit places it in the
+//! layout, when it becomes `active`. A node leaving is `leaving` until the next commit removes
+//! it.
+
+use crate::layout::{Layout, LayoutError, NodeSpec};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use std::collections::BTreeMap;
+use thiserror::Error;
+use xxhash_rust::xxh3::xxh3_64;
+
+/// The most replicas a layout gives each partition (fewer when the cluster has fewer nodes).
+pub const LAYOUT_REPLICAS: usize = 3;
+
+/// Where a member is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberStatus {
+    /// Known to the cluster, not yet in the layout.
+    Joining,
+    /// In the layout.
+    Active,
+    /// To be removed from the layout at the next commit.
+    Leaving,
+}
+
+/// One node of the cluster as the cluster knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Member {
+    /// Unique node name (`--name`).
+    pub name: String,
+    /// Address of its cluster transport (`--cluster-addr`), `HOST:PORT`.
+    pub cluster_addr: String,
+    /// Address of its client listener (`--listen`), `HOST:PORT`.
+    pub client_addr: String,
+    /// Failure domain (`--zone`).
+    pub zone: String,
+    /// Relative capacity (`--capacity`), at least 1.
+    pub capacity: u32,
+    /// Status.
+    pub status: MemberStatus,
+    /// Version of this entry; each change sets it above every version seen for it.
+    pub version: u64,
+}
+
+/// Per-bucket replication settings, as in Riak's bucket properties.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BucketProps {
+    /// Replicas per key (at most the layout's replica count, [`LAYOUT_REPLICAS`]).
+    pub n: u8,
+    /// Replicas that must answer a read.
+    pub r: u8,
+    /// Replicas that must acknowledge a write durably.
+    pub w: u8,
+    /// Default time limit of requests on this bucket, ms (0: the node's default).
+    #[serde(default)]
+    pub timeout_ms: u64,
+}
+
+impl Default for BucketProps {
+    /// n = 3, r = 2, w = 2: Riak's defaults, read-your-writes with one replica down.
+    fn default() -> Self {
+        Self {
+            n: 3,
+            r: 2,
+            w: 2,
+            timeout_ms: 0,
+        }
+    }
+}
+
+impl BucketProps {
+    /// Checks `1 <= r, w <= n <= LAYOUT_REPLICAS`.
+    ///
+    /// # Errors
+    /// [`MembershipError::BadBucketProps`] naming the rule broken.
+    pub fn validate(&self) -> Result<(), MembershipError> {
+        let (n, r, w) = (self.n as usize, self.r as usize, self.w as usize);
+        if n == 0 || n > LAYOUT_REPLICAS {
+            return Err(MembershipError::BadBucketProps(format!(
+                "n must be 1 to {LAYOUT_REPLICAS}, not {n}"
+            )));
+        }
+        if r == 0 || r > n || w == 0 || w > n {
+            return Err(MembershipError::BadBucketProps(format!(
+                "r and w must be 1 to n ({n}), not r={r} w={w}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A value with the version that orders it among concurrent updates.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Versioned<T> {
+    /// Higher wins.
+    pub version: u64,
+    /// The value.
+    pub value: T,
+}
+
+/// The committed partition layout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedLayout {
+    /// Layout version; each commit is one higher than the last.
+    pub version: u64,
+    /// The layout.
+    pub layout: Layout,
+}
+
+/// Errors of membership changes.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum MembershipError {
+    /// The layout could not be computed.
+    #[error("cannot compute a layout: {0}")]
+    Layout(String),
+    /// Nothing to commit.
+    #[error("no change to commit: the layout already places every member")]
+    NothingToCommit,
+    /// Unknown node name.
+    #[error("no member is named {0:?}")]
+    UnknownMember(String),
+    /// Invalid bucket properties.
+    #[error("invalid bucket properties: {0}")]
+    BadBucketProps(String),
+}
+
+impl From<LayoutError> for MembershipError {
+    fn from(e: LayoutError) -> Self {
+        MembershipError::Layout(e.to_string())
+    }
+}
+
+/// A staged layout change, as `cluster plan` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Version the layout will get.
+    pub version: u64,
+    /// The new layout.
+    pub layout: Layout,
+    /// Partition replicas that change node, compared with the committed layout.
+    pub moved: usize,
+    /// Members that enter the layout.
+    pub joining: Vec<String>,
+    /// Members that leave it.
+    pub leaving: Vec<String>,
+}
+
+/// The state every node gossips.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Partition count Q, fixed at cluster creation.
+    pub partitions: u32,
+    /// Members by name.
+    pub members: BTreeMap<String, Member>,
+    /// The committed layout; `None` until the first commit.
+    pub layout: Option<CommittedLayout>,
+    /// Bucket properties by bucket name; buckets absent use [`BucketProps::default`].
+    #[serde(default)]
+    pub buckets: BTreeMap<ByteBuf, Versioned<BucketProps>>,
+}
+
+fn content_hash<T: Serialize>(v: &T) -> u64 {
+    xxh3_64(&rmp_serde::to_vec(v).unwrap_or_default())
+}
+
+/// True if `b` should replace `a`: a higher version, or the same version and a higher
+/// content hash (a deterministic tie-break for concurrent updates).
+fn wins<T: Serialize + PartialEq>(a: &T, a_version: u64, b: &T, b_version: u64) -> bool {
+    b_version > a_version || (b_version == a_version && a != b && content_hash(b) > content_hash(a))
+}
+
+impl ClusterState {
+    /// A state with no members and no layout.
+    pub fn new(partitions: u32) -> Self {
+        Self {
+            partitions,
+            members: BTreeMap::new(),
+            layout: None,
+            buckets: BTreeMap::new(),
+        }
+    }
+
+    /// Merges `other` into `self`; returns true if `self` changed.
+    pub fn merge(&mut self, other: &ClusterState) -> bool {
+        let before = self.digest();
+        for (name, theirs) in &other.members {
+            match self.members.get(name) {
+                Some(ours) if !wins(ours, ours.version, theirs, theirs.version) => {}
+                _ => {
+                    self.members.insert(name.clone(), theirs.clone());
+                }
+            }
+        }
+        match (&self.layout, &other.layout) {
+            (_, None) => {}
+            (None, Some(theirs)) => self.layout = Some(theirs.clone()),
+            (Some(ours), Some(theirs)) => {
+                if wins(ours, ours.version, theirs, theirs.version) {
+                    self.layout = Some(theirs.clone());
+                }
+            }
+        }
+        for (bucket, theirs) in &other.buckets {
+            match self.buckets.get(bucket) {
+                Some(ours) if !wins(ours, ours.version, theirs, theirs.version) => {}
+                _ => {
+                    self.buckets.insert(bucket.clone(), theirs.clone());
+                }
+            }
+        }
+        self.digest() != before
+    }
+
+    /// A hash of the whole state: equal on two nodes if and only if (barring collisions)
+    /// they hold the same state. Gossip sends it first and the state only when they differ.
+    pub fn digest(&self) -> u64 {
+        content_hash(self)
+    }
+
+    /// Adds or updates a member, giving its entry a version above every one seen for it.
+    pub fn upsert_member(&mut self, mut member: Member) {
+        member.version = self
+            .members
+            .get(&member.name)
+            .map_or(1, |m| m.version + 1)
+            .max(member.version);
+        self.members.insert(member.name.clone(), member);
+    }
+
+    /// Marks a member as leaving (it leaves the layout at the next commit).
+    ///
+    /// # Errors
+    /// [`MembershipError::UnknownMember`].
+    pub fn mark_leaving(&mut self, name: &str) -> Result<(), MembershipError> {
+        let m = self
+            .members
+            .get(name)
+            .cloned()
+            .ok_or_else(|| MembershipError::UnknownMember(name.into()))?;
+        self.upsert_member(Member {
+            status: MemberStatus::Leaving,
+            ..m
+        });
+        Ok(())
+    }
+
+    /// The layout the next commit would install.
+    ///
+    /// # Errors
+    /// [`MembershipError::Layout`] if no layout fits (for instance, no members).
+    pub fn plan(&self) -> Result<Plan, MembershipError> {
+        let nodes: Vec<NodeSpec> = self
+            .members
+            .values()
+            .filter(|m| m.status != MemberStatus::Leaving)
+            .map(|m| NodeSpec {
+                name: m.name.clone(),
+                zone: m.zone.clone(),
+                capacity: m.capacity,
+            })
+            .collect();
+        let n = LAYOUT_REPLICAS.min(nodes.len()).max(1);
+        let previous = self.layout.as_ref().map(|c| &c.layout);
+        let layout = Layout::compute(&nodes, self.partitions, n as u32, previous)?;
+        let moved = previous.map_or(0, |p| crate::layout::diff(p, &layout));
+        Ok(Plan {
+            version: self.layout.as_ref().map_or(1, |c| c.version + 1),
+            moved,
+            joining: self
+                .members
+                .values()
+                .filter(|m| m.status == MemberStatus::Joining)
+                .map(|m| m.name.clone())
+                .collect(),
+            leaving: self
+                .members
+                .values()
+                .filter(|m| m.status == MemberStatus::Leaving)
+                .map(|m| m.name.clone())
+                .collect(),
+            layout,
+        })
+    }
+
+    /// Installs the plan's layout: joining members become active, leaving ones are removed.
+    ///
+    /// # Errors
+    /// As [`ClusterState::plan`]; [`MembershipError::NothingToCommit`] if the layout would
+    /// not change.
+    pub fn commit(&mut self) -> Result<Plan, MembershipError> {
+        let plan = self.plan()?;
+        if self
+            .layout
+            .as_ref()
+            .is_some_and(|c| c.layout == plan.layout)
+            && plan.joining.is_empty()
+            && plan.leaving.is_empty()
+        {
+            return Err(MembershipError::NothingToCommit);
+        }
+        for name in &plan.joining {
+            let m = self.members[name].clone();
+            self.upsert_member(Member {
+                status: MemberStatus::Active,
+                ..m
+            });
+        }
+        for name in &plan.leaving {
+            self.members.remove(name);
+        }
+        self.layout = Some(CommittedLayout {
+            version: plan.version,
+            layout: plan.layout.clone(),
+        });
+        Ok(plan)
+    }
+
+    /// The replicas (node names, preference order) of partition `p`, or `None` without a
+    /// layout.
+    pub fn preference_list(&self, p: u32) -> Option<Vec<String>> {
+        self.layout
+            .as_ref()
+            .map(|c| c.layout.replica_names(p).map(str::to_string).collect())
+    }
+
+    /// The properties of `bucket` (the defaults if never set).
+    pub fn bucket_props(&self, bucket: &[u8]) -> BucketProps {
+        self.buckets
+            .get(serde_bytes::Bytes::new(bucket))
+            .map(|v| v.value)
+            .unwrap_or_default()
+    }
+
+    /// Sets the properties of `bucket`.
+    ///
+    /// # Errors
+    /// [`MembershipError::BadBucketProps`].
+    pub fn set_bucket_props(
+        &mut self,
+        bucket: &[u8],
+        props: BucketProps,
+    ) -> Result<(), MembershipError> {
+        props.validate()?;
+        let version = self
+            .buckets
+            .get(serde_bytes::Bytes::new(bucket))
+            .map_or(1, |v| v.version + 1);
+        self.buckets.insert(
+            ByteBuf::from(bucket),
+            Versioned {
+                version,
+                value: props,
+            },
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn member(name: &str, zone: &str) -> Member {
+        Member {
+            name: name.into(),
+            cluster_addr: format!("{name}:1"),
+            client_addr: format!("{name}:2"),
+            zone: zone.into(),
+            capacity: 1,
+            status: MemberStatus::Joining,
+            version: 0,
+        }
+    }
+
+    #[test]
+    fn join_plan_commit() {
+        let mut s = ClusterState::new(64);
+        for (n, z) in [("a", "z1"), ("b", "z2"), ("c", "z3")] {
+            s.upsert_member(member(n, z));
+        }
+        let plan = s.plan().unwrap();
+        assert_eq!(plan.joining.len(), 3);
+        s.commit().unwrap();
+        assert!(s.members.values().all(|m| m.status == MemberStatus::Active));
+        for p in 0..64 {
+            let prefs = s.preference_list(p).unwrap();
+            assert_eq!(prefs.len(), 3);
+        }
+        assert_eq!(s.commit().unwrap_err(), MembershipError::NothingToCommit);
+    }
+
+    #[test]
+    fn bucket_props_are_checked() {
+        let mut s = ClusterState::new(8);
+        assert!(s
+            .set_bucket_props(
+                b"b",
+                BucketProps {
+                    n: 3,
+                    r: 4,
+                    w: 1,
+                    timeout_ms: 0
+                }
+            )
+            .is_err());
+        s.set_bucket_props(
+            b"b",
+            BucketProps {
+                n: 3,
+                r: 3,
+                w: 1,
+                timeout_ms: 0,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.bucket_props(b"b").r, 3);
+        assert_eq!(s.bucket_props(b"other"), BucketProps::default());
+    }
+
+    /// Random updates applied at three nodes, with random gossip between them.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Join(usize, u8),
+        Bucket(usize, u8),
+        Commit(usize),
+        Gossip(usize, usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..3usize, 0..5u8).prop_map(|(a, b)| Op::Join(a, b)),
+            (0..3usize, 1..4u8).prop_map(|(a, b)| Op::Bucket(a, b)),
+            (0..3usize).prop_map(Op::Commit),
+            (0..3usize, 0..3usize).prop_map(|(a, b)| Op::Gossip(a, b)),
+        ]
+    }
+
+    fn run(ops: &[Op]) -> Vec<ClusterState> {
+        let mut s = vec![ClusterState::new(16); 3];
+        for o in ops {
+            match *o {
+                Op::Join(at, who) => {
+                    s[at].upsert_member(member(&format!("n{who}"), &format!("z{who}")))
+                }
+                Op::Bucket(at, r) => {
+                    let _ = s[at].set_bucket_props(
+                        b"b",
+                        BucketProps {
+                            n: 3,
+                            r,
+                            w: 2,
+                            timeout_ms: 0,
+                        },
+                    );
+                }
+                Op::Commit(at) => {
+                    let _ = s[at].commit();
+                }
+                Op::Gossip(from, to) => {
+                    let src = s[from].clone();
+                    s[to].merge(&src);
+                }
+            }
+        }
+        s
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_commutative_associative_idempotent(ops in prop::collection::vec(op(), 0..30)) {
+            let s = run(&ops);
+            let mut ab = s[0].clone(); ab.merge(&s[1]);
+            let mut ba = s[1].clone(); ba.merge(&s[0]);
+            prop_assert_eq!(&ab, &ba);
+            let mut ab_c = ab.clone(); ab_c.merge(&s[2]);
+            let mut bc = s[1].clone(); bc.merge(&s[2]);
+            let mut a_bc = s[0].clone(); a_bc.merge(&bc);
+            prop_assert_eq!(&ab_c, &a_bc);
+            let mut again = ab.clone();
+            prop_assert!(!again.merge(&s[1]));
+            prop_assert_eq!(&again, &ab);
+        }
+
+        #[test]
+        fn gossip_converges(ops in prop::collection::vec(op(), 0..30)) {
+            let mut s = run(&ops);
+            // Two full rounds of gossip around the ring make every node equal.
+            for _ in 0..2 {
+                for i in 0..3 {
+                    let src = s[i].clone();
+                    s[(i + 1) % 3].merge(&src);
+                }
+            }
+            prop_assert_eq!(&s[0], &s[1]);
+            prop_assert_eq!(&s[1], &s[2]);
+        }
+    }
+}

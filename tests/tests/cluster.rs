@@ -1,0 +1,226 @@
+//! Clusters of real `ringkv` processes, one per node on 127.0.0.x: replication with quorums,
+//! failures, read repair, failure detection, gossip convergence, the cookie, and the Python
+//! client across nodes.
+
+use ringkv_api::{CallOptions, Client};
+use ringkv_tests::{repo_root, wait_until, Cluster, NodeProcess, TEST_COOKIE};
+use std::time::Duration;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn q(n: u8, r: u8, w: u8) -> CallOptions {
+    CallOptions {
+        n: Some(n),
+        r: Some(r),
+        w: Some(w),
+        timeout_ms: Some(2000),
+        local: false,
+    }
+}
+
+fn local() -> CallOptions {
+    CallOptions {
+        local: true,
+        ..Default::default()
+    }
+}
+
+/// Put through node 1 with w=3, get through node 3 with r=1; then kill -9 node 3: w=2 and r=2
+/// still work, w=3 fails naming 2 of 3; restart it: a read with r=3 repairs its stale copy.
+#[test]
+fn three_nodes_replicate_and_survive_a_dead_node() {
+    let mut cluster = Cluster::start(3, &["--partitions", "16"]);
+    let rt = rt();
+    let (a1, a3) = (cluster.nodes[0].addr, cluster.nodes[2].addr);
+    rt.block_on(async {
+        let c1 = Client::connect(a1).await.unwrap();
+        let c3 = Client::connect(a3).await.unwrap();
+        c1.put_with(b"b", b"k", b"v1".to_vec(), &[], &q(3, 2, 3))
+            .await
+            .unwrap();
+        let got = c3.get_with(b"b", b"k", &q(3, 1, 2)).await.unwrap();
+        assert_eq!(got.values, vec![b"v1".to_vec()]);
+        // Every replica holds it durably (w=3): node 3's own copy shows it.
+        assert_eq!(
+            c3.get_with(b"b", b"k", &local()).await.unwrap().values,
+            vec![b"v1".to_vec()]
+        );
+    });
+
+    cluster.nodes[2].kill9();
+    rt.block_on(async {
+        let c1 = Client::connect(a1).await.unwrap();
+        let seen = c1.get_with(b"b", b"k", &q(3, 2, 2)).await.unwrap();
+        c1.put_with(b"b", b"k", b"v2".to_vec(), &seen.context, &q(3, 2, 2))
+            .await
+            .unwrap();
+        let got = c1.get_with(b"b", b"k", &q(3, 2, 2)).await.unwrap();
+        assert_eq!(got.values, vec![b"v2".to_vec()]);
+        let err = c1
+            .put_with(b"b", b"k2", b"x".to_vec(), &[], &q(3, 2, 3))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some("quorum_failed"), "{err}");
+        assert!(err.to_string().contains("2 of 3"), "{err}");
+    });
+
+    cluster.nodes[2].restart();
+    let a3 = cluster.nodes[2].addr;
+    rt.block_on(async {
+        let c3 = Client::connect(a3).await.unwrap();
+        // Node 3 missed v2.
+        assert_eq!(
+            c3.get_with(b"b", b"k", &local()).await.unwrap().values,
+            vec![b"v1".to_vec()]
+        );
+        // Once the others see it again, a read with r=3 returns v2 and repairs node 3.
+        let c1 = Client::connect(a1).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match c1.get_with(b"b", b"k", &q(3, 3, 2)).await {
+                Ok(got) => {
+                    assert_eq!(got.values, vec![b"v2".to_vec()]);
+                    break;
+                }
+                Err(e) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "r=3 never succeeded: {e}"
+                    );
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while c3.get_with(b"b", b"k", &local()).await.unwrap().values != vec![b"v2".to_vec()] {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "read repair did not reach node 3"
+            );
+            tokio::task::yield_now().await;
+        }
+    });
+}
+
+/// SIGSTOP one node: the others mark it down within a few seconds; SIGCONT: up again.
+#[test]
+fn a_paused_node_is_suspected_and_recovers() {
+    let cluster = Cluster::start(3, &["--partitions", "8"]);
+    cluster.nodes[1].signal(libc::SIGSTOP);
+    let t = std::time::Instant::now();
+    wait_until("n1 and n3 to mark n2 down", Duration::from_secs(15), || {
+        (cluster.sees_up(0, "n2") == Some(false) && cluster.sees_up(2, "n2") == Some(false))
+            .then_some(())
+    });
+    println!("paused node suspected after {:?}", t.elapsed());
+    // Writes at w=2 go on while it is paused.
+    rt().block_on(async {
+        let c = Client::connect(cluster.nodes[0].addr).await.unwrap();
+        c.put_with(b"b", b"during-pause", b"v".to_vec(), &[], &q(3, 2, 2))
+            .await
+            .unwrap();
+    });
+    cluster.nodes[1].signal(libc::SIGCONT);
+    wait_until("n2 to be up again", Duration::from_secs(15), || {
+        (cluster.sees_up(0, "n2") == Some(true) && cluster.sees_up(2, "n2") == Some(true))
+            .then_some(())
+    });
+}
+
+/// Five nodes form one cluster from one seed, and every node's status agrees.
+#[test]
+fn five_nodes_form_from_one_seed_and_agree() {
+    let cluster = Cluster::start(5, &["--partitions", "64"]);
+    let statuses: Vec<_> = (0..5).map(|i| cluster.status(i)).collect();
+    for s in &statuses {
+        assert_eq!(s["digest"], statuses[0]["digest"]);
+        assert_eq!(s["members"].as_array().unwrap().len(), 5);
+        let held: u64 = s["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["partitions"].as_u64().unwrap())
+            .sum();
+        assert_eq!(held, 64 * 3, "every partition has 3 replicas");
+    }
+    // A bucket property set through one node reaches all of them.
+    let (code, _, err) =
+        cluster.nodes[4].cli(&["bucket", "set", "strict", "n=3", "r=3", "w=3"], None);
+    assert_eq!(code, 0, "{err}");
+    wait_until(
+        "bucket properties to spread",
+        Duration::from_secs(15),
+        || {
+            (0..5)
+                .all(|i| {
+                    let (_, out, _) = cluster.nodes[i].cli(&["bucket", "get", "strict"], None);
+                    String::from_utf8_lossy(&out).contains("\"r\":3")
+                })
+                .then_some(())
+        },
+    );
+}
+
+/// A node with another cookie is refused, and both sides log it.
+#[test]
+fn a_node_with_the_wrong_cookie_is_refused() {
+    let cluster = Cluster::start(1, &["--partitions", "8"]);
+    let seed = cluster.status(0)["members"][0]["cluster_addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let port = ringkv_tests::free_port("127.0.0.2").to_string();
+    let addr = format!("127.0.0.2:{port}");
+    let intruder = NodeProcess::start_on(
+        "127.0.0.2",
+        &[
+            "--name",
+            "intruder",
+            "--cluster-addr",
+            &addr,
+            "--join",
+            &seed,
+            "--partitions",
+            "8",
+        ],
+        &[("RINGKV_COOKIE", "not-the-cookie")],
+    );
+    wait_until(
+        "both sides to log the refusal",
+        Duration::from_secs(20),
+        || {
+            (intruder.log().contains("refused") && cluster.nodes[0].log().contains("refused"))
+                .then_some(())
+        },
+    );
+    assert_eq!(cluster.status(0)["members"].as_array().unwrap().len(), 1);
+    assert_ne!(TEST_COOKIE, "not-the-cookie");
+}
+
+/// The Python client writes through one node and reads through another.
+#[test]
+fn python_client_across_nodes() {
+    let cluster = Cluster::start(3, &["--partitions", "16"]);
+    let out = std::process::Command::new("python3")
+        .arg(repo_root().join("tests/python/cross_node.py"))
+        .arg("--write")
+        .arg(cluster.nodes[0].addr.to_string())
+        .arg("--read")
+        .arg(cluster.nodes[2].addr.to_string())
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}
