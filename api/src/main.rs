@@ -739,8 +739,8 @@ fn print_admin(op: &str, info: &serde_json::Value) {
                         "down"
                     },
                     m["zone"].as_str().unwrap_or("?"),
-                    m["capacity"],
-                    m["partitions"],
+                    m["capacity"].to_string(),
+                    m["partitions"].to_string(),
                     m["phi"].as_f64().unwrap_or(0.0),
                     m["cluster_addr"].as_str().unwrap_or(""),
                     m["client_addr"].as_str().unwrap_or(""),

@@ -71,7 +71,7 @@ fn describe(label: &str, layout: &Layout, seconds: f64) {
         }
     }
     zones.sort_by(|a, b| a.0.cmp(&b.0));
-    if zones.len() <= 8 {
+    if zones.len() <= 10 {
         let list: Vec<String> = zones
             .iter()
             .map(|(zone, replicas, fair)| format!("{zone} {replicas} (fair {fair:.0})"))
@@ -180,11 +180,11 @@ fn main() {
     }
 
     let (q, n) = (65536, 3);
-    let big_nodes = cluster(10_000, 8);
+    let big_nodes = cluster(10_000, 10);
     let start = Instant::now();
     let big = Layout::compute(&big_nodes, q, n, None).expect("valid cluster");
     describe(
-        "10,000 nodes, capacity 1..8, 8 zones",
+        "10,000 nodes, capacity 1..8, 10 zones",
         &big,
         start.elapsed().as_secs_f64(),
     );

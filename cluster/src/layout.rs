@@ -15,41 +15,60 @@
 //!    at least Q when there are fewer zones than N. Shares that hit a bound are clamped there
 //!    and the rest is spread over the others in proportion to capacity (water-filling, as
 //!    Garage and Riak do). The real-valued result is [`NodeLoad::target`]; each node gets its
-//!    floor or ceiling (largest remainder), so `|replicas - target| < 2`.
+//!    floor or ceiling (largest remainder), so `|replicas - target| < 2` (unless step 5's last
+//!    resort was needed, which no test has produced).
 //! 4. **Minimal movement**: given the previous layout, every assignment that still fits (node
 //!    present, zone rule met, node under its new quota) is kept in place, and only the excess
-//!    moves. Adding a node moves about the new node's share; removing one moves its replicas.
+//!    moves. Adding a node moves about the new node's share; removing one moves its replicas,
+//!    plus what the zone rule forces when a zone sits at a bound (for instance a zone that
+//!    holds a replica of every partition and must now give some up).
 //!
 //! # Algorithm
 //!
 //! The Q partitions are equal arcs of the hash ring: Dynamo's "strategy 3" (Q equal-sized
 //! partitions, tokens assigned to nodes), which Riak's ring also uses. The assignment of
-//! partitions to nodes follows the spirit of Riak's claim (targets per node, keep what fits,
-//! move the excess) and Garage's layout (zones and capacities as hard constraints, solved as a
-//! flow, then minimal movement), with greedy steps and local augmenting swaps in place of
-//! Garage's max-flow so that 10,000 nodes and Q = 65536 take well under a second:
+//! partitions to nodes follows Riak's claim in spirit (a target per node, keep what fits, move
+//! the excess) and Garage's layout (zones and capacities as hard constraints, then minimal
+//! movement), with greedy steps repaired by local augmenting paths instead of Garage's
+//! max-flow, so that 10,000 nodes and Q = 65536 take well under a second:
 //!
 //! 1. **Quotas.** Zone totals, then node quotas inside each zone, by water-filling
 //!    (bisection on the share per unit of capacity) and largest-remainder rounding. Rounding
 //!    prefers the node's previous count, so a recomputation keeps the same quotas.
 //! 2. **Keep.** Each partition keeps its previous replicas, in order, while they are present,
 //!    distinct and meet the zone rule.
-//! 3. **Drop.** A zone above its quota gives up replicas of its over-quota nodes in partitions
-//!    where a zone below quota may take the slot (the slot is reserved for that zone); then each
-//!    node still over quota drops the replicas of lowest `xxh3(name, partition)`.
-//! 4. **Fill.** Free slots, reserved ones first, then partition by partition, take the zone
-//!    with the largest remaining deficit that the zone rule admits, then the node of that zone
-//!    with the largest deficit. Picking the largest remaining deficits is what makes a fresh
-//!    layout always succeed (a zone needing `d <= Q` slots is never left with more slots than
-//!    partitions). Ties between nodes are broken by `xxh3(name, partition)` of the partition
-//!    the node last received, so nodes of equal deficit are visited in an order that changes
-//!    at each placement (varied replica sets, no fixed round robin) yet is reproducible.
-//! 5. **Repair.** A slot no candidate can fill is filled by a swap: a replica `y` placed in this
-//!    computation elsewhere moves into the slot and a node with deficit takes `y`'s place (no
-//!    extra movement); failing that, an old replica is swapped (one extra move); as a last
-//!    resort a node goes over its quota (never a broken distinctness).
+//! 3. **Drop.** A zone above its quota gives up replicas, of its over-quota nodes first, in
+//!    partitions where a zone below quota may take the slot, which is then promised to that
+//!    zone (the zone with the fewest such partitions per replica to shed goes first). When no
+//!    such partition is left it takes over a slot promised to another zone's drop, which drops
+//!    elsewhere instead (an augmenting path, no extra movement); failing that, it drops through
+//!    a chain of zones (one extra move per link). A zone whose remaining quota exceeds the free
+//!    slots it may take (after nodes left) takes slots in full partitions from zones with free
+//!    slots to spare. Then each node still over quota drops the replicas of lowest
+//!    `xxh3(name, partition)`, preferring partitions without a free slot; the slot is promised
+//!    to its own zone. With fewer zones than N a zone never gives up its last replica of a
+//!    partition.
+//! 4. **Fill.** Promised slots first, then partition by partition. A node that held the
+//!    partition before and may come back does; else a node, then a zone, whose deficit equals
+//!    the open partitions (with a free slot) it could still enter goes there now; else the zone
+//!    with the least such slack, among the first eight that fit, after a jitter of up to two
+//!    replicas from `xxh3(partition, zone)` so that zones of equal needs mix instead of always
+//!    pairing up; inside it, the node with the least slack. In a fresh layout this is "largest
+//!    remaining deficit first", which cannot get stuck at the zone level (a zone needing at
+//!    most Q replicas never needs more than the partitions left). Ties between nodes are
+//!    broken by `xxh3(name, partition the node last received)`: reproducible, and redrawn at
+//!    each placement, so that replica sets vary instead of following a fixed round robin.
+//! 5. **Repair.** A slot no candidate can fill is filled by (a) a swap: a replica placed
+//!    elsewhere in this computation moves into it and a node with a deficit takes its place
+//!    (no extra movement; an old replica if need be, one extra move); else (b) the shortest
+//!    augmenting path: `u1` moves into the slot from partition `p1`, `u2` into the slot `u1`
+//!    left, ..., and a node with a deficit takes the last one (breadth-first, one extra move per
+//!    link); else (c) a rotation through the partition itself; as a last resort (d) the node
+//!    least over its quota that meets the zone rule takes it: quotas bend, distinctness never.
 //! 6. **Primaries.** A partition keeps its previous primary if still a replica; otherwise the
-//!    replica furthest below `quota / N` primaries becomes primary, ties by `xxh3(name, partition)`.
+//!    replica furthest below `replicas / N` primaries, relative to that share, becomes primary,
+//!    ties by `xxh3(name, partition)`; then a few passes hand a primary to another replica of
+//!    the same partition while that lowers the larger of their primaries/replicas ratios.
 //!
 //! Determinism: nodes are sorted by name, zones by name, every tie is broken by an index or a
 //! seeded XXH3-64 (xxHash's frozen specification); no randomness and no hash-map iteration.
@@ -81,7 +100,10 @@ const REPAIR_CANDIDATES: usize = 16;
 /// Node checks an augmenting-path repair may spend (step 5).
 const AUGMENT_BUDGET: usize = 1 << 22;
 
-/// Zones, among those that fit, whose relative deficits are compared (with jitter) per pick.
+/// Passes of primary hand-overs that even out primaries (step 6).
+const PRIMARY_PASSES: usize = 4;
+
+/// Zones, among those that fit, whose urgencies are compared (with jitter) per pick.
 const MIX_ZONES: usize = 8;
 
 /// Zone checks spent on chains of drops between zones (step 3), per slot (Q*N slots).
@@ -1133,20 +1155,19 @@ impl<'a> State<'a> {
         let mut spare: Vec<i64> = (0..zones)
             .map(|z| open - blocked[z] - i64::from(self.room(mv, z)))
             .collect();
-        let needy: Vec<usize> = (0..zones).filter(|&z| spare[z] < 0).collect();
-        if needy.is_empty() {
-            return;
-        }
+        let mut needy: Vec<usize> = (0..zones).filter(|&z| spare[z] < 0).collect();
+        let mut budget = CHAIN_BUDGET_PER_SLOT * self.pb.q * self.pb.n;
         for k in 0..self.order.len() {
+            if needy.is_empty() || budget < needy.len() {
+                break;
+            }
+            budget -= needy.len();
             let p = self.order[k] as usize;
             let promised = mv.promised_in(p);
             if self.sets[p].len() + promised.len() < self.pb.n {
                 continue;
             }
             for &z in &needy {
-                if spare[z] >= 0 {
-                    continue;
-                }
                 let from = (0..self.sets[p].len())
                     .filter(|&pos| {
                         let y = self.zone(self.sets[p][pos]) as usize;
@@ -1175,9 +1196,7 @@ impl<'a> State<'a> {
                     break;
                 }
             }
-            if needy.iter().all(|&z| spare[z] >= 0) {
-                break;
-            }
+            needy.retain(|&z| spare[z] < 0);
         }
     }
 
@@ -1419,7 +1438,7 @@ impl<'a> State<'a> {
         let prev = self.prev.as_ref()?;
         let set = &self.sets[p];
         prev.replicas(p).flatten().find(|&i| {
-            z.is_none_or(|z| self.zone(i) == z)
+            (z.is_none() || z == Some(self.zone(i)))
                 && self.deficit(i) > 0
                 && self.pb.fits(set, usize::MAX, i)
         })
@@ -1462,7 +1481,11 @@ impl<'a> State<'a> {
             let seed = self.zone_seed[z as usize];
             let jitter = xxh3_64_with_seed(&(p as u64).to_le_bytes(), seed) >> 31;
             let score = (u64::from(key) << 32) + jitter;
-            if best.is_none_or(|(top, _)| score > top) {
+            let better = match best {
+                Some((top, _)) => score > top,
+                None => true,
+            };
+            if better {
                 best = Some((score, i));
             }
         }
@@ -1753,7 +1776,7 @@ impl<'a> State<'a> {
                 _ => open.push(p),
             }
         }
-        for p in open {
+        for &p in &open {
             let set = &mut self.sets[p];
             let key = |i: u32| {
                 let load = i64::from(self.load[i as usize]);
@@ -1766,6 +1789,39 @@ impl<'a> State<'a> {
             let pos = (0..set.len()).max_by_key(|&k| key(set[k])).unwrap_or(0);
             set[..=pos].rotate_right(1);
             primaries[set[0] as usize] += 1;
+        }
+        // The greedy pass above decides early partitions before later ones are seen: hand a
+        // primary over to another replica while that lowers the larger of the two ratios
+        // primaries / replicas (compared by cross-multiplication).
+        for _ in 0..PRIMARY_PASSES {
+            let mut changed = false;
+            for &p in &open {
+                let set = &mut self.sets[p];
+                let ratio_after = |k: usize, extra: i64| {
+                    let i = set[k] as usize;
+                    (primaries[i] + extra, i64::from(self.load[i]).max(1))
+                };
+                let (now_num, now_den) = ratio_after(0, 0);
+                let best = (1..set.len())
+                    .filter(|&k| {
+                        let (num, den) = ratio_after(k, 1);
+                        num * now_den < now_num * den
+                    })
+                    .min_by(|&a, &b| {
+                        let (an, ad) = ratio_after(a, 1);
+                        let (bn, bd) = ratio_after(b, 1);
+                        (an * bd).cmp(&(bn * ad))
+                    });
+                if let Some(k) = best {
+                    primaries[set[0] as usize] -= 1;
+                    primaries[set[k] as usize] += 1;
+                    set[..=k].rotate_right(1);
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
         }
     }
 
@@ -1809,16 +1865,21 @@ mod tests {
             .count() as u32
     }
 
-    /// Whether no zone total and no node sits at (or within one replica of) a bound: a zone
-    /// bound of the zone rule, or Q for a node. At a bound the rules themselves can force moves
+    /// Whether no zone total and no node sits at (or within one replica of) a bound that
+    /// constrains it: a zone bound of the zone rule (not the trivial one of a single zone), or Q
+    /// for a node. At a bound the rules themselves can force moves
     /// beyond the joining or leaving node's share (a node or zone that must now be in every
     /// partition enters partitions that lost nothing), so movement is only bounded off them.
     fn has_slack(nodes: &[NodeSpec], q: u32, n: u32) -> bool {
         let problem = Problem::new(nodes, q, n);
         let (zone_targets, node_targets) = problem.targets();
+        let total = f64::from(q) * f64::from(n);
         let zones = zone_targets.iter().enumerate().all(|(z, &t)| {
-            let (lo, hi) = problem.zone_bounds(z);
-            t > lo as f64 + 1.0 && t < hi as f64 - 1.0
+            let (lo, hi) = (
+                problem.zone_bounds(z).0 as f64,
+                problem.zone_bounds(z).1 as f64,
+            );
+            (lo == 0.0 || t > lo + 1.0) && (hi >= total || t < hi - 1.0)
         });
         zones && node_targets.iter().all(|&t| t < f64::from(q) - 1.0)
     }
@@ -1828,7 +1889,7 @@ mod tests {
     /// gaining replicas takes them in freed slots it may fill or else in partitions that lost
     /// nothing, where something else must move. The node bound is `sum of gains - a maximum
     /// matching of freed slots to gaining nodes`; the zone bound counts per zone.
-    pub(super) fn leave_lower_bound(before: &Layout, after: &Layout, leaver: &str) -> usize {
+    fn leave_lower_bound(before: &Layout, after: &Layout, leaver: &str) -> usize {
         let problem = Problem::new(after.nodes(), after.partitions(), after.replication());
         let gone = before.index_of(leaver).unwrap();
         let freed: Vec<Vec<u32>> = (0..before.partitions())
@@ -2166,7 +2227,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 20000, failure_persistence: None, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 
         #[test]
         fn layouts_hold_their_rules(
@@ -2234,161 +2295,6 @@ mod tests {
                         "leave moved {} for a minimum of {}", moved, minimum);
                 }
             }
-        }
-    }
-}
-#[cfg(test)]
-mod stress {
-    use super::*;
-    use proptest::prelude::*;
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 20000, failure_persistence: None, ..ProptestConfig::default() })]
-        #[test]
-        fn stress(caps in prop::collection::vec(1u32..=50, 1..40), zone_count in 1usize..=7, zone_seed in any::<u64>(),
-                  q_bits in 0u32..=10, n in 1u32..=6, new_cap in 1u32..=50, pick in any::<u64>()) {
-            let n = n.min(caps.len() as u32);
-            let q = 1u32 << q_bits;
-            let zone_count = zone_count.min(caps.len());
-            let nodes: Vec<NodeSpec> = caps.iter().enumerate().map(|(i, &c)| {
-                let z = if i < zone_count { i } else { (xxh3_64_with_seed(&[i as u8], zone_seed) % zone_count as u64) as usize };
-                NodeSpec::new(format!("n{i:02}"), format!("z{z}"), c)
-            }).collect();
-            let layout = Layout::compute(&nodes, q, n, None).unwrap();
-            let check = |l: &Layout| {
-                for p in 0..l.partitions() { let s = l.replicas(p); for k in 1..s.len() { assert!(!s[..k].contains(&s[k])); } }
-                assert_eq!(l.zone_violations(), 0);
-                for load in l.loads() { assert!((f64::from(load.replicas) - load.target).abs() < 2.0, "{load:?}"); }
-            };
-            check(&layout);
-            let again = Layout::compute(&nodes, q, n, Some(&layout)).unwrap();
-            prop_assert_eq!(diff(&layout, &again), 0);
-            let mut joined = nodes.clone();
-            joined.push(NodeSpec::new("new", format!("z{}", pick % (zone_count as u64 + 1)), new_cap));
-            let after = Layout::compute(&joined, q, n, Some(&layout)).unwrap();
-            check(&after);
-            let again = Layout::compute(&joined, q, n, Some(&after)).unwrap();
-            prop_assert_eq!(diff(&after, &again), 0);
-            if nodes.len() > n as usize {
-                let k = (pick % nodes.len() as u64) as usize;
-                let left: Vec<NodeSpec> = nodes.iter().enumerate().filter(|&(i, _)| i != k).map(|(_, x)| x.clone()).collect();
-                let after = Layout::compute(&left, q, n, Some(&layout)).unwrap();
-                check(&after);
-            }
-        }
-    }
-}
-#[cfg(test)]
-mod timing {
-    use super::*;
-    use std::time::Instant;
-    fn run(label: &str, count: usize, zones: usize, n: u32) {
-        let nodes: Vec<NodeSpec> = (0..count)
-            .map(|i| {
-                NodeSpec::new(
-                    format!("node-{i:05}"),
-                    format!("zone-{}", i % zones),
-                    1 + (i % 8) as u32,
-                )
-            })
-            .collect();
-        let t = Instant::now();
-        let base = Layout::compute(&nodes, 65536, n, None).unwrap();
-        let fresh = t.elapsed().as_secs_f64();
-        let mut joined = nodes.clone();
-        joined.push(NodeSpec::new("zz-new", "zone-0", 8));
-        let t = Instant::now();
-        let j = Layout::compute(&joined, 65536, n, Some(&base)).unwrap();
-        let join = t.elapsed().as_secs_f64();
-        // replace half the nodes
-        let half: Vec<NodeSpec> = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, x)| {
-                if i % 2 == 0 {
-                    NodeSpec::new(format!("other-{i:05}"), x.zone.clone(), 9 - x.capacity)
-                } else {
-                    x.clone()
-                }
-            })
-            .collect();
-        let t = Instant::now();
-        let h = Layout::compute(&half, 65536, n, Some(&base)).unwrap();
-        let halfs = t.elapsed().as_secs_f64();
-        // zones re-labelled: everything in 3 zones now
-        let rez: Vec<NodeSpec> = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, x)| NodeSpec::new(x.name.clone(), format!("r{}", i % 3), x.capacity))
-            .collect();
-        let t = Instant::now();
-        let r = Layout::compute(&rez, 65536, n, Some(&base)).unwrap();
-        let rezs = t.elapsed().as_secs_f64();
-        eprintln!("{label}: fresh {fresh:.3}s join {join:.3}s (moved {}) half {halfs:.3}s (moved {}) rezone {rezs:.3}s (moved {}, viol {})", diff(&base, &j), diff(&base, &h), diff(&base, &r), r.zone_violations());
-        assert_eq!(h.zone_violations(), 0);
-    }
-    #[test]
-    fn timing() {
-        run("10k nodes 8 zones", 10_000, 8, 3);
-        run("10k nodes 1 zone", 10_000, 1, 3);
-        run("10k nodes 10k zones", 10_000, 10_000, 3);
-        run("10k nodes 2 zones", 10_000, 2, 3);
-        run("10k nodes 3 zones", 10_000, 3, 3);
-        run("300 nodes 5 zones N=5", 300, 5, 5);
-    }
-}
-#[cfg(test)]
-mod scratch {
-    use super::*;
-    #[test]
-    fn dbg_case() {
-        let caps = [
-            1u32, 5, 4, 1, 6, 3, 6, 4, 6, 3, 1, 7, 8, 6, 3, 8, 1, 1, 2, 4, 2, 1, 5, 3, 7,
-        ];
-        let zone_count = 5usize;
-        let zone_seed = 14164066383082901589u64;
-        let nodes: Vec<NodeSpec> = caps
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| {
-                let z = if i < zone_count {
-                    i
-                } else {
-                    (xxh3_64_with_seed(&[i as u8], zone_seed) % zone_count as u64) as usize
-                };
-                NodeSpec::new(format!("n{i:02}"), format!("z{z}"), c)
-            })
-            .collect();
-        let layout = Layout::compute(&nodes, 256, 3, None).unwrap();
-        let leaver = nodes
-            .iter()
-            .rev()
-            .find(|node| nodes.iter().filter(|o| o.zone == node.zone).count() > 1)
-            .unwrap();
-        let left: Vec<NodeSpec> = nodes
-            .iter()
-            .filter(|x| x.name != leaver.name)
-            .cloned()
-            .collect();
-        let after = Layout::compute(&left, 256, 3, Some(&layout)).unwrap();
-        let zl = |l: &Layout| {
-            let mut v = vec![0u32; 5];
-            for x in l.loads() {
-                v[x.zone[1..].parse::<usize>().unwrap()] += x.replicas;
-            }
-            v
-        };
-        eprintln!(
-            "leaver {leaver:?} moved {} lb {} zones before {:?} after {:?}",
-            diff(&layout, &after),
-            super::tests::leave_lower_bound(&layout, &after, &leaver.name),
-            zl(&layout),
-            zl(&after)
-        );
-        for (a, b) in layout.loads().iter().zip(after.loads()) {
-            eprintln!(
-                "{} {} cap {} {} -> {} target {:.2}",
-                a.name, a.zone, a.capacity, a.replicas, b.replicas, b.target
-            );
         }
     }
 }

@@ -256,6 +256,9 @@ impl Drop for NodeProcess {
     }
 }
 
+/// Pause between two polls of a cluster's status.
+const POLL: Duration = Duration::from_millis(20);
+
 /// The cookie of test clusters.
 pub const TEST_COOKIE: &str = "ringkv-test-cookie";
 
@@ -264,6 +267,8 @@ pub const TEST_COOKIE: &str = "ringkv-test-cookie";
 pub struct Cluster {
     /// The nodes; `nodes[0]` is `n1`.
     pub nodes: Vec<NodeProcess>,
+    /// Time from the layout commit until every node held the same state.
+    pub convergence: Duration,
 }
 
 impl Cluster {
@@ -299,14 +304,17 @@ impl Cluster {
                 seed = cluster_addr.clone();
             }
         }
-        let cluster = Cluster { nodes };
+        let mut cluster = Cluster {
+            nodes,
+            convergence: Duration::ZERO,
+        };
         cluster.wait_members(0, size, Duration::from_secs(30));
         if size > 1 {
             // The founder committed a layout of itself; this one places the others.
             let (code, _, err) = cluster.nodes[0].cli(&["cluster", "commit"], None);
             assert_eq!(code, 0, "cluster commit failed: {err}");
         }
-        cluster.wait_converged(Duration::from_secs(30));
+        cluster.convergence = cluster.wait_converged(Duration::from_secs(30));
         cluster
     }
 
@@ -333,20 +341,33 @@ impl Cluster {
     /// every peer up; returns the time it took.
     pub fn wait_converged(&self, timeout: Duration) -> Duration {
         let started = Instant::now();
-        wait_until("the cluster state to converge", timeout, || {
-            let statuses: Vec<serde_json::Value> =
-                (0..self.nodes.len()).map(|i| self.status(i)).collect();
-            let digest = &statuses[0]["digest"];
-            let agree = statuses.iter().all(|s| {
+        let mut last = Vec::new();
+        while started.elapsed() < timeout {
+            last = (0..self.nodes.len())
+                .map(|i| self.status(i))
+                .collect::<Vec<_>>();
+            let digest = &last[0]["digest"];
+            let agree = last.iter().all(|s| {
                 &s["digest"] == digest
                     && s["layout_version"].as_u64().unwrap_or(0) > 0
                     && s["members"].as_array().is_some_and(|m| {
                         m.iter().all(|m| m["up"] == true && m["status"] == "active")
                     })
             });
-            agree.then_some(())
-        });
-        started.elapsed()
+            if agree {
+                return started.elapsed();
+            }
+            std::thread::sleep(POLL);
+        }
+        let logs: Vec<String> = self.nodes.iter().map(|n| n.log()).collect();
+        panic!(
+            "the cluster did not converge in {timeout:?}; last statuses:\n{}\nlogs:\n{}",
+            last.iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            logs.join("\n-----\n")
+        );
     }
 
     /// Whether node `observer` (0-based) sees node `name` as up.

@@ -137,6 +137,10 @@ fn a_paused_node_is_suspected_and_recovers() {
 #[test]
 fn five_nodes_form_from_one_seed_and_agree() {
     let cluster = Cluster::start(5, &["--partitions", "64"]);
+    println!(
+        "5-node cluster: layout commit reached every node in {:?} (200 ms gossip rounds)",
+        cluster.convergence
+    );
     let statuses: Vec<_> = (0..5).map(|i| cluster.status(i)).collect();
     for s in &statuses {
         assert_eq!(s["digest"], statuses[0]["digest"]);
