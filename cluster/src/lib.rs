@@ -1,6 +1,11 @@
-//! ringkv cluster: partitioning of the key space and node configuration.
+//! ringkv cluster: partitioning, layout, membership, failure detection, configuration.
 //!
 //! * [`ring`]: which partition owns a key (a stable 64-bit hash, Q equal arcs);
+//! * [`layout`]: which nodes hold each partition (capacity-weighted, zone-aware, minimal
+//!   movement; deterministic);
+//! * [`membership`]: the gossiped cluster state and its merge rule, staged layout changes,
+//!   bucket properties;
+//! * [`phi`]: the phi-accrual failure detector;
 //! * [`config`]: [`NodeConfig`], every setting with unit, default and validation.
 //!
 //! Knows nothing of actors or storage; tested as a plain library.

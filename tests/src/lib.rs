@@ -327,14 +327,30 @@ impl Cluster {
 
     /// Waits until node `i` knows `count` members.
     pub fn wait_members(&self, i: usize, count: usize, timeout: Duration) {
-        wait_until(
-            &format!("node {} to know {count} members", i + 1),
-            timeout,
-            || {
-                let s = self.status(i);
-                (s["members"].as_array().map_or(0, |m| m.len()) == count).then_some(())
-            },
-        );
+        let started = Instant::now();
+        let mut last = serde_json::Value::Null;
+        while started.elapsed() < timeout {
+            last = self.status(i);
+            if last["members"].as_array().map_or(0, |m| m.len()) == count {
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
+        self.fail(&format!(
+            "node {} did not learn of {count} members in {timeout:?}; its status: {last}",
+            i + 1
+        ));
+    }
+
+    /// Panics with `what` and every node's log.
+    pub fn fail(&self, what: &str) -> ! {
+        let logs: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("--- log of n{} ---\n{}", i + 1, n.log()))
+            .collect();
+        panic!("{what}\n{}", logs.join("\n"));
     }
 
     /// Waits until every running node reports the same cluster state digest, a layout, and
