@@ -6,9 +6,13 @@
 //! * exchanges the cluster state with one random peer (push-pull): the peer merges ours and
 //!   answers with its merge, which we merge in turn, so two nodes agree after one exchange
 //!   and a change reaches all nodes in O(log n) rounds;
-//! * connects to every member it has no session with, and to the `--join` seeds while it
+//! * connects to the members it has no session with, and to the `--join` seeds while it
 //!   knows no peer, with exponential backoff per address. ractor_cluster has no reconnect of
-//!   its own (STACK-NOTES).
+//!   its own (STACK-NOTES). Of two members, only the one with the smaller name dials the
+//!   other, so that two nodes do not dial each other at once: ractor_cluster then closes one
+//!   of the two sessions, and that can take the process groups of the surviving one with it.
+//!   A member whose groups stay missing for [`STALE_AFTER`] although a session to it exists
+//!   gets that session closed, and the next dial starts afresh.
 //!
 //! Peers are found through the process group `ringkv.gossip.{name}`, our own node names:
 //! ractor's NodeIds change on every reconnect.
@@ -23,6 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const WIRE_V1: u8 = 1;
+
+/// How long a known member may lack process groups before its session is reset.
+pub const STALE_AFTER: Duration = Duration::from_secs(3);
 
 /// Messages of the Gossip actor (they cross nodes).
 #[derive(RactorClusterMessage)]
@@ -78,6 +85,7 @@ struct Backoff {
 pub struct GossipState {
     args: GossipArgs,
     backoff: HashMap<String, Backoff>,
+    missing_since: HashMap<String, Instant>,
 }
 
 /// The Gossip actor.
@@ -105,6 +113,31 @@ impl Gossip {
         });
     }
 
+    /// Closes any transport session with node `name` (a session without process groups is of
+    /// no use, and while it is open a new dial is refused as a duplicate).
+    fn reset_session(server: &ActorRef<NodeServerMessage>, name: &str) {
+        let (server, name) = (server.clone(), name.to_string());
+        tokio::spawn(async move {
+            let sessions = server
+                .call(NodeServerMessage::GetSessions, Some(Duration::from_secs(2)))
+                .await;
+            if let Ok(ractor::rpc::CallResult::Success(sessions)) = sessions {
+                for ses in sessions.values() {
+                    let peer = ses
+                        .peer_name
+                        .as_ref()
+                        .map(|n| n.name.as_str())
+                        .unwrap_or("");
+                    if peer.split('@').next() == Some(name.as_str()) {
+                        tracing::info!(peer = %name, "resetting a cluster session that carries no process groups");
+                        ses.actor
+                            .stop(Some("ringkv: session without process groups".into()));
+                    }
+                }
+            }
+        });
+    }
+
     fn tick(state: &mut GossipState) {
         let view = state.args.view.clone();
         let local = view.local().to_string();
@@ -120,9 +153,22 @@ impl Gossip {
                     let peer: ActorRef<GossipMsg> = cell.into();
                     let _ = peer.cast(GossipMsg::Heartbeat(local.as_bytes().to_vec()));
                     state.backoff.remove(&member.cluster_addr);
+                    state.missing_since.remove(name);
                     connected.push(peer);
                 }
-                None => Self::connect_with_backoff(state, &member.cluster_addr),
+                None => {
+                    if local < *name {
+                        Self::connect_with_backoff(state, &member.cluster_addr);
+                    }
+                    let since = *state
+                        .missing_since
+                        .entry(name.clone())
+                        .or_insert_with(Instant::now);
+                    if since.elapsed() > STALE_AFTER {
+                        state.missing_since.insert(name.clone(), Instant::now());
+                        Self::reset_session(&state.args.node_server, name);
+                    }
+                }
             }
         }
         if connected.is_empty() {
@@ -179,6 +225,7 @@ impl Actor for Gossip {
         Ok(GossipState {
             args,
             backoff: HashMap::new(),
+            missing_since: HashMap::new(),
         })
     }
 

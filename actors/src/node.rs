@@ -314,7 +314,7 @@ impl Node {
                     name.clone(),
                     addr.ip().to_string(),
                     None,
-                    Some(ractor_cluster::node::NodeConnectionMode::Transitive),
+                    Some(ractor_cluster::node::NodeConnectionMode::Isolated),
                 )
                 .with_listen_addr(addr.ip());
                 let (server, _) = Actor::spawn(None, server, ())
