@@ -26,8 +26,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const WIRE_V1: u8 = 1;
-
 /// How long a known member may lack process groups before its session is reset.
 pub const STALE_AFTER: Duration = Duration::from_secs(3);
 
@@ -50,17 +48,11 @@ pub fn gossip_group(name: &str) -> String {
 }
 
 fn encode(from: &str, state: &ClusterState) -> Vec<u8> {
-    let mut out = vec![WIRE_V1];
-    rmp_serde::encode::write_named(&mut out, &(from, state)).expect("state encodes");
-    out
+    crate::wire::encode(&(from, state))
 }
 
 fn decode(bytes: &[u8]) -> Result<(String, ClusterState), String> {
-    match bytes.split_first() {
-        Some((&WIRE_V1, body)) => rmp_serde::from_slice(body).map_err(|e| e.to_string()),
-        Some((v, _)) => Err(format!("unknown gossip version {v}")),
-        None => Err("empty gossip message".into()),
-    }
+    crate::wire::decode(bytes)
 }
 
 /// Arguments of the Gossip actor.

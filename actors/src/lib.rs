@@ -32,6 +32,7 @@ pub mod supervision;
 mod transport_events;
 pub mod vnode;
 pub mod vnode_supervisor;
+pub mod wire;
 
 pub use coordinator::KvError;
 pub use node::{Fetched, Node, NodeError, RequestOptions};

@@ -13,6 +13,7 @@
 
 use crate::directory::VNodeDirectory;
 use crate::vnode::VNodeMsg;
+use crate::wire::{decode, encode};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
@@ -22,9 +23,6 @@ use serde_bytes::ByteBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
-
-/// Version byte of the replica wire format.
-const WIRE_V1: u8 = 1;
 
 /// One operation on one replica of a partition.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -92,20 +90,6 @@ pub enum ReplicaError {
     /// The answer did not decode.
     #[error("undecodable answer from node {0}: {1}")]
     Garbled(String, String),
-}
-
-fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
-    let mut out = vec![WIRE_V1];
-    rmp_serde::encode::write_named(&mut out, msg).expect("encoding into a Vec cannot fail");
-    out
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
-    match bytes.split_first() {
-        Some((&WIRE_V1, body)) => rmp_serde::from_slice(body).map_err(|e| e.to_string()),
-        Some((v, _)) => Err(format!("unknown wire version {v}")),
-        None => Err("empty message".into()),
-    }
 }
 
 /// Messages of the Replica actor (they cross nodes).

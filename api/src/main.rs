@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Check that a node answers.
     Ping(AddrArg),
     /// Write a value (from VALUE, --file PATH, or stdin). Replaces the current value(s):
@@ -385,7 +385,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Start(args) => start(args).await,
+        Command::Start(args) => start(*args).await,
         Command::Ping(a) => {
             let t = std::time::Instant::now();
             connect(&a).await?.ping().await?;

@@ -41,6 +41,25 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Runs the Python script `tests/python/{script}` with `args` and asserts that it exits 0
+/// and reports no failure (its last line is `N passed, 0 failed`). Returns its stdout.
+pub fn run_python(script: &str, args: &[String]) -> String {
+    let out = Command::new("python3")
+        .arg(repo_root().join("tests/python").join(script))
+        .args(args)
+        .output()
+        .expect("python3 runs (install the msgpack package: pip install msgpack)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    stdout
+}
+
 /// Polls `cond` until it returns `Some` or `timeout` passes; panics with `what` on timeout.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

@@ -3,7 +3,7 @@
 //! client across nodes.
 
 use ringkv_api::{CallOptions, Client};
-use ringkv_tests::{repo_root, wait_until, Cluster, NodeProcess, TEST_COOKIE};
+use ringkv_tests::{run_python, wait_until, Cluster, NodeProcess, TEST_COOKIE};
 use std::time::Duration;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -211,20 +211,13 @@ fn a_node_with_the_wrong_cookie_is_refused() {
 #[test]
 fn python_client_across_nodes() {
     let cluster = Cluster::start(3, &["--partitions", "16"]);
-    let out = std::process::Command::new("python3")
-        .arg(repo_root().join("tests/python/cross_node.py"))
-        .arg("--write")
-        .arg(cluster.nodes[0].addr.to_string())
-        .arg("--read")
-        .arg(cluster.nodes[2].addr.to_string())
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_python(
+        "cross_node.py",
+        &[
+            "--write".into(),
+            cluster.nodes[0].addr.to_string(),
+            "--read".into(),
+            cluster.nodes[2].addr.to_string(),
+        ],
     );
-    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 }

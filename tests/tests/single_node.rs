@@ -3,7 +3,7 @@
 
 use ringkv_api::protocol::{encode_frame, RequestFrame, ResponseFrame};
 use ringkv_api::Client;
-use ringkv_tests::{repo_root, wait_until, NodeProcess};
+use ringkv_tests::{run_python, wait_until, NodeProcess};
 use serde_bytes::ByteBuf;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -457,19 +457,8 @@ fn load_stores_and_verifies_a_tree() {
 #[test]
 fn python_client_written_from_protocol_md() {
     let node = NodeProcess::start(&[]);
-    let script = repo_root().join("tests/python/test_protocol.py");
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .arg("--addr")
-        .arg(node.addr.to_string())
-        .output()
-        .expect("python3 runs (install the msgpack package: pip install msgpack)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "python client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_python(
+        "test_protocol.py",
+        &["--addr".into(), node.addr.to_string()],
     );
-    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 }
