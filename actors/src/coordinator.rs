@@ -150,21 +150,26 @@ impl Actor for Coordinator {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(args) = state.take() {
-            let deadline = Instant::now() + args.timeout;
-            let result = match &args.request {
-                KvRequest::Get { bucket, key } => read(&args, bucket, key, deadline).await,
-                KvRequest::Update {
-                    bucket,
-                    key,
-                    context,
-                    value,
-                } => write(&args, bucket, key, context, value, deadline).await,
-            };
-            let _ = args.reply.send(result);
+            execute(args).await;
         }
         myself.stop(None);
         Ok(())
     }
+}
+
+/// Runs one request to its end and sends the answer to `args.reply`.
+async fn execute(args: CoordinatorArgs) {
+    let deadline = Instant::now() + args.timeout;
+    let result = match &args.request {
+        KvRequest::Get { bucket, key } => read(&args, bucket, key, deadline).await,
+        KvRequest::Update {
+            bucket,
+            key,
+            context,
+            value,
+        } => write(&args, bucket, key, context, value, deadline).await,
+    };
+    let _ = args.reply.send(result);
 }
 
 fn timeout_error(args: &CoordinatorArgs) -> KvError {

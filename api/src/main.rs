@@ -3,7 +3,7 @@
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use ringkv_actors::{Node, NodeConfig};
-use ringkv_api::bench::{BenchOp, BenchSpec};
+use ringkv_api::bench::{BenchSpec, KeyChoice, Target, Workload};
 use ringkv_api::protocol::{BucketPropsFrame, RequestFrame};
 use ringkv_api::{CallOptions, Client, Server};
 use std::io::Write;
@@ -115,35 +115,50 @@ enum Command {
         #[command(subcommand)]
         command: BucketCommand,
     },
-    /// Measure throughput and latency of puts or gets against a node.
-    Bench {
-        #[command(flatten)]
-        addr: AddrArg,
-        /// Operation.
-        #[arg(long, value_enum, default_value_t = BenchOp::Put)]
-        op: BenchOp,
-        /// Requests in flight.
-        #[arg(long, default_value_t = 50)]
-        concurrency: usize,
-        /// Value size, bytes.
-        #[arg(long, default_value_t = 256)]
-        value_size: usize,
-        /// Distinct keys.
-        #[arg(long, default_value_t = 10_000)]
-        keys: u64,
-        /// Requests to run.
-        #[arg(long, default_value_t = 100_000)]
-        requests: u64,
-        /// Bucket used.
-        #[arg(long, default_value = "bench")]
-        bucket: String,
-        /// Seed of the key choice.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    /// YCSB-style load against ringkv, Redis or etcd (workloads A, B, C, W; uniform or
+    /// zipfian keys); prints throughput and p50/p99/p99.9 per operation type.
+    Bench(Box<BenchArgs>),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    addr: AddrArg,
+    /// System under load (its address is --addr; Redis 127.0.0.1:6379, etcd 127.0.0.1:2379).
+    #[arg(long, value_enum, default_value_t = Target::Ringkv)]
+    target: Target,
+    /// A: 50% reads 50% updates; B: 95/5; C: reads only; W: updates only.
+    #[arg(long, value_enum, default_value_t = Workload::A)]
+    workload: Workload,
+    /// Key choice.
+    #[arg(long, value_enum, default_value_t = KeyChoice::Zipfian)]
+    distribution: KeyChoice,
+    /// Keys in the key space (all preloaded).
+    #[arg(long, default_value_t = 10_000)]
+    records: u64,
+    /// Value size, bytes.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Requests in flight (one connection each).
+    #[arg(long, default_value_t = 50)]
+    concurrency: usize,
+    /// Operations to run; without it the run lasts --duration-secs.
+    #[arg(long)]
+    operations: Option<u64>,
+    /// Length of the run, seconds.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Seed of the key and operation choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Do not preload the keys (a previous run did).
+    #[arg(long)]
+    skip_load: bool,
+    /// Print the result as JSON (and no progress bar).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    quorum: QuorumArgs,
 }
 
 #[derive(Subcommand)]
@@ -609,33 +624,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Bench {
-            addr,
-            op,
-            concurrency,
-            value_size,
-            keys,
-            requests,
-            bucket,
-            seed,
-            json,
-        } => {
-            let client = connect(&addr).await?;
+        Command::Bench(b) => {
             let spec = BenchSpec {
-                op,
-                concurrency,
-                value_size,
-                keys,
-                requests,
-                bucket: bucket.into_bytes(),
-                seed,
-                quiet: json,
+                target: b.target,
+                addr: b.addr.addr.clone(),
+                workload: b.workload,
+                keys: b.distribution,
+                records: b.records.max(1),
+                value_size: b.value_size,
+                concurrency: b.concurrency.max(1),
+                operations: b.operations,
+                duration: std::time::Duration::from_secs(b.duration_secs),
+                seed: b.seed,
+                skip_load: b.skip_load,
+                quorum: b.quorum.options(),
+                quiet: b.json,
             };
-            let result = ringkv_api::bench::run(&client, &spec).await?;
-            if json {
+            let result = ringkv_api::bench::run(&spec).await?;
+            if b.json {
                 println!("{}", serde_json::to_string(&result)?);
             } else {
-                println!("{result}");
+                print!("{result}");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# ringkv against Redis and etcd on this machine, under the same load from `ringkv bench`.
+#
+#   tests/bench/compare.sh [--duration SECS] [--records N]
+#
+# 1. Single node: ringkv, Redis (--save '' --appendonly no), one etcd member; workloads
+#    C, W, A, B (zipfian), targets alternating within each workload.
+# 2. Redis driver check: `redis-benchmark` GET/SET on the same server, 50 clients, 256 B.
+# 3. Three nodes: a ringkv cluster (n=3 r=2 w=2) and a 3-member etcd cluster; W and C.
+# Prints one table with the ratios; raw results go to $OUT (default target/bench-results.jsonl).
+# Installs redis-server, redis-tools and etcd-server with apt-get when they are missing.
+# Everything listens on 127.0.0.x and is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION=10
+RECORDS=10000
+OUT=${OUT:-target/bench-results.jsonl}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration) DURATION=$2; shift 2 ;;
+    --records) RECORDS=$2; shift 2 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+if ! command -v redis-server >/dev/null || ! command -v etcd >/dev/null || ! command -v redis-benchmark >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools etcd-server >/dev/null
+fi
+cargo build --release -q -p ringkv-api
+BIN=target/release/ringkv
+
+WORK=$(mktemp -d -t ringkv-compare-XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_port() { # host port
+  for _ in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing listens on $1:$2" >&2; exit 1
+}
+
+bench() { # label target addr workload [extra...]
+  local label=$1 target=$2 addr=$3 workload=$4; shift 4
+  echo "  $label: $target workload $workload" >&2
+  $BIN bench --target "$target" --addr "$addr" --workload "$workload" --distribution zipfian \
+    --records "$RECORDS" --duration-secs "$DURATION" --concurrency 50 --value-size 256 --json "$@" \
+    | sed "s/^{/{\"setup\":\"$label\",/" >> "$OUT"
+}
+
+: > "$OUT"
+export RINGKV_COOKIE=compare-cookie
+
+echo "single node" >&2
+redis-server --bind 127.0.0.1 --port 6399 --save '' --appendonly no --daemonize no \
+  --dir "$WORK" > "$WORK/redis.log" 2>&1 & PIDS+=($!)
+etcd --name e1 --data-dir "$WORK/etcd1" \
+  --listen-client-urls http://127.0.0.1:23791 --advertise-client-urls http://127.0.0.1:23791 \
+  --listen-peer-urls http://127.0.0.1:23801 --initial-advertise-peer-urls http://127.0.0.1:23801 \
+  --initial-cluster e1=http://127.0.0.1:23801 > "$WORK/etcd1.log" 2>&1 & PIDS+=($!)
+$BIN start --data-dir "$WORK/rk1" --listen 127.0.0.1:7391 > /dev/null 2> "$WORK/rk1.log" & PIDS+=($!)
+wait_port 127.0.0.1 6399; wait_port 127.0.0.1 23791; wait_port 127.0.0.1 7391
+loaded=""
+for w in c w a b; do
+  for t in ringkv redis etcd; do
+    case $t in ringkv) a=127.0.0.1:7391 ;; redis) a=127.0.0.1:6399 ;; etcd) a=127.0.0.1:23791 ;; esac
+    skip=(); case " $loaded " in *" $t "*) skip=(--skip-load) ;; esac
+    bench single "$t" "$a" "$w" "${skip[@]}"
+    loaded="$loaded $t"
+  done
+done
+
+echo "redis-benchmark check" >&2
+redis-benchmark -h 127.0.0.1 -p 6399 -c 50 -n 200000 -d 256 -t set,get -r "$RECORDS" -q 2>/dev/null \
+  | tr '\r' '\n' | grep 'requests per second' > "$WORK/rb.txt"
+python3 - "$WORK/rb.txt" >> "$OUT" <<'PY'
+import json, re, sys
+for line in open(sys.argv[1]):
+    m = re.match(r"(SET|GET): ([0-9.]+) requests per second", line.strip())
+    if m:
+        print(json.dumps({"setup": "redis-benchmark", "op": m.group(1), "throughput": float(m.group(2))}))
+PY
+for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+wait 2>/dev/null || true
+PIDS=()
+
+echo "three nodes" >&2
+CLUSTER=e1=http://127.0.0.1:23811,e2=http://127.0.0.2:23812,e3=http://127.0.0.3:23813
+for i in 1 2 3; do
+  etcd --name e$i --data-dir "$WORK/etcd3-$i" \
+    --listen-client-urls http://127.0.0.$i:2380$i --advertise-client-urls http://127.0.0.$i:2380$i \
+    --listen-peer-urls http://127.0.0.$i:2381$i --initial-advertise-peer-urls http://127.0.0.$i:2381$i \
+    --initial-cluster "$CLUSTER" --initial-cluster-state new > "$WORK/etcd3-$i.log" 2>&1 & PIDS+=($!)
+done
+for i in 1 2 3; do
+  join=(); [ $i -gt 1 ] && join=(--join 127.0.0.1:7411)
+  $BIN start --name n$i --data-dir "$WORK/rk3-$i" --listen 127.0.0.$i:7392 \
+    --cluster-addr 127.0.0.$i:741$i --zone z$i "${join[@]}" > /dev/null 2> "$WORK/rk3-$i.log" & PIDS+=($!)
+done
+for i in 1 2 3; do wait_port 127.0.0.$i 2380$i; wait_port 127.0.0.$i 7392; done
+for _ in $(seq 1 100); do
+  n=$($BIN cluster status --json --addr 127.0.0.1:7392 | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["members"]))')
+  [ "$n" = 3 ] && break
+  sleep 0.1
+done
+$BIN cluster commit --addr 127.0.0.1:7392 > /dev/null
+for _ in $(seq 1 100); do
+  v=$($BIN cluster status --json --addr 127.0.0.3:7392 | python3 -c 'import json,sys; print(json.load(sys.stdin)["layout_version"])')
+  [ "$v" = 2 ] && break
+  sleep 0.1
+done
+loaded=""
+for w in w c a; do
+  for t in ringkv etcd; do
+    case $t in ringkv) a=127.0.0.1:7392 ;; etcd) a=127.0.0.1:23801 ;; esac
+    skip=(); case " $loaded " in *" $t "*) skip=(--skip-load) ;; esac
+    bench cluster3 "$t" "$a" "$w" --n 3 --r 2 --w 2 "${skip[@]}"
+    loaded="$loaded $t"
+  done
+done
+
+python3 - "$OUT" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+res = {}
+for r in rows:
+    if r["setup"] == "redis-benchmark":
+        res[("rb", r["op"])] = r["throughput"]
+    else:
+        res[(r["setup"], r["target"], r["workload"])] = r
+def tp(s, t, w):
+    r = res.get((s, t, w)); return r["throughput"] if r else float("nan")
+def p99(s, t, w):
+    r = res.get((s, t, w))
+    if not r: return "-"
+    ps = [x["p99_us"] for x in (r.get("read"), r.get("update")) if x]
+    return "%.1f" % (max(ps) / 1000)
+print()
+print("%-9s %-3s | %10s %10s %10s | %12s %12s | %s" % ("setup", "wl", "ringkv/s", "redis/s", "etcd/s", "ringkv/redis", "ringkv/etcd", "p99 ms ringkv/redis/etcd"))
+for s, ws in (("single", ["C", "W", "A", "B"]), ("cluster3", ["W", "C", "A"])):
+    for w in ws:
+        a, b, c = tp(s, "Ringkv", w), tp(s, "Redis", w), tp(s, "Etcd", w)
+        print("%-9s %-3s | %10.0f %10.0f %10.0f | %12.2f %12.2f | %s/%s/%s" % (s, w, a, b, c, a / b if b == b else float("nan"), a / c, p99(s, "Ringkv", w), p99(s, "Redis", w), p99(s, "Etcd", w)))
+rb_get, rb_set = res.get(("rb", "GET")), res.get(("rb", "SET"))
+if rb_get and rb_set:
+    print()
+    print("redis driver check: ringkv bench C %.0f/s vs redis-benchmark GET %.0f/s (%.2fx); W %.0f/s vs SET %.0f/s (%.2fx)" % (
+        tp("single", "Redis", "C"), rb_get, tp("single", "Redis", "C") / rb_get,
+        tp("single", "Redis", "W"), rb_set, tp("single", "Redis", "W") / rb_set))
+PY
