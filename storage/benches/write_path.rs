@@ -9,7 +9,9 @@
 //!   burst of B can take more than one commit: this is what a vnode sees under a burst.
 //! * `partition_one_commit`: the same B writes, but queued while the writer thread is held
 //!   (inside the reply callback of an untimed write), so they are applied and committed as one
-//!   transaction: the cost of the partition's own work at exactly B puts per commit.
+//!   transaction: the cost of the partition's own work at exactly B puts per commit. Here
+//!   the B submits all happen before the writer applies any, while in `partition` the writer
+//!   starts applying during the submits, so this is no upper bound for `partition`.
 //!
 //! Each group writes into its own temporary directory under Cargo's target directory (or
 //! under `$RINGKV_BENCH_DIR`: on a tmpfs, fsync is free and only the CPU cost is left).
