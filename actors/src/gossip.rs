@@ -233,6 +233,14 @@ impl Actor for Gossip {
                 state.args.view.heartbeat(&String::from_utf8_lossy(&from));
             }
             GossipMsg::Exchange(bytes, reply) => match decode(&bytes) {
+                Ok((from, theirs)) if !state.args.view.read().compatible(&theirs) => {
+                    tracing::error!(
+                        peer = %from,
+                        theirs = theirs.partitions,
+                        ours = state.args.view.read().partitions,
+                        "ignoring a peer with another partition count: it belongs to another cluster"
+                    );
+                }
                 Ok((from, theirs)) => {
                     let view = &state.args.view;
                     view.heartbeat(&from);

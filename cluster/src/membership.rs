@@ -191,8 +191,13 @@ impl ClusterState {
         }
     }
 
-    /// Merges `other` into `self`; returns true if `self` changed.
+    /// Merges `other` into `self`; returns true if `self` changed. A state with another
+    /// partition count belongs to another cluster and is ignored (see
+    /// [`ClusterState::compatible`]).
     pub fn merge(&mut self, other: &ClusterState) -> bool {
+        if !self.compatible(other) {
+            return false;
+        }
         let before = self.digest();
         for (name, theirs) in &other.members {
             match self.members.get(name) {
@@ -220,6 +225,11 @@ impl ClusterState {
             }
         }
         self.digest() != before
+    }
+
+    /// True if `other` can be merged: same partition count Q.
+    pub fn compatible(&self, other: &ClusterState) -> bool {
+        self.partitions == other.partitions
     }
 
     /// A hash of the whole state: equal on two nodes if and only if (barring collisions)
@@ -331,6 +341,7 @@ impl ClusterState {
     pub fn preference_list(&self, p: u32) -> Option<Vec<String>> {
         self.layout
             .as_ref()
+            .filter(|c| p < c.layout.partitions())
             .map(|c| c.layout.replica_names(p).map(str::to_string).collect())
     }
 
@@ -399,6 +410,24 @@ mod tests {
             assert_eq!(prefs.len(), 3);
         }
         assert_eq!(s.commit().unwrap_err(), MembershipError::NothingToCommit);
+    }
+
+    #[test]
+    fn a_state_with_another_partition_count_is_ignored() {
+        let mut ours = ClusterState::new(64);
+        ours.upsert_member(member("a", "z1"));
+        ours.commit().unwrap();
+        let mut theirs = ClusterState::new(128);
+        theirs.upsert_member(member("b", "z2"));
+        theirs.commit().unwrap();
+        let before = ours.clone();
+        assert!(!ours.merge(&theirs));
+        assert_eq!(ours, before);
+        assert_eq!(
+            ours.preference_list(64),
+            None,
+            "a partition out of range has no replicas"
+        );
     }
 
     #[test]
