@@ -630,13 +630,11 @@ impl Node {
             .into_iter()
             .map(|(n, phi, up)| (n, (phi, up)))
             .collect();
-        let held = |name: &str| {
-            state.layout.as_ref().map_or(0, |c| {
-                (0..state.partitions)
-                    .filter(|&p| c.layout.replica_names(p).any(|r| r == name))
-                    .count()
-            })
-        };
+        let held = state
+            .layout
+            .as_ref()
+            .map(|c| c.layout.replicas_by_name())
+            .unwrap_or_default();
         let members = state
             .members
             .values()
@@ -655,7 +653,7 @@ impl Node {
                     client_addr: m.client_addr.clone(),
                     up,
                     phi: (phi * 100.0).round() / 100.0,
-                    partitions: held(&m.name),
+                    partitions: held.get(&m.name).copied().unwrap_or(0) as usize,
                 }
             })
             .collect();

@@ -179,19 +179,13 @@ fn info<T: serde::Serialize>(id: u64, value: &T) -> ResponseFrame {
 
 /// What `cluster plan` and `cluster commit` answer: the version, the moves, and each node's
 /// replica count in the new layout.
-fn plan_summary(node: &Node, plan: &ringkv_cluster::membership::Plan) -> serde_json::Value {
-    let mut per_node = std::collections::BTreeMap::<String, usize>::new();
-    for p in 0..node.config().partitions {
-        for r in plan.layout.replica_names(p) {
-            *per_node.entry(r.to_string()).or_default() += 1;
-        }
-    }
+fn plan_summary(plan: &ringkv_cluster::membership::Plan) -> serde_json::Value {
     serde_json::json!({
         "version": plan.version,
         "moved": plan.moved,
         "joining": plan.joining,
         "leaving": plan.leaving,
-        "replicas_per_node": per_node,
+        "replicas_per_node": plan.layout.replicas_by_name(),
     })
 }
 
@@ -221,12 +215,8 @@ pub async fn execute(node: &Node, id: u64, request: Request) -> ResponseFrame {
                 }
             }),
         Request::ClusterStatus => Ok(info(id, &node.cluster_status())),
-        Request::ClusterPlan => node
-            .cluster_plan()
-            .map(|p| info(id, &plan_summary(node, &p))),
-        Request::ClusterCommit => node
-            .cluster_commit()
-            .map(|p| info(id, &plan_summary(node, &p))),
+        Request::ClusterPlan => node.cluster_plan().map(|p| info(id, &plan_summary(&p))),
+        Request::ClusterCommit => node.cluster_commit().map(|p| info(id, &plan_summary(&p))),
         Request::ClusterLeave { node: name } => {
             node.cluster_leave(&name).map(|()| ResponseFrame::ok(id))
         }

@@ -356,6 +356,19 @@ impl Layout {
             .collect()
     }
 
+    /// Replicas held by each node, by node name (one pass over the layout).
+    pub fn replicas_by_name(&self) -> std::collections::BTreeMap<String, u32> {
+        let mut counts = vec![0u32; self.nodes.len()];
+        for &i in &self.replicas {
+            counts[i as usize] += 1;
+        }
+        self.nodes
+            .iter()
+            .zip(counts)
+            .map(|(n, c)| (n.name.clone(), c))
+            .collect()
+    }
+
     /// Per-node load summary, in node order: replicas, primaries, fair share and target.
     pub fn loads(&self) -> Vec<NodeLoad> {
         let problem = Problem::new(&self.nodes, self.partitions, self.replication);
