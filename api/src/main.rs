@@ -377,6 +377,11 @@ impl StartArgs {
     }
 }
 
+/// mimalloc: the node's request path allocates small buffers per request (frames, records,
+/// preference lists); glibc malloc took about 12% of a write-only profile.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
