@@ -9,6 +9,7 @@
 use ringkv_cluster::membership::{BucketProps, ClusterState, MembershipError, Plan};
 use ringkv_cluster::phi::{FailureDetector, PhiConfig};
 use ringkv_storage::SystemStore;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -21,6 +22,7 @@ pub struct ClusterView {
     detector: Mutex<FailureDetector>,
     started: Instant,
     system: Arc<SystemStore>,
+    isolated: RwLock<BTreeSet<String>>,
 }
 
 impl ClusterView {
@@ -46,6 +48,7 @@ impl ClusterView {
             detector: Mutex::new(detector),
             started: Instant::now(),
             system,
+            isolated: RwLock::new(BTreeSet::new()),
         };
         view.persist();
         Ok(view)
@@ -124,8 +127,29 @@ impl ClusterView {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// Fault injection: from now on this node drops all cluster traffic to and from `peers`
+    /// (replaces the previous set; empty heals). Heartbeats from them are ignored, so the
+    /// failure detector comes to suspect them as it would across a real network partition.
+    pub fn set_isolated(&self, peers: impl IntoIterator<Item = String>) {
+        let peers: BTreeSet<String> = peers.into_iter().filter(|p| *p != self.local).collect();
+        tracing::warn!(
+            ?peers,
+            "fault injection: cluster traffic with these nodes is dropped"
+        );
+        *self.isolated.write().unwrap_or_else(|p| p.into_inner()) = peers;
+    }
+
+    /// True if traffic with `node` is dropped by [`ClusterView::set_isolated`].
+    pub fn is_isolated(&self, node: &str) -> bool {
+        let isolated = self.isolated.read().unwrap_or_else(|p| p.into_inner());
+        !isolated.is_empty() && isolated.contains(node)
+    }
+
     /// Records a heartbeat from `peer`.
     pub fn heartbeat(&self, peer: &str) {
+        if self.is_isolated(peer) {
+            return;
+        }
         let now = self.now_ms();
         self.detector
             .lock()
@@ -138,6 +162,9 @@ impl ClusterView {
     pub fn is_up(&self, node: &str) -> bool {
         if node == self.local {
             return true;
+        }
+        if self.is_isolated(node) {
+            return false;
         }
         let now = self.now_ms();
         let d = self.detector.lock().unwrap_or_else(|p| p.into_inner());

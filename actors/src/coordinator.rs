@@ -7,6 +7,14 @@
 //!   acknowledgements, the coordinating replica's included, or with
 //!   [`KvError::Quorum`] saying how many answered. Merges still under way when it answers go
 //!   on in the background, so every reachable replica gets the write.
+//! * **Sloppy quorum** (bucket `sloppy_quorum`, the default; Dynamo section 4.6): a replica
+//!   that is unreachable, or whose merge fails, gets the record as a durable **hint** on the
+//!   next reachable node of the partition's fallback order (else on this node); a hint on a
+//!   node outside the preference list counts toward `w`. The HintedHandoff actor of the
+//!   holder delivers it later. If no replica at all is reachable, the new version is made
+//!   here with a dot of a fresh random actor id (so it cannot collide with a dot any replica
+//!   made) and every replica gets it as a hint. With `sloppy_quorum = false` only the
+//!   preference list counts and nothing is hinted.
 //! * **Read**: it asks every replica, answers after `r` answers with the merge (DVV sync) of
 //!   what they returned, and keeps listening until the deadline. Then it sends the merged
 //!   record to every replica that answered with something older (**read repair**).
@@ -17,6 +25,7 @@
 //! restarted: a failed request is answered with an error and the client decides.
 
 use crate::replica::{Peers, ReplicaError, ReplicaRequest};
+
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
 use ringkv_storage::{DvvSet, StorageError, VersionVector};
@@ -108,6 +117,14 @@ pub struct Placement {
     pub r: usize,
     /// Write quorum, `1..=replicas.len()`.
     pub w: usize,
+    /// Sloppy quorum: hints on fallback nodes count toward `w` (the bucket's
+    /// `sloppy_quorum`).
+    pub sloppy: bool,
+    /// Nodes outside `replicas`, in the partition's deterministic fallback order: where hints
+    /// for unreachable replicas go.
+    pub fallbacks: Vec<String>,
+    /// Most siblings per key (for a write no replica can coordinate).
+    pub max_siblings: usize,
 }
 
 /// Arguments of a [`Coordinator`].
@@ -192,6 +209,25 @@ fn is_request_error(e: &StorageError) -> bool {
     )
 }
 
+/// Picks the node that keeps a hint for an unreachable replica: the next reachable fallback
+/// (a node outside the preference list), else this node. Returns the holder and whether its
+/// acknowledgement counts toward `w` (it does not when the holder is itself a replica).
+fn hint_holder(
+    peers: &Peers,
+    fallbacks: &std::sync::Mutex<std::collections::VecDeque<String>>,
+    replicas: &[String],
+) -> (String, bool) {
+    let mut queue = fallbacks.lock().unwrap_or_else(|p| p.into_inner());
+    while let Some(node) = queue.pop_front() {
+        if peers.reachable(&node) {
+            return (node, true);
+        }
+    }
+    let local = peers.local.clone();
+    let counts = !replicas.contains(&local);
+    (local, counts)
+}
+
 async fn write(
     args: &CoordinatorArgs,
     bucket: &[u8],
@@ -204,9 +240,10 @@ async fn write(
         partition,
         replicas,
         w,
+        sloppy,
         ..
     } = &args.placement;
-    let (n, w) = (replicas.len(), *w);
+    let (n, w, sloppy) = (replicas.len(), *w, *sloppy);
     let quorum = |answered| KvError::Quorum {
         op: "write",
         answered,
@@ -245,26 +282,86 @@ async fn write(
             Err(e) => last_failure = Some(e.to_string()),
         }
     }
-    let Some((coordinator, record)) = coordinated else {
-        if let Some(f) = last_failure {
-            tracing::debug!(failure = %f, "no replica could coordinate the write");
+    if let Some(f) = &last_failure {
+        tracing::debug!(failure = %f, "a replica could not coordinate the write");
+    }
+    let (coordinator, record, mut acks) = match coordinated {
+        Some((node, record)) => (Some(node), record, 1),
+        // No replica is reachable. A sloppy write still goes through: the new version gets a
+        // dot of a fresh random actor id, so it cannot collide with any dot a replica made
+        // (Riak's vnode epochs solve the same problem), and every replica receives it as a
+        // hint.
+        None if sloppy && !args.placement.fallbacks.is_empty() => {
+            let mut record = DvvSet::new();
+            record
+                .update(
+                    context,
+                    rand::random(),
+                    value.clone(),
+                    now_ms(),
+                    args.placement.max_siblings,
+                )
+                .map_err(|l| StorageError::TooManySiblings { limit: l.limit })?;
+            (None, record, 0)
         }
-        return Err(quorum(0));
+        None => return Err(quorum(0)),
     };
-    let mut acks = 1;
+    // Every other replica gets the record: by a merge when reachable, else (sloppy) as a hint
+    // on a fallback node. A merge that fails also falls back to a hint.
+    let fallbacks = std::sync::Arc::new(std::sync::Mutex::new(
+        args.placement
+            .fallbacks
+            .iter()
+            .cloned()
+            .collect::<std::collections::VecDeque<_>>(),
+    ));
     let (tx, mut rx) = mpsc::unbounded_channel::<bool>();
-    for node in replicas.iter().filter(|n| **n != coordinator) {
+    for node in replicas.iter().filter(|n| Some(*n) != coordinator.as_ref()) {
         let (peers, node, tx) = (args.peers.clone(), node.clone(), tx.clone());
-        let merge = ReplicaRequest::Merge {
-            partition: *partition,
-            bucket: ByteBuf::from(bucket),
-            key: ByteBuf::from(key),
-            record: record.clone(),
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
+        let (replicas, fallbacks) = (replicas.clone(), fallbacks.clone());
+        let (bucket, key, record, partition) = (
+            ByteBuf::from(bucket),
+            ByteBuf::from(key),
+            record.clone(),
+            *partition,
+        );
         tokio::spawn(async move {
-            let ok = matches!(peers.call(&node, merge, left).await, Ok(Ok(_)));
-            let _ = tx.send(ok);
+            if peers.reachable(&node) {
+                let merge = ReplicaRequest::Merge {
+                    partition,
+                    bucket: bucket.clone(),
+                    key: key.clone(),
+                    record: record.clone(),
+                };
+                let left = deadline.saturating_duration_since(Instant::now());
+                if matches!(peers.call(&node, merge, left).await, Ok(Ok(_))) {
+                    let _ = tx.send(true);
+                    return;
+                }
+            }
+            if !sloppy {
+                let _ = tx.send(false);
+                return;
+            }
+            // Hinted handoff: a fallback keeps the record for `node` until it is back. The
+            // hint is kept even after the deadline (it still heals the replica sooner).
+            let (holder, counts) = hint_holder(&peers, &fallbacks, &replicas);
+            let hint = ReplicaRequest::Hint {
+                owner: node.clone(),
+                partition,
+                bucket,
+                key,
+                record,
+            };
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(500));
+            let r: Result<Result<(), StorageError>, _> = peers.call_as(&holder, hint, left).await;
+            let ok = matches!(r, Ok(Ok(())));
+            if !ok {
+                tracing::warn!(owner = %node, %holder, result = ?r, "could not store a hint");
+            }
+            let _ = tx.send(ok && counts);
         });
     }
     drop(tx);

@@ -40,6 +40,8 @@ pub enum GossipMsg {
     Heartbeat(Vec<u8>),
     /// Local timer.
     Tick,
+    /// Fault injection: panic (ignored unless the node runs with `fault-injection`).
+    InjectPanic,
 }
 
 /// Process group of node `name`'s Gossip actor.
@@ -65,6 +67,8 @@ pub struct GossipArgs {
     pub seeds: Vec<String>,
     /// Tick period.
     pub interval: Duration,
+    /// Whether fault injection (`InjectPanic`) is allowed.
+    pub fault_injection: bool,
 }
 
 /// Per-address reconnection backoff.
@@ -136,7 +140,7 @@ impl Gossip {
         let snapshot = view.snapshot();
         let mut connected = Vec::new();
         for (name, member) in &snapshot.members {
-            if *name == local {
+            if *name == local || view.is_isolated(name) {
                 continue;
             }
             let peers = ractor::pg::get_members(&gossip_group(name));
@@ -171,6 +175,7 @@ impl Gossip {
             for cell in ractor::pg::which_groups()
                 .into_iter()
                 .filter(|g| g.starts_with("ringkv.gossip.") && *g != gossip_group(&local))
+                .filter(|g| !view.is_isolated(&g["ringkv.gossip.".len()..]))
                 .filter_map(|g| ractor::pg::get_members(&g).into_iter().next())
             {
                 connected.push(cell.into());
@@ -229,8 +234,17 @@ impl Actor for Gossip {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             GossipMsg::Tick => Self::tick(state),
+            GossipMsg::InjectPanic if state.args.fault_injection => {
+                panic!("gossip: injected panic")
+            }
+            GossipMsg::InjectPanic => {}
             GossipMsg::Heartbeat(from) => {
                 state.args.view.heartbeat(&String::from_utf8_lossy(&from));
+            }
+            GossipMsg::Exchange(bytes, _)
+                if decode(&bytes).is_ok_and(|(from, _)| state.args.view.is_isolated(&from)) =>
+            {
+                // An injected network partition: drop it, as a cut link would.
             }
             GossipMsg::Exchange(bytes, reply) => match decode(&bytes) {
                 Ok((from, theirs)) if !state.args.view.read().compatible(&theirs) => {

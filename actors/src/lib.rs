@@ -2,32 +2,43 @@
 //!
 //! ```text
 //! NodeSupervisor            restarts its children within a budget (5 in 10 s), then stops,
-//!  |                        which stops the node
+//!  |                        which stops the node (exit status 3)
 //!  |- VNodeSupervisor       owns every partition's LMDB env; restarts failed vnodes within a
 //!  |   |                    budget (5 in 10 s), handing each its existing env; then escalates
 //!  |   `- VNode{p}          one per partition: reads inline, writes through the partition's
 //!  |                        group-committing writer thread
 //!  |- Replica               (with --cluster-addr) endpoint of replica operations from other
-//!  |                        nodes; process group `ringkv.replica.{name}`
+//!  |                        nodes: vnode reads and writes, hints, Merkle tree exchanges;
+//!  |                        process group `ringkv.replica.{name}`
 //!  |- Gossip                (with --cluster-addr) membership exchange, heartbeats into the
 //!  |                        phi-accrual detector, reconnection with backoff;
 //!  |                        process group `ringkv.gossip.{name}`
+//!  |- HintedHandoff         (with --cluster-addr) delivers the durable hints this node holds
+//!  |                        to their owners once reachable, deletes each after its ack
+//!  |- Repair                (with --cluster-addr, repair-interval-ms > 0) Merkle tree
+//!  |                        anti-entropy with the other replicas of each partition held;
+//!  |                        tombstone purge once every replica holds a tombstone
 //!  `- (unlinked) Coordinator  one per client request, local-only message type, never
-//!                             restarted: quorum reads and writes, read repair
+//!                             restarted: quorum reads and writes, sloppy quorum with hints,
+//!                             read repair
 //! NodeServer (ractor_cluster, unlinked): the cluster transport, cookie authentication
+//! ListenerSupervisor (ringkv-api) -> ClientListener: restarted within a budget (5 in 10 s) on
+//!                           the same bound socket; past it the node stops (exit status 3)
 //! ```
 //!
-//! The client listener (in `ringkv-api`) runs as tokio tasks beside this tree and reaches it
-//! through [`Node`]. HintedHandoff, Repair and Transfer join the tree with the self-healing
-//! and membership issues.
+//! Transfer (moving partitions after a layout change) joins the tree with the membership
+//! issue.
 #![warn(missing_docs)]
 
 pub mod cluster_view;
 pub mod coordinator;
 pub mod directory;
 pub mod gossip;
+pub mod handoff;
 pub mod node;
+pub mod repair;
 pub mod replica;
+pub mod stats;
 pub mod supervision;
 mod transport_events;
 pub mod vnode;

@@ -5,7 +5,10 @@ use crate::cluster_view::ClusterView;
 use crate::coordinator::{Coordinator, CoordinatorArgs, KvError, KvRequest, Placement};
 use crate::directory::VNodeDirectory;
 use crate::gossip::{Gossip, GossipArgs};
-use crate::replica::{Peers, Replica, ReplicaArgs};
+use crate::handoff::{HandoffArgs, HandoffMsg, HintedHandoff};
+use crate::repair::{Repair, RepairArgs, RepairMsg};
+use crate::replica::{Peers, Replica, ReplicaContext};
+use crate::stats::{NodeStats, StatsSnapshot};
 use crate::supervision::RestartBudget;
 use crate::vnode::VNodeMsg;
 use crate::vnode_supervisor::{VNodeSupervisor, VNodeSupervisorArgs};
@@ -37,26 +40,32 @@ pub enum NodeError {
     Spawn(String),
 }
 
-/// The NodeSupervisor takes no messages of its own; it only supervises.
+/// Messages of the NodeSupervisor (local only).
 #[derive(RactorMessage)]
-pub enum NodeSupervisorMsg {}
+pub enum NodeSupervisorMsg {
+    /// Fault injection: make the child actor of this type (`vnodes`, `replica`, `gossip`,
+    /// `handoff`, `repair`) panic. Replies false if no such child runs.
+    InjectPanic(String, ractor::RpcReplyPort<bool>),
+}
 
 /// Arguments of the [`NodeSupervisor`].
 pub struct NodeSupervisorArgs {
     /// Partition `i` at index `i`, owned for the life of the node.
     pub partitions: Vec<Arc<Partition>>,
-    /// Where the vnodes are.
-    pub directory: Arc<VNodeDirectory>,
-    /// Restarts of the VNodeSupervisor allowed.
+    /// How replicas are reached; its context is shared by every child.
+    pub peers: Peers,
+    /// Restarts of the children allowed.
     pub budget: RestartBudget,
     /// Restarts of vnodes allowed, per VNodeSupervisor incarnation.
     pub vnode_budget: RestartBudget,
-    /// The node's cluster view.
-    pub view: Arc<ClusterView>,
     /// The cluster transport, when the node has a cluster address.
     pub transport: Option<Transport>,
-    /// Request time limit, for the Replica actor.
-    pub timeout: Duration,
+    /// Period of hinted handoff rounds.
+    pub handoff_interval: Duration,
+    /// Period of anti-entropy sweeps (`None`: disabled).
+    pub repair_interval: Option<Duration>,
+    /// Tombstones younger than this are not purged.
+    pub tombstone_grace: Duration,
 }
 
 /// What the cluster-facing children need.
@@ -76,6 +85,20 @@ enum Child {
     VNodes,
     Replica,
     Gossip,
+    Handoff,
+    Repair,
+}
+
+impl Child {
+    fn name(self) -> &'static str {
+        match self {
+            Child::VNodes => "vnodes",
+            Child::Replica => "replica",
+            Child::Gossip => "gossip",
+            Child::Handoff => "handoff",
+            Child::Repair => "repair",
+        }
+    }
 }
 
 /// State of the [`NodeSupervisor`].
@@ -94,33 +117,27 @@ impl NodeSupervisor {
         child: Child,
     ) -> Result<(), ActorProcessingErr> {
         let a = &state.args;
+        let ctx = &a.peers.ctx;
+        let sup = myself.get_cell();
         let cell = match child {
             Child::VNodes => Actor::spawn_linked(
                 None,
                 VNodeSupervisor,
                 VNodeSupervisorArgs {
                     partitions: a.partitions.clone(),
-                    directory: a.directory.clone(),
+                    directory: ctx.directory.clone(),
                     budget: a.vnode_budget.clone(),
+                    stats: ctx.stats.clone(),
                 },
-                myself.get_cell(),
+                sup,
             )
             .await?
             .0
             .get_cell(),
-            Child::Replica => Actor::spawn_linked(
-                None,
-                Replica,
-                ReplicaArgs {
-                    name: a.view.local().to_string(),
-                    directory: a.directory.clone(),
-                    timeout: a.timeout,
-                },
-                myself.get_cell(),
-            )
-            .await?
-            .0
-            .get_cell(),
+            Child::Replica => Actor::spawn_linked(None, Replica, ctx.clone(), sup)
+                .await?
+                .0
+                .get_cell(),
             Child::Gossip => {
                 let t = a
                     .transport
@@ -130,17 +147,43 @@ impl NodeSupervisor {
                     None,
                     Gossip,
                     GossipArgs {
-                        view: a.view.clone(),
+                        view: ctx.view.clone(),
                         node_server: t.node_server,
                         seeds: t.seeds,
                         interval: t.interval,
+                        fault_injection: ctx.fault_injection,
                     },
-                    myself.get_cell(),
+                    sup,
                 )
                 .await?
                 .0
                 .get_cell()
             }
+            Child::Handoff => Actor::spawn_linked(
+                None,
+                HintedHandoff,
+                HandoffArgs {
+                    peers: a.peers.clone(),
+                    interval: a.handoff_interval,
+                },
+                sup,
+            )
+            .await?
+            .0
+            .get_cell(),
+            Child::Repair => Actor::spawn_linked(
+                None,
+                Repair,
+                RepairArgs {
+                    peers: a.peers.clone(),
+                    interval: a.repair_interval.unwrap_or(Duration::from_secs(10)),
+                    tombstone_grace: a.tombstone_grace,
+                },
+                sup,
+            )
+            .await?
+            .0
+            .get_cell(),
         };
         state.children.push((cell, child));
         Ok(())
@@ -158,6 +201,7 @@ impl Actor for NodeSupervisor {
         args: NodeSupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let clustered = args.transport.is_some();
+        let repair = args.repair_interval.is_some();
         let mut state = NodeSupervisorState {
             args,
             children: Vec::new(),
@@ -166,8 +210,50 @@ impl Actor for NodeSupervisor {
         if clustered {
             Self::start_child(&myself, &mut state, Child::Replica).await?;
             Self::start_child(&myself, &mut state, Child::Gossip).await?;
+            Self::start_child(&myself, &mut state, Child::Handoff).await?;
+            if repair {
+                Self::start_child(&myself, &mut state, Child::Repair).await?;
+            }
         }
         Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let NodeSupervisorMsg::InjectPanic(name, reply) = message;
+        let child = state.children.iter().find(|(_, c)| c.name() == name);
+        let sent = match child {
+            Some((cell, Child::VNodes)) => {
+                let r: ActorRef<crate::vnode_supervisor::VNodeSupervisorMsg> = cell.clone().into();
+                r.send_message(crate::vnode_supervisor::VNodeSupervisorMsg::InjectPanic)
+                    .is_ok()
+            }
+            Some((cell, Child::Replica)) => {
+                let r: ActorRef<crate::replica::ReplicaMsg> = cell.clone().into();
+                r.send_message(crate::replica::ReplicaMsg::InjectPanic)
+                    .is_ok()
+            }
+            Some((cell, Child::Gossip)) => {
+                let r: ActorRef<crate::gossip::GossipMsg> = cell.clone().into();
+                r.send_message(crate::gossip::GossipMsg::InjectPanic)
+                    .is_ok()
+            }
+            Some((cell, Child::Handoff)) => {
+                let r: ActorRef<HandoffMsg> = cell.clone().into();
+                r.send_message(HandoffMsg::InjectPanic).is_ok()
+            }
+            Some((cell, Child::Repair)) => {
+                let r: ActorRef<RepairMsg> = cell.clone().into();
+                r.send_message(RepairMsg::InjectPanic).is_ok()
+            }
+            None => false,
+        };
+        let _ = reply.send(sent);
+        Ok(())
     }
 
     async fn handle_supervisor_evt(
@@ -192,6 +278,7 @@ impl Actor for NodeSupervisor {
             return Err(format!("{child:?} failed past the restart budget: {error}").into());
         }
         tracing::warn!(?child, %error, "child failed; restarting it");
+        state.args.peers.ctx.stats.restarted(child.name());
         Self::start_child(&myself, state, child).await
     }
 }
@@ -232,6 +319,12 @@ pub struct ClusterStatus {
     pub digest: String,
     /// Members by name.
     pub members: Vec<MemberRow>,
+    /// Hinted handoff: `stored`, `delivered` (since start) and `pending` (held now).
+    pub hints: std::collections::BTreeMap<&'static str, u64>,
+    /// Anti-entropy counters since start.
+    pub repair: std::collections::BTreeMap<&'static str, u64>,
+    /// Restarts per supervised actor type since start.
+    pub restarts: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Per-request settings.
@@ -325,21 +418,37 @@ impl Node {
             }
             None => None,
         };
+        let stats = Arc::new(NodeStats::default());
+        let peers = Peers {
+            local: name.clone(),
+            ctx: Arc::new(ReplicaContext {
+                name: name.clone(),
+                directory: directory.clone(),
+                partitions: data.partitions.clone(),
+                hints: data.hints.clone(),
+                view: view.clone(),
+                stats: stats.clone(),
+                fault_injection: config.fault_injection,
+                timeout: Duration::from_millis(config.request_timeout_ms),
+            }),
+        };
         let (supervisor, join) = Actor::spawn(
             None,
             NodeSupervisor,
             NodeSupervisorArgs {
                 partitions: data.partitions.clone(),
-                directory: directory.clone(),
+                peers: peers.clone(),
                 budget: RestartBudget::default(),
                 vnode_budget: RestartBudget::default(),
-                view: view.clone(),
                 transport: node_server.clone().map(|node_server| Transport {
                     node_server,
                     seeds: config.join.clone(),
                     interval: Duration::from_millis(config.heartbeat_ms),
                 }),
-                timeout: Duration::from_millis(config.request_timeout_ms),
+                handoff_interval: Duration::from_millis(config.handoff_interval_ms),
+                repair_interval: (config.repair_interval_ms > 0)
+                    .then(|| Duration::from_millis(config.repair_interval_ms)),
+                tombstone_grace: Duration::from_millis(config.tombstone_grace_ms),
             },
         )
         .await
@@ -357,11 +466,6 @@ impl Node {
             replica = format_args!("{:016x}", data.system.replica_id()),
             "node started"
         );
-        let peers = Peers {
-            local: name,
-            directory: directory.clone(),
-            view: view.clone(),
-        };
         Ok(Node {
             config,
             data,
@@ -565,6 +669,9 @@ impl Node {
                 replicas: vec![self.peers.local.clone()],
                 r: 1,
                 w: 1,
+                sloppy: false,
+                fallbacks: Vec::new(),
+                max_siblings: self.config.max_siblings,
             };
             return Ok((placement, timeout));
         }
@@ -582,11 +689,17 @@ impl Node {
                 "r and w must be 1 to n ({want_n}), not r={r} w={w}"
             )));
         }
+        let mut fallbacks = state.fallback_list(partition);
+        // Preference-list nodes past `n` come first among the fallbacks.
+        fallbacks.splice(0..0, prefs[n..].iter().cloned());
         let placement = Placement {
             partition,
             replicas: prefs[..n].to_vec(),
             r: r.min(n),
             w: w.min(n),
+            sloppy: props.sloppy_quorum,
+            fallbacks,
+            max_siblings: self.config.max_siblings,
         };
         Ok((placement, timeout))
     }
@@ -657,12 +770,21 @@ impl Node {
                 }
             })
             .collect();
+        let StatsSnapshot {
+            mut hints,
+            repair,
+            restarts,
+        } = self.peers.ctx.stats.snapshot();
+        hints.insert("pending", self.data.hints.len().unwrap_or(0));
         ClusterStatus {
             node: self.peers.local.clone(),
             partitions: state.partitions,
             layout_version: state.layout.as_ref().map_or(0, |c| c.version),
             digest: format!("{:016x}", state.digest()),
             members,
+            hints,
+            repair,
+            restarts,
         }
     }
 
@@ -736,6 +858,53 @@ impl Node {
             .send_message(VNodeMsg::InjectPanic)
             .map_err(|_| KvError::ShuttingDown)?;
         Ok(p)
+    }
+
+    /// Fault injection: makes the supervised actor of type `actor` (`vnodes`, `replica`,
+    /// `gossip`, `handoff`, `repair`) panic, so that tests can watch it being restarted.
+    /// Refused unless the node runs with `fault-injection` on.
+    ///
+    /// # Errors
+    /// [`KvError::FaultInjectionDisabled`]; [`KvError::Admin`] for an actor type this node
+    /// does not run.
+    pub async fn inject_actor_panic(&self, actor: &str) -> Result<(), KvError> {
+        if !self.config.fault_injection {
+            return Err(KvError::FaultInjectionDisabled);
+        }
+        let sent = self
+            .supervisor
+            .call(
+                |reply| NodeSupervisorMsg::InjectPanic(actor.to_string(), reply),
+                Some(Duration::from_secs(2)),
+            )
+            .await;
+        match sent {
+            Ok(ractor::rpc::CallResult::Success(true)) => Ok(()),
+            Ok(ractor::rpc::CallResult::Success(false)) => Err(KvError::Admin(format!(
+                "no actor of type {actor:?} runs on this node (known: vnodes, replica, gossip, handoff, repair, listener)"
+            ))),
+            _ => Err(KvError::ShuttingDown),
+        }
+    }
+
+    /// Fault injection: drops all cluster traffic between this node and `peers` from now on
+    /// (replacing the previous set; empty heals). Refused unless the node runs with
+    /// `fault-injection` on.
+    ///
+    /// # Errors
+    /// [`KvError::FaultInjectionDisabled`].
+    pub fn inject_isolation(&self, peers: Vec<String>) -> Result<(), KvError> {
+        if !self.config.fault_injection {
+            return Err(KvError::FaultInjectionDisabled);
+        }
+        self.view.set_isolated(peers);
+        Ok(())
+    }
+
+    /// Counts one restart of an actor type supervised outside this crate (the client
+    /// listener of `ringkv-api`).
+    pub fn count_restart(&self, actor: &'static str) {
+        self.peers.ctx.stats.restarted(actor);
     }
 
     /// Resolves when the supervision tree has stopped: after [`Node::shutdown`], or when a

@@ -11,23 +11,25 @@
 //! [`Peers`] is the sending side: it calls the local vnode directly when the target is this
 //! node and the remote Replica actor otherwise.
 
+use crate::cluster_view::ClusterView;
 use crate::directory::VNodeDirectory;
+use crate::stats::NodeStats;
 use crate::vnode::VNodeMsg;
 use crate::wire::{decode, encode};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
-use ringkv_storage::{DvvSet, StorageError, VersionVector};
+use ringkv_storage::{DvvSet, Hint, HintStore, Partition, StorageError, VersionVector};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
-/// One operation on one replica of a partition.
+/// One operation on one replica of a partition (or on a node's hint store).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ReplicaRequest {
-    /// Read the replica's state of a key.
+    /// Read the replica's state of a key. Answer: [`ReplicaResponse`].
     Get {
         /// Partition of the key.
         partition: u32,
@@ -36,7 +38,8 @@ pub enum ReplicaRequest {
         /// Key.
         key: ByteBuf,
     },
-    /// Coordinate a client write here: this replica creates the new dot.
+    /// Coordinate a client write here: this replica creates the new dot. Answer:
+    /// [`ReplicaResponse`].
     Update {
         /// Partition of the key.
         partition: u32,
@@ -51,7 +54,8 @@ pub enum ReplicaRequest {
         /// Coordinator's wall clock, ms since the Unix epoch.
         timestamp_ms: u64,
     },
-    /// Merge a state made elsewhere (replication, read repair).
+    /// Merge a state made elsewhere (replication, read repair, hinted handoff). Answer:
+    /// [`ReplicaResponse`].
     Merge {
         /// Partition of the key.
         partition: u32,
@@ -62,6 +66,78 @@ pub enum ReplicaRequest {
         /// The state to merge.
         record: DvvSet,
     },
+    /// Sloppy quorum: keep `record` durably as a hint for `owner`, a replica that could not
+    /// be reached, until hinted handoff delivers it. Answer: `Result<(), StorageError>`.
+    Hint {
+        /// The replica the write was meant for.
+        owner: String,
+        /// Partition of the key.
+        partition: u32,
+        /// Bucket.
+        bucket: ByteBuf,
+        /// Key.
+        key: ByteBuf,
+        /// The state to deliver.
+        record: DvvSet,
+    },
+    /// Anti-entropy: hashes of the Merkle tree (see `ringkv_storage::merkle`). For level 0
+    /// the root; otherwise the children at `level` of each parent at `level - 1`, 16 per
+    /// parent. Answer: `Result<Vec<u64>, StorageError>`.
+    MerkleChildren {
+        /// Partition.
+        partition: u32,
+        /// Tree level, 0 (root) to 3 (segments).
+        level: u32,
+        /// Parent indices at `level - 1`.
+        parents: Vec<u32>,
+    },
+    /// Anti-entropy: `(segment, stored key, entry hash)` of every key in the segments.
+    /// Answer: `Result<Vec<(u32, ByteBuf, u64)>, StorageError>`.
+    SegmentEntries {
+        /// Partition.
+        partition: u32,
+        /// Segment (leaf) indices.
+        segments: Vec<u32>,
+    },
+    /// Anti-entropy: the states of stored keys (`None` where absent). Answer:
+    /// `Result<Vec<Option<DvvSet>>, StorageError>`.
+    Fetch {
+        /// Partition.
+        partition: u32,
+        /// Stored keys (`[bucket length][bucket][key]`).
+        keys: Vec<ByteBuf>,
+    },
+    /// Anti-entropy: merge these states of stored keys. Answer:
+    /// `Result<usize, StorageError>` (how many were merged).
+    MergeStored {
+        /// Partition.
+        partition: u32,
+        /// Stored keys and their states.
+        entries: Vec<(ByteBuf, DvvSet)>,
+    },
+    /// Tombstone purge, step 1: which of these stored keys hold exactly this entry hash
+    /// here. Answer: `Result<Vec<bool>, StorageError>`.
+    CheckEntries {
+        /// Partition.
+        partition: u32,
+        /// Stored keys and entry hashes.
+        entries: Vec<(ByteBuf, u64)>,
+    },
+    /// Tombstone purge, step 2: delete these tombstones if they are still unchanged. Answer:
+    /// `Result<usize, StorageError>` (how many were purged).
+    Purge {
+        /// Partition.
+        partition: u32,
+        /// Stored keys and the entry hashes every replica was seen to hold.
+        entries: Vec<(ByteBuf, u64)>,
+    },
+}
+
+/// A request and its sender's node name, as it travels between nodes.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    from: String,
+    request: ReplicaRequest,
 }
 
 impl ReplicaRequest {
@@ -69,7 +145,14 @@ impl ReplicaRequest {
         match self {
             ReplicaRequest::Get { partition, .. }
             | ReplicaRequest::Update { partition, .. }
-            | ReplicaRequest::Merge { partition, .. } => *partition,
+            | ReplicaRequest::Merge { partition, .. }
+            | ReplicaRequest::Hint { partition, .. }
+            | ReplicaRequest::MerkleChildren { partition, .. }
+            | ReplicaRequest::SegmentEntries { partition, .. }
+            | ReplicaRequest::Fetch { partition, .. }
+            | ReplicaRequest::MergeStored { partition, .. }
+            | ReplicaRequest::CheckEntries { partition, .. }
+            | ReplicaRequest::Purge { partition, .. } => *partition,
         }
     }
 }
@@ -98,6 +181,8 @@ pub enum ReplicaMsg {
     /// An encoded [`ReplicaRequest`]; the reply is an encoded [`ReplicaResponse`].
     #[rpc]
     Call(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    /// Fault injection: panic (ignored unless the node runs with `fault-injection`).
+    InjectPanic,
 }
 
 /// Process group of node `name`'s Replica actor.
@@ -105,12 +190,23 @@ pub fn replica_group(name: &str) -> String {
     format!("ringkv.replica.{name}")
 }
 
-/// Arguments of the Replica actor.
-pub struct ReplicaArgs {
+/// What serving replica operations needs; shared by the Replica actor, the coordinators, the
+/// HintedHandoff and Repair actors.
+pub struct ReplicaContext {
     /// This node's name.
     pub name: String,
     /// Where the local vnodes are.
     pub directory: Arc<VNodeDirectory>,
+    /// Partition `i` at index `i` (anti-entropy reads and merges go to them directly).
+    pub partitions: Vec<Arc<Partition>>,
+    /// Hints this node keeps for unreachable replicas.
+    pub hints: Arc<HintStore>,
+    /// The cluster view (failure detector verdicts, injected isolation).
+    pub view: Arc<ClusterView>,
+    /// Counters.
+    pub stats: Arc<NodeStats>,
+    /// Whether fault injection (`InjectPanic`) is allowed.
+    pub fault_injection: bool,
     /// Longest a request waits for a restarting vnode.
     pub timeout: Duration,
 }
@@ -120,40 +216,237 @@ pub struct Replica;
 
 impl Actor for Replica {
     type Msg = ReplicaMsg;
-    type State = ReplicaArgs;
-    type Arguments = ReplicaArgs;
+    type State = Arc<ReplicaContext>;
+    type Arguments = Arc<ReplicaContext>;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        args: ReplicaArgs,
+        ctx: Arc<ReplicaContext>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        ractor::pg::join(replica_group(&args.name), vec![myself.get_cell()]);
-        Ok(args)
+        ractor::pg::join(replica_group(&ctx.name), vec![myself.get_cell()]);
+        Ok(ctx)
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
         message: Self::Msg,
-        state: &mut Self::State,
+        ctx: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let ReplicaMsg::Call(bytes, reply) = message;
-        let directory = state.directory.clone();
-        let timeout = state.timeout;
+        let (bytes, reply) = match message {
+            ReplicaMsg::Call(bytes, reply) => (bytes, reply),
+            ReplicaMsg::InjectPanic if ctx.fault_injection => panic!("replica: injected panic"),
+            ReplicaMsg::InjectPanic => return Ok(()),
+        };
+        let ctx = ctx.clone();
         tokio::spawn(async move {
-            let answer: ReplicaResponse = match decode::<ReplicaRequest>(&bytes) {
-                Ok(request) => local_call(&directory, request, timeout)
-                    .await
-                    .unwrap_or_else(|e| Err(StorageError::Io(e.to_string()))),
-                Err(e) => Err(StorageError::Io(format!(
+            let answer = match decode::<Envelope>(&bytes) {
+                // An injected network partition: drop the request, as a cut link would.
+                Ok(envelope) if ctx.view.is_isolated(&envelope.from) => return,
+                Ok(envelope) => serve(&ctx, envelope.request).await,
+                Err(e) => encode(&ReplicaResponse::Err(StorageError::Io(format!(
                     "undecodable replica request: {e}"
-                ))),
+                )))),
             };
-            let _ = reply.send(encode(&answer));
+            let _ = reply.send(answer);
         });
         Ok(())
     }
+}
+
+fn partition_of(ctx: &ReplicaContext, p: u32) -> Result<&Arc<Partition>, StorageError> {
+    ctx.partitions.get(p as usize).ok_or_else(|| {
+        StorageError::InvalidArgument(format!(
+            "partition {p} out of range (the node has {})",
+            ctx.partitions.len()
+        ))
+    })
+}
+
+/// Runs a blocking storage read off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(StorageError::Io(format!("storage task failed: {e}"))))
+}
+
+/// Waits for a writer-thread callback.
+async fn written<T: Send + 'static>(
+    start: impl FnOnce(Box<dyn FnOnce(Result<T, StorageError>) + Send>),
+) -> Result<T, StorageError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    start(Box::new(move |r| {
+        let _ = tx.send(r);
+    }));
+    rx.await
+        .unwrap_or_else(|_| Err(StorageError::Io("the writer stopped".into())))
+}
+
+/// Runs `request` on this node and encodes the answer (its type depends on the request; see
+/// [`ReplicaRequest`]).
+async fn serve(ctx: &Arc<ReplicaContext>, request: ReplicaRequest) -> Vec<u8> {
+    let p = request.partition();
+    match request {
+        r @ (ReplicaRequest::Get { .. }
+        | ReplicaRequest::Update { .. }
+        | ReplicaRequest::Merge { .. }) => {
+            let answer: ReplicaResponse = local_call(&ctx.directory, r, ctx.timeout)
+                .await
+                .unwrap_or_else(|e| Err(StorageError::Io(e.to_string())));
+            encode(&answer)
+        }
+        ReplicaRequest::Hint {
+            owner,
+            partition,
+            bucket,
+            key,
+            record,
+        } => {
+            let hint = Hint {
+                partition,
+                bucket,
+                key,
+                record,
+            };
+            let hints = ctx.hints.clone();
+            let r = written(move |reply| hints.put(&owner, hint, reply)).await;
+            if r.is_ok() {
+                crate::stats::add(&ctx.stats.hints.stored, 1);
+            }
+            encode(&r)
+        }
+        ReplicaRequest::MerkleChildren { level, parents, .. } => {
+            let r = match partition_of(ctx, p) {
+                Ok(part) => part.merkle_children(level, &parents),
+                Err(e) => Err(e),
+            };
+            encode(&r)
+        }
+        ReplicaRequest::SegmentEntries { segments, .. } => {
+            let r = match partition_of(ctx, p).cloned() {
+                Ok(part) => blocking(move || part.segment_entries(&segments))
+                    .await
+                    .map(|v| {
+                        v.into_iter()
+                            .map(|(s, k, h)| (s, ByteBuf::from(k), h))
+                            .collect::<Vec<_>>()
+                    }),
+                Err(e) => Err(e),
+            };
+            encode(&r)
+        }
+        ReplicaRequest::Fetch { keys, .. } => {
+            let r = match partition_of(ctx, p).cloned() {
+                Ok(part) => blocking(move || fetch_bounded(&part, &keys)).await,
+                Err(e) => Err(e),
+            };
+            encode(&r)
+        }
+        ReplicaRequest::MergeStored { entries, .. } => {
+            let r: Result<usize, StorageError> = match partition_of(ctx, p).cloned() {
+                Ok(part) => merge_stored(&part, entries).await,
+                Err(e) => Err(e),
+            };
+            encode(&r)
+        }
+        ReplicaRequest::CheckEntries { entries, .. } => {
+            let r: Result<Vec<bool>, StorageError> = match partition_of(ctx, p).cloned() {
+                Ok(part) => {
+                    blocking(move || {
+                        entries
+                            .iter()
+                            .map(|(k, h)| Ok(entry_hash_of(&part, k)? == Some(*h)))
+                            .collect()
+                    })
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            encode(&r)
+        }
+        ReplicaRequest::Purge { entries, .. } => {
+            let r = match partition_of(ctx, p).cloned() {
+                Ok(part) => {
+                    let entries = entries
+                        .into_iter()
+                        .map(|(k, h)| (k.into_vec(), h))
+                        .collect();
+                    written(move |reply| part.purge_tombstones(entries, reply)).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Ok(n) = r {
+                crate::stats::add(&ctx.stats.repair.tombstones_purged, n as u64);
+            }
+            encode(&r)
+        }
+    }
+}
+
+/// Most value bytes in one answer to [`ReplicaRequest::Fetch`]: a cluster frame over 16 MiB
+/// would kill the session between two nodes (STACK-NOTES).
+pub const MAX_FETCH_BYTES: usize = 4 << 20;
+
+/// The states of `keys`, in order, stopping early (but after at least one) once the values
+/// passed [`MAX_FETCH_BYTES`]: the caller asks again for the rest.
+fn fetch_bounded(part: &Partition, keys: &[ByteBuf]) -> Result<Vec<Option<DvvSet>>, StorageError> {
+    let mut out = Vec::with_capacity(keys.len());
+    let mut bytes = 0;
+    for k in keys {
+        if bytes > MAX_FETCH_BYTES {
+            break;
+        }
+        let record = part.get_stored(k)?;
+        bytes += record.as_ref().map_or(0, |d| {
+            d.siblings
+                .iter()
+                .map(|s| s.value.as_ref().map_or(0, |v| v.len()) + 64)
+                .sum()
+        });
+        out.push(record);
+    }
+    Ok(out)
+}
+
+/// Merges states of stored keys into `part`, durably; how many were written.
+///
+/// # Errors
+/// The first storage error.
+pub async fn merge_stored(
+    part: &Arc<Partition>,
+    entries: Vec<(ByteBuf, DvvSet)>,
+) -> Result<usize, StorageError> {
+    let mut waits = Vec::with_capacity(entries.len());
+    for (key, record) in entries {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        part.merge_stored(
+            key.into_vec(),
+            record,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        waits.push(rx);
+    }
+    let n = waits.len();
+    for rx in waits {
+        rx.await
+            .unwrap_or_else(|_| Err(StorageError::Io("the writer stopped".into())))?;
+    }
+    Ok(n)
+}
+
+/// The Merkle entry hash of a stored key here (`None` if absent).
+///
+/// # Errors
+/// Storage errors.
+pub fn entry_hash_of(part: &Partition, stored_key: &[u8]) -> Result<Option<u64>, StorageError> {
+    Ok(part.get_stored(stored_key)?.map(|d| {
+        ringkv_storage::merkle::entry_hash(stored_key, &ringkv_storage::record::encode(&d))
+    }))
 }
 
 /// Runs `request` on this node's vnode, waiting up to `timeout` for it to be up.
@@ -223,6 +516,11 @@ async fn local_call(
                 )
                 .await
                 .map(|c| map_call(c, Some)),
+            _ => {
+                return Ok(Err(StorageError::InvalidArgument(
+                    "not a vnode operation".into(),
+                )))
+            }
         };
         match answer {
             Ok(CallResult::Success(r)) => return Ok(r),
@@ -250,14 +548,18 @@ fn map_call<T, U>(
 pub struct Peers {
     /// This node's name.
     pub local: String,
-    /// This node's vnodes.
-    pub directory: Arc<VNodeDirectory>,
-    /// The cluster view, for the failure detector's verdicts.
-    pub view: Arc<crate::cluster_view::ClusterView>,
+    /// What serving needs, for calls to this node.
+    pub ctx: Arc<ReplicaContext>,
 }
 
 impl Peers {
-    /// Runs `request` on node `node`'s replica, within `timeout`.
+    /// The cluster view.
+    pub fn view(&self) -> &Arc<ClusterView> {
+        &self.ctx.view
+    }
+
+    /// Runs a vnode operation (`Get`, `Update`, `Merge`) on node `node`'s replica, within
+    /// `timeout`.
     ///
     /// # Errors
     /// [`ReplicaError`] if the node cannot be reached or does not answer in time; storage
@@ -269,32 +571,78 @@ impl Peers {
         timeout: Duration,
     ) -> Result<ReplicaResponse, ReplicaError> {
         if node == self.local {
-            return local_call(&self.directory, request, timeout).await;
+            return local_call(&self.ctx.directory, request, timeout).await;
         }
-        let member = ractor::pg::get_members(&replica_group(node))
-            .into_iter()
-            .next()
-            .ok_or_else(|| ReplicaError::Unreachable(node.to_string()))?;
-        let actor: ActorRef<ReplicaMsg> = member.into();
-        let bytes = encode(&request);
-        match actor
-            .call(|reply| ReplicaMsg::Call(bytes, reply), Some(timeout))
-            .await
-        {
-            Ok(CallResult::Success(answer)) => {
-                decode(&answer).map_err(|e| ReplicaError::Garbled(node.to_string(), e))
-            }
-            Ok(CallResult::Timeout) => Err(ReplicaError::Timeout(node.to_string())),
-            Ok(CallResult::SenderError) | Err(_) => {
-                Err(ReplicaError::Unreachable(node.to_string()))
-            }
-        }
+        self.call_as(node, request, timeout).await
     }
 
-    /// True if `node` is this node, or has a live session with it and is not suspected by
-    /// the failure detector.
+    /// Runs any operation on node `node` (this one included) and decodes its answer as `T`
+    /// (the answer type each [`ReplicaRequest`] variant names).
+    ///
+    /// # Errors
+    /// [`ReplicaError`] if the node cannot be reached, does not answer in time, or answers
+    /// something that does not decode as `T`.
+    pub async fn call_as<T: for<'de> Deserialize<'de>>(
+        &self,
+        node: &str,
+        request: ReplicaRequest,
+        timeout: Duration,
+    ) -> Result<T, ReplicaError> {
+        Ok(self.call_sized(node, request, timeout).await?.0)
+    }
+
+    /// As [`Peers::call_as`], also giving the encoded sizes of the request and the answer,
+    /// bytes (0 for calls to this node, which do not travel).
+    ///
+    /// # Errors
+    /// As [`Peers::call_as`].
+    pub async fn call_sized<T: for<'de> Deserialize<'de>>(
+        &self,
+        node: &str,
+        request: ReplicaRequest,
+        timeout: Duration,
+    ) -> Result<(T, usize, usize), ReplicaError> {
+        let answer = if node == self.local {
+            let bytes = serve(&self.ctx, request).await;
+            return decode(&bytes)
+                .map(|t| (t, 0, 0))
+                .map_err(|e| ReplicaError::Garbled(node.to_string(), e));
+        } else {
+            if self.ctx.view.is_isolated(node) {
+                return Err(ReplicaError::Unreachable(node.to_string()));
+            }
+            let member = ractor::pg::get_members(&replica_group(node))
+                .into_iter()
+                .next()
+                .ok_or_else(|| ReplicaError::Unreachable(node.to_string()))?;
+            let actor: ActorRef<ReplicaMsg> = member.into();
+            let bytes = encode(&Envelope {
+                from: self.local.clone(),
+                request,
+            });
+            let sent = bytes.len();
+            match actor
+                .call(|reply| ReplicaMsg::Call(bytes, reply), Some(timeout))
+                .await
+            {
+                Ok(CallResult::Success(answer)) => (answer, sent),
+                Ok(CallResult::Timeout) => return Err(ReplicaError::Timeout(node.to_string())),
+                Ok(CallResult::SenderError) | Err(_) => {
+                    return Err(ReplicaError::Unreachable(node.to_string()))
+                }
+            }
+        };
+        let (answer, sent) = answer;
+        decode(&answer)
+            .map(|t| (t, sent, answer.len()))
+            .map_err(|e| ReplicaError::Garbled(node.to_string(), e))
+    }
+
+    /// True if `node` is this node, or has a live session with it, is not suspected by the
+    /// failure detector and is not cut off by injected isolation.
     pub fn reachable(&self, node: &str) -> bool {
         node == self.local
-            || (!ractor::pg::get_members(&replica_group(node)).is_empty() && self.view.is_up(node))
+            || (!ractor::pg::get_members(&replica_group(node)).is_empty()
+                && self.ctx.view.is_up(node))
     }
 }

@@ -18,7 +18,11 @@ use std::time::Instant;
 
 /// The VNodeSupervisor takes no messages of its own; it only supervises.
 #[derive(RactorMessage)]
-pub enum VNodeSupervisorMsg {}
+pub enum VNodeSupervisorMsg {
+    /// Fault injection: the VNodeSupervisor panics (its vnodes stop with it and are started
+    /// again by its successor).
+    InjectPanic,
+}
 
 /// Arguments of the [`VNodeSupervisor`].
 pub struct VNodeSupervisorArgs {
@@ -28,6 +32,8 @@ pub struct VNodeSupervisorArgs {
     pub directory: Arc<VNodeDirectory>,
     /// Restarts allowed for all vnodes together.
     pub budget: RestartBudget,
+    /// Counters (vnode restarts are counted as `vnode`).
+    pub stats: std::sync::Arc<crate::stats::NodeStats>,
 }
 
 /// State of the [`VNodeSupervisor`].
@@ -73,6 +79,17 @@ impl Actor for VNodeSupervisor {
         Ok(state)
     }
 
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            VNodeSupervisorMsg::InjectPanic => panic!("vnode supervisor: injected panic"),
+        }
+    }
+
     async fn handle_supervisor_evt(
         &self,
         myself: ActorRef<Self::Msg>,
@@ -102,6 +119,7 @@ impl Actor for VNodeSupervisor {
             .into());
         }
         tracing::warn!(partition = p, %error, "vnode failed; restarting it");
+        state.args.stats.restarted("vnode");
         Self::start_vnode(&myself, state, p).await
     }
 }

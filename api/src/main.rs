@@ -191,7 +191,7 @@ enum ClusterCommand {
 
 #[derive(Subcommand)]
 enum BucketCommand {
-    /// Set properties: any of n=N r=R w=W timeout_ms=MS.
+    /// Set properties: any of n=N r=R w=W timeout_ms=MS sloppy_quorum=true|false.
     Set {
         /// Bucket name.
         bucket: String,
@@ -321,6 +321,15 @@ struct StartArgs {
     /// [default: 1000].
     #[arg(long)]
     acceptable_pause_ms: Option<u64>,
+    /// Period of hinted handoff rounds, ms [default: 1000].
+    #[arg(long)]
+    handoff_interval_ms: Option<u64>,
+    /// Period of anti-entropy (Merkle tree exchange) rounds, ms; 0 disables [default: 10000].
+    #[arg(long)]
+    repair_interval_ms: Option<u64>,
+    /// Tombstones younger than this are never purged, ms [default: 3600000].
+    #[arg(long)]
+    tombstone_grace_ms: Option<u64>,
 }
 
 impl StartArgs {
@@ -355,7 +364,10 @@ impl StartArgs {
             capacity,
             heartbeat_ms,
             phi_threshold,
-            acceptable_pause_ms
+            acceptable_pause_ms,
+            handoff_interval_ms,
+            repair_interval_ms,
+            tombstone_grace_ms
         );
         c.fault_injection |= self.fault_injection;
         if self.name.is_some() {
@@ -682,15 +694,23 @@ async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(%addr, "listening for clients");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let serving = tokio::spawn(server.run(stop_rx));
+    let mut serving = tokio::spawn(server.run(stop_rx));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut listener_failed = false;
     let escalated = tokio::select! {
         _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; shutting down"); false }
         _ = sigterm.recv() => { tracing::info!("SIGTERM; shutting down"); false }
         _ = node.stopped() => { tracing::error!("supervision tree stopped; shutting down"); true }
+        _ = &mut serving => {
+            tracing::error!("client listener stopped past its restart budget; shutting down");
+            listener_failed = true;
+            true
+        }
     };
     let _ = stop_tx.send(true);
-    let _ = serving.await;
+    if !listener_failed {
+        let _ = serving.await;
+    }
     node.shutdown().await;
     Ok(if escalated {
         ExitCode::from(3)
@@ -699,7 +719,7 @@ async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Parses `n=3 r=2 w=2 timeout_ms=500`.
+/// Parses `n=3 r=2 w=2 timeout_ms=500 sloppy_quorum=false`.
 fn parse_props(settings: &[String]) -> anyhow::Result<BucketPropsFrame> {
     let mut p = BucketPropsFrame::default();
     for s in settings {
@@ -713,7 +733,15 @@ fn parse_props(settings: &[String]) -> anyhow::Result<BucketPropsFrame> {
             "timeout_ms" => {
                 p.timeout_ms = Some(v.parse().with_context(|| format!("timeout_ms={v}"))?)
             }
-            other => bail!("unknown bucket property {other:?}: use n, r, w or timeout_ms"),
+            "sloppy_quorum" => {
+                p.sloppy_quorum = Some(
+                    v.parse()
+                        .with_context(|| format!("sloppy_quorum={v}: use true or false"))?,
+                )
+            }
+            other => {
+                bail!("unknown bucket property {other:?}: use n, r, w, timeout_ms or sloppy_quorum")
+            }
         }
     }
     Ok(p)

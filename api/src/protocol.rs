@@ -108,11 +108,14 @@ impl From<KvError> for ProtocolError {
                 }
                 StorageError::TooManySiblings { .. } => ErrorCode::TooManySiblings,
                 StorageError::BadContext(_) => ErrorCode::BadContext,
-                StorageError::Full { .. } => ErrorCode::StorageFull,
-                StorageError::Closed(_) => ErrorCode::ShuttingDown,
-                StorageError::Corrupt(_) | StorageError::Mismatch(_) | StorageError::Io(_) => {
-                    ErrorCode::StorageError
+                StorageError::Full { .. } | StorageError::HintStoreFull(_) => {
+                    ErrorCode::StorageFull
                 }
+                StorageError::Closed(_) | StorageError::HintStoreClosed => ErrorCode::ShuttingDown,
+                StorageError::Corrupt(_)
+                | StorageError::Mismatch(_)
+                | StorageError::Io(_)
+                | StorageError::InvalidArgument(_) => ErrorCode::StorageError,
             },
             KvError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
             KvError::Timeout { .. } => ErrorCode::Timeout,
@@ -125,6 +128,24 @@ impl From<KvError> for ProtocolError {
         };
         ProtocolError::new(code, e.to_string())
     }
+}
+
+/// A fault to inject (op `inject_fault`, testing only, needs `fault-injection`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Panic the vnode that owns `(bucket, key)`.
+    PanicVnode {
+        /// Bucket.
+        bucket: Vec<u8>,
+        /// Key.
+        key: Vec<u8>,
+    },
+    /// Panic the supervised actor of this type: `vnodes`, `replica`, `gossip`, `handoff`,
+    /// `repair` or `listener`.
+    PanicActor(String),
+    /// Drop all cluster traffic to and from these nodes (replaces the previous set; empty
+    /// heals): a network partition inside the node's cluster layer.
+    Isolate(Vec<String>),
 }
 
 /// A request frame's map, field by field, as it travels. Unknown fields are ignored so that
@@ -171,6 +192,17 @@ pub struct RequestFrame {
     /// bucket_set: the properties to set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub props: Option<BucketPropsFrame>,
+    /// inject_fault: `"panic_vnode"` (default), `"panic_actor"` or `"isolate"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
+    /// inject_fault `panic_actor`: `vnodes`, `replica`, `gossip`, `handoff`, `repair` or
+    /// `listener`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// inject_fault `isolate`: the node names this node stops exchanging cluster traffic
+    /// with (empty heals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<String>>,
 }
 
 /// Bucket properties as `bucket_set` takes them; absent fields keep their current value.
@@ -188,6 +220,9 @@ pub struct BucketPropsFrame {
     /// Default request time limit, ms (0: the node's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Sloppy quorum with hinted handoff (true, the default) or strict quorum (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sloppy_quorum: Option<bool>,
 }
 
 /// An answer frame's map.
@@ -304,13 +339,8 @@ pub enum Request {
         /// Fields to change.
         props: BucketPropsFrame,
     },
-    /// Testing only: panic the vnode that owns `(bucket, key)` (needs `fault-injection`).
-    InjectFault {
-        /// Bucket.
-        bucket: Vec<u8>,
-        /// Key.
-        key: Vec<u8>,
-    },
+    /// Testing only (needs `fault-injection`): see [`Fault`].
+    InjectFault(Fault),
     /// Delete a key (write a tombstone).
     Delete {
         /// Bucket.
@@ -414,10 +444,25 @@ impl Request {
                     ProtocolError::new(ErrorCode::MalformedRequest, "op bucket_set needs the field props")
                 })?,
             },
-            "inject_fault" => Request::InjectFault {
-                bucket: required(f.bucket, "bucket", op)?,
-                key: required(f.key, "key", op)?,
-            },
+            "inject_fault" => Request::InjectFault(match f.fault.as_deref() {
+                None | Some("panic_vnode") => Fault::PanicVnode {
+                    bucket: required(f.bucket, "bucket", op)?,
+                    key: required(f.key, "key", op)?,
+                },
+                Some("panic_actor") => Fault::PanicActor(f.actor.ok_or_else(|| {
+                    ProtocolError::new(
+                        ErrorCode::MalformedRequest,
+                        "inject_fault panic_actor needs the field actor",
+                    )
+                })?),
+                Some("isolate") => Fault::Isolate(f.peers.unwrap_or_default()),
+                Some(other) => {
+                    return Err(ProtocolError::new(
+                        ErrorCode::MalformedRequest,
+                        format!("unknown fault {other:?}; known: panic_vnode, panic_actor, isolate"),
+                    ))
+                }
+            }),
             other => {
                 return Err(ProtocolError::new(
                     ErrorCode::UnknownOp,

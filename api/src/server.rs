@@ -1,4 +1,5 @@
-//! The client listener: one tokio task per connection, one task per request.
+//! The client listener: a supervised ClientListener actor that accepts connections, one tokio
+//! task per connection, one task per request.
 //!
 //! A connection's reader decodes frames and starts a task per request, which runs the
 //! request on the [`Node`] (a Coordinator per request) and queues the encoded answer for the
@@ -8,8 +9,11 @@
 //! TCP.
 
 use crate::protocol::{
-    read_frame, write_frames, ErrorCode, FrameError, ProtocolError, Request, ResponseFrame,
+    read_frame, write_frames, ErrorCode, Fault, FrameError, ProtocolError, Request, ResponseFrame,
 };
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor_cluster::RactorMessage;
+use ringkv_actors::supervision::RestartBudget;
 use ringkv_actors::Node;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,13 +21,21 @@ use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::task::JoinSet;
 use tracing::Instrument;
 
 /// The client listener of one node.
 pub struct Server {
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     node: Arc<Node>,
+}
+
+/// What every incarnation of the listener and every connection share.
+struct Shared {
+    node: Arc<Node>,
+    connections: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+    /// The running ClientListener, for fault injection.
+    current: std::sync::Mutex<Option<ActorRef<ListenerMsg>>>,
 }
 
 impl Server {
@@ -32,7 +44,8 @@ impl Server {
     /// # Errors
     /// The bind error (address in use, permission).
     pub async fn bind(node: Arc<Node>) -> std::io::Result<Server> {
-        let listener = TcpListener::bind(node.config().listen).await?;
+        let listener = std::net::TcpListener::bind(node.config().listen)?;
+        listener.set_nonblocking(true)?;
         Ok(Server { listener, node })
     }
 
@@ -47,43 +60,51 @@ impl Server {
     /// Serves until `shutdown` turns true (or its sender is dropped): then stops accepting,
     /// stops reading requests, and waits up to `shutdown-grace-secs` for the answers to the
     /// requests already read.
-    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+    ///
+    /// The accept loop runs in a ClientListener actor under a ListenerSupervisor that
+    /// restarts it within a budget (5 in 10 s) on the same bound socket; open connections
+    /// live on across a restart. Returns false if the listener failed past its budget (the
+    /// caller should stop the node), true after a requested shutdown.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> bool {
         let mut stop = shutdown.clone();
         let config = self.node.config().clone();
-        let connections = Arc::new(Semaphore::new(config.max_connections));
-        let mut tasks = JoinSet::new();
-        loop {
-            tokio::select! {
-                _ = until_true(&mut stop) => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        let node = self.node.clone();
-                        let shutdown = shutdown.clone();
-                        match connections.clone().try_acquire_owned() {
-                            Ok(permit) => {
-                                tasks.spawn(async move {
-                                    serve_connection(stream, node, shutdown).await;
-                                    drop(permit);
-                                }.instrument(tracing::debug_span!("connection", %peer)));
-                            }
-                            Err(_) => {
-                                tracing::warn!(%peer, max = config.max_connections, "refusing connection: too many open");
-                                tasks.spawn(refuse(stream, config.max_connections));
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::error!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        let shared = Arc::new(Shared {
+            node: self.node.clone(),
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            shutdown: shutdown.clone(),
+            current: std::sync::Mutex::new(None),
+        });
+        let spawned = Actor::spawn(
+            None,
+            ListenerSupervisor,
+            ListenerSupervisorArgs {
+                listener: Arc::new(self.listener),
+                shared: shared.clone(),
+                budget: RestartBudget::default(),
+            },
+        )
+        .await;
+        let (supervisor, join) = match spawned {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "client listener did not start");
+                return false;
             }
+        };
+        let mut join = std::pin::pin!(join);
+        let requested = tokio::select! {
+            _ = until_true(&mut stop) => true,
+            _ = &mut join => false,
+        };
+        if requested {
+            supervisor.stop(Some("shutdown".into()));
+            let _ = join.await;
+        } else {
+            tracing::error!("the client listener failed past its restart budget");
         }
         let grace = Duration::from_secs(config.shutdown_grace_secs);
-        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+        let all = config.max_connections as u32;
+        if tokio::time::timeout(grace, shared.connections.acquire_many(all))
             .await
             .is_err()
         {
@@ -91,7 +112,141 @@ impl Server {
                 ?grace,
                 "connections still busy after the grace period; closing them"
             );
-            tasks.abort_all();
+        }
+        requested
+    }
+}
+
+/// Messages of the ClientListener (local only).
+#[derive(RactorMessage)]
+pub enum ListenerMsg {
+    /// Fault injection: panic.
+    InjectPanic,
+}
+
+/// The accept loop of one incarnation; aborted when the actor's state is dropped (on stop
+/// or on a panic).
+struct AcceptLoop(tokio::task::JoinHandle<()>);
+
+impl Drop for AcceptLoop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Accepts client connections and starts a task for each.
+struct ClientListener;
+
+impl Actor for ClientListener {
+    type Msg = ListenerMsg;
+    type State = AcceptLoop;
+    type Arguments = (Arc<std::net::TcpListener>, Arc<Shared>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        (listener, shared): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let listener = TcpListener::from_std(listener.try_clone()?)?;
+        *shared.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(myself);
+        Ok(AcceptLoop(tokio::spawn(accept_loop(listener, shared))))
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ListenerMsg::InjectPanic => panic!("client listener: injected panic"),
+        }
+    }
+}
+
+struct ListenerSupervisorArgs {
+    listener: Arc<std::net::TcpListener>,
+    shared: Arc<Shared>,
+    budget: RestartBudget,
+}
+
+/// Restarts the ClientListener within its budget, then stops (which stops the node).
+struct ListenerSupervisor;
+
+impl Actor for ListenerSupervisor {
+    type Msg = ();
+    type State = ListenerSupervisorArgs;
+    type Arguments = ListenerSupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ListenerSupervisorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Actor::spawn_linked(
+            None,
+            ClientListener,
+            (args.listener.clone(), args.shared.clone()),
+            myself.get_cell(),
+        )
+        .await?;
+        Ok(args)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let SupervisionEvent::ActorFailed(_, error) = event else {
+            return Ok(());
+        };
+        if !state.budget.allow(std::time::Instant::now()) {
+            return Err(format!("client listener failed past its restart budget: {error}").into());
+        }
+        tracing::warn!(%error, "client listener failed; restarting it");
+        state.shared.node.count_restart("listener");
+        Actor::spawn_linked(
+            None,
+            ClientListener,
+            (state.listener.clone(), state.shared.clone()),
+            myself.get_cell(),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let config = shared.node.config().clone();
+    let mut stop = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = until_true(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    match shared.connections.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let shared = shared.clone();
+                            tokio::spawn(async move {
+                                serve_connection(stream, shared).await;
+                                drop(permit);
+                            }.instrument(tracing::debug_span!("connection", %peer)));
+                        }
+                        Err(_) => {
+                            tracing::warn!(%peer, max = config.max_connections, "refusing connection: too many open");
+                            tokio::spawn(refuse(stream, config.max_connections));
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
         }
     }
 }
@@ -112,7 +267,8 @@ async fn refuse(mut stream: TcpStream, max: usize) {
     let _ = stream.shutdown().await;
 }
 
-async fn serve_connection(stream: TcpStream, node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+    let (node, mut shutdown) = (shared.node.clone(), shared.shutdown.clone());
     let config = node.config();
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 << 10, rd);
@@ -149,6 +305,25 @@ async fn serve_connection(stream: TcpStream, node: Arc<Node>, mut shutdown: watc
         match Request::decode(&buf) {
             Ok((id, Request::Ping)) => {
                 let _ = tx.send(ResponseFrame::ok(id).encode());
+            }
+            Ok((id, Request::InjectFault(Fault::PanicActor(actor)))) if actor == "listener" => {
+                let answer = if !config.fault_injection {
+                    ResponseFrame::error(
+                        id,
+                        &ProtocolError::from(ringkv_actors::KvError::FaultInjectionDisabled),
+                    )
+                } else {
+                    let current = shared
+                        .current
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    if let Some(l) = current {
+                        let _ = l.send_message(ListenerMsg::InjectPanic);
+                    }
+                    ResponseFrame::ok(id)
+                };
+                let _ = tx.send(answer.encode());
             }
             Ok((id, request)) => {
                 let node = node.clone();
@@ -227,12 +402,20 @@ pub async fn execute(node: &Node, id: u64, request: Request) -> ResponseFrame {
             current.r = props.r.unwrap_or(current.r);
             current.w = props.w.unwrap_or(current.w);
             current.timeout_ms = props.timeout_ms.unwrap_or(current.timeout_ms);
+            current.sloppy_quorum = props.sloppy_quorum.unwrap_or(current.sloppy_quorum);
             node.set_bucket_props(&bucket, current)
                 .map(|()| info(id, &current))
         }
-        Request::InjectFault { bucket, key } => node
+        Request::InjectFault(Fault::PanicVnode { bucket, key }) => node
             .inject_vnode_panic(&bucket, &key)
             .map(|_| ResponseFrame::ok(id)),
+        Request::InjectFault(Fault::PanicActor(actor)) => node
+            .inject_actor_panic(&actor)
+            .await
+            .map(|()| ResponseFrame::ok(id)),
+        Request::InjectFault(Fault::Isolate(peers)) => {
+            node.inject_isolation(peers).map(|()| ResponseFrame::ok(id))
+        }
         Request::Delete {
             bucket,
             key,

@@ -114,6 +114,17 @@ pub struct NodeConfig {
     /// Accept the `inject_fault` protocol op, which panics actors on purpose (for tests of
     /// supervision). Never enable it in production. Default false.
     pub fault_injection: bool,
+    /// Period of hinted handoff rounds: each round delivers the hints this node holds to
+    /// their owners that are reachable, ms. Default 1000.
+    pub handoff_interval_ms: u64,
+    /// Period of anti-entropy rounds: each round compares the Merkle trees of every partition
+    /// this node holds with the other replicas and exchanges the differing keys, ms. 0
+    /// disables anti-entropy. Default 10000.
+    pub repair_interval_ms: u64,
+    /// Tombstones younger than this are never purged, even when every replica holds them, ms.
+    /// It bounds how long a hint or a paused node may carry an older version of a deleted
+    /// key. Default 3600000 (1 h).
+    pub tombstone_grace_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -142,6 +153,9 @@ impl Default for NodeConfig {
             heartbeat_ms: 500,
             phi_threshold: 8.0,
             acceptable_pause_ms: 1000,
+            handoff_interval_ms: 1000,
+            repair_interval_ms: 10_000,
+            tombstone_grace_ms: 3_600_000,
         }
     }
 }
@@ -177,6 +191,7 @@ impl NodeConfig {
             ("max-siblings", self.max_siblings),
             ("max-batch", self.max_batch),
             ("initial-map-bytes", self.initial_map_bytes),
+            ("handoff-interval-ms", self.handoff_interval_ms as usize),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero { name });

@@ -65,6 +65,17 @@ pub struct BucketProps {
     /// Default time limit of requests on this bucket, ms (0: the node's default).
     #[serde(default)]
     pub timeout_ms: u64,
+    /// Sloppy quorum (Dynamo): a write whose preference-list replicas are down is stored as
+    /// a durable hint on the next healthy nodes of the fallback order, those acknowledgements
+    /// count toward `w`, and hinted handoff delivers the hints later. `false` is a strict
+    /// quorum: only preference-list replicas count, for applications that prefer failing to
+    /// diverging. Default `true` (Riak's default).
+    #[serde(default = "default_true")]
+    pub sloppy_quorum: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for BucketProps {
@@ -75,6 +86,7 @@ impl Default for BucketProps {
             r: 2,
             w: 2,
             timeout_ms: 0,
+            sloppy_quorum: true,
         }
     }
 }
@@ -345,6 +357,28 @@ impl ClusterState {
             .map(|c| c.layout.replica_names(p).map(str::to_string).collect())
     }
 
+    /// The fallback order of partition `p` for sloppy quorum: every active or leaving member
+    /// outside its preference list, ordered by rendezvous hashing (XXH3-64 of the partition
+    /// number and the node name, highest first), so that every node computes the same order
+    /// and the hints of different partitions spread over different nodes. Dynamo walks the
+    /// ring instead; with a layout table there is no ring to walk.
+    pub fn fallback_list(&self, p: u32) -> Vec<String> {
+        let prefs = self.preference_list(p).unwrap_or_default();
+        let mut others: Vec<(u64, &String)> = self
+            .members
+            .values()
+            .filter(|m| m.status != MemberStatus::Joining && !prefs.contains(&m.name))
+            .map(|m| {
+                let mut h = xxhash_rust::xxh3::Xxh3::new();
+                h.update(&p.to_be_bytes());
+                h.update(m.name.as_bytes());
+                (h.digest(), &m.name)
+            })
+            .collect();
+        others.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        others.into_iter().map(|(_, n)| n.clone()).collect()
+    }
+
     /// The properties of `bucket` (the defaults if never set).
     pub fn bucket_props(&self, bucket: &[u8]) -> BucketProps {
         self.buckets
@@ -413,6 +447,29 @@ mod tests {
     }
 
     #[test]
+    fn fallback_lists_are_the_other_members_deterministically_and_spread() {
+        let mut s = ClusterState::new(64);
+        for (i, z) in ["z1", "z2", "z3", "z4", "z5"].iter().enumerate() {
+            s.upsert_member(member(&format!("n{i}"), z));
+        }
+        s.commit().unwrap();
+        let mut first = std::collections::BTreeMap::<String, usize>::new();
+        for p in 0..64 {
+            let prefs = s.preference_list(p).unwrap();
+            let fallbacks = s.fallback_list(p);
+            assert_eq!(fallbacks.len(), 2, "5 members, 3 replicas");
+            assert!(fallbacks.iter().all(|f| !prefs.contains(f)));
+            assert_eq!(fallbacks, s.clone().fallback_list(p), "deterministic");
+            *first.entry(fallbacks[0].clone()).or_default() += 1;
+        }
+        // Hints of different partitions go to different nodes.
+        assert!(first.len() >= 3, "first fallbacks: {first:?}");
+        // A joining member is no fallback.
+        s.upsert_member(member("n9", "z9"));
+        assert!((0..64).all(|p| !s.fallback_list(p).contains(&"n9".to_string())));
+    }
+
+    #[test]
     fn a_state_with_another_partition_count_is_ignored() {
         let mut ours = ClusterState::new(64);
         ours.upsert_member(member("a", "z1"));
@@ -440,7 +497,8 @@ mod tests {
                     n: 3,
                     r: 4,
                     w: 1,
-                    timeout_ms: 0
+                    timeout_ms: 0,
+                    sloppy_quorum: true,
                 }
             )
             .is_err());
@@ -451,6 +509,7 @@ mod tests {
                 r: 3,
                 w: 1,
                 timeout_ms: 0,
+                sloppy_quorum: true,
             },
         )
         .unwrap();
@@ -491,6 +550,7 @@ mod tests {
                             r,
                             w: 2,
                             timeout_ms: 0,
+                            sloppy_quorum: true,
                         },
                     );
                 }

@@ -62,6 +62,17 @@ pub enum StorageError {
     /// The partition is shutting down and takes no more writes.
     #[error("partition {0} is closed")]
     Closed(u32),
+    /// An argument is outside what the operation accepts (a tree level or node index out of
+    /// range, a malformed stored key, an owner name of the wrong length). The message names
+    /// the argument and its allowed range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The hint store reached its largest allowed map size, or the disk is full.
+    #[error("the hint store is full: {0}")]
+    HintStoreFull(String),
+    /// The hint store is shutting down and takes no more writes.
+    #[error("the hint store is closed")]
+    HintStoreClosed,
 }
 
 impl StorageError {

@@ -4,8 +4,15 @@
 //! * [`record`]: the persisted form of a key's state (version byte + named msgpack);
 //! * [`keys`]: bucket and key limits and the on-disk key layout;
 //! * [`partition`]: one LMDB env per partition, written by a group-committing writer thread;
+//! * [`merkle`]: each partition's hash tree of its keys (4096 segments, fanout 16), updated in
+//!   the same transaction as every write, for active anti-entropy exchanges;
+//! * [`hints`]: the node's durable hint store for hinted handoff ([`HintStore`]), an LMDB env
+//!   of its own with a group-committing writer thread;
 //! * [`system`]: the node's system env (replica id, partition count);
 //! * [`DataDir`]: a node's data directory, opening all of the above.
+//!
+//! Every env that grows (partitions, hints) shares the map-doubling and read-gate logic of
+//! the private `env` module and the writer thread of the private `writer` module.
 //!
 //! This crate knows nothing of actors or networking and is tested as a plain library.
 #![warn(missing_docs)]
@@ -13,21 +20,26 @@
 pub mod dvv;
 mod env;
 mod error;
+pub mod hints;
 pub mod keys;
+pub mod merkle;
 pub mod partition;
 pub mod record;
 pub mod system;
+mod writer;
 
 pub use dvv::{Dot, DvvSet, ReplicaId, Sibling, VersionVector};
 pub use error::StorageError;
-pub use partition::{Partition, PartitionOptions, WriteReply};
+pub use hints::{Hint, HintId, HintStore};
+pub use merkle::MerkleTree;
+pub use partition::{Partition, PartitionOptions, PurgeReply, WriteReply};
 pub use system::SystemStore;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A node's data directory: `system/` (the [`SystemStore`]) and `partitions/NNNNN/`, one LMDB
-/// env per partition.
+/// A node's data directory: `system/` (the [`SystemStore`]), `hints/` (the [`HintStore`]) and
+/// `partitions/NNNNN/`, one LMDB env per partition.
 pub struct DataDir {
     /// Where it is.
     pub path: PathBuf,
@@ -35,6 +47,8 @@ pub struct DataDir {
     pub system: Arc<SystemStore>,
     /// Partition `i` at index `i`.
     pub partitions: Vec<Arc<Partition>>,
+    /// The hint store, at `hints/`.
+    pub hints: Arc<HintStore>,
 }
 
 impl DataDir {
@@ -53,10 +67,12 @@ impl DataDir {
         let partitions = (0..partitions)
             .map(|p| Partition::open(&Self::partition_dir(path, p), p, replica, options))
             .collect::<Result<Vec<_>, _>>()?;
+        let hints = HintStore::open(&path.join("hints"))?;
         Ok(Self {
             path: path.to_path_buf(),
             system,
             partitions,
+            hints,
         })
     }
 
@@ -65,10 +81,12 @@ impl DataDir {
         path.join("partitions").join(format!("{p:05}"))
     }
 
-    /// Shuts every partition's writer down after it has committed what is queued.
+    /// Shuts every partition's writer and the hint store's down after each has committed
+    /// what is queued.
     pub fn shutdown(&self) {
         for p in &self.partitions {
             p.shutdown();
         }
+        self.hints.shutdown();
     }
 }

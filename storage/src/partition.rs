@@ -1,11 +1,19 @@
 //! A partition: one LMDB environment in its own directory, written by one writer thread that
-//! group-commits.
+//! group-commits, with a hash tree of its keys for anti-entropy ([`crate::merkle`]).
 //!
 //! Writes are queued to the partition's writer thread. The thread takes every queued write (up
 //! to [`PartitionOptions::max_batch`]), applies them in order inside one write transaction,
 //! commits it (with LMDB's default sync: data and metadata are on disk when `commit` returns)
 //! and only then answers each write. Write transactions never leave that thread, so no write
 //! transaction crosses an `.await` or a thread, as LMDB requires.
+//!
+//! The env holds two databases: `kv` (stored key → record, see [`crate::record`]) and
+//! `merkle` (one entry per stored key, see [`crate::merkle`]). Every write updates both in the
+//! same transaction, so the hash tree is always consistent with the data and as durable. The
+//! tree's 4096 leaf hashes are kept in memory, loaded from `merkle` at open and updated by the
+//! writer after each commit, before the writes are answered. A partition whose `merkle`
+//! database does not hold one entry per key (a data directory made before it existed) gets
+//! it rebuilt from `kv` at open, in one write transaction.
 //!
 //! Reads open a read transaction on the caller's thread (`heed::WithoutTls`, so the
 //! transaction is `Send` and needs no thread-local slot); they are not blocked by the writer.
@@ -16,17 +24,24 @@
 //! transaction and the writer takes it exclusively to resize.
 
 use crate::dvv::{DvvSet, ReplicaId, VersionVector};
+use crate::env::{Abort, GrowableEnv, Store};
+use crate::merkle::{self, MerkleTree};
+use crate::writer::WriterThread;
 use crate::{keys, record, StorageError};
 use heed::types::Bytes;
-use heed::{Database, Env, WithoutTls};
+use heed::{Database, RwTxn};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, RwLock};
-use std::thread::JoinHandle;
+use std::sync::{Arc, RwLock};
 
 /// Callback that receives the result of a queued write, after its transaction committed
 /// (or failed). Called on the partition's writer thread: it must not block.
 pub type WriteReply = Box<dyn FnOnce(Result<DvvSet, StorageError>) + Send>;
+
+/// Callback that receives the number of keys a [`Partition::purge_tombstones`] deleted, after
+/// its transaction committed (or the error). Called on the partition's writer thread: it must
+/// not block.
+pub type PurgeReply = Box<dyn FnOnce(Result<usize, StorageError>) + Send>;
 
 /// Tuning of a partition. Every field has a default ([`PartitionOptions::default`]).
 #[derive(Clone, Debug)]
@@ -55,32 +70,74 @@ impl Default for PartitionOptions {
     }
 }
 
-enum WriteOp {
+/// How a write changes one key's record.
+enum Change {
+    /// A client write coordinated here ([`DvvSet::update`]).
     Update {
-        key: Vec<u8>,
         context: VersionVector,
         value: Option<Vec<u8>>,
         timestamp_ms: u64,
+    },
+    /// Another replica's state to merge ([`DvvSet::sync`]).
+    Merge { record: DvvSet },
+}
+
+/// One queued operation of the writer thread.
+enum WriteOp {
+    /// A change of one stored key.
+    Record {
+        key: Vec<u8>,
+        change: Change,
         reply: WriteReply,
     },
-    Merge {
-        key: Vec<u8>,
-        record: DvvSet,
-        reply: WriteReply,
+    /// Deletion of tombstones whose entry hash is still the given one.
+    Purge {
+        candidates: Vec<(Vec<u8>, u64)>,
+        reply: PurgeReply,
     },
 }
 
+/// What one operation of a committed batch answers.
+enum Outcome {
+    Record(Result<DvvSet, StorageError>),
+    Purged(Result<usize, StorageError>),
+}
+
 impl WriteOp {
-    fn key(&self) -> &[u8] {
+    /// The outcome of this operation when its batch failed with `e`.
+    fn failed(&self, e: StorageError) -> Outcome {
         match self {
-            WriteOp::Update { key, .. } | WriteOp::Merge { key, .. } => key,
+            WriteOp::Record { .. } => Outcome::Record(Err(e)),
+            WriteOp::Purge { .. } => Outcome::Purged(Err(e)),
         }
     }
-    fn answer(self, result: Result<DvvSet, StorageError>) {
-        match self {
-            WriteOp::Update { reply, .. } | WriteOp::Merge { reply, .. } => reply(result),
+
+    fn answer(self, outcome: Outcome) {
+        // `try_commit` makes each outcome from its own operation, so the kinds always match.
+        let mismatch = || StorageError::Io("internal error: outcome of another operation".into());
+        match (self, outcome) {
+            (WriteOp::Record { reply, .. }, Outcome::Record(r)) => reply(r),
+            (WriteOp::Purge { reply, .. }, Outcome::Purged(r)) => reply(r),
+            (WriteOp::Record { reply, .. }, Outcome::Purged(_)) => reply(Err(mismatch())),
+            (WriteOp::Purge { reply, .. }, Outcome::Record(_)) => reply(Err(mismatch())),
         }
     }
+}
+
+/// Checks that `storage_key` is a stored key made by [`keys::storage_key`] from a valid
+/// bucket and key.
+///
+/// # Errors
+/// [`StorageError::InvalidArgument`] if it does not split into a bucket and a key; the
+/// errors of [`keys::validate`] if they break the limits.
+fn check_storage_key(storage_key: &[u8]) -> Result<(), StorageError> {
+    let (bucket, key) = keys::split_storage_key(storage_key).ok_or_else(|| {
+        StorageError::InvalidArgument(format!(
+            "{} bytes are not a stored key ([bucket length: u8][bucket][key])",
+            storage_key.len()
+        ))
+    })?;
+    keys::validate(bucket, key)
 }
 
 /// One partition's LMDB env and its writer thread. Shared as `Arc<Partition>`: the vnode that
@@ -90,11 +147,11 @@ pub struct Partition {
     id: u32,
     replica: ReplicaId,
     path: PathBuf,
-    env: Env<WithoutTls>,
+    genv: Arc<GrowableEnv>,
     db: Database<'static, Bytes, Bytes>,
-    gate: Arc<RwLock<()>>,
-    queue: RwLock<Option<Sender<WriteOp>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    merkle: Database<'static, Bytes, Bytes>,
+    tree: Arc<RwLock<MerkleTree>>,
+    writer: WriterThread<WriteOp>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -106,52 +163,58 @@ impl std::fmt::Debug for Partition {
     }
 }
 
+/// Stored keys copied per step while the `merkle` database is rebuilt from `kv`.
+const REBUILD_CHUNK: usize = 4096;
+
 impl Partition {
-    /// Opens (creating if needed) partition `id` in directory `dir` and starts its writer
-    /// thread. `replica` names the dots that writes coordinated here create.
+    /// Opens (creating if needed) partition `id` in directory `dir`, loads its hash tree
+    /// (rebuilding the `merkle` database from the data first if it does not hold one entry
+    /// per key) and starts its writer thread. `replica` names the dots that writes
+    /// coordinated here create.
     ///
     /// # Errors
-    /// [`StorageError::Io`] if the directory or env cannot be opened.
+    /// [`StorageError::Io`] if the directory or env cannot be opened,
+    /// [`StorageError::Corrupt`] if a `merkle` entry does not decode, [`StorageError::Full`]
+    /// if the rebuilt `merkle` database does not fit in [`PartitionOptions::max_map_bytes`].
     pub fn open(
         dir: &Path,
         id: u32,
         replica: ReplicaId,
         options: &PartitionOptions,
     ) -> Result<Arc<Self>, StorageError> {
-        // Start with room for twice the data already there, so a restart does not begin by
-        // growing the map step by step.
-        let existing = std::fs::metadata(dir.join("data.mdb"))
-            .map(|m| m.len() as usize)
-            .unwrap_or(0);
-        let map_bytes = options
-            .initial_map_bytes
-            .max(existing.saturating_mul(2).next_power_of_two())
-            .min(options.max_map_bytes.max(existing));
+        let map_bytes =
+            crate::env::starting_map_bytes(dir, options.initial_map_bytes, options.max_map_bytes);
         let (env, db) = crate::env::open_env::<Bytes, Bytes>(dir, map_bytes, "kv")?;
+        let merkle = crate::env::create_database::<Bytes, Bytes>(&env, "merkle")?;
+        let genv = Arc::new(GrowableEnv::new(
+            env,
+            options.max_map_bytes,
+            Store::Partition(id),
+        ));
+        let tree = Arc::new(RwLock::new(load_tree(&genv, db, merkle)?));
 
-        let (tx, rx) = mpsc::channel();
-        let gate = Arc::new(RwLock::new(()));
         let writer = Writer {
-            id,
             replica,
-            env: env.clone(),
+            genv: genv.clone(),
             db,
-            gate: gate.clone(),
-            options: options.clone(),
+            merkle,
+            tree: tree.clone(),
+            max_siblings: options.max_siblings,
         };
-        let handle = std::thread::Builder::new()
-            .name(format!("ringkv-writer-{id}"))
-            .spawn(move || writer.run(rx))
-            .map_err(StorageError::io)?;
+        let writer = WriterThread::spawn(
+            format!("ringkv-writer-{id}"),
+            options.max_batch,
+            move |batch| writer.commit_batch(batch),
+        )?;
         Ok(Arc::new(Self {
             id,
             replica,
             path: dir.to_path_buf(),
-            env,
+            genv,
             db,
-            gate,
-            queue: RwLock::new(Some(tx)),
-            writer: Mutex::new(Some(handle)),
+            merkle,
+            tree,
+            writer,
         }))
     }
 
@@ -171,12 +234,27 @@ impl Partition {
     /// Key validation errors, [`StorageError::Corrupt`], [`StorageError::Io`].
     pub fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<DvvSet>, StorageError> {
         let key = keys::storage_key(bucket, key)?;
-        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        let rtxn = self.env.read_txn().map_err(StorageError::io)?;
-        match self.db.get(&rtxn, &key).map_err(StorageError::io)? {
-            Some(bytes) => record::decode(bytes).map(Some),
-            None => Ok(None),
-        }
+        self.read_record(&key)
+    }
+
+    /// Reads a key's state by its stored key (`[bucket length: u8][bucket][key]`, as
+    /// [`Partition::segment_entries`] returns them); `None` if the key is not stored here.
+    ///
+    /// # Errors
+    /// [`StorageError::InvalidArgument`] if `storage_key` is not a stored key, key validation
+    /// errors, [`StorageError::Corrupt`], [`StorageError::Io`].
+    pub fn get_stored(&self, storage_key: &[u8]) -> Result<Option<DvvSet>, StorageError> {
+        check_storage_key(storage_key)?;
+        self.read_record(storage_key)
+    }
+
+    fn read_record(&self, key: &[u8]) -> Result<Option<DvvSet>, StorageError> {
+        self.genv.read(
+            |rtxn| match self.db.get(rtxn, key).map_err(StorageError::io)? {
+                Some(bytes) => record::decode(bytes).map(Some),
+                None => Ok(None),
+            },
+        )
     }
 
     /// Queues a client write coordinated by this replica: `value` (`None` for a delete)
@@ -192,11 +270,13 @@ impl Partition {
         reply: WriteReply,
     ) {
         match keys::storage_key(bucket, key) {
-            Ok(key) => self.enqueue(WriteOp::Update {
+            Ok(key) => self.enqueue(WriteOp::Record {
                 key,
-                context,
-                value,
-                timestamp_ms,
+                change: Change::Update {
+                    context,
+                    value,
+                    timestamp_ms,
+                },
                 reply,
             }),
             Err(e) => reply(Err(e)),
@@ -207,21 +287,159 @@ impl Partition {
     /// receives the merged state once it is durable.
     pub fn merge(&self, bucket: &[u8], key: &[u8], record: DvvSet, reply: WriteReply) {
         match keys::storage_key(bucket, key) {
-            Ok(key) => self.enqueue(WriteOp::Merge { key, record, reply }),
+            Ok(key) => self.enqueue(WriteOp::Record {
+                key,
+                change: Change::Merge { record },
+                reply,
+            }),
             Err(e) => reply(Err(e)),
         }
     }
 
+    /// Like [`Partition::merge`], for a key given as its stored key (as
+    /// [`Partition::segment_entries`] and [`merkle::diff_entries`] return them). `reply`
+    /// receives the merged state once it is durable, [`StorageError::InvalidArgument`] if
+    /// `storage_key` is not a stored key, or the key validation error.
+    pub fn merge_stored(&self, storage_key: Vec<u8>, record: DvvSet, reply: WriteReply) {
+        match check_storage_key(&storage_key) {
+            Ok(()) => self.enqueue(WriteOp::Record {
+                key: storage_key,
+                change: Change::Merge { record },
+                reply,
+            }),
+            Err(e) => reply(Err(e)),
+        }
+    }
+
+    /// Queues the deletion of tombstones: each `(stored key, entry hash)` of `candidates`
+    /// (as [`Partition::tombstones`] returns them) is deleted, from the data and from the hash
+    /// tree, only if the key's current [`merkle::entry_hash`] is still the given one and its
+    /// record is deleted ([`DvvSet::is_deleted`]); a key written since it was listed is kept.
+    /// `reply` receives how many keys were deleted, once that is durable.
+    ///
+    /// Purging is only safe once every replica holds the tombstone (or a later state):
+    /// otherwise a replica that still has the old value brings it back. Choosing the
+    /// candidates (e.g. tombstones older than a grace period, seen on all replicas) is the
+    /// caller's job.
+    ///
+    /// `reply` receives [`StorageError::InvalidArgument`] if a candidate is not a stored key,
+    /// and nothing is deleted.
+    pub fn purge_tombstones(&self, candidates: Vec<(Vec<u8>, u64)>, reply: PurgeReply) {
+        if let Err(e) = candidates
+            .iter()
+            .try_for_each(|(key, _)| check_storage_key(key))
+        {
+            return reply(Err(e));
+        }
+        self.enqueue(WriteOp::Purge { candidates, reply });
+    }
+
     fn enqueue(&self, op: WriteOp) {
-        let queue = self.queue.read().unwrap_or_else(|p| p.into_inner());
-        let op = match queue.as_ref() {
-            Some(tx) => match tx.send(op) {
-                Ok(()) => return,
-                Err(mpsc::SendError(op)) => op,
-            },
-            None => op,
-        };
-        op.answer(Err(StorageError::Closed(self.id)));
+        if let Err(op) = self.writer.send(op) {
+            let outcome = op.failed(self.genv.store().closed());
+            op.answer(outcome);
+        }
+    }
+
+    /// Up to `limit` deleted keys (every sibling a tombstone) whose newest sibling was written
+    /// before `older_than_ms` (milliseconds since the Unix epoch, [`crate::Sibling`]'s
+    /// `timestamp_ms`), as `(stored key, entry hash)` in stored-key order: the candidates for
+    /// [`Partition::purge_tombstones`]. Scans (and decodes) every record; a record that does
+    /// not decode is logged and skipped.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`].
+    pub fn tombstones(
+        &self,
+        older_than_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, u64)>, StorageError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.genv.read(|rtxn| {
+            for entry in self.db.iter(rtxn).map_err(StorageError::io)? {
+                let (key, bytes) = entry.map_err(StorageError::io)?;
+                let record = match record::decode(bytes) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(partition = self.id, error = %e, "skipping a corrupt record");
+                        continue;
+                    }
+                };
+                let newest = record
+                    .siblings
+                    .iter()
+                    .map(|s| s.timestamp_ms)
+                    .max()
+                    .unwrap_or(0);
+                if record.is_deleted() && newest < older_than_ms {
+                    out.push((key.to_vec(), merkle::entry_hash(key, bytes)));
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Hash-tree nodes for an anti-entropy exchange (see [`crate::merkle`]): for each index
+    /// of `parents` (nodes at `level - 1`), the [`merkle::FANOUT`] = 16 hashes of its children
+    /// at `level`, concatenated (length `16 * parents.len()`). For `level` 0, `parents` must be
+    /// `[0]` and the answer is `[root hash]`. Level 3 children are the leaves (segments). The
+    /// tree reflects every write answered so far.
+    ///
+    /// # Errors
+    /// [`StorageError::InvalidArgument`] if `level` > 3, a parent is out of range, `parents`
+    /// is longer than level `level - 1`, or `level` is 0 and `parents` is not `[0]`.
+    pub fn merkle_children(&self, level: u32, parents: &[u32]) -> Result<Vec<u64>, StorageError> {
+        self.tree
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .children(level, parents)
+    }
+
+    /// A copy of the whole hash tree (4096 leaf hashes, 32 KiB).
+    pub fn merkle_tree(&self) -> MerkleTree {
+        self.tree.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Every key of the given segments (leaf indices `0..4096`), as `(segment, stored key,
+    /// entry hash)`, segment by segment in the order given and, within one, in key-hash order.
+    /// One range scan of the `merkle` database per segment.
+    ///
+    /// # Errors
+    /// [`StorageError::InvalidArgument`] if a segment is 4096 or more,
+    /// [`StorageError::Corrupt`] if an entry does not decode, [`StorageError::Io`].
+    pub fn segment_entries(
+        &self,
+        segments: &[u32],
+    ) -> Result<Vec<(u32, Vec<u8>, u64)>, StorageError> {
+        if let Some(bad) = segments.iter().find(|&&s| s >= merkle::SEGMENTS) {
+            return Err(StorageError::InvalidArgument(format!(
+                "segment {bad} does not exist: segments are 0 to {}",
+                merkle::SEGMENTS - 1
+            )));
+        }
+        self.genv.read(|rtxn| {
+            let mut out = Vec::new();
+            for &segment in segments {
+                let prefix = (segment as u16).to_be_bytes();
+                for entry in self
+                    .merkle
+                    .prefix_iter(rtxn, &prefix)
+                    .map_err(StorageError::io)?
+                {
+                    let (k, v) = entry.map_err(StorageError::io)?;
+                    let (_, hash, key) = merkle::decode_entry(k, v)?;
+                    out.push((segment, key.to_vec(), hash));
+                }
+            }
+            Ok(out)
+        })
     }
 
     /// Number of keys stored (tombstones included).
@@ -229,9 +447,8 @@ impl Partition {
     /// # Errors
     /// [`StorageError::Io`].
     pub fn len(&self) -> Result<u64, StorageError> {
-        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        let rtxn = self.env.read_txn().map_err(StorageError::io)?;
-        self.db.len(&rtxn).map_err(StorageError::io)
+        self.genv
+            .read(|rtxn| self.db.len(rtxn).map_err(StorageError::io))
     }
 
     /// True if no key is stored.
@@ -244,18 +461,14 @@ impl Partition {
 
     /// Current LMDB map size, bytes.
     pub fn map_size(&self) -> usize {
-        self.env.info().map_size
+        self.genv.map_size()
     }
 
     /// Stops taking writes, lets the writer thread commit and answer everything already
     /// queued, and waits for it. Idempotent. Writes queued afterwards fail with
     /// [`StorageError::Closed`].
     pub fn shutdown(&self) {
-        self.queue.write().unwrap_or_else(|p| p.into_inner()).take();
-        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(handle) = handle {
-            let _ = handle.join();
-        }
+        self.writer.shutdown();
     }
 }
 
@@ -265,153 +478,219 @@ impl Drop for Partition {
     }
 }
 
-/// State of the writer thread.
-struct Writer {
-    id: u32,
-    replica: ReplicaId,
-    env: Env<WithoutTls>,
+/// Loads the hash tree from the `merkle` database, after rebuilding that from `kv` if their
+/// key counts differ (a data directory made before the tree existed).
+fn load_tree(
+    genv: &GrowableEnv,
     db: Database<'static, Bytes, Bytes>,
-    gate: Arc<RwLock<()>>,
-    options: PartitionOptions,
+    merkle: Database<'static, Bytes, Bytes>,
+) -> Result<MerkleTree, StorageError> {
+    let (keys, entries) = genv.read(|rtxn| {
+        Ok((
+            db.len(rtxn).map_err(StorageError::io)?,
+            merkle.len(rtxn).map_err(StorageError::io)?,
+        ))
+    })?;
+    if keys != entries {
+        let started = std::time::Instant::now();
+        rebuild_merkle(genv, db, merkle)?;
+        tracing::info!(
+            store = %genv.store(),
+            keys,
+            entries_before = entries,
+            ms = started.elapsed().as_millis() as u64,
+            "rebuilt the merkle database from the data"
+        );
+    }
+    genv.read(|rtxn| {
+        let mut tree = MerkleTree::new();
+        for entry in merkle.iter(rtxn).map_err(StorageError::io)? {
+            let (k, v) = entry.map_err(StorageError::io)?;
+            let (segment, hash, _) = merkle::decode_entry(k, v)?;
+            tree.toggle(segment, hash);
+        }
+        Ok(tree)
+    })
 }
 
-/// Why a batch's transaction did not commit.
-enum Abort {
-    MapFull,
-    Failed(StorageError),
-}
-
-impl From<heed::Error> for Abort {
-    fn from(e: heed::Error) -> Self {
-        match e {
-            heed::Error::Mdb(heed::MdbError::MapFull) => Abort::MapFull,
-            e => Abort::Failed(StorageError::io(e)),
-        }
-    }
-}
-
-impl Writer {
-    fn run(self, rx: Receiver<WriteOp>) {
-        let mut batch = Vec::with_capacity(self.options.max_batch);
-        while let Ok(op) = rx.recv() {
-            batch.push(op);
-            while batch.len() < self.options.max_batch {
-                match rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
-                }
-            }
-            self.commit_batch(&mut batch);
-        }
-        tracing::debug!(partition = self.id, "writer stopped");
-    }
-
-    /// Applies and commits `batch` (draining it), then answers each write.
-    fn commit_batch(&self, batch: &mut Vec<WriteOp>) {
-        let results = loop {
-            match self.try_commit(batch) {
-                Ok(results) => break results,
-                Err(Abort::MapFull) => {
-                    if let Err(e) = self.grow() {
-                        break vec![Err(e); batch.len()];
-                    }
-                }
-                Err(Abort::Failed(e)) => {
-                    tracing::error!(partition = self.id, error = %e, "write transaction failed");
-                    let e = if e.to_string().contains("No space left") {
-                        StorageError::Full {
-                            partition: self.id,
-                            detail: "the disk is full".into(),
-                        }
-                    } else {
-                        e
-                    };
-                    break vec![Err(e); batch.len()];
-                }
-            }
-        };
-        for (op, result) in batch.drain(..).zip(results) {
-            op.answer(result);
-        }
-    }
-
-    fn try_commit(&self, batch: &[WriteOp]) -> Result<Vec<Result<DvvSet, StorageError>>, Abort> {
-        let mut wtxn = self.env.write_txn()?;
-        let mut results = Vec::with_capacity(batch.len());
-        for op in batch {
-            let current = match self.db.get(&wtxn, op.key())? {
-                Some(bytes) => match record::decode(bytes) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        results.push(Err(e));
-                        continue;
-                    }
-                },
-                None => DvvSet::new(),
+/// Replaces the `merkle` database with one entry per key of `kv`, in one write transaction
+/// (copied [`REBUILD_CHUNK`] keys at a time, since LMDB cannot write while iterating).
+fn rebuild_merkle(
+    genv: &GrowableEnv,
+    db: Database<'static, Bytes, Bytes>,
+    merkle: Database<'static, Bytes, Bytes>,
+) -> Result<(), StorageError> {
+    genv.write(|| {
+        let mut wtxn = genv.env().write_txn()?;
+        merkle.clear(&mut wtxn)?;
+        let mut last: Option<Vec<u8>> = None;
+        loop {
+            let start = match &last {
+                Some(k) => Bound::Excluded(k.as_slice()),
+                None => Bound::Unbounded,
             };
-            let next = match op {
-                WriteOp::Update {
-                    context,
-                    value,
-                    timestamp_ms,
-                    ..
-                } => {
-                    let mut next = current;
-                    match next.update(
-                        context,
-                        self.replica,
-                        value.clone(),
-                        *timestamp_ms,
-                        self.options.max_siblings,
-                    ) {
-                        Ok(_) => next,
-                        Err(l) => {
-                            results.push(Err(StorageError::TooManySiblings { limit: l.limit }));
-                            continue;
-                        }
-                    }
-                }
-                WriteOp::Merge { record, .. } => {
-                    if current.descends(record) {
-                        results.push(Ok(current));
-                        continue;
-                    }
-                    current.sync(record)
-                }
-            };
-            self.db.put(&mut wtxn, op.key(), &record::encode(&next))?;
-            results.push(Ok(next));
+            let mut chunk = Vec::with_capacity(REBUILD_CHUNK);
+            for entry in db
+                .range(&wtxn, &(start, Bound::Unbounded))?
+                .take(REBUILD_CHUNK)
+            {
+                let (key, bytes) = entry?;
+                let hash = merkle::entry_hash(key, bytes);
+                chunk.push((key.to_vec(), hash));
+            }
+            for (key, hash) in &chunk {
+                let key_hash = merkle::key_hash(key);
+                merkle.put(
+                    &mut wtxn,
+                    &merkle::merkle_key(key_hash),
+                    &merkle::merkle_value(*hash, key),
+                )?;
+            }
+            if chunk.len() < REBUILD_CHUNK {
+                break;
+            }
+            last = chunk.pop().map(|(key, _)| key);
         }
         wtxn.commit()?;
-        Ok(results)
-    }
-
-    /// Doubles the map size, waiting for open read transactions to end first.
-    fn grow(&self) -> Result<(), StorageError> {
-        let current = self.env.info().map_size;
-        if current >= self.options.max_map_bytes {
-            return Err(StorageError::Full {
-                partition: self.id,
-                detail: format!(
-                    "the map reached its maximum of {} bytes (max_map_bytes)",
-                    self.options.max_map_bytes
-                ),
-            });
-        }
-        let next = current.saturating_mul(2).min(self.options.max_map_bytes);
-        let _exclusive = self.gate.write().unwrap_or_else(|p| p.into_inner());
-        // SAFETY: the writer thread has no transaction open here, and readers hold the gate
-        // for the length of theirs, so no transaction is open on this env in the process.
-        unsafe { self.env.resize(next) }.map_err(StorageError::io)?;
-        tracing::info!(partition = self.id, map_bytes = next, "grew LMDB map");
         Ok(())
-    }
+    })
 }
 
+/// State of the writer thread.
+struct Writer {
+    replica: ReplicaId,
+    genv: Arc<GrowableEnv>,
+    db: Database<'static, Bytes, Bytes>,
+    merkle: Database<'static, Bytes, Bytes>,
+    tree: Arc<RwLock<MerkleTree>>,
+    max_siblings: usize,
+}
+
+/// Changes of leaf hashes made by one transaction: `(segment, old ^ new)`.
+type LeafDeltas = Vec<(u32, u64)>;
+
+impl Writer {
+    /// Applies and commits `batch` (draining it), updates the in-memory tree, then answers
+    /// each operation.
+    fn commit_batch(&self, batch: &mut Vec<WriteOp>) {
+        let outcomes = match self.genv.write(|| self.try_commit(batch)) {
+            Ok((outcomes, deltas)) => {
+                let mut tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+                for (segment, delta) in deltas {
+                    tree.toggle(segment, delta);
+                }
+                outcomes
+            }
+            Err(e) => batch.iter().map(|op| op.failed(e.clone())).collect(),
+        };
+        for (op, outcome) in batch.drain(..).zip(outcomes) {
+            op.answer(outcome);
+        }
+    }
+
+    fn try_commit(&self, batch: &[WriteOp]) -> Result<(Vec<Outcome>, LeafDeltas), Abort> {
+        let mut wtxn = self.genv.env().write_txn()?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut deltas = Vec::with_capacity(batch.len());
+        for op in batch {
+            outcomes.push(match op {
+                WriteOp::Record { key, change, .. } => {
+                    Outcome::Record(self.apply(&mut wtxn, key, change, &mut deltas)?)
+                }
+                WriteOp::Purge { candidates, .. } => {
+                    Outcome::Purged(Ok(self.purge(&mut wtxn, candidates, &mut deltas)?))
+                }
+            });
+        }
+        wtxn.commit()?;
+        Ok((outcomes, deltas))
+    }
+
+    /// Applies one change to `key` in `wtxn`, in `kv` and `merkle`; records the leaf change.
+    fn apply(
+        &self,
+        wtxn: &mut RwTxn,
+        key: &[u8],
+        change: &Change,
+        deltas: &mut LeafDeltas,
+    ) -> Result<Result<DvvSet, StorageError>, Abort> {
+        let (current, old_hash) = match self.db.get(wtxn, key)? {
+            Some(bytes) => match record::decode(bytes) {
+                Ok(d) => (d, merkle::entry_hash(key, bytes)),
+                Err(e) => return Ok(Err(e)),
+            },
+            None => (DvvSet::new(), 0),
+        };
+        let next = match change {
+            Change::Update {
+                context,
+                value,
+                timestamp_ms,
+            } => {
+                let mut next = current;
+                if let Err(l) = next.update(
+                    context,
+                    self.replica,
+                    value.clone(),
+                    *timestamp_ms,
+                    self.max_siblings,
+                ) {
+                    return Ok(Err(StorageError::TooManySiblings { limit: l.limit }));
+                }
+                next
+            }
+            Change::Merge { record } => {
+                if current.descends(record) {
+                    return Ok(Ok(current));
+                }
+                current.sync(record)
+            }
+        };
+        let bytes = record::encode(&next);
+        let new_hash = merkle::entry_hash(key, &bytes);
+        self.db.put(wtxn, key, &bytes)?;
+        let key_hash = merkle::key_hash(key);
+        self.merkle.put(
+            wtxn,
+            &merkle::merkle_key(key_hash),
+            &merkle::merkle_value(new_hash, key),
+        )?;
+        deltas.push((merkle::segment_of(key_hash), old_hash ^ new_hash));
+        Ok(Ok(next))
+    }
+
+    /// Deletes the candidates that are still the given deleted records; returns how many.
+    fn purge(
+        &self,
+        wtxn: &mut RwTxn,
+        candidates: &[(Vec<u8>, u64)],
+        deltas: &mut LeafDeltas,
+    ) -> Result<usize, Abort> {
+        let mut purged = 0;
+        for (key, expected) in candidates {
+            let hash = match self.db.get(wtxn, key)? {
+                Some(bytes)
+                    if merkle::entry_hash(key, bytes) == *expected
+                        && record::decode(bytes).is_ok_and(|d| d.is_deleted()) =>
+                {
+                    *expected
+                }
+                _ => continue,
+            };
+            self.db.delete(wtxn, key)?;
+            let key_hash = merkle::key_hash(key);
+            self.merkle.delete(wtxn, &merkle::merkle_key(key_hash))?;
+            deltas.push((merkle::segment_of(key_hash), hash));
+            purged += 1;
+        }
+        Ok(purged)
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::mpsc::sync_channel;
+    use proptest::prelude::*;
+    use std::sync::mpsc::{self, sync_channel};
 
     fn put(
         p: &Partition,
@@ -549,5 +828,334 @@ mod tests {
             }),
         );
         assert_eq!(rx.recv().unwrap().unwrap(), merged);
+    }
+
+    fn merge_stored(p: &Partition, key: Vec<u8>, record: DvvSet) -> Result<DvvSet, StorageError> {
+        let (tx, rx) = sync_channel(1);
+        p.merge_stored(
+            key,
+            record,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().unwrap()
+    }
+
+    fn purge(p: &Partition, candidates: Vec<(Vec<u8>, u64)>) -> Result<usize, StorageError> {
+        let (tx, rx) = sync_channel(1);
+        p.purge_tombstones(
+            candidates,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().unwrap()
+    }
+
+    /// The tree computed from scratch from the `kv` database.
+    fn rebuilt(p: &Partition) -> MerkleTree {
+        p.genv
+            .read(|rtxn| {
+                let records: Vec<(Vec<u8>, Vec<u8>)> =
+                    p.db.iter(rtxn)
+                        .unwrap()
+                        .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
+                        .collect();
+                Ok(MerkleTree::from_records(
+                    records.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+                ))
+            })
+            .unwrap()
+    }
+
+    /// Root-to-leaves walk between two partitions, as an exchange does it.
+    fn differing_segments(a: &Partition, b: &Partition) -> Vec<u32> {
+        let mut parents = vec![0];
+        let mut level = 0;
+        loop {
+            let ours = a.merkle_children(level, &parents).unwrap();
+            let theirs = b.merkle_children(level, &parents).unwrap();
+            let differing = merkle::differing_children(level, &parents, &ours, &theirs);
+            if level == merkle::DEPTH || differing.is_empty() {
+                return differing;
+            }
+            parents = differing;
+            level += 1;
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Put(u8, u8),
+        Delete(u8),
+        Merge(u8, u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..24u8, any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
+            1 => (0..24u8).prop_map(Op::Delete),
+            1 => (0..24u8, any::<u8>()).prop_map(|(k, v)| Op::Merge(k, v)),
+        ]
+    }
+
+    fn apply_ops(p: &Partition, ops: &[Op]) {
+        for op in ops {
+            match *op {
+                Op::Put(k, v) => {
+                    let ctx = p.get(b"b", &[k]).unwrap().unwrap_or_default().clock;
+                    put(p, &[k], ctx, Some(&[v])).unwrap();
+                }
+                Op::Delete(k) => {
+                    let ctx = p.get(b"b", &[k]).unwrap().unwrap_or_default().clock;
+                    put(p, &[k], ctx, None).unwrap();
+                }
+                Op::Merge(k, v) => {
+                    let mut theirs = DvvSet::new();
+                    theirs
+                        .update(&VersionVector::new(), 99, Some(vec![v]), 0, 10)
+                        .unwrap();
+                    merge_stored(p, keys::storage_key(b"b", &[k]).unwrap(), theirs).unwrap();
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        #[test]
+        fn incremental_tree_equals_rebuilt_tree_and_survives_reopen(
+            ops in prop::collection::vec(op(), 0..40)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let opts = PartitionOptions::default();
+            let tree = {
+                let p = Partition::open(dir.path(), 0, 7, &opts).unwrap();
+                apply_ops(&p, &ops);
+                let tree = p.merkle_tree();
+                prop_assert_eq!(&tree, &rebuilt(&p));
+                tree
+            };
+            let p = Partition::open(dir.path(), 0, 7, &opts).unwrap();
+            prop_assert_eq!(p.merkle_tree(), tree);
+        }
+    }
+
+    #[test]
+    fn merkle_db_is_rebuilt_when_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = PartitionOptions::default();
+        let tree = {
+            let p = Partition::open(dir.path(), 0, 7, &opts).unwrap();
+            for i in 0..5000u32 {
+                put(&p, &i.to_be_bytes(), VersionVector::new(), Some(b"v")).unwrap();
+            }
+            // Drop the merkle database, as in a data directory made before it existed.
+            p.shutdown();
+            let mut wtxn = p.genv.env().write_txn().unwrap();
+            p.merkle.clear(&mut wtxn).unwrap();
+            wtxn.commit().unwrap();
+            p.merkle_tree()
+        };
+        assert_ne!(tree.root(), 0);
+        let p = Partition::open(dir.path(), 0, 7, &opts).unwrap();
+        assert_eq!(p.merkle_tree(), tree);
+        let all: Vec<u32> = (0..merkle::SEGMENTS).collect();
+        assert_eq!(p.segment_entries(&all).unwrap().len(), 5000);
+    }
+
+    #[test]
+    fn same_writes_in_another_order_give_the_same_root() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let opts = PartitionOptions::default();
+        let a = Partition::open(da.path(), 0, 1, &opts).unwrap();
+        let b = Partition::open(db.path(), 0, 2, &opts).unwrap();
+        // Each key's state is made once, then merged into both in opposite orders.
+        let states: Vec<(Vec<u8>, DvvSet)> = (0..200u32)
+            .map(|i| {
+                let mut d = DvvSet::new();
+                d.update(
+                    &VersionVector::new(),
+                    5,
+                    Some(i.to_le_bytes().to_vec()),
+                    1,
+                    10,
+                )
+                .unwrap();
+                if i % 3 == 0 {
+                    d.update(&d.clock.clone(), 6, None, 2, 10).unwrap();
+                }
+                (keys::storage_key(b"b", &i.to_be_bytes()).unwrap(), d)
+            })
+            .collect();
+        for (k, d) in &states {
+            merge_stored(&a, k.clone(), d.clone()).unwrap();
+        }
+        for (k, d) in states.iter().rev() {
+            merge_stored(&b, k.clone(), d.clone()).unwrap();
+        }
+        assert_ne!(a.merkle_children(0, &[0]).unwrap(), vec![0]);
+        assert_eq!(a.merkle_children(0, &[0]), b.merkle_children(0, &[0]));
+        assert_eq!(a.merkle_tree(), b.merkle_tree());
+        assert!(differing_segments(&a, &b).is_empty());
+    }
+
+    #[test]
+    fn walk_finds_exactly_the_differing_segments_and_keys() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let opts = PartitionOptions::default();
+        let a = Partition::open(da.path(), 0, 1, &opts).unwrap();
+        let b = Partition::open(db.path(), 0, 2, &opts).unwrap();
+        // Dots are unique: a value written elsewhere has another replica's dot.
+        let state = |v: &[u8]| {
+            let mut d = DvvSet::new();
+            let replica = if v == b"y" { 6 } else { 5 };
+            d.update(&VersionVector::new(), replica, Some(v.to_vec()), 1, 10)
+                .unwrap();
+            d
+        };
+        for i in 0..2000u32 {
+            let k = keys::storage_key(b"b", &i.to_be_bytes()).unwrap();
+            merge_stored(&a, k.clone(), state(b"same")).unwrap();
+            merge_stored(&b, k, state(b"same")).unwrap();
+        }
+        // k = 6 differences: 2 keys only in a, 2 only in b, 2 with other values.
+        let mut expected = Vec::new();
+        for (n, i) in (5000..5006u32).enumerate() {
+            let k = keys::storage_key(b"b", &i.to_be_bytes()).unwrap();
+            match n {
+                0 | 1 => merge_stored(&a, k.clone(), state(b"x")).unwrap(),
+                2 | 3 => merge_stored(&b, k.clone(), state(b"x")).unwrap(),
+                _ => {
+                    merge_stored(&a, k.clone(), state(b"x")).unwrap();
+                    merge_stored(&b, k.clone(), state(b"y")).unwrap()
+                }
+            };
+            expected.push(k);
+        }
+        expected.sort();
+        let mut expected_segments: Vec<u32> = expected
+            .iter()
+            .map(|k| merkle::segment_of(merkle::key_hash(k)))
+            .collect();
+        expected_segments.sort();
+        expected_segments.dedup();
+
+        let mut segments = differing_segments(&a, &b);
+        segments.sort();
+        assert_eq!(segments, expected_segments);
+        let found = merkle::diff_entries(
+            &a.segment_entries(&segments).unwrap(),
+            &b.segment_entries(&segments).unwrap(),
+        );
+        assert_eq!(found, expected);
+
+        // Repairing through merge_stored converges the trees.
+        for k in &found {
+            if let Some(d) = b.get_stored(k).unwrap() {
+                merge_stored(&a, k.clone(), d).unwrap();
+            }
+            if let Some(d) = a.get_stored(k).unwrap() {
+                merge_stored(&b, k.clone(), d).unwrap();
+            }
+        }
+        assert!(differing_segments(&a, &b).is_empty());
+    }
+
+    #[test]
+    fn stored_key_calls_validate() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Partition::open(dir.path(), 0, 7, &PartitionOptions::default()).unwrap();
+        assert!(matches!(
+            p.get_stored(b"\x05ab"),
+            Err(StorageError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            p.get_stored(&[0, 1]),
+            Err(StorageError::EmptyBucket { .. })
+        ));
+        assert!(matches!(
+            merge_stored(&p, vec![], DvvSet::new()),
+            Err(StorageError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            purge(&p, vec![(vec![1, b'b'], 0)]),
+            Err(StorageError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            p.segment_entries(&[4096]),
+            Err(StorageError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            p.merkle_children(4, &[0]),
+            Err(StorageError::InvalidArgument(_))
+        ));
+        assert_eq!(p.get_stored(b"\x01bk").unwrap(), None);
+    }
+
+    #[test]
+    fn tombstones_are_listed_and_purged_only_while_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Partition::open(dir.path(), 0, 7, &PartitionOptions::default()).unwrap();
+        let write = |key: &[u8], value: Option<&[u8]>, ts: u64| {
+            let ctx = p.get(b"b", key).unwrap().unwrap_or_default().clock;
+            let (tx, rx) = sync_channel(1);
+            p.update(
+                b"b",
+                key,
+                ctx,
+                value.map(<[u8]>::to_vec),
+                ts,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+            rx.recv().unwrap().unwrap()
+        };
+        let empty = p.merkle_tree();
+        write(b"live", Some(b"v"), 10);
+        let with_live = p.merkle_tree();
+        for k in [b"old1", b"old2", b"new1"] {
+            write(k, Some(b"v"), 10);
+        }
+        write(b"old1", None, 100);
+        write(b"old2", None, 100);
+        write(b"new1", None, 500);
+
+        let candidates = p.tombstones(200, 10).unwrap();
+        let keys_of = |c: &[(Vec<u8>, u64)]| c.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            keys_of(&candidates),
+            vec![
+                keys::storage_key(b"b", b"old1").unwrap(),
+                keys::storage_key(b"b", b"old2").unwrap()
+            ]
+        );
+        assert_eq!(p.tombstones(200, 1).unwrap().len(), 1);
+        assert_eq!(p.tombstones(1000, 10).unwrap().len(), 3);
+        // The tombstones' entry hashes are the ones the merkle database holds.
+        let all: Vec<u32> = (0..merkle::SEGMENTS).collect();
+        let entries = p.segment_entries(&all).unwrap();
+        for (k, h) in &candidates {
+            assert!(entries.iter().any(|(_, ek, eh)| ek == k && eh == h));
+        }
+
+        // old2 is written again after it was listed: its entry hash changed, it stays.
+        write(b"old2", Some(b"back"), 300);
+        assert_eq!(purge(&p, candidates.clone()).unwrap(), 1);
+        assert_eq!(p.get(b"b", b"old1").unwrap(), None);
+        assert!(p.get(b"b", b"old2").unwrap().is_some());
+        // Purging again finds nothing.
+        assert_eq!(purge(&p, candidates).unwrap(), 0);
+        assert_eq!(p.merkle_tree(), rebuilt(&p));
+
+        // A deleted-then-purged key leaves the tree as if it was never written.
+        write(b"old2", None, 300);
+        let rest = p.tombstones(u64::MAX, 10).unwrap();
+        assert_eq!(purge(&p, rest).unwrap(), 2);
+        assert_eq!(p.merkle_tree(), with_live);
+        assert_ne!(with_live, empty);
+        assert_eq!(p.len().unwrap(), 1);
     }
 }

@@ -1,0 +1,395 @@
+//! The Repair actor: active anti-entropy with Merkle trees (Dynamo section 4.7; Riak's AAE;
+//! Cassandra's repair).
+//!
+//! Every partition keeps a hash tree over its keys that each write updates
+//! (`ringkv_storage::merkle`: 16-way, 4096 segments, XOR-combined entry hashes). Every
+//! `repair-interval-ms` this actor sweeps the partitions this node holds. For each one it
+//! exchanges with every other replica whose name sorts after its own (so each pair of
+//! replicas is compared once per round, by one side):
+//!
+//! 1. compare the roots; if they are equal, stop;
+//! 2. walk down the tree, asking only for the children of branches that differ, level by
+//!    level, down to the differing segments;
+//! 3. fetch the other side's `(key, entry hash)` list of those segments and find the keys that
+//!    differ;
+//! 4. fetch the other side's records of those keys, merge into the local replica what the
+//!    local one lacks, and send the other side what it lacks (merges by version: a dominated
+//!    version is dropped, concurrent ones become siblings).
+//!
+//! So the cost of an exchange grows with the difference, not with the data.
+//!
+//! **Tombstone purge.** After a sweep in which this node, the first replica of a partition by
+//! name, exchanged with every other replica, it lists its tombstones older than
+//! `tombstone-grace-ms`, asks every other replica which of them it holds with the same entry
+//! hash, and asks all replicas (itself included) to purge exactly those, each one only if its
+//! entry is still unchanged. A tombstone is therefore purged only when every replica is known
+//! to hold it, never by a timer alone; the grace period bounds how long a hint or a paused
+//! node may still carry an older version of the key.
+
+use crate::replica::{Peers, ReplicaError, ReplicaRequest};
+use crate::stats::add;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor_cluster::RactorMessage;
+use ringkv_storage::merkle::{diff_entries, differing_children, DEPTH};
+use ringkv_storage::{DvvSet, Partition, StorageError};
+use serde_bytes::ByteBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+/// `(segment, stored key, entry hash)` as a replica lists them.
+type Entries = Vec<(u32, ByteBuf, u64)>;
+
+/// Keys fetched per request.
+pub const FETCH_BATCH: usize = 64;
+/// Segments whose key lists one request asks for (bounds the answer's size).
+pub const SEGMENTS_PER_REQUEST: usize = 256;
+/// Most value bytes in one merge request sent to another replica.
+pub const MAX_PUSH_BYTES: usize = 4 << 20;
+/// Tombstones considered per partition and sweep.
+pub const PURGE_BATCH: usize = 1000;
+/// Time limit of each exchange request.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Messages of the Repair actor (local only).
+#[derive(RactorMessage)]
+pub enum RepairMsg {
+    /// Timer: run a sweep unless one is running.
+    Tick,
+    /// Fault injection: panic, so that supervision can be tested.
+    InjectPanic,
+}
+
+/// Arguments of the Repair actor.
+pub struct RepairArgs {
+    /// How other replicas are reached; its context holds the partitions.
+    pub peers: Peers,
+    /// Period of sweeps (not 0).
+    pub interval: Duration,
+    /// Tombstones younger than this are not purged.
+    pub tombstone_grace: Duration,
+}
+
+/// State of the Repair actor.
+pub struct RepairState {
+    args: RepairArgs,
+    running: Arc<AtomicBool>,
+}
+
+/// The Repair actor.
+pub struct Repair;
+
+impl Actor for Repair {
+    type Msg = RepairMsg;
+    type State = RepairState;
+    type Arguments = RepairArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: RepairArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_interval(args.interval, || RepairMsg::Tick);
+        Ok(RepairState {
+            args,
+            running: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            RepairMsg::Tick => {
+                if state.running.swap(true, Ordering::AcqRel) {
+                    return Ok(());
+                }
+                let (peers, grace) = (state.args.peers.clone(), state.args.tombstone_grace);
+                let running = state.running.clone();
+                tokio::spawn(async move {
+                    sweep(&peers, grace).await;
+                    running.store(false, Ordering::Release);
+                });
+            }
+            RepairMsg::InjectPanic => panic!("repair: injected panic"),
+        }
+        Ok(())
+    }
+}
+
+/// Why an exchange stopped.
+#[derive(Debug, Error)]
+pub enum ExchangeError {
+    /// The other replica did not answer.
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    /// A storage error on either side.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// What one exchange cost and did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExchangeReport {
+    /// Request/answer round trips.
+    pub round_trips: u64,
+    /// Hashes received from the other replica (tree nodes and key entries).
+    pub hashes: u64,
+    /// Encoded bytes of requests and answers.
+    pub bytes: u64,
+    /// Keys found different.
+    pub differing: u64,
+    /// Keys merged here plus keys sent there.
+    pub repaired: u64,
+}
+
+/// One sweep over every partition this node holds.
+pub async fn sweep(peers: &Peers, grace: Duration) {
+    let state = peers.view().snapshot();
+    let local = peers.local.clone();
+    for p in 0..peers.ctx.partitions.len() as u32 {
+        let Some(prefs) = state.preference_list(p) else {
+            return;
+        };
+        if !prefs.contains(&local) {
+            continue;
+        }
+        let mut complete = true;
+        for other in prefs.iter().filter(|o| **o > local) {
+            if !peers.reachable(other) {
+                complete = false;
+                continue;
+            }
+            match exchange(peers, p, other).await {
+                Ok(report) => {
+                    let r = &peers.ctx.stats.repair;
+                    add(&r.exchanges, 1);
+                    add(&r.hashes_sent, report.hashes);
+                    add(&r.bytes_sent, report.bytes);
+                    add(&r.keys_repaired, report.repaired);
+                    if report.repaired > 0 {
+                        tracing::info!(partition = p, peer = %other, differing = report.differing, repaired = report.repaired, hashes = report.hashes, bytes = report.bytes, "anti-entropy repaired keys");
+                    }
+                }
+                Err(e) => {
+                    complete = false;
+                    tracing::debug!(partition = p, peer = %other, error = %e, "anti-entropy exchange failed");
+                }
+            }
+        }
+        let first = prefs.iter().min() == Some(&local);
+        if first && complete && prefs.iter().all(|n| peers.reachable(n)) {
+            if let Err(e) = purge(peers, p, &prefs, grace).await {
+                tracing::debug!(partition = p, error = %e, "tombstone purge skipped");
+            }
+        }
+    }
+}
+
+fn partition(peers: &Peers, p: u32) -> Result<Arc<Partition>, StorageError> {
+    peers
+        .ctx
+        .partitions
+        .get(p as usize)
+        .cloned()
+        .ok_or_else(|| StorageError::InvalidArgument(format!("partition {p} out of range")))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(StorageError::Io(format!("storage task failed: {e}"))))
+}
+
+/// Compares partition `p` here with its replica on `other` and repairs both sides.
+///
+/// # Errors
+/// [`ExchangeError`] if `other` does not answer or storage fails; keys already merged stay
+/// merged.
+pub async fn exchange(peers: &Peers, p: u32, other: &str) -> Result<ExchangeReport, ExchangeError> {
+    let part = partition(peers, p)?;
+    let mut report = ExchangeReport::default();
+    let mut parents = vec![0u32];
+    for level in 0..=DEPTH {
+        let ours = part.merkle_children(level, &parents)?;
+        let request = ReplicaRequest::MerkleChildren {
+            partition: p,
+            level,
+            parents: parents.clone(),
+        };
+        let (theirs, sent, got): (Result<Vec<u64>, StorageError>, _, _) =
+            peers.call_sized(other, request, CALL_TIMEOUT).await?;
+        let theirs = theirs?;
+        report.round_trips += 1;
+        report.hashes += theirs.len() as u64;
+        report.bytes += (sent + got) as u64;
+        // Level 0 compares the roots; below, only the children of differing branches.
+        if level > 0 {
+            parents = differing_children(level, &parents, &ours, &theirs);
+        }
+        if (level == 0 && ours == theirs) || parents.is_empty() {
+            return Ok(report);
+        }
+    }
+    // `parents` now lists the differing segments.
+    let mut theirs: Vec<(u32, Vec<u8>, u64)> = Vec::new();
+    for chunk in parents.chunks(SEGMENTS_PER_REQUEST) {
+        let request = ReplicaRequest::SegmentEntries {
+            partition: p,
+            segments: chunk.to_vec(),
+        };
+        let (entries, sent, got): (Result<Entries, StorageError>, _, _) =
+            peers.call_sized(other, request, CALL_TIMEOUT).await?;
+        let entries = entries?;
+        report.round_trips += 1;
+        report.hashes += entries.len() as u64;
+        report.bytes += (sent + got) as u64;
+        theirs.extend(entries.into_iter().map(|(s, k, h)| (s, k.into_vec(), h)));
+    }
+    let ours = {
+        let part = part.clone();
+        blocking(move || part.segment_entries(&parents)).await?
+    };
+    let keys = diff_entries(&ours, &theirs);
+    report.differing = keys.len() as u64;
+    let mut next = 0;
+    while next < keys.len() {
+        let chunk = &keys[next..(next + FETCH_BATCH).min(keys.len())];
+        let request = ReplicaRequest::Fetch {
+            partition: p,
+            keys: chunk.iter().cloned().map(ByteBuf::from).collect(),
+        };
+        let (records, sent, got): (Result<Vec<Option<DvvSet>>, StorageError>, _, _) =
+            peers.call_sized(other, request, CALL_TIMEOUT).await?;
+        let records = records?;
+        report.round_trips += 1;
+        report.bytes += (sent + got) as u64;
+        if records.is_empty() {
+            return Err(StorageError::InvalidArgument("empty fetch answer".into()).into());
+        }
+        // The answer may stop early (its size is bounded); go on from where it stopped.
+        next += records.len();
+        let mut pull = Vec::new();
+        let mut push = Vec::new();
+        for (key, theirs) in chunk.iter().zip(records) {
+            let ours = part.get_stored(key)?;
+            if let Some(t) = &theirs {
+                if !ours.as_ref().is_some_and(|o| o.descends(t)) {
+                    pull.push((ByteBuf::from(key.clone()), t.clone()));
+                }
+            }
+            if let Some(o) = ours {
+                if !theirs.as_ref().is_some_and(|t| t.descends(&o)) {
+                    push.push((ByteBuf::from(key.clone()), o));
+                }
+            }
+        }
+        report.repaired += (pull.len() + push.len()) as u64;
+        if !pull.is_empty() {
+            crate::replica::merge_stored(&part, pull).await?;
+        }
+        for batch in by_size(push) {
+            let request = ReplicaRequest::MergeStored {
+                partition: p,
+                entries: batch,
+            };
+            let (merged, sent, got): (Result<usize, StorageError>, _, _) =
+                peers.call_sized(other, request, CALL_TIMEOUT).await?;
+            merged?;
+            report.round_trips += 1;
+            report.bytes += (sent + got) as u64;
+        }
+    }
+    Ok(report)
+}
+
+/// Splits records into batches of at most [`MAX_PUSH_BYTES`] of values (at least one record
+/// each), so that no cluster frame nears ractor_cluster's 16 MiB limit.
+fn by_size(records: Vec<(ByteBuf, DvvSet)>) -> Vec<Vec<(ByteBuf, DvvSet)>> {
+    let mut batches = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for (key, record) in records {
+        let size: usize = record
+            .siblings
+            .iter()
+            .map(|s| s.value.as_ref().map_or(0, |v| v.len()) + 64)
+            .sum();
+        if !current.is_empty() && bytes + size > MAX_PUSH_BYTES {
+            batches.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push((key, record));
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+/// Purges the tombstones of partition `p` older than `grace` that every replica in `prefs`
+/// holds unchanged; returns how many this node purged.
+///
+/// # Errors
+/// [`ExchangeError`] if a replica does not answer (then nothing more is purged this round).
+pub async fn purge(
+    peers: &Peers,
+    p: u32,
+    prefs: &[String],
+    grace: Duration,
+) -> Result<usize, ExchangeError> {
+    let part = partition(peers, p)?;
+    let older_than = crate::coordinator::now_ms().saturating_sub(grace.as_millis() as u64);
+    let mut candidates = blocking(move || part.tombstones(older_than, PURGE_BATCH)).await?;
+    if candidates.is_empty() {
+        return Ok(0);
+    }
+    for node in prefs.iter().filter(|n| **n != peers.local) {
+        let request = ReplicaRequest::CheckEntries {
+            partition: p,
+            entries: candidates
+                .iter()
+                .map(|(k, h)| (ByteBuf::from(k.clone()), *h))
+                .collect(),
+        };
+        let held: Result<Vec<bool>, StorageError> =
+            peers.call_as(node, request, CALL_TIMEOUT).await?;
+        let held = held?;
+        candidates = candidates
+            .into_iter()
+            .zip(held)
+            .filter_map(|(c, h)| h.then_some(c))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+    }
+    let mut purged_here = 0;
+    for node in prefs {
+        let request = ReplicaRequest::Purge {
+            partition: p,
+            entries: candidates
+                .iter()
+                .map(|(k, h)| (ByteBuf::from(k.clone()), *h))
+                .collect(),
+        };
+        let n: Result<usize, StorageError> = peers.call_as(node, request, CALL_TIMEOUT).await?;
+        let n = n?;
+        if *node == peers.local {
+            purged_here = n;
+        }
+    }
+    tracing::info!(
+        partition = p,
+        purged = purged_here,
+        "purged tombstones held by every replica"
+    );
+    Ok(purged_here)
+}

@@ -1,0 +1,80 @@
+//! The group-committing writer thread shared by partitions and the hint store.
+//!
+//! Operations are queued on a channel. The thread takes every queued operation (up to a
+//! maximum batch), hands the batch to the store's commit function (which applies them in one
+//! write transaction, commits it with sync and answers each one) and starts again. LMDB
+//! requires a write transaction to stay on the thread that began it; keeping every write
+//! transaction on this one thread guarantees it, and one synced commit per batch gives the
+//! group-commit rate measured in STACK-NOTES (63k durable puts/s against 1.3k for one fsync
+//! per put).
+
+use crate::StorageError;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Mutex, RwLock};
+use std::thread::JoinHandle;
+
+/// A writer thread and the queue feeding it.
+pub(crate) struct WriterThread<Op> {
+    queue: RwLock<Option<Sender<Op>>>,
+    handle: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<Op: Send + 'static> WriterThread<Op> {
+    /// Starts a thread named `name` that calls `commit` with batches of 1 to `max_batch`
+    /// queued operations, in queue order. `commit` must drain the batch (answer every
+    /// operation). The thread ends once [`WriterThread::shutdown`] closed the queue and every
+    /// queued operation was committed.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] if the thread cannot be started.
+    pub(crate) fn spawn(
+        name: String,
+        max_batch: usize,
+        mut commit: impl FnMut(&mut Vec<Op>) + Send + 'static,
+    ) -> Result<Self, StorageError> {
+        let (tx, rx) = mpsc::channel::<Op>();
+        let max_batch = max_batch.max(1);
+        let thread_name = name.clone();
+        let handle = std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || {
+                let mut batch = Vec::with_capacity(max_batch);
+                while let Ok(op) = rx.recv() {
+                    batch.push(op);
+                    while batch.len() < max_batch {
+                        match rx.try_recv() {
+                            Ok(op) => batch.push(op),
+                            Err(_) => break,
+                        }
+                    }
+                    commit(&mut batch);
+                    batch.clear();
+                }
+                tracing::debug!(writer = %name, "writer stopped");
+            })
+            .map_err(StorageError::io)?;
+        Ok(Self {
+            queue: RwLock::new(Some(tx)),
+            handle: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Queues `op`; gives it back if the writer is shut down.
+    pub(crate) fn send(&self, op: Op) -> Result<(), Op> {
+        let queue = self.queue.read().unwrap_or_else(|p| p.into_inner());
+        match queue.as_ref() {
+            Some(tx) => tx.send(op).map_err(|mpsc::SendError(op)| op),
+            None => Err(op),
+        }
+    }
+
+    /// Closes the queue, lets the thread commit and answer everything already queued, and
+    /// waits for it. Idempotent.
+    pub(crate) fn shutdown(&self) {
+        self.queue.write().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = self.handle.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
