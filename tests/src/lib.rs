@@ -4,8 +4,17 @@
 //! (ARCHITECTURE.md). A [`NodeProcess`] owns its process and its temporary directory; dropping
 //! it kills the process (SIGKILL) and removes the directory, so a failing test cleans up too.
 //! Nothing here sleeps a fixed time: conditions are polled until a deadline.
+//!
+//! Faults, in the manner of raft-rs's `nt.cut(1, 3); nt.recover()`: [`NodeProcess::kill9`],
+//! [`NodeProcess::wipe`] (kill -9 and an empty data directory), [`NodeProcess::signal`]
+//! (SIGSTOP/SIGCONT), and, on nodes started with `--fault-injection`, [`Cluster::partition`] /
+//! [`Cluster::heal`] (a drop rule inside each node's cluster layer) and
+//! [`Cluster::panic_actor`]. [`Cluster::local_values`] reads one replica's own copy of a key.
 
-use std::io::{BufRead, BufReader};
+use ringkv_api::protocol::{RequestFrame, ResponseFrame};
+use ringkv_api::{CallOptions, Client};
+use std::future::Future;
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -223,9 +232,48 @@ impl NodeProcess {
         }
     }
 
+    /// True unless the harness stopped the process ([`NodeProcess::kill9`],
+    /// [`NodeProcess::wipe`], [`NodeProcess::terminate`], [`NodeProcess::wait_exit`]) and did
+    /// not restart it. A paused (SIGSTOP) or crashed process still counts as started.
+    pub fn is_started(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// `kill -9`, then deletes everything in the data directory (a replaced disk): the next
+    /// [`NodeProcess::restart`] brings the node back with the same name, flags and addresses
+    /// and no data at all. The log is kept, with a marker line.
+    pub fn wipe(&mut self) {
+        self.kill9();
+        let data = self.data_dir();
+        if let Ok(entries) = std::fs::read_dir(&data) {
+            for entry in entries {
+                let path = entry.expect("read the data directory").path();
+                let removed = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                removed.unwrap_or_else(|e| panic!("wipe {}: {e}", path.display()));
+            }
+        }
+        self.mark_log("wiped the data directory");
+    }
+
+    /// Appends `--- harness: {what} ---` to the node's log, so that a log read after a
+    /// failure shows where the test acted.
+    fn mark_log(&self, what: &str) {
+        if let Ok(mut log) = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("node.log"))
+        {
+            let _ = writeln!(log, "--- harness: {what} ---");
+        }
+    }
+
     /// Starts the node again on the same data directory and the same address.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart a node that has stopped");
+        self.mark_log("restart");
         let (child, addr) = Self::spawn(
             self.dir.path(),
             &self.extra,
@@ -274,6 +322,19 @@ impl Drop for NodeProcess {
         self.kill9();
     }
 }
+
+/// Runs `fut` to completion on a runtime of its own (a current-thread one, made for this call).
+/// For synchronous test code: calling it from inside a runtime panics.
+pub fn block_on<F: Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(fut)
+}
+
+/// Time limit of one harness request ([`Cluster::request`] and the helpers built on it).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pause between two polls of a cluster's status.
 const POLL: Duration = Duration::from_millis(20);
@@ -412,5 +473,258 @@ impl Cluster {
             .iter()
             .find(|m| m["name"] == name)
             .and_then(|m| m["up"].as_bool())
+    }
+
+    /// As [`wait_until`], for conditions that can say why they do not hold yet: polls `cond`
+    /// until it returns `Ok` or `timeout` passes; on timeout panics with `what`, the last `Err`
+    /// reason and the last 40 lines of every node's log.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut() -> Result<T, String>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let why = match cond() {
+                Ok(v) => return v,
+                Err(why) => why,
+            };
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; last: {why}\n{}",
+                    self.log_tails(40)
+                );
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// The last `lines` lines of every node's log, each under a header.
+    pub fn log_tails(&self, lines: usize) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let log = n.log();
+                let all: Vec<&str> = log.lines().collect();
+                let tail = all[all.len().saturating_sub(lines)..].join("\n");
+                format!(
+                    "--- last {lines} lines of the log of n{} ---\n{tail}",
+                    i + 1
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Name of node `i` (0-based): `n{i+1}`.
+    pub fn name(&self, i: usize) -> String {
+        format!("n{}", i + 1)
+    }
+
+    /// Client addresses of the nodes, `addrs()[0]` being `n1`'s. They do not change across
+    /// [`NodeProcess::restart`].
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
+    }
+
+    /// Sends `frame` to node `i` (0-based) on a fresh connection and returns its answer, error
+    /// answers included. `Err` says why no answer came: no connection, the connection closed,
+    /// or nothing within `timeout` (a paused node, for one).
+    pub fn request(
+        &self,
+        i: usize,
+        frame: RequestFrame,
+        timeout: Duration,
+    ) -> Result<ResponseFrame, String> {
+        let addr = self.nodes[i].addr;
+        let node = self.name(i);
+        block_on(async move {
+            let answer = tokio::time::timeout(timeout, async {
+                let client = Client::connect(addr).await.map_err(|e| e.to_string())?;
+                client.request(frame).await.map_err(|e| e.to_string())
+            })
+            .await;
+            match answer {
+                Ok(Ok(a)) => Ok(a),
+                Ok(Err(e)) => Err(format!("{node} ({addr}): {e}")),
+                Err(_) => Err(format!("{node} ({addr}): no answer within {timeout:?}")),
+            }
+        })
+    }
+
+    /// Sends the `inject_fault` request `frame` (its `op` is set here) to node `i` and checks
+    /// that the node accepted it (the node needs `--fault-injection`).
+    pub fn inject(&self, i: usize, frame: RequestFrame) -> ResponseFrame {
+        let frame = RequestFrame {
+            op: "inject_fault".into(),
+            ..frame
+        };
+        match self.request(i, frame.clone(), REQUEST_TIMEOUT) {
+            Ok(a) if a.ok => a,
+            other => self.fail(&format!(
+                "inject_fault {frame:?} on {} failed: {other:?}",
+                self.name(i)
+            )),
+        }
+    }
+
+    /// Makes `actor` of node `i` panic, so that its supervisor restarts it: one of `vnodes`
+    /// (the vnode supervisor), `replica`, `gossip`, `handoff`, `repair`, `listener`. The
+    /// listener may take the connection down before it answers; for it, that counts as done.
+    pub fn panic_actor(&self, i: usize, actor: &str) {
+        let frame = RequestFrame {
+            op: "inject_fault".into(),
+            fault: Some("panic_actor".into()),
+            actor: Some(actor.into()),
+            ..Default::default()
+        };
+        match self.request(i, frame, REQUEST_TIMEOUT) {
+            Ok(a) if a.ok => {}
+            Err(e) if actor == "listener" && e.contains("connection closed") => {}
+            other => self.fail(&format!(
+                "panic_actor {actor} on {} failed: {other:?}",
+                self.name(i)
+            )),
+        }
+    }
+
+    /// Node `i` drops all cluster traffic to and from the nodes named `peers` from now on,
+    /// replacing its previous drop set (`&[]` heals it). Only node `i` is told: to cut a link,
+    /// tell both ends (or use [`Cluster::partition`]).
+    pub fn isolate(&self, i: usize, peers: &[String]) {
+        let frame = RequestFrame {
+            op: "inject_fault".into(),
+            fault: Some("isolate".into()),
+            peers: Some(peers.to_vec()),
+            ..Default::default()
+        };
+        match self.request(i, frame, REQUEST_TIMEOUT) {
+            Ok(a) if a.ok => {}
+            other => self.fail(&format!(
+                "isolate {peers:?} on {} failed: {other:?}",
+                self.name(i)
+            )),
+        }
+    }
+
+    /// Cuts the cluster into `groups` of 0-based node indices, as raft-rs's `nt.cut`: every
+    /// node listed drops the traffic of every node outside its own group. Nodes listed in no
+    /// group are left alone, as are nodes the harness stopped (a restarted node starts with no
+    /// drop rule). [`Cluster::heal`] undoes it.
+    pub fn partition(&self, groups: &[&[usize]]) {
+        let listed: Vec<usize> = groups.iter().flat_map(|g| g.iter().copied()).collect();
+        for (pos, i) in listed.iter().enumerate() {
+            assert!(*i < self.nodes.len(), "node index {i} out of range");
+            assert!(
+                !listed[..pos].contains(i),
+                "node index {i} is in two groups of {groups:?}"
+            );
+        }
+        for group in groups {
+            let others: Vec<String> = (0..self.nodes.len())
+                .filter(|j| !group.contains(j))
+                .map(|j| self.name(j))
+                .collect();
+            for &i in group.iter() {
+                if self.nodes[i].is_started() {
+                    self.isolate(i, &others);
+                }
+            }
+        }
+    }
+
+    /// Lifts every drop rule: `isolate []` on every node the harness has not stopped.
+    /// Resume paused nodes (SIGCONT) first: a paused node cannot answer.
+    pub fn heal(&self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].is_started() {
+                self.isolate(i, &[]);
+            }
+        }
+    }
+
+    /// Node `i`'s own copy of `bucket/key` (a `get` with `local`): its live sibling values,
+    /// empty if it holds none (hints it keeps for other nodes do not show).
+    pub fn local_values(&self, i: usize, bucket: &[u8], key: &[u8]) -> Vec<Vec<u8>> {
+        let addr = self.nodes[i].addr;
+        let opts = CallOptions {
+            local: true,
+            ..Default::default()
+        };
+        let got = block_on(async move {
+            tokio::time::timeout(REQUEST_TIMEOUT, async {
+                Client::connect(addr)
+                    .await?
+                    .get_with(bucket, key, &opts)
+                    .await
+            })
+            .await
+        });
+        match got {
+            Ok(Ok(f)) => f.values,
+            Ok(Err(e)) => self.fail(&format!("local get on {} failed: {e}", self.name(i))),
+            Err(_) => self.fail(&format!(
+                "local get on {} did not answer within {REQUEST_TIMEOUT:?}",
+                self.name(i)
+            )),
+        }
+    }
+
+    /// The `cluster_status` answer of node `i` (the JSON `cluster status --json` prints), or
+    /// `None` if it does not answer within `timeout` (stopped, paused, or restarting its
+    /// listener).
+    pub fn try_status(&self, i: usize, timeout: Duration) -> Option<serde_json::Value> {
+        if !self.nodes[i].is_started() {
+            return None;
+        }
+        let frame = RequestFrame {
+            op: "cluster_status".into(),
+            ..Default::default()
+        };
+        match self.request(i, frame, timeout) {
+            Ok(a) if a.ok => a.info,
+            _ => None,
+        }
+    }
+
+    /// A counter of node `i`'s status: `status[group][field]`, e.g. `("hints", "pending")`,
+    /// `("repair", "keys_repaired")`, `("restarts", "gossip")`. `None` if the node does not
+    /// answer within [`REQUEST_TIMEOUT`]; panics if the status lacks the counter.
+    pub fn counter(&self, i: usize, group: &str, field: &str) -> Option<u64> {
+        let status = self.try_status(i, REQUEST_TIMEOUT)?;
+        match status[group][field].as_u64() {
+            Some(v) => Some(v),
+            None => self.fail(&format!(
+                "the status of {} has no counter {group}.{field}: {status}",
+                self.name(i)
+            )),
+        }
+    }
+
+    /// The sum of a counter (see [`Cluster::counter`]) over the nodes that answer.
+    pub fn counter_sum(&self, group: &str, field: &str) -> u64 {
+        (0..self.nodes.len())
+            .filter_map(|i| self.counter(i, group, field))
+            .sum()
+    }
+
+    /// True if node `observer` answers and sees every member named in `names` with `up`
+    /// equal to `up`.
+    pub fn sees_all(&self, observer: usize, names: &[String], up: bool) -> bool {
+        let Some(status) = self.try_status(observer, REQUEST_TIMEOUT) else {
+            return false;
+        };
+        let Some(members) = status["members"].as_array() else {
+            return false;
+        };
+        names.iter().all(|name| {
+            members
+                .iter()
+                .any(|m| m["name"] == name.as_str() && m["up"].as_bool() == Some(up))
+        })
     }
 }

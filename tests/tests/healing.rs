@@ -1,0 +1,1506 @@
+//! Self-healing, with real `ringkv` processes on 127.0.0.x: hinted handoff after a kill -9,
+//! anti-entropy filling a wiped node, sloppy and strict quorums across a partition, a delete
+//! across a partition, a seeded random schedule of faults under a read-modify-write load, and
+//! the supervision of every actor type.
+//!
+//! The scenarios run one at a time ([`serial`]): each starts 1 to 5 nodes, and the figures they
+//! print (run with `--nocapture`) would mean little with two clusters sharing the cores. Every
+//! scenario has an overall [`Deadline`], every wait polls a condition against it, and dropping
+//! the `Cluster` kills the nodes and removes their directories, on failure too.
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use ringkv_api::{CallOptions, Client, ClientError};
+use ringkv_tests::Cluster;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+
+/// Requests in flight while loading keys.
+const IN_FLIGHT: usize = 32;
+/// Client-side limit of one request: twice the server-side one ([`q`]), so that a paused node
+/// cannot hold a client forever.
+const OP_TIMEOUT: Duration = Duration::from_secs(4);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// One scenario at a time. A failed scenario poisons the lock; the next one goes on.
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn rt() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Quorums `n`, `r`, `w` and a server-side time limit of 2 s.
+fn q(n: u8, r: u8, w: u8) -> CallOptions {
+    CallOptions {
+        n: Some(n),
+        r: Some(r),
+        w: Some(w),
+        timeout_ms: Some(2000),
+        local: false,
+    }
+}
+
+/// A read of the answering node's own copy only.
+fn local() -> CallOptions {
+    CallOptions {
+        local: true,
+        ..Default::default()
+    }
+}
+
+/// A scenario's overall time budget.
+struct Deadline {
+    end: Instant,
+    total: Duration,
+}
+
+impl Deadline {
+    fn new(total: Duration) -> Self {
+        Deadline {
+            end: Instant::now() + total,
+            total,
+        }
+    }
+
+    /// `limit`, or the time left if that is less. Panics once the budget is spent.
+    fn at_most(&self, limit: Duration) -> Duration {
+        let now = Instant::now();
+        assert!(
+            now < self.end,
+            "the scenario overran its budget of {:?}",
+            self.total
+        );
+        (self.end - now).min(limit)
+    }
+}
+
+/// Starts `size` nodes with 16 partitions, fault injection, a handoff round every 200 ms, an
+/// anti-entropy round every `repair_ms` (0: none), and `more` flags.
+fn start(size: usize, repair_ms: u64, more: &[&str]) -> Cluster {
+    let repair = repair_ms.to_string();
+    let mut flags = vec![
+        "--partitions",
+        "16",
+        "--fault-injection",
+        "--handoff-interval-ms",
+        "200",
+        "--repair-interval-ms",
+        repair.as_str(),
+    ];
+    flags.extend(more);
+    Cluster::start(size, &flags)
+}
+
+/// Why a request did not succeed.
+#[derive(Clone, Debug)]
+enum Failure {
+    /// The server answered with an error.
+    Server { code: String, message: String },
+    /// No answer: no connection, the connection closed, or nothing within [`OP_TIMEOUT`].
+    NoAnswer(String),
+}
+
+impl Failure {
+    /// A short label for counting failures by kind.
+    fn kind(&self) -> String {
+        match self {
+            Failure::Server { code, .. } => code.clone(),
+            Failure::NoAnswer(why) => why.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Server { code, message } => write!(f, "{code}: {message}"),
+            Failure::NoAnswer(why) => write!(f, "no answer: {why}"),
+        }
+    }
+}
+
+/// Awaits a client call, at most [`OP_TIMEOUT`].
+async fn call<T>(fut: impl Future<Output = Result<T, ClientError>>) -> Result<T, Failure> {
+    match tokio::time::timeout(OP_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(ClientError::Server { code, message })) => Err(Failure::Server { code, message }),
+        Ok(Err(e)) => Err(Failure::NoAnswer(e.to_string())),
+        Err(_) => Err(Failure::NoAnswer(format!("nothing within {OP_TIMEOUT:?}"))),
+    }
+}
+
+/// Connects to `addr`, at most [`OP_TIMEOUT`].
+async fn connect(addr: SocketAddr) -> Result<Client, Failure> {
+    call(Client::connect(addr)).await
+}
+
+/// Runs `f(i)` for every `i` in `0..count`, at most `limit` at a time; the results in order.
+async fn for_each_concurrent<T, F, Fut>(count: usize, limit: usize, f: F) -> Vec<T>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let f = Arc::new(f);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..limit.min(count) {
+        let (f, next) = (f.clone(), next.clone());
+        workers.spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return done;
+                }
+                done.push((i, f(i).await));
+            }
+        });
+    }
+    let mut all: Vec<Option<T>> = (0..count).map(|_| None).collect();
+    while let Some(done) = workers.join_next().await {
+        for (i, t) in done.expect("worker task") {
+            all[i] = Some(t);
+        }
+    }
+    all.into_iter()
+        .map(|t| t.expect("every index ran"))
+        .collect()
+}
+
+/// `(key, value)` pairs `{prefix}{i:05}` → `{value_prefix}{i}` for `i` in `0..count`.
+fn pairs(prefix: &str, value_prefix: &str, count: usize) -> Arc<Vec<(Vec<u8>, Vec<u8>)>> {
+    Arc::new(
+        (0..count)
+            .map(|i| {
+                (
+                    format!("{prefix}{i:05}").into_bytes(),
+                    format!("{value_prefix}{i}").into_bytes(),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Blind puts of every pair into `bucket` through `addr` on one pipelined connection,
+/// [`IN_FLIGHT`] at a time; each put's outcome, in order. `acked` counts the acknowledged
+/// ones as they come.
+async fn put_all(
+    addr: SocketAddr,
+    bucket: &[u8],
+    pairs: Arc<Vec<(Vec<u8>, Vec<u8>)>>,
+    opts: CallOptions,
+    acked: Arc<AtomicUsize>,
+) -> Vec<Result<(), Failure>> {
+    let client = match connect(addr).await {
+        Ok(c) => c,
+        Err(e) => return vec![Err(e); pairs.len()],
+    };
+    let bucket = bucket.to_vec();
+    for_each_concurrent(pairs.len(), IN_FLIGHT, move |i| {
+        let (client, bucket, pairs, opts, acked) = (
+            client.clone(),
+            bucket.clone(),
+            pairs.clone(),
+            opts.clone(),
+            acked.clone(),
+        );
+        async move {
+            let (key, value) = &pairs[i];
+            call(client.put_with(&bucket, key, value.clone(), &[], &opts)).await?;
+            acked.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Each node's own copy of each key: `copies[node][key]` is its sibling values (sorted;
+/// empty: it holds none), or `None` where the node did not answer.
+type Copies = Vec<Vec<Option<Vec<Vec<u8>>>>>;
+
+/// Reads every key of `bucket` with `local` on every node of `addrs`.
+async fn local_copies(addrs: &[SocketAddr], bucket: &[u8], keys: Arc<Vec<Vec<u8>>>) -> Copies {
+    let mut copies = Vec::with_capacity(addrs.len());
+    for &addr in addrs {
+        let Ok(client) = connect(addr).await else {
+            copies.push(vec![None; keys.len()]);
+            continue;
+        };
+        let (bucket, keys) = (bucket.to_vec(), keys.clone());
+        copies.push(
+            for_each_concurrent(keys.len(), 64, move |i| {
+                let (client, bucket, keys) = (client.clone(), bucket.clone(), keys.clone());
+                async move {
+                    let mut values = call(client.get_with(&bucket, &keys[i], &local()))
+                        .await
+                        .ok()?
+                        .values;
+                    values.sort();
+                    Some(values)
+                }
+            })
+            .await,
+        );
+    }
+    copies
+}
+
+/// One node's copy for a message: `[v1, v2]`, `-` (none) or `?` (no answer).
+fn show_copy(copy: &Option<Vec<Vec<u8>>>) -> String {
+    match copy {
+        None => "?".into(),
+        Some(v) if v.is_empty() => "-".into(),
+        Some(v) => format!(
+            "[{}]",
+            v.iter()
+                .map(|x| String::from_utf8_lossy(x).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Whether [`replica_problems`] also requires a key's non-empty copies to be identical.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Agreement {
+    /// The acknowledged value must be in enough copies; they may differ otherwise.
+    Present,
+    /// And every non-empty copy must be the same.
+    Identical,
+}
+
+/// The keys (one line each) whose acknowledged value `acked[k]` is not in at least `min`
+/// nodes' copies, or (with [`Agreement::Identical`]) whose non-empty copies differ.
+fn replica_problems(
+    copies: &Copies,
+    keys: &[Vec<u8>],
+    acked: &[Vec<u8>],
+    min: usize,
+    agreement: Agreement,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (k, key) in keys.iter().enumerate() {
+        let held: Vec<&Vec<Vec<u8>>> = copies
+            .iter()
+            .filter_map(|node| node[k].as_ref())
+            .filter(|v| !v.is_empty())
+            .collect();
+        let with_value = held.iter().filter(|v| v.contains(&acked[k])).count();
+        let agree = agreement == Agreement::Present || held.windows(2).all(|w| w[0] == w[1]);
+        if with_value < min || !agree {
+            let per_node: Vec<String> = copies
+                .iter()
+                .enumerate()
+                .map(|(i, node)| format!("n{}={}", i + 1, show_copy(&node[k])))
+                .collect();
+            problems.push(format!(
+                "{} (acknowledged {}): {}",
+                String::from_utf8_lossy(key),
+                String::from_utf8_lossy(&acked[k]),
+                per_node.join(" ")
+            ));
+        }
+    }
+    problems
+}
+
+/// `Ok` if `problems` is empty, else the count and the first few.
+fn none_of(problems: Vec<String>, what: &str) -> Result<(), String> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{} {what}, e.g. {}",
+        problems.len(),
+        problems[..problems.len().min(5)].join("; ")
+    ))
+}
+
+/// The failed outcomes as `key: error` lines.
+fn failures(pairs: &[(Vec<u8>, Vec<u8>)], outcomes: &[Result<(), Failure>]) -> Vec<String> {
+    pairs
+        .iter()
+        .zip(outcomes)
+        .filter_map(|((k, _), r)| {
+            r.as_ref()
+                .err()
+                .map(|e| format!("{}: {e}", String::from_utf8_lossy(k)))
+        })
+        .collect()
+}
+
+/// The sum of `group.field` over nodes `nodes`, which must all answer.
+fn sum_over(cluster: &Cluster, nodes: std::ops::Range<usize>, group: &str, field: &str) -> u64 {
+    nodes
+        .map(|i| {
+            cluster
+                .counter(i, group, field)
+                .unwrap_or_else(|| panic!("n{} did not answer its status", i + 1))
+        })
+        .sum()
+}
+
+/// Hints pending on every node of `nodes`, or why that is unknown.
+fn pending_hints(cluster: &Cluster, nodes: std::ops::Range<usize>) -> Result<Vec<u64>, String> {
+    nodes
+        .map(|i| {
+            cluster
+                .counter(i, "hints", "pending")
+                .ok_or_else(|| format!("n{} did not answer its status", i + 1))
+        })
+        .collect()
+}
+
+/// Waits until `observers` see every node of `names` as `up`; returns the time it took.
+fn wait_views(
+    cluster: &Cluster,
+    observers: &[usize],
+    names: &[String],
+    up: bool,
+    timeout: Duration,
+) -> Duration {
+    let t = Instant::now();
+    cluster.wait_for(
+        &format!("{observers:?} (0-based) to see {names:?} up={up}"),
+        timeout,
+        || match observers.iter().find(|&&o| !cluster.sees_all(o, names, up)) {
+            None => Ok(()),
+            Some(o) => Err(format!("n{} does not yet", o + 1)),
+        },
+    );
+    t.elapsed()
+}
+
+fn names(cluster: &Cluster, nodes: &[usize]) -> Vec<String> {
+    nodes.iter().map(|&i| cluster.name(i)).collect()
+}
+
+/// 4 nodes, so that a key whose replica is down has a real fallback node. n4 is killed with
+/// kill -9 in the middle of 2,000 writes at n=3 w=2 through n1, 32 in flight: every write
+/// must succeed (sloppy quorum: hints on the fallback nodes). After n4 restarts, hinted
+/// handoff alone (no anti-entropy in this cluster) must bring every key back to 3 identical
+/// copies and every node's pending hints to 0.
+#[test]
+fn hinted_handoff_after_a_kill() {
+    let _serial = serial();
+    let dl = Deadline::new(Duration::from_secs(150));
+    let mut cluster = start(4, 0, &[]);
+    let rt = rt();
+    const KEYS: usize = 2000;
+    let data = pairs("k", "v", KEYS);
+    let acked = Arc::new(AtomicUsize::new(0));
+    let began = Instant::now();
+    let writes = rt.spawn({
+        let (addr, data, acked) = (cluster.nodes[0].addr, data.clone(), acked.clone());
+        async move { put_all(addr, b"hh", data, q(3, 2, 2), acked).await }
+    });
+    cluster.wait_for(
+        "300 writes to be acknowledged before the kill",
+        dl.at_most(Duration::from_secs(60)),
+        || match acked.load(Ordering::SeqCst) {
+            n if n >= 300 => Ok(()),
+            n => Err(format!("{n} acknowledged")),
+        },
+    );
+    cluster.nodes[3].kill9();
+    let acked_at_kill = acked.load(Ordering::SeqCst);
+    assert!(
+        acked_at_kill < KEYS,
+        "every write was acknowledged before the kill; it must fall among them"
+    );
+    let outcomes = rt.block_on(writes).expect("writer task");
+    let write_time = began.elapsed();
+    let failed = failures(&data, &outcomes);
+    println!(
+        "hinted handoff: {KEYS} writes at n=3 w=2 through n1 ({IN_FLIGHT} in flight) in {:.2} s, \
+         {:.0} writes/s; n4 killed after {acked_at_kill} acknowledgements; {} acknowledged, {} failed",
+        write_time.as_secs_f64(),
+        KEYS as f64 / write_time.as_secs_f64(),
+        KEYS - failed.len(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} writes failed with only n4 down, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+
+    let stored = sum_over(&cluster, 0..3, "hints", "stored");
+    let pending = sum_over(&cluster, 0..3, "hints", "pending");
+    let delivered_before = sum_over(&cluster, 0..3, "hints", "delivered");
+    println!("  while n4 was down: {stored} hints stored, {pending} pending");
+    assert!(stored > 0, "no hint was stored while n4 was down");
+
+    let restarted = Instant::now();
+    cluster.nodes[3].restart();
+    cluster.wait_for(
+        "every node's pending hints to reach 0",
+        dl.at_most(Duration::from_secs(60)),
+        || match pending_hints(&cluster, 0..4)? {
+            p if p.iter().all(|&n| n == 0) => Ok(()),
+            p => Err(format!("pending per node: {p:?}")),
+        },
+    );
+    let drained = restarted.elapsed();
+    let delivered = sum_over(&cluster, 0..4, "hints", "delivered").saturating_sub(delivered_before);
+
+    let keys: Arc<Vec<Vec<u8>>> = Arc::new(data.iter().map(|(k, _)| k.clone()).collect());
+    let values: Vec<Vec<u8>> = data.iter().map(|(_, v)| v.clone()).collect();
+    let addrs = cluster.addrs();
+    // Present, not identical: a write n4 stored just before it died, unacknowledged, is a
+    // sibling the others never see without anti-entropy or read repair (both off here).
+    let copies = cluster.wait_for(
+        "every key to be back on 3 nodes",
+        dl.at_most(Duration::from_secs(30)),
+        || {
+            let copies = rt.block_on(local_copies(&addrs, b"hh", keys.clone()));
+            none_of(
+                replica_problems(&copies, &keys, &values, 3, Agreement::Present),
+                "keys whose value is on fewer than 3 nodes",
+            )?;
+            Ok(copies)
+        },
+    );
+    let complete = restarted.elapsed();
+    let differing = replica_problems(&copies, &keys, &values, 3, Agreement::Identical);
+    println!(
+        "  n4 restarted: hints pending 0 after {:.2} s, {delivered} hints delivered: {:.0} hints/s; \
+         every key on >= 3 nodes after {:.2} s; lost 0",
+        drained.as_secs_f64(),
+        delivered as f64 / drained.as_secs_f64().max(1e-3),
+        complete.as_secs_f64()
+    );
+    println!(
+        "  {} keys with copies that differ (an extra sibling from a write n4 stored but never \
+         acknowledged), e.g. {:?}",
+        differing.len(),
+        &differing[..differing.len().min(3)]
+    );
+    assert!(
+        delivered > 0,
+        "pending hints went to 0 but none was delivered"
+    );
+}
+
+/// 3 nodes (every node a replica of every key): 5,000 keys written at w=3, then n3 is wiped
+/// (kill -9, empty data directory) and restarted. With no client read at all (reads would
+/// repair), anti-entropy must give n3 every key back.
+#[test]
+fn anti_entropy_restores_a_wiped_node() {
+    let _serial = serial();
+    let dl = Deadline::new(Duration::from_secs(200));
+    let mut cluster = start(3, 500, &[]);
+    let rt = rt();
+    const KEYS: usize = 5000;
+    let data = pairs("k", "v", KEYS);
+    let began = Instant::now();
+    let outcomes = rt.block_on(put_all(
+        cluster.nodes[0].addr,
+        b"ae",
+        data.clone(),
+        q(3, 2, 3),
+        Arc::new(AtomicUsize::new(0)),
+    ));
+    let write_time = began.elapsed();
+    let failed = failures(&data, &outcomes);
+    assert!(
+        failed.is_empty(),
+        "{} writes at w=3 failed with every node up, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    println!(
+        "anti-entropy: {KEYS} keys written at w=3 in {:.2} s ({:.0} writes/s)",
+        write_time.as_secs_f64(),
+        KEYS as f64 / write_time.as_secs_f64()
+    );
+    let counters = ["exchanges", "keys_repaired", "hashes_sent", "bytes_sent"];
+    let before: Vec<u64> = counters
+        .iter()
+        .map(|c| sum_over(&cluster, 0..2, "repair", c))
+        .collect();
+
+    cluster.nodes[2].wipe();
+    let restarted = Instant::now();
+    cluster.nodes[2].restart();
+    let n3 = [cluster.nodes[2].addr];
+    let check = |step: usize| {
+        let keys: Arc<Vec<Vec<u8>>> =
+            Arc::new(data.iter().step_by(step).map(|(k, _)| k.clone()).collect());
+        let values: Vec<Vec<u8>> = data.iter().step_by(step).map(|(_, v)| v.clone()).collect();
+        let copies = rt.block_on(local_copies(&n3, b"ae", keys.clone()));
+        none_of(
+            replica_problems(&copies, &keys, &values, 1, Agreement::Identical),
+            "keys missing on n3",
+        )
+    };
+    cluster.wait_for(
+        "n3 to hold a sample of 100 keys",
+        dl.at_most(Duration::from_secs(120)),
+        || check(KEYS / 100),
+    );
+    let sample = restarted.elapsed();
+    cluster.wait_for(
+        "n3 to hold every key",
+        dl.at_most(Duration::from_secs(120)),
+        || check(1),
+    );
+    let complete = restarted.elapsed();
+    let delta: Vec<u64> = counters
+        .iter()
+        .zip(&before)
+        .map(|(c, b)| sum_over(&cluster, 0..3, "repair", c).saturating_sub(*b))
+        .collect();
+    println!(
+        "  n3 wiped and restarted: the 100-key sample complete after {:.2} s, all {KEYS} keys \
+         after {:.2} s: {:.0} keys/s",
+        sample.as_secs_f64(),
+        complete.as_secs_f64(),
+        KEYS as f64 / complete.as_secs_f64()
+    );
+    println!(
+        "  repair counters since the wipe, all nodes: {}; {:.0} bytes sent per key restored",
+        counters
+            .iter()
+            .zip(&delta)
+            .map(|(c, d)| format!("{c} {d}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        delta[3] as f64 / KEYS as f64
+    );
+    assert!(
+        delta[1] >= KEYS as u64,
+        "n3 got {KEYS} keys back but the nodes count only {} keys repaired",
+        delta[1]
+    );
+}
+
+/// Parses "write quorum not reached: A of N replicas answered, W needed" into (A, N, W).
+fn quorum_figures(message: &str) -> Option<(u64, u64, u64)> {
+    let words: Vec<&str> = message
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let at = words
+        .windows(2)
+        .position(|w| w[0] == "replicas" && w[1] == "answered")?;
+    if at < 3 || words.get(at + 3) != Some(&"needed") || words[at - 2] != "of" {
+        return None;
+    }
+    Some((
+        words[at - 3].parse().ok()?,
+        words[at - 1].parse().ok()?,
+        words[at + 2].parse().ok()?,
+    ))
+}
+
+/// 5 nodes cut into {n1, n2} | {n3, n4, n5}. Bucket `sloppy` (the default) takes every write
+/// at w=2 on both sides: hints on the reachable nodes stand in for the unreachable replicas.
+/// Bucket `strict` (sloppy_quorum=false) counts only preference-list replicas: each strict
+/// key is written on both sides, and exactly one side holds 2 of its 3 replicas, so exactly
+/// one of the two writes succeeds and the other fails with `quorum_failed` naming how many
+/// answered. After the heal, without client reads, every acknowledged key must end up on
+/// >= 3 nodes with all copies agreeing.
+#[test]
+fn partition_sloppy_vs_strict() {
+    let _serial = serial();
+    let dl = Deadline::new(Duration::from_secs(200));
+    let cluster = start(5, 500, &[]);
+    let rt = rt();
+    let (code, _, err) =
+        cluster.nodes[0].cli(&["bucket", "set", "strict", "sloppy_quorum=false"], None);
+    assert_eq!(code, 0, "bucket set strict sloppy_quorum=false: {err}");
+    cluster.wait_for(
+        "every node to know that bucket strict is not sloppy",
+        dl.at_most(Duration::from_secs(15)),
+        || {
+            for (i, node) in cluster.nodes.iter().enumerate() {
+                let (code, out, err) = node.cli(&["bucket", "get", "strict"], None);
+                let props: serde_json::Value = serde_json::from_slice(&out)
+                    .map_err(|e| format!("n{}: {code} {err} {e}", i + 1))?;
+                if props["sloppy_quorum"] != false {
+                    return Err(format!("n{} has {props}", i + 1));
+                }
+            }
+            Ok(())
+        },
+    );
+
+    let (left, right) = ([0, 1], [2, 3, 4]);
+    cluster.partition(&[&left, &right]);
+    let seen = wait_views(
+        &cluster,
+        &[0, 1],
+        &names(&cluster, &right),
+        false,
+        dl.at_most(Duration::from_secs(30)),
+    );
+    let seen2 = wait_views(
+        &cluster,
+        &[2, 3, 4],
+        &names(&cluster, &left),
+        false,
+        dl.at_most(Duration::from_secs(30)),
+    );
+    println!(
+        "partition {{n1,n2}} | {{n3,n4,n5}}: n1, n2 saw the other side down after {:.2} s, \
+         n3..n5 after {:.2} s more",
+        seen.as_secs_f64(),
+        seen2.as_secs_f64()
+    );
+
+    const KEYS: usize = 200;
+    let (a1, a3) = (cluster.nodes[0].addr, cluster.nodes[2].addr);
+    let put = |addr, bucket: &'static [u8], data: &Arc<Vec<(Vec<u8>, Vec<u8>)>>| {
+        rt.block_on(put_all(
+            addr,
+            bucket,
+            data.clone(),
+            q(3, 2, 2),
+            Arc::new(AtomicUsize::new(0)),
+        ))
+    };
+    let sloppy_left = pairs("a", "a", KEYS);
+    let sloppy_right = pairs("b", "b", KEYS);
+    let strict_left = pairs("k", "left-", KEYS);
+    let strict_right = pairs("k", "right-", KEYS);
+    let t = Instant::now();
+    let out_sloppy_left = put(a1, b"sloppy", &sloppy_left);
+    let out_sloppy_right = put(a3, b"sloppy", &sloppy_right);
+    let out_strict_left = put(a1, b"strict", &strict_left);
+    let out_strict_right = put(a3, b"strict", &strict_right);
+    let write_time = t.elapsed();
+    for (side, data, out) in [
+        ("n1", &sloppy_left, &out_sloppy_left),
+        ("n3", &sloppy_right, &out_sloppy_right),
+    ] {
+        let failed = failures(data, out);
+        assert!(
+            failed.is_empty(),
+            "{} sloppy writes at w=2 through {side} failed during the partition, e.g. {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+    }
+
+    let mut strict_acked = Vec::with_capacity(KEYS);
+    let mut violations = Vec::new();
+    let mut refused = [0usize; 2];
+    let mut example = None;
+    for i in 0..KEYS {
+        let key = String::from_utf8_lossy(&strict_left[i].0).into_owned();
+        let (l, r) = (&out_strict_left[i], &out_strict_right[i]);
+        let (value, failure, side) = match (l, r) {
+            (Ok(()), Err(f)) => (strict_left[i].1.clone(), f, 1),
+            (Err(f), Ok(())) => (strict_right[i].1.clone(), f, 0),
+            (Ok(()), Ok(())) => {
+                violations.push(format!("{key}: both sides reached a strict quorum"));
+                continue;
+            }
+            (Err(fl), Err(fr)) => {
+                violations.push(format!("{key}: neither side reached it ({fl} / {fr})"));
+                continue;
+            }
+        };
+        refused[side] += 1;
+        match failure {
+            Failure::Server { code, message } if code == "quorum_failed" => {
+                example.get_or_insert_with(|| format!("{key}: {message}"));
+                match quorum_figures(message) {
+                    Some((answered, _, 2)) if answered < 2 => {}
+                    _ => violations.push(format!(
+                        "{key}: the quorum_failed message does not say how many of how many \
+                         replicas answered, 2 needed: {message:?}"
+                    )),
+                }
+            }
+            other => violations.push(format!("{key}: failed with {other}, not quorum_failed")),
+        }
+        strict_acked.push(value);
+    }
+    println!(
+        "  {} writes in {:.2} s: sloppy {KEYS}/{KEYS} acknowledged through n1 and through n3; \
+         strict: {} acknowledged through n1, {} through n3, {} refused through n1, {} through n3",
+        4 * KEYS,
+        write_time.as_secs_f64(),
+        KEYS - refused[0],
+        KEYS - refused[1],
+        refused[0],
+        refused[1]
+    );
+    if let Some(example) = &example {
+        println!("  e.g. {example}");
+    }
+    assert!(
+        violations.is_empty(),
+        "{} strict keys broke the rule, e.g. {:?}",
+        violations.len(),
+        &violations[..violations.len().min(5)]
+    );
+    assert!(refused[0] >= 1, "no strict write through n1 was refused");
+
+    let hints_before = cluster.counter_sum("hints", "delivered");
+    let repaired_before = cluster.counter_sum("repair", "keys_repaired");
+    cluster.heal();
+    let healed = Instant::now();
+    let addrs = cluster.addrs();
+    let sloppy_keys: Arc<Vec<Vec<u8>>> = Arc::new(
+        sloppy_left
+            .iter()
+            .chain(sloppy_right.iter())
+            .map(|(k, _)| k.clone())
+            .collect(),
+    );
+    let sloppy_values: Vec<Vec<u8>> = sloppy_left
+        .iter()
+        .chain(sloppy_right.iter())
+        .map(|(_, v)| v.clone())
+        .collect();
+    let strict_keys: Arc<Vec<Vec<u8>>> =
+        Arc::new(strict_left.iter().map(|(k, _)| k.clone()).collect());
+    cluster.wait_for(
+        "every acknowledged key on >= 3 nodes, copies agreeing",
+        dl.at_most(Duration::from_secs(90)),
+        || {
+            let copies = rt.block_on(local_copies(&addrs, b"sloppy", sloppy_keys.clone()));
+            none_of(
+                replica_problems(
+                    &copies,
+                    &sloppy_keys,
+                    &sloppy_values,
+                    3,
+                    Agreement::Identical,
+                ),
+                "sloppy keys not converged",
+            )?;
+            let copies = rt.block_on(local_copies(&addrs, b"strict", strict_keys.clone()));
+            none_of(
+                replica_problems(
+                    &copies,
+                    &strict_keys,
+                    &strict_acked,
+                    3,
+                    Agreement::Identical,
+                ),
+                "strict keys not converged",
+            )
+        },
+    );
+    let converged = healed.elapsed();
+    println!(
+        "  healed: all {} acknowledged keys on >= 3 agreeing nodes after {:.2} s \
+         ({} hints delivered, {} keys repaired by anti-entropy since the heal); lost 0",
+        3 * KEYS,
+        converged.as_secs_f64(),
+        cluster
+            .counter_sum("hints", "delivered")
+            .saturating_sub(hints_before),
+        cluster
+            .counter_sum("repair", "keys_repaired")
+            .saturating_sub(repaired_before)
+    );
+}
+
+/// 3 nodes: k is written at w=3, n3 is cut off, k is deleted through n1 (w=2, with the
+/// context of a read). After the heal no node may show a value for k, a read with r=3 finds
+/// nothing, and that still holds after a few more anti-entropy rounds (the tombstone is far
+/// younger than `tombstone-grace-ms`, so nobody may purge it).
+#[test]
+fn delete_survives_a_partition() {
+    let _serial = serial();
+    let dl = Deadline::new(Duration::from_secs(120));
+    let cluster = start(3, 500, &["--tombstone-grace-ms", "3600000"]);
+    let rt = rt();
+    let (a1, a3) = (cluster.nodes[0].addr, cluster.nodes[2].addr);
+    rt.block_on(async {
+        let c1 = Client::connect(a1).await.unwrap();
+        c1.put_with(b"del", b"k", b"v".to_vec(), &[], &q(3, 2, 3))
+            .await
+            .unwrap();
+    });
+    cluster.partition(&[&[0, 1], &[2]]);
+    let seen = wait_views(
+        &cluster,
+        &[0, 1],
+        &names(&cluster, &[2]),
+        false,
+        dl.at_most(Duration::from_secs(30)),
+    );
+    wait_views(
+        &cluster,
+        &[2],
+        &names(&cluster, &[0, 1]),
+        false,
+        dl.at_most(Duration::from_secs(30)),
+    );
+    rt.block_on(async {
+        let c1 = Client::connect(a1).await.unwrap();
+        let got = c1.get_with(b"del", b"k", &q(3, 2, 2)).await.unwrap();
+        assert_eq!(got.values, vec![b"v".to_vec()]);
+        c1.delete_with(b"del", b"k", &got.context, &q(3, 2, 2))
+            .await
+            .unwrap();
+    });
+    assert_eq!(cluster.local_values(0, b"del", b"k"), Vec::<Vec<u8>>::new());
+    assert_eq!(
+        cluster.local_values(2, b"del", b"k"),
+        vec![b"v".to_vec()],
+        "n3 was cut off, yet it got the delete"
+    );
+
+    cluster.heal();
+    let healed = Instant::now();
+    let all_empty = || {
+        for i in 0..3 {
+            let values = cluster.local_values(i, b"del", b"k");
+            if !values.is_empty() {
+                return Err(format!("n{} shows {}", i + 1, show_copy(&Some(values))));
+            }
+        }
+        Ok(())
+    };
+    cluster.wait_for(
+        "no node to show a value for the deleted key",
+        dl.at_most(Duration::from_secs(30)),
+        &all_empty,
+    );
+    let gone = healed.elapsed();
+    let read_r3 = || {
+        rt.block_on(async {
+            let c3 = connect(a3).await?;
+            call(c3.get_with(b"del", b"k", &q(3, 3, 2))).await
+        })
+        .map_err(|e| e.to_string())
+    };
+    let got = cluster.wait_for(
+        "a read with r=3",
+        dl.at_most(Duration::from_secs(30)),
+        &read_r3,
+    );
+    assert_eq!(got.values, Vec::<Vec<u8>>::new(), "r=3 read after the heal");
+
+    let exchanges = || cluster.counter_sum("repair", "exchanges");
+    let base = exchanges();
+    cluster.wait_for(
+        "6 more anti-entropy exchanges",
+        dl.at_most(Duration::from_secs(30)),
+        || match exchanges() {
+            n if n >= base + 6 => Ok(()),
+            n => Err(format!("{} so far", n - base)),
+        },
+    );
+    all_empty().unwrap_or_else(|e| panic!("the deleted key came back after repair rounds: {e}"));
+    let got = cluster.wait_for(
+        "a read with r=3",
+        dl.at_most(Duration::from_secs(30)),
+        &read_r3,
+    );
+    assert_eq!(
+        got.values,
+        Vec::<Vec<u8>>::new(),
+        "r=3 read after repair rounds"
+    );
+    let purged = cluster.counter_sum("repair", "tombstones_purged");
+    println!(
+        "delete across a partition: n1, n2 saw n3 down after {:.2} s; after the heal every copy \
+         was gone in {:.2} s, and stayed gone over {} more exchanges; tombstones purged: {purged}",
+        seen.as_secs_f64(),
+        gone.as_secs_f64(),
+        exchanges() - base
+    );
+    assert_eq!(
+        purged, 0,
+        "a tombstone younger than tombstone-grace-ms was purged"
+    );
+}
+
+/// Set keys of the random-fault scenario.
+const SET_KEYS: usize = 20;
+/// Of which this many are deleted in the middle of the run.
+const DELETED_KEYS: usize = 3;
+const SETS: &[u8] = b"sets";
+
+fn set_key(k: usize) -> Vec<u8> {
+    format!("set-{k:02}").into_bytes()
+}
+
+/// The union of the elements of every sibling (a set is newline-separated elements).
+fn elements(values: &[Vec<u8>]) -> BTreeSet<String> {
+    values
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v)
+                .into_owned()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|e| !e.is_empty())
+        .collect()
+}
+
+fn encode_set(set: &BTreeSet<String>) -> Vec<u8> {
+    set.iter()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n")
+        .into_bytes()
+}
+
+/// Which keys clients may use, and how many operations each has in flight.
+#[derive(Default)]
+struct KeyTable {
+    retired: BTreeSet<usize>,
+    in_flight: [usize; SET_KEYS],
+}
+
+/// What the client tasks of the random-fault scenario share.
+#[derive(Default)]
+struct SetLoad {
+    stop: AtomicBool,
+    keys: Mutex<KeyTable>,
+    /// (key, element) of every acknowledged put.
+    acked: Mutex<Vec<(usize, String)>>,
+    attempted: AtomicU64,
+    failures: Mutex<BTreeMap<String, u64>>,
+}
+
+impl SetLoad {
+    /// Claims key `k` for one operation, unless it is retired.
+    fn begin(&self, k: usize) -> bool {
+        let mut t = self.keys.lock().unwrap();
+        if t.retired.contains(&k) {
+            return false;
+        }
+        t.in_flight[k] += 1;
+        true
+    }
+
+    fn end(&self, k: usize) {
+        self.keys.lock().unwrap().in_flight[k] -= 1;
+    }
+
+    /// No operation on `keys` starts from now on.
+    fn retire(&self, keys: &[usize]) {
+        self.keys.lock().unwrap().retired.extend(keys);
+    }
+
+    /// Operations in flight on `keys`.
+    fn busy(&self, keys: &[usize]) -> usize {
+        let t = self.keys.lock().unwrap();
+        keys.iter().map(|&k| t.in_flight[k]).sum()
+    }
+
+    fn failed(&self, kind: String) {
+        *self.failures.lock().unwrap().entry(kind).or_default() += 1;
+    }
+}
+
+/// Read, add one element to the union of the siblings, write back with the read's context.
+async fn add_element(c: &Client, k: usize, element: &str) -> Result<(), Failure> {
+    let key = set_key(k);
+    let got = call(c.get_with(SETS, &key, &q(3, 2, 2))).await?;
+    let mut set = elements(&got.values);
+    set.insert(element.to_owned());
+    call(c.put_with(SETS, &key, encode_set(&set), &got.context, &q(3, 2, 2))).await
+}
+
+/// One client: adds unique elements `c{task}-{seq}` to random live set keys until told to
+/// stop, through node `task` first and through the next node whenever its node stops
+/// answering.
+async fn set_client(task: usize, addrs: Vec<SocketAddr>, load: Arc<SetLoad>, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_add(task as u64 + 1));
+    let mut node = task % addrs.len();
+    let mut client: Option<Client> = None;
+    let mut seq = 0u64;
+    while !load.stop.load(Ordering::SeqCst) {
+        let c = match &client {
+            Some(c) => c.clone(),
+            None => match connect(addrs[node]).await {
+                Ok(c) => {
+                    client = Some(c.clone());
+                    c
+                }
+                Err(e) => {
+                    load.failed(format!("connect: {}", e.kind()));
+                    node = (node + 1) % addrs.len();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let k = rng.gen_range(0..SET_KEYS);
+        if !load.begin(k) {
+            continue;
+        }
+        let element = format!("c{task}-{seq}");
+        seq += 1;
+        load.attempted.fetch_add(1, Ordering::SeqCst);
+        let outcome = add_element(&c, k, &element).await;
+        load.end(k);
+        match outcome {
+            Ok(()) => load.acked.lock().unwrap().push((k, element)),
+            Err(f @ Failure::Server { .. }) => {
+                load.failed(f.kind());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(f @ Failure::NoAnswer(_)) => {
+                load.failed(f.kind());
+                client = None;
+                node = (node + 1) % addrs.len();
+            }
+        }
+    }
+}
+
+/// Lets a fault last `d`, failing early if a client task ended (it panicked).
+fn hold(d: Duration, clients: &[JoinHandle<()>]) {
+    let until = Instant::now() + d;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        assert!(
+            clients.iter().all(|c| !c.is_finished()),
+            "a client task ended during the run"
+        );
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+/// Deletes `DELETED_KEYS` random set keys, cleanly: clients stop using them, their operations
+/// in flight finish, every node sees every node up and no hint is pending anywhere; then a
+/// read with r=3 sees every version of the key, and the delete (w=2) covers them all.
+fn delete_sets(
+    cluster: &Cluster,
+    rt: &Runtime,
+    load: &SetLoad,
+    rng: &mut StdRng,
+    dl: &Deadline,
+) -> Vec<usize> {
+    let mut keys: Vec<usize> = (0..SET_KEYS).collect();
+    keys.shuffle(rng);
+    keys.truncate(DELETED_KEYS);
+    keys.sort_unstable();
+    load.retire(&keys);
+    cluster.wait_for(
+        "the operations in flight on the keys to delete to finish",
+        dl.at_most(Duration::from_secs(15)),
+        || match load.busy(&keys) {
+            0 => Ok(()),
+            n => Err(format!("{n} in flight")),
+        },
+    );
+    let all: Vec<String> = (0..cluster.nodes.len()).map(|i| cluster.name(i)).collect();
+    cluster.wait_for(
+        "every node up in every view and no hint pending, before the deletes",
+        dl.at_most(Duration::from_secs(30)),
+        || {
+            if let Some(i) = (0..all.len()).find(|&i| !cluster.sees_all(i, &all, true)) {
+                return Err(format!("n{} does not see every node up", i + 1));
+            }
+            match pending_hints(cluster, 0..all.len())? {
+                p if p.iter().all(|&n| n == 0) => Ok(()),
+                p => Err(format!("hints pending per node: {p:?}")),
+            }
+        },
+    );
+    let addr = cluster.nodes[0].addr;
+    for &k in &keys {
+        let had = cluster.wait_for(
+            &format!("set-{k:02} to be deleted"),
+            dl.at_most(Duration::from_secs(20)),
+            || {
+                rt.block_on(async {
+                    let c = connect(addr).await?;
+                    let got = call(c.get_with(SETS, &set_key(k), &q(3, 3, 2))).await?;
+                    call(c.delete_with(SETS, &set_key(k), &got.context, &q(3, 2, 2))).await?;
+                    Ok::<_, Failure>(elements(&got.values).len())
+                })
+                .map_err(|e| e.to_string())
+            },
+        );
+        println!("  deleted set-{k:02} ({had} elements) with the context of an r=3 read");
+    }
+    keys
+}
+
+/// 5 nodes, a seeded schedule of faults (RINGKV_TEST_SEED, else the clock; printed) for
+/// about 50 s: kill -9 and restart, SIGSTOP and SIGCONT, partitions and heal, one at a time,
+/// each lasting 2 to 6 s. Meanwhile 4 clients add unique elements to 20 set keys by
+/// read-modify-write (get, union the siblings, add, put with the context, w=2), and 3 keys
+/// are deleted midway. At the end, with every fault undone, the copies must converge, every
+/// acknowledged element must be in its set (read with r=3), and the deleted keys must read
+/// empty.
+#[test]
+fn random_faults_keep_every_acknowledged_element() {
+    let _serial = serial();
+    let dl = Deadline::new(Duration::from_secs(240));
+    let seed: u64 = match std::env::var("RINGKV_TEST_SEED") {
+        Ok(s) => s.parse().expect("RINGKV_TEST_SEED is a u64"),
+        Err(_) => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    };
+    println!("random faults: seed {seed} (rerun with RINGKV_TEST_SEED={seed})");
+    let mut cluster = start(5, 500, &[]);
+    let size = cluster.nodes.len();
+    let rt = rt();
+    let load = Arc::new(SetLoad::default());
+    let addrs = cluster.addrs();
+    let clients: Vec<JoinHandle<()>> = (0..4)
+        .map(|task| rt.spawn(set_client(task, addrs.clone(), load.clone(), seed)))
+        .collect();
+
+    const RUN: Duration = Duration::from_secs(50);
+    let mut rng = StdRng::seed_from_u64(seed);
+    // Which keys get deleted comes from a generator of its own, so that the fault schedule
+    // of a seed does not depend on when the deletes happen.
+    let mut delete_rng = StdRng::seed_from_u64(seed ^ 0x5EED_DE1E7E);
+    let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut deleted: Vec<usize> = Vec::new();
+    let began = Instant::now();
+    while began.elapsed() < RUN {
+        if deleted.is_empty() && began.elapsed() >= RUN * 2 / 5 {
+            println!(
+                "  t={:5.1}s deleting {DELETED_KEYS} keys",
+                began.elapsed().as_secs_f64()
+            );
+            deleted = delete_sets(&cluster, &rt, &load, &mut delete_rng, &dl);
+            continue;
+        }
+        let lasts = Duration::from_millis(rng.gen_range(2000..=6000));
+        let i = rng.gen_range(0..size);
+        let at = began.elapsed().as_secs_f64();
+        let what = match rng.gen_range(0..3) {
+            0 => {
+                cluster.nodes[i].kill9();
+                hold(lasts, &clients);
+                cluster.nodes[i].restart();
+                *faults.entry("kill -9 + restart").or_default() += 1;
+                format!("kill -9 n{}, restarted after {lasts:?}", i + 1)
+            }
+            1 => {
+                cluster.nodes[i].signal(libc::SIGSTOP);
+                hold(lasts, &clients);
+                cluster.nodes[i].signal(libc::SIGCONT);
+                *faults.entry("SIGSTOP/SIGCONT").or_default() += 1;
+                format!("SIGSTOP n{}, SIGCONT after {lasts:?}", i + 1)
+            }
+            _ => {
+                let mut order: Vec<usize> = (0..size).collect();
+                order.shuffle(&mut rng);
+                let cut = rng.gen_range(1..=2);
+                let (minority, majority) = order.split_at(cut);
+                cluster.partition(&[minority, majority]);
+                hold(lasts, &clients);
+                cluster.heal();
+                *faults.entry("partition + heal").or_default() += 1;
+                format!(
+                    "partition {:?} | {:?}, healed after {lasts:?}",
+                    names(&cluster, minority),
+                    names(&cluster, majority)
+                )
+            }
+        };
+        println!("  t={at:5.1}s {what}");
+        hold(Duration::from_millis(rng.gen_range(500..=1500)), &clients);
+    }
+    if deleted.is_empty() {
+        deleted = delete_sets(&cluster, &rt, &load, &mut delete_rng, &dl);
+    }
+    let ran = began.elapsed();
+
+    load.stop.store(true, Ordering::SeqCst);
+    rt.block_on(async {
+        for c in clients {
+            tokio::time::timeout(Duration::from_secs(20), c)
+                .await
+                .expect("a client task did not stop within 20 s")
+                .expect("a client task panicked");
+        }
+    });
+    let crashed: Vec<usize> = (0..size)
+        .filter(|&i| !cluster.nodes[i].is_running())
+        .collect();
+    if !crashed.is_empty() {
+        cluster.fail(&format!(
+            "nodes {:?} exited on their own during the run (seed {seed})",
+            names(&cluster, &crashed)
+        ));
+    }
+    for node in &cluster.nodes {
+        node.signal(libc::SIGCONT);
+    }
+    cluster.heal();
+    let healed = Instant::now();
+
+    let keys: Arc<Vec<Vec<u8>>> = Arc::new((0..SET_KEYS).map(set_key).collect());
+    cluster.wait_for(
+        "the set keys to converge",
+        dl.at_most(Duration::from_secs(90)),
+        || {
+            match pending_hints(&cluster, 0..size)? {
+                p if p.iter().all(|&n| n == 0) => {}
+                p => return Err(format!("hints pending per node: {p:?}")),
+            }
+            let copies = rt.block_on(local_copies(&addrs, SETS, keys.clone()));
+            for k in 0..SET_KEYS {
+                let mut sets = Vec::with_capacity(size);
+                for (i, node) in copies.iter().enumerate() {
+                    match &node[k] {
+                        Some(values) => sets.push(elements(values)),
+                        None => return Err(format!("n{} did not answer a local read", i + 1)),
+                    }
+                }
+                if deleted.contains(&k) {
+                    if let Some(i) = sets.iter().position(|s| !s.is_empty()) {
+                        return Err(format!(
+                            "deleted set-{k:02} has {} elements on n{}",
+                            sets[i].len(),
+                            i + 1
+                        ));
+                    }
+                    continue;
+                }
+                let union: BTreeSet<String> = sets.iter().flatten().cloned().collect();
+                let agree = sets.iter().filter(|s| **s == union).count();
+                if agree < 3 {
+                    return Err(format!(
+                        "set-{k:02}: {agree} nodes hold all {} elements (per node: {:?})",
+                        union.len(),
+                        sets.iter().map(BTreeSet::len).collect::<Vec<_>>()
+                    ));
+                }
+            }
+            Ok(())
+        },
+    );
+    let converged = healed.elapsed();
+
+    let finals: Vec<BTreeSet<String>> = (0..SET_KEYS)
+        .map(|k| {
+            cluster.wait_for(
+                &format!("a read of set-{k:02} with r=3"),
+                dl.at_most(Duration::from_secs(30)),
+                || {
+                    rt.block_on(async {
+                        let c = connect(addrs[k % size]).await?;
+                        call(c.get_with(SETS, &set_key(k), &q(3, 3, 2))).await
+                    })
+                    .map(|got| elements(&got.values))
+                    .map_err(|e| e.to_string())
+                },
+            )
+        })
+        .collect();
+    let acked = load.acked.lock().unwrap().clone();
+    let lost: Vec<&(usize, String)> = acked
+        .iter()
+        .filter(|(k, e)| !deleted.contains(k) && !finals[*k].contains(e))
+        .collect();
+    let resurrected: Vec<String> = deleted
+        .iter()
+        .filter(|&&k| !finals[k].is_empty())
+        .map(|&k| format!("set-{k:02} ({} elements)", finals[k].len()))
+        .collect();
+    let attempted = load.attempted.load(Ordering::SeqCst);
+    println!(
+        "  seed {seed}: {:.1} s of faults {faults:?}; {attempted} operations attempted, {} \
+         acknowledged ({:.0}/s); failures by kind {:?}; deleted {:?}; converged {:.2} s after \
+         the heal; lost {}",
+        ran.as_secs_f64(),
+        acked.len(),
+        acked.len() as f64 / ran.as_secs_f64(),
+        load.failures.lock().unwrap(),
+        deleted
+            .iter()
+            .map(|&k| format!("set-{k:02}"))
+            .collect::<Vec<_>>(),
+        converged.as_secs_f64(),
+        lost.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "seed {seed}: {} acknowledged elements lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    assert!(
+        resurrected.is_empty(),
+        "seed {seed}: deleted keys came back: {resurrected:?}"
+    );
+    assert!(
+        acked.len() >= 50,
+        "seed {seed}: only {} operations were acknowledged in {ran:?}",
+        acked.len()
+    );
+}
+
+/// 3 nodes: each actor type of n1 panics in turn. Its supervisor must restart it (the
+/// `restarts` counter goes up), n1 must serve a put and a get again (after a listener
+/// restart, on a new connection to the same port), a write at w=3 through n2 must reach n1's
+/// replica endpoint, data written before must still be there, and the cluster status must
+/// converge.
+#[test]
+fn every_actor_type_restarts() {
+    let _serial = serial();
+    let dl = Deadline::new(Duration::from_secs(180));
+    let cluster = start(3, 500, &[]);
+    let rt = rt();
+    let (a1, a2) = (cluster.nodes[0].addr, cluster.nodes[1].addr);
+    rt.block_on(async {
+        let c = Client::connect(a1).await.unwrap();
+        c.put_with(b"sup", b"before", b"kept".to_vec(), &[], &q(3, 2, 3))
+            .await
+            .unwrap();
+    });
+    for actor in [
+        "replica", "gossip", "handoff", "repair", "listener", "vnodes",
+    ] {
+        let before = cluster
+            .counter(0, "restarts", actor)
+            .expect("n1 answers its status");
+        let t = Instant::now();
+        cluster.panic_actor(0, actor);
+        cluster.wait_for(
+            &format!("n1 to count a restart of {actor}"),
+            dl.at_most(Duration::from_secs(15)),
+            || match cluster.counter(0, "restarts", actor) {
+                Some(n) if n > before => Ok(()),
+                other => Err(format!("restarts.{actor} = {other:?}, was {before}")),
+            },
+        );
+        let restarted = t.elapsed();
+        let key = format!("after-{actor}").into_bytes();
+        cluster.wait_for(
+            &format!("n1 to serve a put and a get after the {actor} restart"),
+            dl.at_most(Duration::from_secs(15)),
+            || {
+                rt.block_on(async {
+                    let c = connect(a1).await?;
+                    call(c.put_with(b"sup", &key, b"v".to_vec(), &[], &q(3, 2, 2))).await?;
+                    let got = call(c.get_with(b"sup", &key, &q(3, 2, 2))).await?;
+                    let kept = call(c.get_with(b"sup", b"before", &q(3, 2, 2))).await?;
+                    Ok::<_, Failure>((got.values, kept.values))
+                })
+                .map_err(|e| e.to_string())
+                .and_then(|(got, kept)| {
+                    if got.contains(&b"v".to_vec()) && kept == vec![b"kept".to_vec()] {
+                        Ok(())
+                    } else {
+                        Err(format!("read {got:?} and {kept:?}"))
+                    }
+                })
+            },
+        );
+        cluster.wait_for(
+            &format!("a write at w=3 through n2 after the {actor} restart of n1"),
+            dl.at_most(Duration::from_secs(15)),
+            || {
+                rt.block_on(async {
+                    let c = connect(a2).await?;
+                    call(c.put_with(b"sup", &key, b"w3".to_vec(), &[], &q(3, 2, 3))).await
+                })
+                .map_err(|e| e.to_string())
+            },
+        );
+        let served = t.elapsed();
+        if actor == "repair" {
+            let base = cluster
+                .counter(0, "repair", "exchanges")
+                .expect("n1 answers");
+            cluster.wait_for(
+                "n1's anti-entropy rounds to go on after its restart",
+                dl.at_most(Duration::from_secs(15)),
+                || match cluster.counter(0, "repair", "exchanges") {
+                    Some(n) if n > base => Ok(()),
+                    other => Err(format!("exchanges {other:?}, was {base}")),
+                },
+            );
+        }
+        let converged = cluster.wait_converged(dl.at_most(Duration::from_secs(30)));
+        println!(
+            "{actor}: restart counted after {:.3} s; n1 served again after {:.3} s; the cluster \
+             status converged {:.3} s later",
+            restarted.as_secs_f64(),
+            served.as_secs_f64(),
+            converged.as_secs_f64()
+        );
+    }
+}
+
+/// One node; its gossip actor panics six times in quick succession. The restart budget is 5
+/// in 10 s: the sixth must make the node supervisor give up and the process exit with a
+/// failure status, not linger half alive.
+#[test]
+fn escalation_stops_the_node_cleanly() {
+    let _serial = serial();
+    let dl = Deadline::new(Duration::from_secs(90));
+    let mut cluster = start(1, 500, &[]);
+    let first = Instant::now();
+    for k in 1..=5u64 {
+        cluster.panic_actor(0, "gossip");
+        cluster.wait_for(
+            &format!("restart {k} of gossip"),
+            dl.at_most(Duration::from_secs(5)),
+            || match cluster.counter(0, "restarts", "gossip") {
+                Some(n) if n >= k => Ok(()),
+                other => Err(format!("restarts.gossip = {other:?}")),
+            },
+        );
+    }
+    let five = first.elapsed();
+    assert!(
+        five < Duration::from_secs(8),
+        "five gossip restarts took {five:?}; the sixth panic would not fall in the 10 s window"
+    );
+    let sixth = Instant::now();
+    // The node may exit before it answers.
+    let _ = cluster.request(
+        0,
+        ringkv_api::protocol::RequestFrame {
+            op: "inject_fault".into(),
+            fault: Some("panic_actor".into()),
+            actor: Some("gossip".into()),
+            ..Default::default()
+        },
+        Duration::from_secs(5),
+    );
+    let limit = dl.at_most(Duration::from_secs(20));
+    while cluster.nodes[0].is_running() {
+        if sixth.elapsed() > limit {
+            cluster.fail(&format!(
+                "n1 still runs {limit:?} after the sixth gossip panic in {five:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let exited = sixth.elapsed();
+    let status = cluster.nodes[0].wait_exit(Duration::from_secs(1));
+    println!(
+        "escalation: 5 gossip restarts in {:.3} s; after the sixth panic n1 exited in {:.3} s \
+         with {status}",
+        five.as_secs_f64(),
+        exited.as_secs_f64()
+    );
+    assert!(
+        !status.success(),
+        "n1 gave up on its gossip actor but exited with {status}"
+    );
+}
