@@ -1504,3 +1504,104 @@ fn escalation_stops_the_node_cleanly() {
         "n1 gave up on its gossip actor but exited with {status}"
     );
 }
+
+/// 3 nodes with `--tombstone-grace-ms 0`: 20 keys written at w=3, n3 killed, the keys deleted
+/// at w=2. While n3 is down no tombstone may be purged (not every replica holds it), however
+/// many anti-entropy rounds pass. After n3 restarts (holding the old values), hints and
+/// anti-entropy give it the tombstones; only then are they purged, on every node, and no value
+/// comes back.
+#[test]
+fn tombstones_are_purged_only_once_every_replica_holds_them() {
+    let _serial = serial();
+    let dl = Deadline::new(Duration::from_secs(120));
+    let mut cluster = start(3, 300, &["--tombstone-grace-ms", "0"]);
+    let rt = rt();
+    let a1 = cluster.nodes[0].addr;
+    let keys: Vec<Vec<u8>> = (0..20).map(|i| format!("t{i:02}").into_bytes()).collect();
+    rt.block_on(async {
+        let c1 = Client::connect(a1).await.unwrap();
+        for k in &keys {
+            c1.put_with(b"purge", k, b"v".to_vec(), &[], &q(3, 2, 3))
+                .await
+                .unwrap();
+        }
+    });
+    cluster.nodes[2].kill9();
+    rt.block_on(async {
+        let c1 = Client::connect(a1).await.unwrap();
+        for k in &keys {
+            let got = c1.get_with(b"purge", k, &q(3, 2, 2)).await.unwrap();
+            c1.delete_with(b"purge", k, &got.context, &q(3, 2, 2))
+                .await
+                .unwrap();
+        }
+    });
+    // A local read of a tombstone has no values but a context; a purged key has neither.
+    let addrs = cluster.addrs();
+    // (keys with a value, tombstones) on node i.
+    let local_state = |i: usize| -> (usize, usize) {
+        rt.block_on(async {
+            let c = Client::connect(addrs[i]).await.unwrap();
+            let (mut values, mut tombstones) = (0, 0);
+            for k in &keys {
+                let got = c.get_with(b"purge", k, &local()).await.unwrap();
+                values += usize::from(!got.values.is_empty());
+                tombstones += usize::from(got.values.is_empty() && !got.context.is_empty());
+            }
+            (values, tombstones)
+        })
+    };
+    let base = cluster.counter_sum("repair", "exchanges");
+    cluster.wait_for(
+        "six anti-entropy exchanges with n3 down",
+        dl.at_most(Duration::from_secs(30)),
+        || match cluster.counter_sum("repair", "exchanges") {
+            n if n >= base + 6 => Ok(()),
+            n => Err(format!("{} exchanges so far", n - base)),
+        },
+    );
+    assert_eq!(cluster.counter_sum("repair", "tombstones_purged"), 0);
+    assert_eq!(local_state(0), (0, keys.len()), "n1 purged with n3 down");
+    assert_eq!(local_state(1), (0, keys.len()), "n2 purged with n3 down");
+
+    cluster.nodes[2].restart();
+    let restarted = Instant::now();
+    cluster.wait_for(
+        "every tombstone purged on every node",
+        dl.at_most(Duration::from_secs(60)),
+        || {
+            let held: Vec<(usize, usize)> = (0..3).map(local_state).collect();
+            // n1 and n2 never show a value again; n3 does until it gets the tombstones.
+            assert!(
+                held[..2].iter().all(|(v, _)| *v == 0),
+                "a deleted value came back: {held:?}"
+            );
+            if held.iter().all(|h| *h == (0, 0)) {
+                Ok(())
+            } else {
+                Err(format!("(values, tombstones) per node: {held:?}"))
+            }
+        },
+    );
+    let purged = restarted.elapsed();
+    for k in &keys {
+        let got = cluster.wait_for(
+            "a read with r=3",
+            dl.at_most(Duration::from_secs(30)),
+            || {
+                rt.block_on(async {
+                    let c3 = connect(addrs[2]).await?;
+                    call(c3.get_with(b"purge", k, &q(3, 3, 2))).await
+                })
+                .map_err(|e| e.to_string())
+            },
+        );
+        assert!(got.values.is_empty(), "a purged key came back");
+    }
+    println!(
+        "tombstones: none purged while n3 was down; {} purged on 3 nodes {:.2} s after n3 \
+         came back",
+        cluster.counter_sum("repair", "tombstones_purged"),
+        purged.as_secs_f64()
+    );
+}
