@@ -8,12 +8,10 @@
 //! batch is in flight has another id and is never deleted by mistake. A round that is still
 //! running when the next tick comes is left to finish.
 
+use crate::replica::blocking;
 use crate::replica::{Peers, ReplicaRequest};
 use crate::stats::add;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
-use ractor_cluster::RactorMessage;
 use ringkv_storage::{HintId, StorageError};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -23,80 +21,23 @@ pub const BATCH: usize = 256;
 /// Merges in flight to one owner.
 pub const IN_FLIGHT: usize = 64;
 
-/// Messages of the HintedHandoff actor (local only).
-#[derive(RactorMessage)]
-pub enum HandoffMsg {
-    /// Timer: run a delivery round unless one is running.
-    Tick,
-    /// Fault injection: panic, so that supervision can be tested.
-    InjectPanic,
-}
+/// The HintedHandoff actor: a [`Periodic`](crate::periodic::Periodic) run of [`Handoff`].
+pub type HintedHandoff = crate::periodic::Periodic<Handoff>;
 
-/// Arguments of the HintedHandoff actor.
-pub struct HandoffArgs {
+/// The hinted handoff job: one delivery round per run.
+pub struct Handoff {
     /// How other nodes are reached; its context holds the hint store.
     pub peers: Peers,
-    /// Period of delivery rounds.
-    pub interval: Duration,
 }
 
-/// State of the HintedHandoff actor.
-pub struct HandoffState {
-    args: HandoffArgs,
-    running: Arc<AtomicBool>,
-}
+impl crate::periodic::PeriodicJob for Handoff {
+    const NAME: &'static str = "hinted handoff";
 
-/// The HintedHandoff actor.
-pub struct HintedHandoff;
-
-impl Actor for HintedHandoff {
-    type Msg = HandoffMsg;
-    type State = HandoffState;
-    type Arguments = HandoffArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: HandoffArgs,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        myself.send_interval(args.interval, || HandoffMsg::Tick);
-        Ok(HandoffState {
-            args,
-            running: Arc::new(AtomicBool::new(false)),
-        })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match message {
-            HandoffMsg::Tick => {
-                if state.running.swap(true, Ordering::AcqRel) {
-                    return Ok(());
-                }
-                let (peers, running) = (state.args.peers.clone(), state.running.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = deliver_all(&peers).await {
-                        tracing::warn!(error = %e, "hinted handoff round failed");
-                    }
-                    running.store(false, Ordering::Release);
-                });
-            }
-            HandoffMsg::InjectPanic => panic!("hinted handoff: injected panic"),
+    async fn run(self: Arc<Self>) {
+        if let Err(e) = deliver_all(&self.peers).await {
+            tracing::warn!(error = %e, "hinted handoff round failed");
         }
-        Ok(())
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, StorageError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(StorageError::Io(format!("storage task failed: {e}"))))
 }
 
 /// One delivery round over every owner this node holds hints for; returns how many hints

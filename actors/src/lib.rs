@@ -36,6 +36,7 @@ pub mod directory;
 pub mod gossip;
 pub mod handoff;
 pub mod node;
+pub mod periodic;
 pub mod repair;
 pub mod replica;
 pub mod stats;

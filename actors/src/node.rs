@@ -5,8 +5,9 @@ use crate::cluster_view::ClusterView;
 use crate::coordinator::{Coordinator, CoordinatorArgs, KvError, KvRequest, Placement};
 use crate::directory::VNodeDirectory;
 use crate::gossip::{Gossip, GossipArgs};
-use crate::handoff::{HandoffArgs, HandoffMsg, HintedHandoff};
-use crate::repair::{Repair, RepairArgs, RepairMsg};
+use crate::handoff::{Handoff, HintedHandoff};
+use crate::periodic::{PeriodicArgs, PeriodicMsg};
+use crate::repair::{AntiEntropy, Repair};
 use crate::replica::{Peers, Replica, ReplicaContext};
 use crate::stats::{NodeStats, StatsSnapshot};
 use crate::supervision::RestartBudget;
@@ -161,9 +162,11 @@ impl NodeSupervisor {
             }
             Child::Handoff => Actor::spawn_linked(
                 None,
-                HintedHandoff,
-                HandoffArgs {
-                    peers: a.peers.clone(),
+                HintedHandoff::new(),
+                PeriodicArgs {
+                    job: Arc::new(Handoff {
+                        peers: a.peers.clone(),
+                    }),
                     interval: a.handoff_interval,
                 },
                 sup,
@@ -173,11 +176,13 @@ impl NodeSupervisor {
             .get_cell(),
             Child::Repair => Actor::spawn_linked(
                 None,
-                Repair,
-                RepairArgs {
-                    peers: a.peers.clone(),
+                Repair::new(),
+                PeriodicArgs {
+                    job: Arc::new(AntiEntropy {
+                        peers: a.peers.clone(),
+                        tombstone_grace: a.tombstone_grace,
+                    }),
                     interval: a.repair_interval.unwrap_or(Duration::from_secs(10)),
-                    tombstone_grace: a.tombstone_grace,
                 },
                 sup,
             )
@@ -242,13 +247,9 @@ impl Actor for NodeSupervisor {
                 r.send_message(crate::gossip::GossipMsg::InjectPanic)
                     .is_ok()
             }
-            Some((cell, Child::Handoff)) => {
-                let r: ActorRef<HandoffMsg> = cell.clone().into();
-                r.send_message(HandoffMsg::InjectPanic).is_ok()
-            }
-            Some((cell, Child::Repair)) => {
-                let r: ActorRef<RepairMsg> = cell.clone().into();
-                r.send_message(RepairMsg::InjectPanic).is_ok()
+            Some((cell, Child::Handoff | Child::Repair)) => {
+                let r: ActorRef<PeriodicMsg> = cell.clone().into();
+                r.send_message(PeriodicMsg::InjectPanic).is_ok()
             }
             None => false,
         };

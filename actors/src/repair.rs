@@ -26,14 +26,12 @@
 //! to hold it, never by a timer alone; the grace period bounds how long a hint or a paused
 //! node may still carry an older version of the key.
 
+use crate::replica::blocking;
 use crate::replica::{Peers, ReplicaError, ReplicaRequest};
 use crate::stats::add;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
-use ractor_cluster::RactorMessage;
 use ringkv_storage::merkle::{diff_entries, differing_children, DEPTH};
 use ringkv_storage::{DvvSet, Partition, StorageError};
 use serde_bytes::ByteBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -52,72 +50,22 @@ pub const PURGE_BATCH: usize = 1000;
 /// Time limit of each exchange request.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Messages of the Repair actor (local only).
-#[derive(RactorMessage)]
-pub enum RepairMsg {
-    /// Timer: run a sweep unless one is running.
-    Tick,
-    /// Fault injection: panic, so that supervision can be tested.
-    InjectPanic,
-}
+/// The Repair actor: a [`Periodic`](crate::periodic::Periodic) run of [`AntiEntropy`].
+pub type Repair = crate::periodic::Periodic<AntiEntropy>;
 
-/// Arguments of the Repair actor.
-pub struct RepairArgs {
+/// The anti-entropy job: one sweep over the partitions held per run.
+pub struct AntiEntropy {
     /// How other replicas are reached; its context holds the partitions.
     pub peers: Peers,
-    /// Period of sweeps (not 0).
-    pub interval: Duration,
     /// Tombstones younger than this are not purged.
     pub tombstone_grace: Duration,
 }
 
-/// State of the Repair actor.
-pub struct RepairState {
-    args: RepairArgs,
-    running: Arc<AtomicBool>,
-}
+impl crate::periodic::PeriodicJob for AntiEntropy {
+    const NAME: &'static str = "repair";
 
-/// The Repair actor.
-pub struct Repair;
-
-impl Actor for Repair {
-    type Msg = RepairMsg;
-    type State = RepairState;
-    type Arguments = RepairArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: RepairArgs,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        myself.send_interval(args.interval, || RepairMsg::Tick);
-        Ok(RepairState {
-            args,
-            running: Arc::new(AtomicBool::new(false)),
-        })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match message {
-            RepairMsg::Tick => {
-                if state.running.swap(true, Ordering::AcqRel) {
-                    return Ok(());
-                }
-                let (peers, grace) = (state.args.peers.clone(), state.args.tombstone_grace);
-                let running = state.running.clone();
-                tokio::spawn(async move {
-                    sweep(&peers, grace).await;
-                    running.store(false, Ordering::Release);
-                });
-            }
-            RepairMsg::InjectPanic => panic!("repair: injected panic"),
-        }
-        Ok(())
+    async fn run(self: Arc<Self>) {
+        sweep(&self.peers, self.tombstone_grace).await;
     }
 }
 
@@ -197,14 +145,6 @@ fn partition(peers: &Peers, p: u32) -> Result<Arc<Partition>, StorageError> {
         .get(p as usize)
         .cloned()
         .ok_or_else(|| StorageError::InvalidArgument(format!("partition {p} out of range")))
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, StorageError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(StorageError::Io(format!("storage task failed: {e}"))))
 }
 
 /// Compares partition `p` here with its replica on `other` and repairs both sides.

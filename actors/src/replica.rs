@@ -264,8 +264,8 @@ fn partition_of(ctx: &ReplicaContext, p: u32) -> Result<&Arc<Partition>, Storage
     })
 }
 
-/// Runs a blocking storage read off the async workers.
-async fn blocking<T: Send + 'static>(
+/// Runs a blocking storage call off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, StorageError> {
     tokio::task::spawn_blocking(f)
