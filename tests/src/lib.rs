@@ -728,3 +728,31 @@ impl Cluster {
         })
     }
 }
+
+/// A 2-worker tokio runtime for a test's client calls.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("build a tokio runtime")
+}
+
+/// Call options with quorums `n`, `r`, `w` and a server-side time limit of 2 s.
+pub fn quorum(n: u8, r: u8, w: u8) -> CallOptions {
+    CallOptions {
+        n: Some(n),
+        r: Some(r),
+        w: Some(w),
+        timeout_ms: Some(2000),
+        local: false,
+    }
+}
+
+/// Call options that read only the answering node's own copy of a key.
+pub fn local_read() -> CallOptions {
+    CallOptions {
+        local: true,
+        ..Default::default()
+    }
+}

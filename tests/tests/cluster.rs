@@ -2,34 +2,10 @@
 //! failures, read repair, failure detection, gossip convergence, the cookie, and the Python
 //! client across nodes.
 
-use ringkv_api::{CallOptions, Client};
+use ringkv_api::Client;
+use ringkv_tests::{local_read as local, quorum as q, runtime as rt};
 use ringkv_tests::{run_python, wait_until, Cluster, NodeProcess, TEST_COOKIE};
 use std::time::Duration;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn q(n: u8, r: u8, w: u8) -> CallOptions {
-    CallOptions {
-        n: Some(n),
-        r: Some(r),
-        w: Some(w),
-        timeout_ms: Some(2000),
-        local: false,
-    }
-}
-
-fn local() -> CallOptions {
-    CallOptions {
-        local: true,
-        ..Default::default()
-    }
-}
 
 /// Put through node 1 with w=3, get through node 3 with r=1; then kill -9 node 3: w=2 and r=2
 /// still work, w=3 fails naming 2 of 3; restart it: a read with r=3 repairs its stale copy.

@@ -13,6 +13,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use ringkv_api::{CallOptions, Client, ClientError};
 use ringkv_tests::Cluster;
+use ringkv_tests::{local_read as local, quorum as q, runtime as rt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
@@ -34,33 +35,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// One scenario at a time. A failed scenario poisons the lock; the next one goes on.
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn rt() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Quorums `n`, `r`, `w` and a server-side time limit of 2 s.
-fn q(n: u8, r: u8, w: u8) -> CallOptions {
-    CallOptions {
-        n: Some(n),
-        r: Some(r),
-        w: Some(w),
-        timeout_ms: Some(2000),
-        local: false,
-    }
-}
-
-/// A read of the answering node's own copy only.
-fn local() -> CallOptions {
-    CallOptions {
-        local: true,
-        ..Default::default()
-    }
 }
 
 /// A scenario's overall time budget.
