@@ -2,24 +2,29 @@
 //! (Dynamo, section 4.6).
 //!
 //! Every `handoff-interval-ms` it lists the owners this node holds hints for. For each owner
-//! that is reachable again it reads hints in batches of [`BATCH`], oldest first, sends each
-//! to the owner as a merge (the owner's vnode answers only once the record is durable), and
-//! then deletes, durably, exactly the hints the owner acknowledged. A hint stored while a
+//! that is reachable again it reads hints in batches of [`BATCH`], oldest first, sends them to
+//! the owner as one merge request per partition (the owner answers only once the records are
+//! durable, in one group commit), and then deletes, durably, exactly the hints the owner
+//! acknowledged. A hint stored while a
 //! batch is in flight has another id and is never deleted by mistake. A round that is still
 //! running when the next tick comes is left to finish.
 
 use crate::replica::blocking;
 use crate::replica::{Peers, ReplicaRequest};
 use crate::stats::add;
-use ringkv_storage::{HintId, StorageError};
+use ringkv_storage::{keys, DvvSet, HintId, StorageError};
+use serde_bytes::ByteBuf;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
-/// Hints read and sent per batch.
-pub const BATCH: usize = 256;
-/// Merges in flight to one owner.
-pub const IN_FLIGHT: usize = 64;
+/// Hints read per batch.
+pub const BATCH: usize = 1024;
+/// Merge requests (one per partition of a batch, bounded in size) in flight to one owner.
+pub const IN_FLIGHT: usize = 16;
+/// Time limit of one merge request.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The HintedHandoff actor: a [`Periodic`](crate::periodic::Periodic) run of [`Handoff`].
 pub type HintedHandoff = crate::periodic::Periodic<Handoff>;
@@ -72,35 +77,56 @@ async fn deliver_to(peers: &Peers, owner: &str) -> Result<u64, StorageError> {
             return Ok(delivered);
         }
         let total = batch.len();
+        // One merge request per partition (bounded in size), so that the owner commits each
+        // partition's hints in one group commit.
+        let mut by_partition: BTreeMap<u32, Vec<(HintId, ByteBuf, DvvSet)>> = BTreeMap::new();
         let mut acked: Vec<HintId> = Vec::with_capacity(total);
-        let mut tasks = JoinSet::new();
+        let mut malformed: Vec<HintId> = Vec::new();
         for (id, hint) in batch {
-            while tasks.len() >= IN_FLIGHT {
-                if let Some(Ok(Some(id))) = tasks.join_next().await {
-                    acked.push(id);
+            match keys::storage_key(&hint.bucket, &hint.key) {
+                Ok(stored) => by_partition.entry(hint.partition).or_default().push((
+                    id,
+                    ByteBuf::from(stored),
+                    hint.record,
+                )),
+                Err(e) => {
+                    tracing::error!(%owner, error = %e, "dropping a hint with an invalid key");
+                    malformed.push(id);
                 }
             }
-            let (peers, owner) = (peers.clone(), owner.to_string());
-            tasks.spawn(async move {
-                let merge = ReplicaRequest::Merge {
-                    partition: hint.partition,
-                    bucket: hint.bucket,
-                    key: hint.key,
-                    record: hint.record,
-                };
-                match peers.call(&owner, merge, Duration::from_secs(5)).await {
-                    Ok(Ok(_)) => Some(id),
-                    _ => None,
+        }
+        let mut tasks = JoinSet::new();
+        for (partition, hints) in by_partition {
+            let (ids, entries): (Vec<HintId>, Vec<(ByteBuf, DvvSet)>) =
+                hints.into_iter().map(|(id, k, r)| (id, (k, r))).unzip();
+            let mut ids = ids.into_iter();
+            for chunk in crate::repair::by_size(entries) {
+                let chunk_ids: Vec<HintId> = ids.by_ref().take(chunk.len()).collect();
+                while tasks.len() >= IN_FLIGHT {
+                    if let Some(Ok(Some(done))) = tasks.join_next().await {
+                        acked.extend(done);
+                    }
                 }
-            });
+                let (peers, owner) = (peers.clone(), owner.to_string());
+                tasks.spawn(async move {
+                    let merge = ReplicaRequest::MergeStored {
+                        partition,
+                        entries: chunk,
+                    };
+                    let r: Result<Result<usize, StorageError>, _> =
+                        peers.call_as(&owner, merge, CALL_TIMEOUT).await;
+                    matches!(r, Ok(Ok(_))).then_some(chunk_ids)
+                });
+            }
         }
         while let Some(r) = tasks.join_next().await {
-            if let Ok(Some(id)) = r {
-                acked.push(id);
+            if let Ok(Some(done)) = r {
+                acked.extend(done);
             }
         }
         let n = acked.len();
-        if n > 0 {
+        acked.extend(malformed);
+        if !acked.is_empty() {
             let hints = peers.ctx.hints.clone();
             let (tx, rx) = tokio::sync::oneshot::channel();
             hints.remove(

@@ -251,7 +251,7 @@ pub async fn exchange(peers: &Peers, p: u32, other: &str) -> Result<ExchangeRepo
 
 /// Splits records into batches of at most [`MAX_PUSH_BYTES`] of values (at least one record
 /// each), so that no cluster frame nears ractor_cluster's 16 MiB limit.
-fn by_size(records: Vec<(ByteBuf, DvvSet)>) -> Vec<Vec<(ByteBuf, DvvSet)>> {
+pub(crate) fn by_size(records: Vec<(ByteBuf, DvvSet)>) -> Vec<Vec<(ByteBuf, DvvSet)>> {
     let mut batches = Vec::new();
     let mut current = Vec::new();
     let mut bytes = 0;
