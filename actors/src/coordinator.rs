@@ -15,9 +15,14 @@
 //!   here with a dot of a fresh random actor id (so it cannot collide with a dot any replica
 //!   made) and every replica gets it as a hint. With `sloppy_quorum = false` only the
 //!   preference list counts and nothing is hinted.
-//! * **Read**: it asks every replica, answers after `r` answers with the merge (DVV sync) of
-//!   what they returned, and keeps listening until the deadline. Then it sends the merged
-//!   record to every replica that answered with something older (**read repair**).
+//! * **Read**: it asks `r` replicas (this node first, reachable ones before the others), one
+//!   more for each that fails, and all of them if the `r` answers are not in after
+//!   [`SPECULATIVE_AFTER`] (as Cassandra reads from the consistency level's replicas with a
+//!   speculative retry; Riak asks all `n`). With `r + w > n` the replicas read always overlap
+//!   the replicas written, whichever they are. It answers after `r` answers with the merge
+//!   (DVV sync) of what they returned, and keeps listening until the deadline. Then it sends
+//!   the merged record to every replica that answered with something older (**read
+//!   repair**). Replicas not asked are brought up to date by anti-entropy.
 //!
 //! Replicas are reached through [`Peers`]: the local vnode directly, other nodes' Replica
 //! actors through ractor_cluster. The coordinator's message type is local-only
@@ -394,7 +399,10 @@ async fn read(
     let (n, r) = (replicas.len(), *r);
     type Answer = (String, Result<Option<DvvSet>, ReplicaError>);
     let (tx, mut rx) = mpsc::unbounded_channel::<Answer>();
-    for node in replicas {
+    // This node first, then the reachable replicas, then the rest.
+    let mut order: Vec<&String> = replicas.iter().collect();
+    order.sort_by_key(|node| (**node != args.peers.local, !args.peers.reachable(node)));
+    let ask = |node: &String| {
         let (peers, node, tx) = (args.peers.clone(), node.clone(), tx.clone());
         let get = ReplicaRequest::Get {
             partition: *partition,
@@ -410,23 +418,44 @@ async fn read(
             };
             let _ = tx.send((node, answer));
         });
+    };
+    // Ask r replicas; ask one more for each that fails, and all the others if the r answers
+    // are not in after SPECULATIVE_AFTER (Cassandra's speculative retry).
+    let mut asked = 0;
+    while asked < r.min(n) {
+        ask(order[asked]);
+        asked += 1;
     }
-    drop(tx);
+    let speculative = tokio::time::sleep(SPECULATIVE_AFTER);
+    tokio::pin!(speculative);
     let mut answers: Vec<(String, Option<DvvSet>)> = Vec::with_capacity(n);
     let mut replied = 0;
-    while answers.len() < r && replied < n {
-        match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
-            Ok(Some((node, Ok(record)))) => {
-                replied += 1;
-                answers.push((node, record));
+    while answers.len() < r && replied < asked {
+        tokio::select! {
+            received = tokio::time::timeout_at(deadline.into(), rx.recv()) => match received {
+                Ok(Some((node, Ok(record)))) => {
+                    replied += 1;
+                    answers.push((node, record));
+                }
+                Ok(Some((node, Err(e)))) => {
+                    replied += 1;
+                    tracing::debug!(%node, error = %e, "replica failed a read");
+                    if asked < n {
+                        ask(order[asked]);
+                        asked += 1;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            },
+            () = &mut speculative, if asked < n => {
+                while asked < n {
+                    ask(order[asked]);
+                    asked += 1;
+                }
             }
-            Ok(Some((node, Err(e)))) => {
-                replied += 1;
-                tracing::debug!(%node, error = %e, "replica failed a read");
-            }
-            Ok(None) | Err(_) => break,
         }
     }
+    drop(tx);
     if answers.len() < r {
         return Err(KvError::Quorum {
             op: "read",
@@ -477,6 +506,10 @@ fn merge_all(answers: &[(String, Option<DvvSet>)]) -> Option<DvvSet> {
             })
         })
 }
+
+/// A read asks `r` replicas; if their answers are not all in after this long, it asks the
+/// other replicas too.
+pub const SPECULATIVE_AFTER: Duration = Duration::from_millis(50);
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> u64 {
