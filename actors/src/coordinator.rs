@@ -401,7 +401,7 @@ async fn read(
     let (tx, mut rx) = mpsc::unbounded_channel::<Answer>();
     // This node first, then the reachable replicas, then the rest.
     let mut order: Vec<&String> = replicas.iter().collect();
-    order.sort_by_key(|node| (**node != args.peers.local, !args.peers.reachable(node)));
+    order.sort_by_cached_key(|node| (**node != args.peers.local, !args.peers.reachable(node)));
     let ask = |node: &String| {
         let (peers, node, tx) = (args.peers.clone(), node.clone(), tx.clone());
         let get = ReplicaRequest::Get {
