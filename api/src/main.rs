@@ -788,6 +788,14 @@ fn print_admin(op: &str, info: &serde_json::Value) {
                     m["client_addr"].as_str().unwrap_or(""),
                 );
             }
+            // Self-healing counters of the answering node: `group: name value, ...`.
+            for group in ["hints", "repair", "restarts"] {
+                if let Some(counters) = info[group].as_object() {
+                    let fields: Vec<String> =
+                        counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                    println!("{group}: {}", fields.join(", "));
+                }
+            }
         }
         "cluster_plan" | "cluster_commit" => {
             let verb = if op == "cluster_plan" {

@@ -355,6 +355,18 @@ fn cli_round_trip() {
     assert_eq!(code, 0);
     assert!(String::from_utf8_lossy(&out).contains("pong"));
 
+    // `cluster status` shows the members and the self-healing counters.
+    let (code, out, err) = node.cli(&["cluster", "status"], None);
+    assert_eq!(code, 0, "{err}");
+    let status = String::from_utf8_lossy(&out);
+    for line in [
+        "hints: delivered 0, pending 0, stored 0",
+        "repair: ",
+        "restarts: ",
+    ] {
+        assert!(status.contains(line), "{line:?} missing from:\n{status}");
+    }
+
     assert_eq!(node.cli(&["put", "cli", "k1", "from-arg"], None).0, 0);
     assert_eq!(node.cli(&["get", "cli", "k1"], None).1, b"from-arg");
 
