@@ -22,14 +22,17 @@
 //!   the replicas written, whichever they are. It answers after `r` answers with the merge
 //!   (DVV sync) of what they returned, and keeps listening until the deadline. Then it sends
 //!   the merged record to every replica that answered with something older (**read
-//!   repair**). Replicas not asked are brought up to date by anti-entropy.
+//!   repair**). Replicas not asked are brought up to date by anti-entropy. With sloppy
+//!   quorum, when fewer than `r` replicas are reachable, the reachable fallback nodes are
+//!   asked too and answer from the hints they hold for the key (Dynamo reads the first `n`
+//!   healthy nodes); so a client on the minority side of a partition reads its own writes.
 //!
 //! Replicas are reached through [`Peers`]: the local vnode directly, other nodes' Replica
 //! actors through ractor_cluster. The coordinator's message type is local-only
 //! (`RactorMessage`), so spawning one sends nothing to other nodes (STACK-NOTES). It is never
 //! restarted: a failed request is answered with an error and the client decides.
 
-use crate::replica::{Peers, ReplicaError, ReplicaRequest};
+use crate::replica::{Peers, ReplicaError, ReplicaRequest, ReplicaResponse};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
@@ -399,19 +402,56 @@ async fn read(
     let (n, r) = (replicas.len(), *r);
     type Answer = (String, Result<Option<DvvSet>, ReplicaError>);
     let (tx, mut rx) = mpsc::unbounded_channel::<Answer>();
-    // This node first, then the reachable replicas, then the rest.
-    let mut order: Vec<&String> = replicas.iter().collect();
-    order.sort_by_cached_key(|node| (**node != args.peers.local, !args.peers.reachable(node)));
-    let ask = |node: &String| {
+    // This node first, then the reachable replicas, then (sloppy quorum, when fewer than r
+    // replicas are reachable) the reachable fallback nodes, which answer from the hints they
+    // hold, then the unreachable replicas.
+    let mut order: Vec<(&String, bool)> = replicas.iter().map(|node| (node, false)).collect();
+    order.sort_by_cached_key(|(node, _)| (**node != args.peers.local, !args.peers.reachable(node)));
+    let up = order
+        .iter()
+        .filter(|(node, _)| args.peers.reachable(node))
+        .count();
+    if args.placement.sloppy && up < r {
+        let fallbacks = args
+            .placement
+            .fallbacks
+            .iter()
+            .filter(|node| args.peers.reachable(node))
+            .map(|node| (node, true));
+        let tail = order.split_off(up);
+        order.extend(fallbacks);
+        order.extend(tail);
+    }
+    let fallbacks: Vec<String> = order
+        .iter()
+        .filter(|(_, fallback)| *fallback)
+        .map(|(node, _)| (*node).clone())
+        .collect();
+    let targets = order.len();
+    let ask = |(node, fallback): (&String, bool)| {
         let (peers, node, tx) = (args.peers.clone(), node.clone(), tx.clone());
-        let get = ReplicaRequest::Get {
-            partition: *partition,
-            bucket: ByteBuf::from(bucket),
-            key: ByteBuf::from(key),
+        let (partition, bucket, key) = (*partition, ByteBuf::from(bucket), ByteBuf::from(key));
+        let get = if fallback {
+            ReplicaRequest::GetHinted {
+                partition,
+                bucket,
+                key,
+            }
+        } else {
+            ReplicaRequest::Get {
+                partition,
+                bucket,
+                key,
+            }
         };
         let left = deadline.saturating_duration_since(Instant::now());
         tokio::spawn(async move {
-            let answer = match peers.call(&node, get, left).await {
+            let answer = if fallback {
+                peers.call_as::<ReplicaResponse>(&node, get, left).await
+            } else {
+                peers.call(&node, get, left).await
+            };
+            let answer = match answer {
                 Ok(Ok(record)) => Ok(record),
                 Ok(Err(e)) => Err(ReplicaError::Garbled(node.clone(), e.to_string())),
                 Err(e) => Err(e),
@@ -422,7 +462,7 @@ async fn read(
     // Ask r replicas; ask one more for each that fails, and all the others if the r answers
     // are not in after SPECULATIVE_AFTER (Cassandra's speculative retry).
     let mut asked = 0;
-    while asked < r.min(n) {
+    while asked < r.min(targets) {
         ask(order[asked]);
         asked += 1;
     }
@@ -440,15 +480,15 @@ async fn read(
                 Ok(Some((node, Err(e)))) => {
                     replied += 1;
                     tracing::debug!(%node, error = %e, "replica failed a read");
-                    if asked < n {
+                    if asked < targets {
                         ask(order[asked]);
                         asked += 1;
                     }
                 }
                 Ok(None) | Err(_) => break,
             },
-            () = &mut speculative, if asked < n => {
-                while asked < n {
+            () = &mut speculative, if asked < targets => {
+                while asked < targets {
                     ask(order[asked]);
                     asked += 1;
                 }
@@ -479,7 +519,7 @@ async fn read(
             return;
         };
         for (node, record) in answers {
-            if record.as_ref().is_some_and(|r| r.descends(&merged)) {
+            if fallbacks.contains(&node) || record.as_ref().is_some_and(|r| r.descends(&merged)) {
                 continue;
             }
             tracing::debug!(%node, partition, "read repair");

@@ -80,6 +80,16 @@ pub enum ReplicaRequest {
         /// The state to deliver.
         record: DvvSet,
     },
+    /// Sloppy read on a fallback node: the merge of the hints it holds for the key (`None` if
+    /// none). Answer: [`ReplicaResponse`].
+    GetHinted {
+        /// Partition of the key.
+        partition: u32,
+        /// Bucket.
+        bucket: ByteBuf,
+        /// Key.
+        key: ByteBuf,
+    },
     /// Anti-entropy: hashes of the Merkle tree (see `ringkv_storage::merkle`). For level 0
     /// the root; otherwise the children at `level` of each parent at `level - 1`, 16 per
     /// parent. Answer: `Result<Vec<u64>, StorageError>`.
@@ -147,6 +157,7 @@ impl ReplicaRequest {
             | ReplicaRequest::Update { partition, .. }
             | ReplicaRequest::Merge { partition, .. }
             | ReplicaRequest::Hint { partition, .. }
+            | ReplicaRequest::GetHinted { partition, .. }
             | ReplicaRequest::MerkleChildren { partition, .. }
             | ReplicaRequest::SegmentEntries { partition, .. }
             | ReplicaRequest::Fetch { partition, .. }
@@ -316,6 +327,16 @@ async fn serve(ctx: &Arc<ReplicaContext>, request: ReplicaRequest) -> Vec<u8> {
             if r.is_ok() {
                 crate::stats::add(&ctx.stats.hints.stored, 1);
             }
+            encode(&r)
+        }
+        ReplicaRequest::GetHinted {
+            partition,
+            bucket,
+            key,
+        } => {
+            let hints = ctx.hints.clone();
+            let r: ReplicaResponse =
+                blocking(move || hints.get_hinted(partition, &bucket, &key)).await;
             encode(&r)
         }
         ReplicaRequest::MerkleChildren { level, parents, .. } => {

@@ -86,6 +86,8 @@ enum HintOp {
     Put {
         prefix: Vec<u8>,
         value: Vec<u8>,
+        /// Key of the hint's entry in the `by_key` index, and the hinted record.
+        index: (Vec<u8>, DvvSet),
         reply: PutReply,
     },
     Remove {
@@ -151,6 +153,34 @@ fn split_key(key: &[u8]) -> Result<(&[u8], u64), StorageError> {
     Ok((prefix, u64::from_be_bytes(seq)))
 }
 
+/// Key of a hint in the `by_key` index: `[partition: u32 BE][xxh3-128 of bucket and key]`
+/// (fixed size, so any stored key fits LMDB's 511-byte limit).
+fn index_key(hint: &Hint) -> Vec<u8> {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&[hint.bucket.len() as u8]);
+    h.update(&hint.bucket);
+    h.update(&hint.key);
+    let mut out = Vec::with_capacity(20);
+    out.extend_from_slice(&hint.partition.to_be_bytes());
+    out.extend_from_slice(&h.digest128().to_be_bytes());
+    out
+}
+
+/// A `by_key` value: `[pending hints of the key: u32 BE][record]` where the record is the
+/// merge (DVV sync) of every pending hint's record for the key.
+fn encode_indexed(count: u32, record: &DvvSet) -> Vec<u8> {
+    let mut out = count.to_be_bytes().to_vec();
+    out.extend_from_slice(&crate::record::encode(record));
+    out
+}
+
+fn decode_indexed(bytes: &[u8]) -> Result<(u32, DvvSet), StorageError> {
+    let (count, record) = bytes
+        .split_first_chunk::<4>()
+        .ok_or_else(|| StorageError::Corrupt("hint index entry under 4 bytes".into()))?;
+    Ok((u32::from_be_bytes(*count), crate::record::decode(record)?))
+}
+
 fn encode_hint(hint: &Hint) -> Result<Vec<u8>, StorageError> {
     let mut out = Vec::with_capacity(64 + hint.bucket.len() + hint.key.len());
     out.push(HINT_V1);
@@ -175,6 +205,7 @@ pub struct HintStore {
     path: PathBuf,
     genv: Arc<GrowableEnv>,
     db: Database<'static, Bytes, Bytes>,
+    by_key: Database<'static, Bytes, Bytes>,
     writer: WriterThread<HintOp>,
 }
 
@@ -206,11 +237,13 @@ impl HintStore {
     ) -> Result<Arc<HintStore>, StorageError> {
         let map_bytes = crate::env::starting_map_bytes(dir, initial_map_bytes, max_map_bytes);
         let (env, db) = crate::env::open_env::<Bytes, Bytes>(dir, map_bytes, "hints")?;
+        let by_key = crate::env::create_database::<Bytes, Bytes>(&env, "by_key")?;
         let genv = Arc::new(GrowableEnv::new(env, max_map_bytes, Store::Hints));
         let next_seq = Self::largest_seq(&genv, db)?.map_or(0, |s| s.saturating_add(1));
         let mut writer = HintWriter {
             genv: genv.clone(),
             db,
+            by_key,
             next_seq,
         };
         let writer = WriterThread::spawn("ringkv-hints".into(), HINTS_MAX_BATCH, move |batch| {
@@ -220,6 +253,7 @@ impl HintStore {
             path: dir.to_path_buf(),
             genv,
             db,
+            by_key,
             writer,
         }))
     }
@@ -275,6 +309,7 @@ impl HintStore {
             Ok((prefix, value)) => self.enqueue(HintOp::Put {
                 prefix,
                 value,
+                index: (index_key(&hint), hint.record),
                 reply,
             }),
             Err(e) => reply(Err(e)),
@@ -292,6 +327,33 @@ impl HintStore {
             let outcome = op.failed(self.genv.store().closed());
             op.answer(outcome);
         }
+    }
+
+    /// The merge of every pending hint's record for `(partition, bucket, key)`, whatever
+    /// their owners: what this node answers, as a fallback, to a sloppy read. `None` if it
+    /// holds no hint for the key.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`], [`StorageError::Corrupt`].
+    pub fn get_hinted(
+        &self,
+        partition: u32,
+        bucket: &[u8],
+        key: &[u8],
+    ) -> Result<Option<DvvSet>, StorageError> {
+        let probe = Hint {
+            partition,
+            bucket: ByteBuf::from(bucket.to_vec()),
+            key: ByteBuf::from(key.to_vec()),
+            record: DvvSet::new(),
+        };
+        let index = index_key(&probe);
+        self.genv.read(
+            |rtxn| match self.by_key.get(rtxn, &index).map_err(StorageError::io)? {
+                Some(bytes) => Ok(Some(decode_indexed(bytes)?.1)),
+                None => Ok(None),
+            },
+        )
     }
 
     /// Every owner with pending hints and how many, in owner-key order (by name length, then
@@ -381,6 +443,7 @@ impl Drop for HintStore {
 struct HintWriter {
     genv: Arc<GrowableEnv>,
     db: Database<'static, Bytes, Bytes>,
+    by_key: Database<'static, Bytes, Bytes>,
     /// Seq of the next hint put. Advanced only when a transaction commits.
     next_seq: u64,
 }
@@ -406,19 +469,53 @@ impl HintWriter {
         let mut outcomes = Vec::with_capacity(batch.len());
         for op in batch {
             outcomes.push(match op {
-                HintOp::Put { prefix, value, .. } => {
+                HintOp::Put {
+                    prefix,
+                    value,
+                    index: (index, record),
+                    ..
+                } => {
                     let mut key = Vec::with_capacity(prefix.len() + 8);
                     key.extend_from_slice(prefix);
                     key.extend_from_slice(&next_seq.to_be_bytes());
                     next_seq += 1;
                     self.db.put(&mut wtxn, &key, value)?;
+                    // An index entry that does not decode only loses what reads see of other
+                    // hints of the key (the hints themselves are intact): start it afresh.
+                    let (count, held) = self
+                        .by_key
+                        .get(&wtxn, index)?
+                        .and_then(|bytes| decode_indexed(bytes).ok())
+                        .unwrap_or((0, DvvSet::new()));
+                    let merged = held.sync(record);
+                    self.by_key
+                        .put(&mut wtxn, index, &encode_indexed(count + 1, &merged))?;
                     Outcome::Put(Ok(()))
                 }
                 HintOp::Remove { ids, .. } => {
                     let mut removed = 0;
                     for id in ids {
+                        let index = match self.db.get(&wtxn, &id.0)? {
+                            Some(bytes) => decode_hint(bytes).map(|h| index_key(&h)).ok(),
+                            None => None,
+                        };
                         if self.db.delete(&mut wtxn, &id.0)? {
                             removed += 1;
+                        }
+                        let Some(index) = index else { continue };
+                        let entry = self.by_key.get(&wtxn, &index)?.map(decode_indexed);
+                        match entry {
+                            None => {}
+                            Some(Ok((count, held))) if count > 1 => {
+                                self.by_key.put(
+                                    &mut wtxn,
+                                    &index,
+                                    &encode_indexed(count - 1, &held),
+                                )?;
+                            }
+                            Some(_) => {
+                                self.by_key.delete(&mut wtxn, &index)?;
+                            }
                         }
                     }
                     Outcome::Removed(Ok(removed))
@@ -499,6 +596,57 @@ mod tests {
         assert_eq!(rest.len(), 6);
         assert_eq!(rest[0].1.key.to_vec(), vec![4]);
         assert_eq!(s.owners().unwrap(), vec![("node-a".to_string(), 6)]);
+    }
+
+    #[test]
+    fn hinted_records_are_readable_by_key_until_every_hint_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = HintStore::open(dir.path()).unwrap();
+        assert_eq!(s.get_hinted(3, b"b", b"k").unwrap(), None);
+        let mut other = hint(b"k", b"w");
+        other.record = DvvSet::new();
+        other
+            .record
+            .update(&VersionVector::new(), 2, Some(b"w".to_vec()), 6, 10)
+            .unwrap();
+        put(&s, "node-a", hint(b"k", b"v")).unwrap();
+        put(&s, "node-b", other.clone()).unwrap();
+        put(&s, "node-a", hint(b"j", b"x")).unwrap();
+        // Both owners' versions of k are concurrent: the index holds both as siblings.
+        let held = s.get_hinted(3, b"b", b"k").unwrap().unwrap();
+        let mut values: Vec<&[u8]> = held.values().collect();
+        values.sort();
+        assert_eq!(values, vec![b"v".as_slice(), b"w".as_slice()]);
+        assert_eq!(
+            s.get_hinted(4, b"b", b"k").unwrap(),
+            None,
+            "another partition"
+        );
+        let a: Vec<HintId> = s
+            .batch("node-a", 10)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(remove(&s, a.clone()).unwrap(), 2);
+        assert_eq!(
+            remove(&s, a).unwrap(),
+            0,
+            "removing twice counts nothing twice"
+        );
+        assert_eq!(s.get_hinted(3, b"b", b"j").unwrap(), None);
+        assert!(
+            s.get_hinted(3, b"b", b"k").unwrap().is_some(),
+            "node-b's hint is pending"
+        );
+        let b: Vec<HintId> = s
+            .batch("node-b", 10)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(remove(&s, b).unwrap(), 1);
+        assert_eq!(s.get_hinted(3, b"b", b"k").unwrap(), None);
     }
 
     #[test]
