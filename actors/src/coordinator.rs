@@ -405,23 +405,21 @@ async fn read(
     // This node first, then the reachable replicas, then (sloppy quorum, when fewer than r
     // replicas are reachable) the reachable fallback nodes, which answer from the hints they
     // hold, then the unreachable replicas.
-    let mut order: Vec<(&String, bool)> = replicas.iter().map(|node| (node, false)).collect();
-    order.sort_by_cached_key(|(node, _)| (**node != args.peers.local, !args.peers.reachable(node)));
-    let up = order
-        .iter()
-        .filter(|(node, _)| args.peers.reachable(node))
-        .count();
-    if args.placement.sloppy && up < r {
-        let fallbacks = args
-            .placement
-            .fallbacks
-            .iter()
-            .filter(|node| args.peers.reachable(node))
-            .map(|node| (node, true));
-        let tail = order.split_off(up);
-        order.extend(fallbacks);
-        order.extend(tail);
+    // Each replica's reachability is looked up once (it takes the process-group lock).
+    let (up, down): (Vec<&String>, Vec<&String>) =
+        replicas.iter().partition(|node| args.peers.reachable(node));
+    let mut order: Vec<(&String, bool)> = up.iter().map(|node| (*node, false)).collect();
+    order.sort_by_key(|(node, _)| **node != args.peers.local);
+    if args.placement.sloppy && up.len() < r {
+        order.extend(
+            args.placement
+                .fallbacks
+                .iter()
+                .filter(|node| args.peers.reachable(node))
+                .map(|node| (node, true)),
+        );
     }
+    order.extend(down.into_iter().map(|node| (node, false)));
     let fallbacks: Vec<String> = order
         .iter()
         .filter(|(_, fallback)| *fallback)
