@@ -32,7 +32,7 @@
 //! (`RactorMessage`), so spawning one sends nothing to other nodes (STACK-NOTES). It is never
 //! restarted: a failed request is answered with an error and the client decides.
 
-use crate::replica::{Peers, ReplicaError, ReplicaRequest, ReplicaResponse};
+use crate::replica::{Peers, ReplicaError, ReplicaRequest};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
@@ -56,8 +56,9 @@ pub enum KvError {
         /// Largest allowed, bytes.
         max: usize,
     },
-    /// Fewer replicas answered than the quorum needs.
-    #[error("{op} quorum not reached: {answered} of {n} replicas answered, {needed} needed")]
+    /// Fewer replicas answered than the quorum needs. `cause` classifies why; `causes` names
+    /// each replica that failed and its failure.
+    #[error("{op} quorum not reached: {answered} of {n} replicas answered, {needed} needed{}", if causes.is_empty() { String::new() } else { format!(" ({causes})") })]
     Quorum {
         /// `"read"` or `"write"`.
         op: &'static str,
@@ -67,19 +68,20 @@ pub enum KvError {
         needed: usize,
         /// Replicas asked (`n`).
         n: usize,
+        /// What the failures have in common.
+        cause: QuorumCause,
+        /// `node: failure` of each replica that failed, `; `-separated.
+        causes: String,
     },
+    /// The node already holds its maximum of requests or bytes in flight; nothing was done.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     /// Quorum parameters that cannot be met (`r` or `w` of 0 or over `n`, `n` of 0).
     #[error("invalid quorum: {0}")]
     BadQuorum(String),
     /// The cluster has no committed layout yet, so no partition has replicas.
     #[error("the cluster has no committed layout: run `ringkv cluster plan` and `ringkv cluster commit`")]
     NoLayout,
-    /// No answer before the request's deadline.
-    #[error("request timed out after {ms} ms")]
-    Timeout {
-        /// The request's time limit, ms.
-        ms: u64,
-    },
     /// The node is shutting down or its supervision tree has stopped.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -89,6 +91,97 @@ pub enum KvError {
     /// A cluster administration request failed.
     #[error("{0}")]
     Admin(String),
+}
+
+/// What the failed replicas of a request that missed its quorum have in common; it picks
+/// the error code a client gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuorumCause {
+    /// Mixed or other failures (`quorum_failed`).
+    Failed,
+    /// The request's time limit passed while replicas were still to answer (`timeout`).
+    Timeout,
+    /// Every failed replica was unreachable: down, partitioned away or suspected by the
+    /// failure detector (`unreachable`).
+    Unreachable,
+    /// Every failed replica's storage is full (`storage_full`).
+    StorageFull,
+    /// Every failed replica was overloaded (`overloaded`).
+    Overloaded,
+}
+
+/// The class of one replica's failure.
+fn classify(e: &ReplicaError) -> QuorumCause {
+    use crate::replica::ReplicaFailure as F;
+    match e {
+        ReplicaError::Unreachable(_) => QuorumCause::Unreachable,
+        ReplicaError::Timeout(_) | ReplicaError::Failed(_, F::VNodeTimeout(_)) => {
+            QuorumCause::Timeout
+        }
+        ReplicaError::Overloaded { .. }
+        | ReplicaError::Failed(_, F::Overloaded(_))
+        | ReplicaError::Failed(_, F::Storage(StorageError::Overloaded { .. })) => {
+            QuorumCause::Overloaded
+        }
+        ReplicaError::Failed(
+            _,
+            F::Storage(StorageError::Full { .. } | StorageError::HintStoreFull(_)),
+        ) => QuorumCause::StorageFull,
+        _ => QuorumCause::Failed,
+    }
+}
+
+/// Per-replica failures of one request, for its error.
+#[derive(Default)]
+struct Failures(Vec<(String, ReplicaError)>);
+
+impl Failures {
+    fn push(&mut self, node: &str, e: ReplicaError) {
+        self.0.push((node.to_string(), e));
+    }
+
+    /// The quorum error: `timeout` if the deadline passed with replicas still to answer
+    /// (`pending`), else the class every failure shares, else `quorum_failed`.
+    fn error(
+        &self,
+        op: &'static str,
+        answered: usize,
+        needed: usize,
+        n: usize,
+        pending: &[String],
+        timeout: Duration,
+    ) -> KvError {
+        let mut causes: Vec<String> = self
+            .0
+            .iter()
+            .map(|(node, e)| match e {
+                ReplicaError::Failed(_, f) => format!("{node}: {f}"),
+                e => e.to_string(),
+            })
+            .collect();
+        causes.extend(
+            pending
+                .iter()
+                .map(|node| format!("{node}: no answer within {} ms", timeout.as_millis())),
+        );
+        let cause = if !pending.is_empty() {
+            QuorumCause::Timeout
+        } else {
+            let mut classes = self.0.iter().map(|(_, e)| classify(e));
+            match classes.next() {
+                Some(first) if classes.all(|c| c == first) => first,
+                _ => QuorumCause::Failed,
+            }
+        };
+        KvError::Quorum {
+            op,
+            answered,
+            needed,
+            n,
+            cause,
+            causes: causes.join("; "),
+        }
+    }
 }
 
 /// A request as the coordinator executes it.
@@ -197,12 +290,6 @@ async fn execute(args: CoordinatorArgs) {
     let _ = args.reply.send(result);
 }
 
-fn timeout_error(args: &CoordinatorArgs) -> KvError {
-    KvError::Timeout {
-        ms: args.timeout.as_millis() as u64,
-    }
-}
-
 /// True for storage errors that any replica would give for the same request (bad input),
 /// as opposed to a failure of one replica.
 fn is_request_error(e: &StorageError) -> bool {
@@ -213,6 +300,7 @@ fn is_request_error(e: &StorageError) -> bool {
             | StorageError::EmptyKey { .. }
             | StorageError::KeyTooLong { .. }
             | StorageError::TooManySiblings { .. }
+            | StorageError::RecordTooLarge { .. }
             | StorageError::BadContext(_)
     )
 }
@@ -252,24 +340,19 @@ async fn write(
         ..
     } = &args.placement;
     let (n, w, sloppy) = (replicas.len(), *w, *sloppy);
-    let quorum = |answered| KvError::Quorum {
-        op: "write",
-        answered,
-        needed: w,
-        n,
-    };
+    let mut failures = Failures::default();
     // The coordinating replica: this node if it is one, else the first reachable one.
     let mut order: Vec<&String> = replicas.iter().collect();
     order.sort_by_key(|node| **node != args.peers.local);
     let mut coordinated = None;
-    let mut last_failure = None;
     for node in order {
         if !args.peers.reachable(node) {
+            failures.push(node, ReplicaError::Unreachable(node.clone()));
             continue;
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(timeout_error(args));
+            break;
         }
         let update = ReplicaRequest::Update {
             partition: *partition,
@@ -280,18 +363,26 @@ async fn write(
             timestamp_ms: now_ms(),
         };
         match args.peers.call(node, update, left).await {
-            Ok(Ok(Some(record))) => {
+            Ok(Some(record)) => {
                 coordinated = Some((node.clone(), record));
                 break;
             }
-            Ok(Ok(None)) => last_failure = Some(format!("{node} returned no record")),
-            Ok(Err(e)) if is_request_error(&e) => return Err(e.into()),
-            Ok(Err(e)) => last_failure = Some(e.to_string()),
-            Err(e) => last_failure = Some(e.to_string()),
+            Ok(None) => failures.push(
+                node,
+                ReplicaError::Garbled(node.clone(), "no record in the answer".into()),
+            ),
+            Err(e) if e.storage().is_some_and(is_request_error) => {
+                return Err(e
+                    .storage()
+                    .cloned()
+                    .map(KvError::from)
+                    .unwrap_or(KvError::ShuttingDown));
+            }
+            Err(e) => {
+                tracing::warn!(%node, partition, error = %e, "a replica failed to coordinate a write");
+                failures.push(node, e);
+            }
         }
-    }
-    if let Some(f) = &last_failure {
-        tracing::debug!(failure = %f, "a replica could not coordinate the write");
     }
     let (coordinator, record, mut acks) = match coordinated {
         Some((node, record)) => (Some(node), record, 1),
@@ -312,10 +403,22 @@ async fn write(
                 .map_err(|l| StorageError::TooManySiblings { limit: l.limit })?;
             (None, record, 0)
         }
-        None => return Err(quorum(0)),
+        None => {
+            let pending: Vec<String> = if Instant::now() >= deadline {
+                replicas
+                    .iter()
+                    .filter(|r| !failures.0.iter().any(|(n, _)| n == *r))
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            return Err(failures.error("write", 0, w, n, &pending, args.timeout));
+        }
     };
     // Every other replica gets the record: by a merge when reachable, else (sloppy) as a hint
-    // on a fallback node. A merge that fails also falls back to a hint.
+    // on a fallback node. A merge that fails also falls back to a hint, unless it failed
+    // because the merged record would pass the record limit (no hint can fix that).
     let fallbacks = std::sync::Arc::new(std::sync::Mutex::new(
         args.placement
             .fallbacks
@@ -323,8 +426,11 @@ async fn write(
             .cloned()
             .collect::<std::collections::VecDeque<_>>(),
     ));
-    let (tx, mut rx) = mpsc::unbounded_channel::<bool>();
+    // (replica, Ok(counts toward w) | Err(why not))
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, Result<bool, ReplicaError>)>();
+    let mut pending: Vec<String> = Vec::new();
     for node in replicas.iter().filter(|n| Some(*n) != coordinator.as_ref()) {
+        pending.push(node.clone());
         let (peers, node, tx) = (args.peers.clone(), node.clone(), tx.clone());
         let (replicas, fallbacks) = (replicas.clone(), fallbacks.clone());
         let (bucket, key, record, partition) = (
@@ -334,6 +440,7 @@ async fn write(
             *partition,
         );
         tokio::spawn(async move {
+            let mut failure = ReplicaError::Unreachable(node.clone());
             if peers.reachable(&node) {
                 let merge = ReplicaRequest::Merge {
                     partition,
@@ -342,13 +449,20 @@ async fn write(
                     record: record.clone(),
                 };
                 let left = deadline.saturating_duration_since(Instant::now());
-                if matches!(peers.call(&node, merge, left).await, Ok(Ok(_))) {
-                    let _ = tx.send(true);
-                    return;
+                match peers.merge(&node, merge, left).await {
+                    Ok(()) => {
+                        let _ = tx.send((node, Ok(true)));
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%node, partition, error = %e, "a replica failed a write");
+                        failure = e;
+                    }
                 }
             }
-            if !sloppy {
-                let _ = tx.send(false);
+            let too_large = matches!(failure.storage(), Some(StorageError::RecordTooLarge { .. }));
+            if !sloppy || too_large {
+                let _ = tx.send((node, Err(failure)));
                 return;
             }
             // Hinted handoff: a fallback keeps the record for `node` until it is back. The
@@ -364,26 +478,40 @@ async fn write(
             let left = deadline
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(500));
-            let r: Result<Result<(), StorageError>, _> = peers.call_as(&holder, hint, left).await;
-            let ok = matches!(r, Ok(Ok(())));
-            if !ok {
-                tracing::warn!(owner = %node, %holder, result = ?r, "could not store a hint");
+            let r: Result<(), ReplicaError> = peers.call_as(&holder, hint, left).await;
+            match r {
+                Ok(()) => {
+                    let _ = tx.send((node, Ok(counts)));
+                }
+                Err(e) => {
+                    tracing::warn!(owner = %node, %holder, error = %e, "could not store a hint");
+                    let _ = tx.send((node, Err(e)));
+                }
             }
-            let _ = tx.send(ok && counts);
         });
     }
     drop(tx);
     while acks < w {
         match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
-            Ok(Some(true)) => acks += 1,
-            Ok(Some(false)) => {}
-            Ok(None) | Err(_) => break,
+            Ok(Some((node, outcome))) => {
+                pending.retain(|p| *p != node);
+                match outcome {
+                    Ok(true) => acks += 1,
+                    Ok(false) => {}
+                    Err(e) => failures.push(&node, e),
+                }
+            }
+            Ok(None) => {
+                pending.clear();
+                break;
+            }
+            Err(_) => break,
         }
     }
     if acks >= w {
         Ok(Some(record))
     } else {
-        Err(quorum(acks))
+        Err(failures.error("write", acks, w, n, &pending, args.timeout))
     }
 }
 
@@ -445,14 +573,9 @@ async fn read(
         let left = deadline.saturating_duration_since(Instant::now());
         tokio::spawn(async move {
             let answer = if fallback {
-                peers.call_as::<ReplicaResponse>(&node, get, left).await
+                peers.call_as::<Option<DvvSet>>(&node, get, left).await
             } else {
                 peers.call(&node, get, left).await
-            };
-            let answer = match answer {
-                Ok(Ok(record)) => Ok(record),
-                Ok(Err(e)) => Err(ReplicaError::Garbled(node.clone(), e.to_string())),
-                Err(e) => Err(e),
             };
             let _ = tx.send((node, answer));
         });
@@ -467,7 +590,9 @@ async fn read(
     let speculative = tokio::time::sleep(SPECULATIVE_AFTER);
     tokio::pin!(speculative);
     let mut answers: Vec<(String, Option<DvvSet>)> = Vec::with_capacity(n);
+    let mut failures = Failures::default();
     let mut replied = 0;
+    let mut timed_out = false;
     while answers.len() < r && replied < asked {
         tokio::select! {
             received = tokio::time::timeout_at(deadline.into(), rx.recv()) => match received {
@@ -478,12 +603,17 @@ async fn read(
                 Ok(Some((node, Err(e)))) => {
                     replied += 1;
                     tracing::debug!(%node, error = %e, "replica failed a read");
+                    failures.push(&node, e);
                     if asked < targets {
                         ask(order[asked]);
                         asked += 1;
                     }
                 }
-                Ok(None) | Err(_) => break,
+                Ok(None) => break,
+                Err(_) => {
+                    timed_out = true;
+                    break;
+                }
             },
             () = &mut speculative, if asked < targets => {
                 while asked < targets {
@@ -495,12 +625,19 @@ async fn read(
     }
     drop(tx);
     if answers.len() < r {
-        return Err(KvError::Quorum {
-            op: "read",
-            answered: answers.len(),
-            needed: r,
-            n,
-        });
+        let pending: Vec<String> = if timed_out {
+            order[..asked]
+                .iter()
+                .map(|(node, _)| (*node).clone())
+                .filter(|node| {
+                    !answers.iter().any(|(a, _)| a == node)
+                        && !failures.0.iter().any(|(f, _)| f == node)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        return Err(failures.error("read", answers.len(), r, n, &pending, args.timeout));
     }
     let merged = merge_all(&answers);
     // Read repair: wait for the other answers (until the deadline), then bring every replica
@@ -527,7 +664,9 @@ async fn read(
                 key: ByteBuf::from(key.clone()),
                 record: merged.clone(),
             };
-            let _ = peers.call(&node, merge, Duration::from_secs(5)).await;
+            if let Err(e) = peers.merge(&node, merge, Duration::from_secs(5)).await {
+                tracing::debug!(%node, partition, error = %e, "read repair failed");
+            }
         }
     });
     Ok(merged)

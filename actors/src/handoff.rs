@@ -97,11 +97,10 @@ async fn deliver_to(peers: &Peers, owner: &str) -> Result<u64, StorageError> {
         }
         let mut tasks = JoinSet::new();
         for (partition, hints) in by_partition {
-            let (ids, entries): (Vec<HintId>, Vec<(ByteBuf, DvvSet)>) =
-                hints.into_iter().map(|(id, k, r)| (id, (k, r))).unzip();
-            let mut ids = ids.into_iter();
-            for chunk in crate::repair::by_size(entries) {
-                let chunk_ids: Vec<HintId> = ids.by_ref().take(chunk.len()).collect();
+            let budget = peers.ctx.max_batch_bytes;
+            for chunk in crate::repair::by_size(hints, budget, |(_, k, r)| (k.as_slice(), r)) {
+                let (chunk_ids, chunk): (Vec<HintId>, Vec<(ByteBuf, DvvSet)>) =
+                    chunk.into_iter().map(|(id, k, r)| (id, (k, r))).unzip();
                 while tasks.len() >= IN_FLIGHT {
                     if let Some(Ok(Some(done))) = tasks.join_next().await {
                         acked.extend(done);
@@ -113,9 +112,14 @@ async fn deliver_to(peers: &Peers, owner: &str) -> Result<u64, StorageError> {
                         partition,
                         entries: chunk,
                     };
-                    let r: Result<Result<usize, StorageError>, _> =
-                        peers.call_as(&owner, merge, CALL_TIMEOUT).await;
-                    matches!(r, Ok(Ok(_))).then_some(chunk_ids)
+                    let r: Result<usize, _> = peers.call_as(&owner, merge, CALL_TIMEOUT).await;
+                    match r {
+                        Ok(_) => Some(chunk_ids),
+                        Err(e) => {
+                            tracing::warn!(%owner, partition, error = %e, "hinted handoff: a merge failed; retrying next round");
+                            None
+                        }
+                    }
                 });
             }
         }

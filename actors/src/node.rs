@@ -390,6 +390,8 @@ impl Node {
             max_map_bytes: config.max_map_bytes,
             max_batch: config.max_batch,
             max_siblings: config.max_siblings,
+            max_record_bytes: config.max_record_bytes,
+            ..PartitionOptions::default()
         };
         let (path, q) = (config.data_dir.clone(), config.partitions);
         let data = tokio::task::spawn_blocking(move || DataDir::open(&path, q, &options))
@@ -410,7 +412,10 @@ impl Node {
                     None,
                     Some(ractor_cluster::node::NodeConnectionMode::Isolated),
                 )
-                .with_listen_addr(addr.ip());
+                .with_listen_addr(addr.ip())
+                // Set explicitly: ringkv never sends a replica message over
+                // `max-cluster-frame-bytes`, and takes none over it.
+                .with_max_inbound_frame_size(config.max_cluster_frame_bytes as u64);
                 let (server, _) = Actor::spawn(None, server, ())
                     .await
                     .map_err(|e| NodeError::Spawn(format!("cluster transport on {addr}: {e}")))?;
@@ -431,6 +436,10 @@ impl Node {
                 stats: stats.clone(),
                 fault_injection: config.fault_injection,
                 timeout: Duration::from_millis(config.request_timeout_ms),
+                max_message_bytes: config.max_cluster_frame_bytes,
+                max_batch_bytes: config.max_record_bytes,
+                serving: Arc::new(tokio::sync::Semaphore::new(crate::replica::MAX_SERVING)),
+                in_flight: crate::replica::PeerBudgets::new(2 * config.max_cluster_frame_bytes),
             }),
         };
         let (supervisor, join) = Actor::spawn(
@@ -563,7 +572,8 @@ impl Node {
     ///
     /// # Errors
     /// [`KvError::Storage`] for an invalid bucket or key or a storage failure;
-    /// [`KvError::Timeout`]; [`KvError::ShuttingDown`].
+    /// [`KvError::Quorum`] (its cause says whether replicas timed out, were unreachable,
+    /// full or overloaded); [`KvError::Overloaded`]; [`KvError::ShuttingDown`].
     pub async fn get(
         &self,
         bucket: &[u8],

@@ -43,8 +43,6 @@ type Entries = Vec<(u32, ByteBuf, u64)>;
 pub const FETCH_BATCH: usize = 64;
 /// Segments whose key lists one request asks for (bounds the answer's size).
 pub const SEGMENTS_PER_REQUEST: usize = 256;
-/// Most value bytes in one merge request sent to another replica.
-pub const MAX_PUSH_BYTES: usize = 4 << 20;
 /// Tombstones considered per partition and sweep.
 pub const PURGE_BATCH: usize = 1000;
 /// Time limit of each exchange request.
@@ -163,9 +161,8 @@ pub async fn exchange(peers: &Peers, p: u32, other: &str) -> Result<ExchangeRepo
             level,
             parents: parents.clone(),
         };
-        let (theirs, sent, got): (Result<Vec<u64>, StorageError>, _, _) =
+        let (theirs, sent, got): (Vec<u64>, _, _) =
             peers.call_sized(other, request, CALL_TIMEOUT).await?;
-        let theirs = theirs?;
         report.round_trips += 1;
         report.hashes += theirs.len() as u64;
         report.bytes += (sent + got) as u64;
@@ -184,9 +181,8 @@ pub async fn exchange(peers: &Peers, p: u32, other: &str) -> Result<ExchangeRepo
             partition: p,
             segments: chunk.to_vec(),
         };
-        let (entries, sent, got): (Result<Entries, StorageError>, _, _) =
+        let (entries, sent, got): (Entries, _, _) =
             peers.call_sized(other, request, CALL_TIMEOUT).await?;
-        let entries = entries?;
         report.round_trips += 1;
         report.hashes += entries.len() as u64;
         report.bytes += (sent + got) as u64;
@@ -205,9 +201,8 @@ pub async fn exchange(peers: &Peers, p: u32, other: &str) -> Result<ExchangeRepo
             partition: p,
             keys: chunk.iter().cloned().map(ByteBuf::from).collect(),
         };
-        let (records, sent, got): (Result<Vec<Option<DvvSet>>, StorageError>, _, _) =
+        let (records, sent, got): (Vec<Option<DvvSet>>, _, _) =
             peers.call_sized(other, request, CALL_TIMEOUT).await?;
-        let records = records?;
         report.round_trips += 1;
         report.bytes += (sent + got) as u64;
         if records.is_empty() {
@@ -234,14 +229,13 @@ pub async fn exchange(peers: &Peers, p: u32, other: &str) -> Result<ExchangeRepo
         if !pull.is_empty() {
             crate::replica::merge_stored(&part, pull).await?;
         }
-        for batch in by_size(push) {
+        for batch in by_size(push, peers.ctx.max_batch_bytes, |(k, r)| (k.as_slice(), r)) {
             let request = ReplicaRequest::MergeStored {
                 partition: p,
                 entries: batch,
             };
-            let (merged, sent, got): (Result<usize, StorageError>, _, _) =
+            let (_merged, sent, got): (usize, _, _) =
                 peers.call_sized(other, request, CALL_TIMEOUT).await?;
-            merged?;
             report.round_trips += 1;
             report.bytes += (sent + got) as u64;
         }
@@ -249,24 +243,35 @@ pub async fn exchange(peers: &Peers, p: u32, other: &str) -> Result<ExchangeRepo
     Ok(report)
 }
 
-/// Splits records into batches of at most [`MAX_PUSH_BYTES`] of values (at least one record
-/// each), so that no cluster frame nears ractor_cluster's 16 MiB limit.
-pub(crate) fn by_size(records: Vec<(ByteBuf, DvvSet)>) -> Vec<Vec<(ByteBuf, DvvSet)>> {
+/// Splits records into batches of at most `budget` encoded bytes (`max-record-bytes`, see
+/// [`crate::replica::entry_bytes`]), so that every batch fits in one cluster message. A
+/// record that alone is over the budget (stored before the record limit existed) is logged
+/// and left out: it cannot travel.
+pub(crate) fn by_size<T>(
+    items: Vec<T>,
+    budget: usize,
+    parts: impl Fn(&T) -> (&[u8], &DvvSet),
+) -> Vec<Vec<T>> {
     let mut batches = Vec::new();
     let mut current = Vec::new();
     let mut bytes = 0;
-    for (key, record) in records {
-        let size: usize = record
-            .siblings
-            .iter()
-            .map(|s| s.value.as_ref().map_or(0, |v| v.len()) + 64)
-            .sum();
-        if !current.is_empty() && bytes + size > MAX_PUSH_BYTES {
+    for item in items {
+        let (key, record) = parts(&item);
+        let size = crate::replica::entry_bytes(key, record);
+        if size > budget {
+            tracing::error!(
+                bytes = size,
+                limit = budget,
+                "a record over max-record-bytes cannot be sent to another replica"
+            );
+            continue;
+        }
+        if bytes + size > budget {
             batches.push(std::mem::take(&mut current));
             bytes = 0;
         }
         bytes += size;
-        current.push((key, record));
+        current.push(item);
     }
     if !current.is_empty() {
         batches.push(current);
@@ -299,9 +304,7 @@ pub async fn purge(
                 .map(|(k, h)| (ByteBuf::from(k.clone()), *h))
                 .collect(),
         };
-        let held: Result<Vec<bool>, StorageError> =
-            peers.call_as(node, request, CALL_TIMEOUT).await?;
-        let held = held?;
+        let held: Vec<bool> = peers.call_as(node, request, CALL_TIMEOUT).await?;
         candidates = candidates
             .into_iter()
             .zip(held)
@@ -320,8 +323,7 @@ pub async fn purge(
                 .map(|(k, h)| (ByteBuf::from(k.clone()), *h))
                 .collect(),
         };
-        let n: Result<usize, StorageError> = peers.call_as(node, request, CALL_TIMEOUT).await?;
-        let n = n?;
+        let n: usize = peers.call_as(node, request, CALL_TIMEOUT).await?;
         if *node == peers.local {
             purged_here = n;
         }

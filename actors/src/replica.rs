@@ -168,11 +168,39 @@ impl ReplicaRequest {
     }
 }
 
-/// The answer of a replica: the key's state after the operation (`None`: never written
-/// here), or the storage error.
-pub type ReplicaResponse = Result<Option<DvvSet>, StorageError>;
+/// Why a replica operation failed on the replica's node: the wire error type of every
+/// replica answer (`Result<T, ReplicaFailure>`), so that the caller learns the cause (a full
+/// disk, a record over the limit, an overloaded node) and can answer its client with the
+/// most specific error code.
+#[derive(Clone, Debug, Error, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaFailure {
+    /// The replica's storage refused or failed the operation.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The vnode of the partition did not answer (or restart) within the request's time.
+    #[error("the vnode of partition {0} did not answer in time")]
+    VNodeTimeout(u32),
+    /// The node serves its maximum of replica requests at once.
+    #[error("the node serves its maximum of {0} replica requests at once")]
+    Overloaded(usize),
+    /// The request did not decode.
+    #[error("undecodable replica request: {0}")]
+    Malformed(String),
+    /// The answer would be a cluster message over the frame limit; it was not sent.
+    #[error("the answer would be {bytes} bytes, over the cluster message limit of {limit} bytes (max-cluster-frame-bytes)")]
+    TooLarge {
+        /// Encoded size, bytes.
+        bytes: usize,
+        /// The limit, bytes.
+        limit: usize,
+    },
+}
 
-/// Why a replica did not answer.
+/// The answer of a replica to a read or coordinated write: the key's state after the
+/// operation (`None`: never written here), or why it failed.
+pub type ReplicaResponse = Result<Option<DvvSet>, ReplicaFailure>;
+
+/// Why a replica operation did not succeed, as its caller sees it.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum ReplicaError {
     /// No session to that node, or its Replica actor is gone.
@@ -184,6 +212,37 @@ pub enum ReplicaError {
     /// The answer did not decode.
     #[error("undecodable answer from node {0}: {1}")]
     Garbled(String, String),
+    /// This node already has its maximum of request bytes in flight to that node.
+    #[error("node {node}: {limit} bytes of requests already in flight to it (the per-peer bound)")]
+    Overloaded {
+        /// The node.
+        node: String,
+        /// The per-peer bound, bytes.
+        limit: usize,
+    },
+    /// The request would be a cluster message over the frame limit; it was not sent.
+    #[error("node {node}: the request would be {bytes} bytes, over the cluster message limit of {limit} bytes (max-cluster-frame-bytes)")]
+    TooLarge {
+        /// The node.
+        node: String,
+        /// Encoded size, bytes.
+        bytes: usize,
+        /// The limit, bytes.
+        limit: usize,
+    },
+    /// The replica answered with a failure.
+    #[error("node {0}: {1}")]
+    Failed(String, ReplicaFailure),
+}
+
+impl ReplicaError {
+    /// The storage error behind this failure, if the replica's storage gave one.
+    pub fn storage(&self) -> Option<&StorageError> {
+        match self {
+            ReplicaError::Failed(_, ReplicaFailure::Storage(e)) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 /// Messages of the Replica actor (they cross nodes).
@@ -220,6 +279,65 @@ pub struct ReplicaContext {
     pub fault_injection: bool,
     /// Longest a request waits for a restarting vnode.
     pub timeout: Duration,
+    /// Largest cluster message, bytes (`max-cluster-frame-bytes`): no request or answer
+    /// bigger than this is sent.
+    pub max_message_bytes: usize,
+    /// Largest record, bytes (`max-record-bytes`): batches of records stop at this many
+    /// bytes, so a batch always fits in a message.
+    pub max_batch_bytes: usize,
+    /// Replica requests from other nodes served at once; more are answered
+    /// [`ReplicaFailure::Overloaded`].
+    pub serving: Arc<tokio::sync::Semaphore>,
+    /// Request bytes in flight to each other node.
+    pub in_flight: PeerBudgets,
+}
+
+/// Most replica requests from other nodes one node serves at once.
+pub const MAX_SERVING: usize = 8192;
+
+/// Bytes of requests in flight to each other node, bounded: a call waits (up to its
+/// timeout) for room, then fails with [`ReplicaError::Overloaded`]. Each call counts at
+/// least [`MIN_CALL_BYTES`], so the bound also caps the number of calls in flight. Bounding
+/// what is queued on a node pair's one connection also bounds how long a heartbeat waits
+/// behind bulk data on it.
+pub struct PeerBudgets {
+    per_peer: usize,
+    budgets: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+/// Least bytes one call counts against its peer's budget.
+pub const MIN_CALL_BYTES: usize = 1024;
+
+impl PeerBudgets {
+    /// A budget of `per_peer` bytes for each node.
+    pub fn new(per_peer: usize) -> Self {
+        Self {
+            per_peer,
+            budgets: Default::default(),
+        }
+    }
+
+    async fn acquire(
+        &self,
+        node: &str,
+        bytes: usize,
+        timeout: Duration,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ReplicaError> {
+        let budget = {
+            let mut map = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(node.to_string())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_peer)))
+                .clone()
+        };
+        let want = bytes.clamp(MIN_CALL_BYTES, self.per_peer) as u32;
+        match tokio::time::timeout(timeout, budget.acquire_many_owned(want)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ReplicaError::Overloaded {
+                node: node.to_string(),
+                limit: self.per_peer,
+            }),
+        }
+    }
 }
 
 /// The node's endpoint for replica operations from other nodes.
@@ -250,17 +368,37 @@ impl Actor for Replica {
             ReplicaMsg::InjectPanic if ctx.fault_injection => panic!("replica: injected panic"),
             ReplicaMsg::InjectPanic => return Ok(()),
         };
+        let Ok(permit) = ctx.serving.clone().try_acquire_owned() else {
+            let _ = reply.send(encode(&Err::<(), _>(ReplicaFailure::Overloaded(
+                MAX_SERVING,
+            ))));
+            return Ok(());
+        };
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let answer = match decode::<Envelope>(&bytes) {
                 // An injected network partition: drop the request, as a cut link would.
                 Ok(envelope) if ctx.view.is_isolated(&envelope.from) => return,
                 Ok(envelope) => serve(&ctx, envelope.request).await,
-                Err(e) => encode(&ReplicaResponse::Err(StorageError::Io(format!(
-                    "undecodable replica request: {e}"
-                )))),
+                Err(e) => encode(&Err::<(), _>(ReplicaFailure::Malformed(e))),
+            };
+            // Never send a message over the cluster frame limit: ractor_cluster would close
+            // the session between the two nodes.
+            let answer = if answer.len() > ctx.max_message_bytes {
+                tracing::error!(
+                    bytes = answer.len(),
+                    limit = ctx.max_message_bytes,
+                    "replica answer over the cluster message limit; answering an error instead"
+                );
+                encode(&Err::<(), _>(ReplicaFailure::TooLarge {
+                    bytes: answer.len(),
+                    limit: ctx.max_message_bytes,
+                }))
+            } else {
+                answer
             };
             let _ = reply.send(answer);
+            drop(permit);
         });
         Ok(())
     }
@@ -297,17 +435,20 @@ async fn written<T: Send + 'static>(
 }
 
 /// Runs `request` on this node and encodes the answer (its type depends on the request; see
-/// [`ReplicaRequest`]).
+/// [`ReplicaRequest`]; every failure is a [`ReplicaFailure`]).
 async fn serve(ctx: &Arc<ReplicaContext>, request: ReplicaRequest) -> Vec<u8> {
     let p = request.partition();
+    fn enc<T: Serialize>(r: Result<T, impl Into<ReplicaFailure>>) -> Vec<u8> {
+        encode(&r.map_err(Into::into))
+    }
     match request {
-        r @ (ReplicaRequest::Get { .. }
-        | ReplicaRequest::Update { .. }
-        | ReplicaRequest::Merge { .. }) => {
-            let answer: ReplicaResponse = local_call(&ctx.directory, r, ctx.timeout)
-                .await
-                .unwrap_or_else(|e| Err(StorageError::Io(e.to_string())));
-            encode(&answer)
+        r @ (ReplicaRequest::Get { .. } | ReplicaRequest::Update { .. }) => {
+            encode(&local_call(&ctx.directory, r, ctx.timeout).await)
+        }
+        // A merge is answered with an acknowledgement, never with the merged record: the
+        // caller already has what it sent.
+        r @ ReplicaRequest::Merge { .. } => {
+            encode(&local_call(&ctx.directory, r, ctx.timeout).await.map(|_| ()))
         }
         ReplicaRequest::Hint {
             owner,
@@ -327,7 +468,7 @@ async fn serve(ctx: &Arc<ReplicaContext>, request: ReplicaRequest) -> Vec<u8> {
             if r.is_ok() {
                 crate::stats::add(&ctx.stats.hints.stored, 1);
             }
-            encode(&r)
+            enc(r)
         }
         ReplicaRequest::GetHinted {
             partition,
@@ -335,19 +476,14 @@ async fn serve(ctx: &Arc<ReplicaContext>, request: ReplicaRequest) -> Vec<u8> {
             key,
         } => {
             let hints = ctx.hints.clone();
-            let r: ReplicaResponse =
-                blocking(move || hints.get_hinted(partition, &bucket, &key)).await;
-            encode(&r)
+            enc(blocking(move || hints.get_hinted(partition, &bucket, &key)).await)
         }
-        ReplicaRequest::MerkleChildren { level, parents, .. } => {
-            let r = match partition_of(ctx, p) {
-                Ok(part) => part.merkle_children(level, &parents),
-                Err(e) => Err(e),
-            };
-            encode(&r)
-        }
+        ReplicaRequest::MerkleChildren { level, parents, .. } => enc(match partition_of(ctx, p) {
+            Ok(part) => part.merkle_children(level, &parents),
+            Err(e) => Err(e),
+        }),
         ReplicaRequest::SegmentEntries { segments, .. } => {
-            let r = match partition_of(ctx, p).cloned() {
+            enc(match partition_of(ctx, p).cloned() {
                 Ok(part) => blocking(move || part.segment_entries(&segments))
                     .await
                     .map(|v| {
@@ -356,38 +492,31 @@ async fn serve(ctx: &Arc<ReplicaContext>, request: ReplicaRequest) -> Vec<u8> {
                             .collect::<Vec<_>>()
                     }),
                 Err(e) => Err(e),
-            };
-            encode(&r)
+            })
         }
         ReplicaRequest::Fetch { keys, .. } => {
-            let r = match partition_of(ctx, p).cloned() {
-                Ok(part) => blocking(move || fetch_bounded(&part, &keys)).await,
+            let budget = ctx.max_batch_bytes;
+            enc(match partition_of(ctx, p).cloned() {
+                Ok(part) => blocking(move || fetch_bounded(&part, &keys, budget)).await,
                 Err(e) => Err(e),
-            };
-            encode(&r)
+            })
         }
-        ReplicaRequest::MergeStored { entries, .. } => {
-            let r: Result<usize, StorageError> = match partition_of(ctx, p).cloned() {
-                Ok(part) => merge_stored(&part, entries).await,
-                Err(e) => Err(e),
-            };
-            encode(&r)
-        }
-        ReplicaRequest::CheckEntries { entries, .. } => {
-            let r: Result<Vec<bool>, StorageError> = match partition_of(ctx, p).cloned() {
-                Ok(part) => {
-                    blocking(move || {
-                        entries
-                            .iter()
-                            .map(|(k, h)| Ok(entry_hash_of(&part, k)? == Some(*h)))
-                            .collect()
-                    })
-                    .await
-                }
-                Err(e) => Err(e),
-            };
-            encode(&r)
-        }
+        ReplicaRequest::MergeStored { entries, .. } => enc(match partition_of(ctx, p).cloned() {
+            Ok(part) => merge_stored(&part, entries).await,
+            Err(e) => Err(e),
+        }),
+        ReplicaRequest::CheckEntries { entries, .. } => enc(match partition_of(ctx, p).cloned() {
+            Ok(part) => {
+                blocking(move || {
+                    entries
+                        .iter()
+                        .map(|(k, h)| Ok(entry_hash_of(&part, k)? == Some(*h)))
+                        .collect::<Result<Vec<bool>, StorageError>>()
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        }),
         ReplicaRequest::Purge { entries, .. } => {
             let r = match partition_of(ctx, p).cloned() {
                 Ok(part) => {
@@ -402,40 +531,56 @@ async fn serve(ctx: &Arc<ReplicaContext>, request: ReplicaRequest) -> Vec<u8> {
             if let Ok(n) = r {
                 crate::stats::add(&ctx.stats.repair.tombstones_purged, n as u64);
             }
-            encode(&r)
+            enc(r)
         }
     }
 }
 
-/// Most value bytes in one answer to [`ReplicaRequest::Fetch`]: a cluster frame over 16 MiB
-/// would kill the session between two nodes (STACK-NOTES).
-pub const MAX_FETCH_BYTES: usize = 4 << 20;
+/// Encoded size of one `(stored key, record)` entry in a batch, bytes (an upper bound of
+/// what it adds to a message).
+pub fn entry_bytes(key: &[u8], record: &DvvSet) -> usize {
+    key.len() + ringkv_storage::record::encode(record).len() + 16
+}
 
-/// The states of `keys`, in order, stopping early (but after at least one) once the values
-/// passed [`MAX_FETCH_BYTES`]: the caller asks again for the rest.
-fn fetch_bounded(part: &Partition, keys: &[ByteBuf]) -> Result<Vec<Option<DvvSet>>, StorageError> {
+/// The states of `keys`, in order, stopping before the answer would pass `budget` bytes
+/// (`max-record-bytes`): the caller asks again for the rest. A record that alone is over
+/// the budget (stored before the record limit existed) is answered `None` and logged: it
+/// cannot travel.
+fn fetch_bounded(
+    part: &Partition,
+    keys: &[ByteBuf],
+    budget: usize,
+) -> Result<Vec<Option<DvvSet>>, StorageError> {
     let mut out = Vec::with_capacity(keys.len());
     let mut bytes = 0;
     for k in keys {
-        if bytes > MAX_FETCH_BYTES {
+        let record = part.get_stored(k)?;
+        let size = record.as_ref().map_or(k.len() + 16, |d| entry_bytes(k, d));
+        if size > budget {
+            tracing::error!(
+                partition = part.id(),
+                bytes = size,
+                limit = budget,
+                "a stored record is over max-record-bytes and cannot be sent to another replica"
+            );
+            out.push(None);
+            continue;
+        }
+        if bytes + size > budget {
             break;
         }
-        let record = part.get_stored(k)?;
-        bytes += record.as_ref().map_or(0, |d| {
-            d.siblings
-                .iter()
-                .map(|s| s.value.as_ref().map_or(0, |v| v.len()) + 64)
-                .sum()
-        });
+        bytes += size;
         out.push(record);
     }
     Ok(out)
 }
 
-/// Merges states of stored keys into `part`, durably; how many were written.
+/// Merges states of stored keys into `part`, durably; how many were written. A key whose
+/// merge would pass `max-record-bytes` (siblings made concurrently on two replicas) is
+/// logged and left as it is here: no retry can make it fit.
 ///
 /// # Errors
-/// The first storage error.
+/// The first other storage error.
 pub async fn merge_stored(
     part: &Arc<Partition>,
     entries: Vec<(ByteBuf, DvvSet)>,
@@ -452,10 +597,18 @@ pub async fn merge_stored(
         );
         waits.push(rx);
     }
-    let n = waits.len();
+    let mut n = 0;
     for rx in waits {
-        rx.await
-            .unwrap_or_else(|_| Err(StorageError::Io("the writer stopped".into())))?;
+        match rx
+            .await
+            .unwrap_or_else(|_| Err(StorageError::Io("the writer stopped".into())))
+        {
+            Ok(_) => n += 1,
+            Err(e @ StorageError::RecordTooLarge { .. }) => {
+                tracing::warn!(partition = part.id(), error = %e, "cannot merge a key: its replicas hold siblings that together pass the record limit");
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(n)
 }
@@ -470,12 +623,13 @@ pub fn entry_hash_of(part: &Partition, stored_key: &[u8]) -> Result<Option<u64>,
     }))
 }
 
-/// Runs `request` on this node's vnode, waiting up to `timeout` for it to be up.
+/// Runs a vnode operation (`Get`, `Update`, `Merge`) on this node's vnode, waiting up to
+/// `timeout` for it to be up; the key's state after it.
 async fn local_call(
     directory: &VNodeDirectory,
     request: ReplicaRequest,
     timeout: Duration,
-) -> Result<ReplicaResponse, ReplicaError> {
+) -> ReplicaResponse {
     let deadline = Instant::now() + timeout;
     let p = request.partition();
     let mut stale: Option<ActorRef<VNodeMsg>> = None;
@@ -483,7 +637,7 @@ async fn local_call(
         let vnode = directory
             .wait_for(p, stale.as_ref(), deadline)
             .await
-            .ok_or_else(|| ReplicaError::Timeout("local".into()))?;
+            .ok_or(ReplicaFailure::VNodeTimeout(p))?;
         let left = deadline.saturating_duration_since(Instant::now());
         let r = request.clone();
         let answer = match r {
@@ -537,15 +691,11 @@ async fn local_call(
                 )
                 .await
                 .map(|c| map_call(c, Some)),
-            _ => {
-                return Ok(Err(StorageError::InvalidArgument(
-                    "not a vnode operation".into(),
-                )))
-            }
+            _ => return Err(ReplicaFailure::Malformed("not a vnode operation".into())),
         };
         match answer {
-            Ok(CallResult::Success(r)) => return Ok(r),
-            Ok(CallResult::Timeout) => return Err(ReplicaError::Timeout("local".into())),
+            Ok(CallResult::Success(r)) => return r.map_err(ReplicaFailure::Storage),
+            Ok(CallResult::Timeout) => return Err(ReplicaFailure::VNodeTimeout(p)),
             // The vnode died holding the request before handing it to the writer: nothing
             // was applied, so wait for its successor and try again.
             Ok(CallResult::SenderError) | Err(_) => stale = Some(vnode),
@@ -579,30 +729,53 @@ impl Peers {
         &self.ctx.view
     }
 
-    /// Runs a vnode operation (`Get`, `Update`, `Merge`) on node `node`'s replica, within
-    /// `timeout`.
+    /// Runs a read or coordinated write (`Get`, `Update`) on node `node`'s replica, within
+    /// `timeout`: the key's state after it.
     ///
     /// # Errors
-    /// [`ReplicaError`] if the node cannot be reached or does not answer in time; storage
-    /// errors come back inside the [`ReplicaResponse`].
+    /// [`ReplicaError`]: unreachable, no answer in time, or [`ReplicaError::Failed`] with
+    /// the replica's [`ReplicaFailure`].
     pub async fn call(
         &self,
         node: &str,
         request: ReplicaRequest,
         timeout: Duration,
-    ) -> Result<ReplicaResponse, ReplicaError> {
+    ) -> Result<Option<DvvSet>, ReplicaError> {
         if node == self.local {
-            return local_call(&self.ctx.directory, request, timeout).await;
+            return local_call(&self.ctx.directory, request, timeout)
+                .await
+                .map_err(|e| ReplicaError::Failed(node.to_string(), e));
         }
         self.call_as(node, request, timeout).await
     }
 
-    /// Runs any operation on node `node` (this one included) and decodes its answer as `T`
-    /// (the answer type each [`ReplicaRequest`] variant names).
+    /// Merges `record` into node `node`'s replica of a key (replication, read repair),
+    /// within `timeout`; the answer is an acknowledgement once the merge is durable.
     ///
     /// # Errors
-    /// [`ReplicaError`] if the node cannot be reached, does not answer in time, or answers
-    /// something that does not decode as `T`.
+    /// As [`Peers::call`].
+    pub async fn merge(
+        &self,
+        node: &str,
+        request: ReplicaRequest,
+        timeout: Duration,
+    ) -> Result<(), ReplicaError> {
+        if node == self.local {
+            return local_call(&self.ctx.directory, request, timeout)
+                .await
+                .map(|_| ())
+                .map_err(|e| ReplicaError::Failed(node.to_string(), e));
+        }
+        self.call_as(node, request, timeout).await
+    }
+
+    /// Runs any operation on node `node` (this one included) and decodes its answer as
+    /// `Result<T, ReplicaFailure>` (`T` is the answer type each [`ReplicaRequest`] variant
+    /// names).
+    ///
+    /// # Errors
+    /// [`ReplicaError`] if the node cannot be reached, does not answer in time, answers
+    /// something that does not decode, or answers a [`ReplicaFailure`].
     pub async fn call_as<T: for<'de> Deserialize<'de>>(
         &self,
         node: &str,
@@ -623,40 +796,51 @@ impl Peers {
         request: ReplicaRequest,
         timeout: Duration,
     ) -> Result<(T, usize, usize), ReplicaError> {
-        let answer = if node == self.local {
+        let garbled = |e| ReplicaError::Garbled(node.to_string(), e);
+        let failed = |e| ReplicaError::Failed(node.to_string(), e);
+        if node == self.local {
             let bytes = serve(&self.ctx, request).await;
-            return decode(&bytes)
-                .map(|t| (t, 0, 0))
-                .map_err(|e| ReplicaError::Garbled(node.to_string(), e));
-        } else {
-            if self.ctx.view.is_isolated(node) {
-                return Err(ReplicaError::Unreachable(node.to_string()));
-            }
-            let member = ractor::pg::get_members(&replica_group(node))
-                .into_iter()
-                .next()
-                .ok_or_else(|| ReplicaError::Unreachable(node.to_string()))?;
-            let actor: ActorRef<ReplicaMsg> = member.into();
-            let bytes = encode(&Envelope {
-                from: self.local.clone(),
-                request,
+            let answer: Result<T, ReplicaFailure> = decode(&bytes).map_err(garbled)?;
+            return answer.map(|t| (t, 0, 0)).map_err(failed);
+        }
+        if self.ctx.view.is_isolated(node) {
+            return Err(ReplicaError::Unreachable(node.to_string()));
+        }
+        let member = ractor::pg::get_members(&replica_group(node))
+            .into_iter()
+            .next()
+            .ok_or_else(|| ReplicaError::Unreachable(node.to_string()))?;
+        let actor: ActorRef<ReplicaMsg> = member.into();
+        let bytes = encode(&Envelope {
+            from: self.local.clone(),
+            request,
+        });
+        let sent = bytes.len();
+        // Never send a message over the cluster frame limit: the receiving side would close
+        // the whole session between the two nodes.
+        if sent > self.ctx.max_message_bytes {
+            return Err(ReplicaError::TooLarge {
+                node: node.to_string(),
+                bytes: sent,
+                limit: self.ctx.max_message_bytes,
             });
-            let sent = bytes.len();
-            match actor
-                .call(|reply| ReplicaMsg::Call(bytes, reply), Some(timeout))
-                .await
-            {
-                Ok(CallResult::Success(answer)) => (answer, sent),
-                Ok(CallResult::Timeout) => return Err(ReplicaError::Timeout(node.to_string())),
-                Ok(CallResult::SenderError) | Err(_) => {
-                    return Err(ReplicaError::Unreachable(node.to_string()))
-                }
+        }
+        let started = Instant::now();
+        let permit = self.ctx.in_flight.acquire(node, sent, timeout).await?;
+        let left = timeout.saturating_sub(started.elapsed());
+        let answer = match actor
+            .call(|reply| ReplicaMsg::Call(bytes, reply), Some(left))
+            .await
+        {
+            Ok(CallResult::Success(answer)) => answer,
+            Ok(CallResult::Timeout) => return Err(ReplicaError::Timeout(node.to_string())),
+            Ok(CallResult::SenderError) | Err(_) => {
+                return Err(ReplicaError::Unreachable(node.to_string()))
             }
         };
-        let (answer, sent) = answer;
-        decode(&answer)
-            .map(|t| (t, sent, answer.len()))
-            .map_err(|e| ReplicaError::Garbled(node.to_string(), e))
+        drop(permit);
+        let decoded: Result<T, ReplicaFailure> = decode(&answer).map_err(garbled)?;
+        decoded.map(|t| (t, sent, answer.len())).map_err(failed)
     }
 
     /// True if `node` is this node, or has a live session with it, is not suspected by the

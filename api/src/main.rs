@@ -268,6 +268,22 @@ struct StartArgs {
     /// Largest value, bytes [default: 4194304].
     #[arg(long)]
     max_value_bytes: Option<usize>,
+    /// Largest record of one key (all its siblings), bytes [default: 6291456].
+    #[arg(long)]
+    max_record_bytes: Option<usize>,
+    /// Largest message between two nodes, bytes [default: 16777216].
+    #[arg(long)]
+    max_cluster_frame_bytes: Option<usize>,
+    /// Node-wide budget of client request and answer bytes in flight; past it requests
+    /// are answered `overloaded` [default: 268435456].
+    #[arg(long)]
+    max_in_flight_bytes: Option<usize>,
+    /// Time for the rest of a client frame once its first byte arrived, ms [default: 10000].
+    #[arg(long)]
+    frame_timeout_ms: Option<u64>,
+    /// Idle client connections are closed after this long, ms; 0 never [default: 600000].
+    #[arg(long)]
+    idle_timeout_ms: Option<u64>,
     /// Most client connections [default: 1024].
     #[arg(long)]
     max_connections: Option<usize>,
@@ -352,6 +368,11 @@ impl StartArgs {
             partitions,
             max_frame_bytes,
             max_value_bytes,
+            max_record_bytes,
+            max_cluster_frame_bytes,
+            max_in_flight_bytes,
+            frame_timeout_ms,
+            idle_timeout_ms,
             max_connections,
             max_in_flight,
             request_timeout_ms,

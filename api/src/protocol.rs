@@ -4,6 +4,7 @@
 //! carry an `id` chosen by the client and an `op`; the answer to a request carries the same
 //! `id`. Answers may come back in any order.
 
+use ringkv_actors::coordinator::QuorumCause;
 use ringkv_actors::{Fetched, KvError, RequestOptions};
 use ringkv_storage::StorageError;
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,14 @@ pub enum ErrorCode {
     InvalidQuorum,
     /// The cluster has no committed layout yet.
     NoLayout,
+    /// The write would make the key's record (all its siblings) larger than
+    /// `max-record-bytes`; nothing was written.
+    RecordTooLarge,
+    /// The node has its maximum of requests or bytes in flight; nothing was done.
+    Overloaded,
+    /// Too few replicas were reachable (down, partitioned away, or suspected by the failure
+    /// detector).
+    Unreachable,
     /// A cluster administration request failed (nothing to commit, unknown node, ...).
     ClusterError,
 }
@@ -71,6 +80,9 @@ impl ErrorCode {
             ErrorCode::QuorumFailed => "quorum_failed",
             ErrorCode::InvalidQuorum => "invalid_quorum",
             ErrorCode::NoLayout => "no_layout",
+            ErrorCode::RecordTooLarge => "record_too_large",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Unreachable => "unreachable",
             ErrorCode::ClusterError => "cluster_error",
         }
     }
@@ -107,6 +119,8 @@ impl From<KvError> for ProtocolError {
                     ErrorCode::InvalidKey
                 }
                 StorageError::TooManySiblings { .. } => ErrorCode::TooManySiblings,
+                StorageError::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
+                StorageError::Overloaded { .. } => ErrorCode::Overloaded,
                 StorageError::BadContext(_) => ErrorCode::BadContext,
                 StorageError::Full { .. } | StorageError::HintStoreFull(_) => {
                     ErrorCode::StorageFull
@@ -118,10 +132,16 @@ impl From<KvError> for ProtocolError {
                 | StorageError::InvalidArgument(_) => ErrorCode::StorageError,
             },
             KvError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
-            KvError::Timeout { .. } => ErrorCode::Timeout,
+            KvError::Overloaded(_) => ErrorCode::Overloaded,
             KvError::ShuttingDown => ErrorCode::ShuttingDown,
             KvError::FaultInjectionDisabled => ErrorCode::UnknownOp,
-            KvError::Quorum { .. } => ErrorCode::QuorumFailed,
+            KvError::Quorum { cause, .. } => match cause {
+                QuorumCause::Failed => ErrorCode::QuorumFailed,
+                QuorumCause::Timeout => ErrorCode::Timeout,
+                QuorumCause::Unreachable => ErrorCode::Unreachable,
+                QuorumCause::StorageFull => ErrorCode::StorageFull,
+                QuorumCause::Overloaded => ErrorCode::Overloaded,
+            },
             KvError::BadQuorum(_) => ErrorCode::InvalidQuorum,
             KvError::NoLayout => ErrorCode::NoLayout,
             KvError::Admin(_) => ErrorCode::ClusterError,

@@ -39,6 +39,22 @@ pub enum ConfigError {
     /// `capacity` is 0 or the phi threshold is not positive.
     #[error("{0}")]
     Cluster(String),
+    /// A size limit does not fit inside the one that must carry it.
+    #[error("{inner} ({inner_value}) must be at most {outer} ({outer_value}) minus {slack} bytes: {why}")]
+    LimitOrder {
+        /// The smaller setting's name.
+        inner: &'static str,
+        /// Its value.
+        inner_value: usize,
+        /// The larger setting's name.
+        outer: &'static str,
+        /// Its value.
+        outer_value: usize,
+        /// Bytes the larger one needs beyond the smaller one.
+        slack: usize,
+        /// Why the order matters.
+        why: &'static str,
+    },
     /// `initial-map-bytes` is over `max-map-bytes`.
     #[error("initial-map-bytes ({initial}) must be at most max-map-bytes ({max})")]
     MapSizes {
@@ -67,6 +83,28 @@ pub struct NodeConfig {
     pub max_frame_bytes: usize,
     /// Largest value, bytes. Default 4 MiB.
     pub max_value_bytes: usize,
+    /// Largest stored record of one key, bytes: every sibling's value, the version vector
+    /// and the encoding. A write or a merge that would make a record larger fails with
+    /// `record_too_large`, so no record is ever too large for a client answer or a cluster
+    /// message. At least `max-value-bytes` + 4096; at most `max-frame-bytes` - 4096 and
+    /// `max-cluster-frame-bytes` - 65536. Default 6 MiB.
+    pub max_record_bytes: usize,
+    /// Largest message between two nodes, bytes: the inbound frame limit of the cluster
+    /// transport (ractor_cluster closes the whole session between two nodes on a bigger
+    /// frame, so ringkv never sends one). Batches of replica traffic stop at
+    /// `max-record-bytes`. Default 16 MiB.
+    pub max_cluster_frame_bytes: usize,
+    /// Node-wide budget of client request and answer bytes in flight: frames being
+    /// received, requests being served and answers not yet written. A request that arrives
+    /// while the budget is spent is answered `overloaded`. Default 256 MiB.
+    pub max_in_flight_bytes: usize,
+    /// Once the first byte of a client frame has arrived, the rest must arrive within this
+    /// many milliseconds, or the connection is closed. Default 10000.
+    pub frame_timeout_ms: u64,
+    /// A client connection with no request in flight and no byte received for this many
+    /// milliseconds is closed; 0 keeps idle connections open forever. Default 600000
+    /// (10 min).
+    pub idle_timeout_ms: u64,
     /// Most client connections open at once; more are answered with an error and closed.
     /// Default 1024.
     pub max_connections: usize,
@@ -135,6 +173,11 @@ impl Default for NodeConfig {
             partitions: 64,
             max_frame_bytes: 8 << 20,
             max_value_bytes: 4 << 20,
+            max_record_bytes: 6 << 20,
+            max_cluster_frame_bytes: 16 << 20,
+            max_in_flight_bytes: 256 << 20,
+            frame_timeout_ms: 10_000,
+            idle_timeout_ms: 600_000,
             max_connections: 1024,
             max_in_flight: 1024,
             request_timeout_ms: 5000,
@@ -192,6 +235,10 @@ impl NodeConfig {
             ("max-batch", self.max_batch),
             ("initial-map-bytes", self.initial_map_bytes),
             ("handoff-interval-ms", self.handoff_interval_ms as usize),
+            ("max-record-bytes", self.max_record_bytes),
+            ("max-cluster-frame-bytes", self.max_cluster_frame_bytes),
+            ("max-in-flight-bytes", self.max_in_flight_bytes),
+            ("frame-timeout-ms", self.frame_timeout_ms as usize),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero { name });
@@ -203,6 +250,52 @@ impl NodeConfig {
                 frame: self.max_frame_bytes,
             });
         }
+        let order = |inner, inner_value: usize, outer, outer_value: usize, slack, why| {
+            if inner_value.saturating_add(slack) > outer_value {
+                Err(ConfigError::LimitOrder {
+                    inner,
+                    inner_value,
+                    outer,
+                    outer_value,
+                    slack,
+                    why,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        order(
+            "max-value-bytes",
+            self.max_value_bytes,
+            "max-record-bytes",
+            self.max_record_bytes,
+            4096,
+            "a record must hold at least one value of the largest size",
+        )?;
+        order(
+            "max-record-bytes",
+            self.max_record_bytes,
+            "max-frame-bytes",
+            self.max_frame_bytes,
+            4096,
+            "a get answer carries a whole record",
+        )?;
+        order(
+            "max-record-bytes",
+            self.max_record_bytes,
+            "max-cluster-frame-bytes",
+            self.max_cluster_frame_bytes,
+            65536,
+            "a replica message carries a whole record",
+        )?;
+        order(
+            "max-frame-bytes",
+            self.max_frame_bytes,
+            "max-in-flight-bytes",
+            self.max_in_flight_bytes,
+            0,
+            "the budget must admit at least one frame of the largest size",
+        )?;
         if self.cluster_addr.is_some() && self.cookie.as_deref().is_none_or(str::is_empty) {
             return Err(ConfigError::NoCookie);
         }
@@ -257,5 +350,31 @@ mod tests {
             c.validate(),
             Err(ConfigError::ValueOverFrame { .. })
         ));
+    }
+
+    #[test]
+    fn record_limit_sits_between_value_and_frames() {
+        let c = NodeConfig {
+            max_record_bytes: 4 << 20,
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("max-value-bytes") && e.contains("max-record-bytes"),
+            "{e}"
+        );
+        let c = NodeConfig {
+            max_record_bytes: 8 << 20,
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("max-frame-bytes"), "{e}");
+        let c = NodeConfig {
+            max_frame_bytes: 64 << 20,
+            max_record_bytes: 16 << 20,
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("max-cluster-frame-bytes"), "{e}");
     }
 }

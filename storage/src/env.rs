@@ -84,6 +84,14 @@ impl Store {
         }
     }
 
+    /// The error for a write refused by a full writer queue.
+    pub(crate) fn overloaded(self, limit: usize) -> StorageError {
+        StorageError::Overloaded {
+            store: self.to_string(),
+            limit,
+        }
+    }
+
     /// The error for a write queued after shutdown.
     pub(crate) fn closed(self) -> StorageError {
         match self {

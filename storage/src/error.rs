@@ -67,6 +67,22 @@ pub enum StorageError {
     /// the argument and its allowed range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A write would make a key's record larger than `max-record-bytes`.
+    #[error("the key's record would be {bytes} bytes, over the maximum of {limit} bytes (max-record-bytes): read the key, resolve its siblings and write with the returned context")]
+    RecordTooLarge {
+        /// Encoded size the record would have, bytes.
+        bytes: usize,
+        /// The limit, bytes.
+        limit: usize,
+    },
+    /// A writer queue holds its maximum of waiting writes; nothing was written.
+    #[error("the {store} write queue holds its maximum of {limit} writes; try again later")]
+    Overloaded {
+        /// Which store (`partition 3`, `hint store`).
+        store: String,
+        /// The queue's bound, writes.
+        limit: usize,
+    },
     /// The hint store reached its largest allowed map size, or the disk is full.
     #[error("the hint store is full: {0}")]
     HintStoreFull(String),

@@ -17,7 +17,7 @@
 //! * value: `[HINT_V1][msgpack map of the Hint]` (named fields, as [`crate::record`]).
 
 use crate::env::{Abort, GrowableEnv, Store};
-use crate::writer::WriterThread;
+use crate::writer::{Refused, WriterThread};
 use crate::{DvvSet, StorageError};
 use heed::types::Bytes;
 use heed::Database;
@@ -37,6 +37,9 @@ pub const HINTS_INITIAL_MAP_BYTES: usize = 64 << 20;
 pub const HINTS_MAX_MAP_BYTES: usize = 64 << 30;
 /// Most operations committed in one transaction (group commit).
 pub const HINTS_MAX_BATCH: usize = 1024;
+/// Most hint writes waiting for the hint store's writer; more are refused with
+/// [`StorageError::Overloaded`].
+pub const HINTS_MAX_QUEUE: usize = 16 * HINTS_MAX_BATCH;
 /// Largest owner name, bytes (its length is stored in one byte).
 pub const MAX_OWNER_LEN: usize = 255;
 
@@ -246,9 +249,12 @@ impl HintStore {
             by_key,
             next_seq,
         };
-        let writer = WriterThread::spawn("ringkv-hints".into(), HINTS_MAX_BATCH, move |batch| {
-            writer.commit_batch(batch)
-        })?;
+        let writer = WriterThread::spawn(
+            "ringkv-hints".into(),
+            HINTS_MAX_BATCH,
+            HINTS_MAX_QUEUE,
+            move |batch| writer.commit_batch(batch),
+        )?;
         Ok(Arc::new(Self {
             path: dir.to_path_buf(),
             genv,
@@ -323,10 +329,13 @@ impl HintStore {
     }
 
     fn enqueue(&self, op: HintOp) {
-        if let Err(op) = self.writer.send(op) {
-            let outcome = op.failed(self.genv.store().closed());
-            op.answer(outcome);
-        }
+        let (op, e) = match self.writer.send(op) {
+            Ok(()) => return,
+            Err(Refused::Closed(op)) => (op, self.genv.store().closed()),
+            Err(Refused::Full(op, limit)) => (op, self.genv.store().overloaded(limit)),
+        };
+        let outcome = op.failed(e);
+        op.answer(outcome);
     }
 
     /// The merge of every pending hint's record for `(partition, bucket, key)`, whatever

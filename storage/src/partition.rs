@@ -26,7 +26,7 @@
 use crate::dvv::{DvvSet, ReplicaId, VersionVector};
 use crate::env::{Abort, GrowableEnv, Store};
 use crate::merkle::{self, MerkleTree};
-use crate::writer::WriterThread;
+use crate::writer::{Refused, WriterThread};
 use crate::{keys, record, StorageError};
 use heed::types::Bytes;
 use heed::{Database, RwTxn};
@@ -57,6 +57,12 @@ pub struct PartitionOptions {
     /// Most siblings one key may hold; a write over it fails with
     /// [`StorageError::TooManySiblings`]. Default 100.
     pub max_siblings: usize,
+    /// Largest encoded record of one key, bytes; a write or merge that would make a record
+    /// larger fails with [`StorageError::RecordTooLarge`] and changes nothing. Default 6 MiB.
+    pub max_record_bytes: usize,
+    /// Most writes waiting for the writer thread; more are refused with
+    /// [`StorageError::Overloaded`]. Default 16384.
+    pub max_queue: usize,
 }
 
 impl Default for PartitionOptions {
@@ -66,6 +72,8 @@ impl Default for PartitionOptions {
             max_map_bytes: 64 << 30,
             max_batch: 1024,
             max_siblings: 100,
+            max_record_bytes: 6 << 20,
+            max_queue: 16 * 1024,
         }
     }
 }
@@ -200,10 +208,12 @@ impl Partition {
             merkle,
             tree: tree.clone(),
             max_siblings: options.max_siblings,
+            max_record_bytes: options.max_record_bytes,
         };
         let writer = WriterThread::spawn(
             format!("ringkv-writer-{id}"),
             options.max_batch,
+            options.max_queue,
             move |batch| writer.commit_batch(batch),
         )?;
         Ok(Arc::new(Self {
@@ -335,10 +345,13 @@ impl Partition {
     }
 
     fn enqueue(&self, op: WriteOp) {
-        if let Err(op) = self.writer.send(op) {
-            let outcome = op.failed(self.genv.store().closed());
-            op.answer(outcome);
-        }
+        let (op, e) = match self.writer.send(op) {
+            Ok(()) => return,
+            Err(Refused::Closed(op)) => (op, self.genv.store().closed()),
+            Err(Refused::Full(op, limit)) => (op, self.genv.store().overloaded(limit)),
+        };
+        let outcome = op.failed(e);
+        op.answer(outcome);
     }
 
     /// Up to `limit` deleted keys (every sibling a tombstone) whose newest sibling was written
@@ -564,6 +577,7 @@ struct Writer {
     merkle: Database<'static, Bytes, Bytes>,
     tree: Arc<RwLock<MerkleTree>>,
     max_siblings: usize,
+    max_record_bytes: usize,
 }
 
 /// Changes of leaf hashes made by one transaction: `(segment, old ^ new)`.
@@ -647,6 +661,12 @@ impl Writer {
             }
         };
         let bytes = record::encode(&next);
+        if bytes.len() > self.max_record_bytes {
+            return Ok(Err(StorageError::RecordTooLarge {
+                bytes: bytes.len(),
+                limit: self.max_record_bytes,
+            }));
+        }
         let new_hash = merkle::entry_hash(key, &bytes);
         self.db.put(wtxn, key, &bytes)?;
         let key_hash = merkle::key_hash(key);
@@ -724,6 +744,38 @@ mod tests {
         let d = p.get(b"b", b"k").unwrap().unwrap();
         assert_eq!(d.values().collect::<Vec<_>>(), vec![b"v".as_slice()]);
         assert_eq!(p.get(b"b", b"missing").unwrap(), None);
+    }
+
+    #[test]
+    fn records_over_the_limit_are_refused_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = PartitionOptions {
+            max_record_bytes: 3000,
+            ..Default::default()
+        };
+        let p = Partition::open(dir.path(), 0, 7, &opts).unwrap();
+        let first = put(&p, b"k", VersionVector::new(), Some(&[1; 2000])).unwrap();
+        // A blind write would keep both values: 4000 bytes.
+        let e = put(&p, b"k", VersionVector::new(), Some(&[2; 2000])).unwrap_err();
+        assert!(
+            matches!(e, StorageError::RecordTooLarge { limit: 3000, bytes } if bytes > 4000),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("max-record-bytes"), "{e}");
+        // So would a merge of a concurrent version made elsewhere.
+        let mut other = DvvSet::new();
+        other
+            .update(&VersionVector::new(), 99, Some(vec![3; 2000]), 0, 100)
+            .unwrap();
+        let (tx, rx) = sync_channel(1);
+        p.merge(b"b", b"k", other, Box::new(move |r| drop(tx.send(r))));
+        assert!(matches!(
+            rx.recv().unwrap(),
+            Err(StorageError::RecordTooLarge { .. })
+        ));
+        assert_eq!(p.get(b"b", b"k").unwrap().unwrap(), first);
+        // A write with the context replaces the value and fits.
+        put(&p, b"k", first.context().clone(), Some(&[4; 2000])).unwrap();
     }
 
     #[test]

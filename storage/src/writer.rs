@@ -1,6 +1,8 @@
 //! The group-committing writer thread shared by partitions and the hint store.
 //!
-//! Operations are queued on a channel. The thread takes every queued operation (up to a
+//! Operations are queued on a bounded channel (at most `max_queue` waiting); a write that
+//! finds it full is given back to the caller, which answers it with
+//! [`StorageError::Overloaded`] instead of letting the queue grow. The thread takes every queued operation (up to a
 //! maximum batch), hands the batch to the store's commit function (which applies them in one
 //! write transaction, commits it with sync and answers each one) and starts again. LMDB
 //! requires a write transaction to stay on the thread that began it; keeping every write
@@ -9,19 +11,28 @@
 //! per put).
 
 use crate::StorageError;
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Mutex, RwLock};
 use std::thread::JoinHandle;
 
+/// Why an operation was not queued; it is given back.
+pub(crate) enum Refused<Op> {
+    /// The writer is shut down.
+    Closed(Op),
+    /// The queue holds its maximum of operations.
+    Full(Op, usize),
+}
+
 /// A writer thread and the queue feeding it.
 pub(crate) struct WriterThread<Op> {
-    queue: RwLock<Option<Sender<Op>>>,
+    queue: RwLock<Option<SyncSender<Op>>>,
+    max_queue: usize,
     handle: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl<Op: Send + 'static> WriterThread<Op> {
     /// Starts a thread named `name` that calls `commit` with batches of 1 to `max_batch`
-    /// queued operations, in queue order. `commit` must drain the batch (answer every
+    /// queued operations, in queue order; at most `max_queue` operations wait. `commit` must drain the batch (answer every
     /// operation). The thread ends once [`WriterThread::shutdown`] closed the queue and every
     /// queued operation was committed.
     ///
@@ -30,9 +41,11 @@ impl<Op: Send + 'static> WriterThread<Op> {
     pub(crate) fn spawn(
         name: String,
         max_batch: usize,
+        max_queue: usize,
         mut commit: impl FnMut(&mut Vec<Op>) + Send + 'static,
     ) -> Result<Self, StorageError> {
-        let (tx, rx) = mpsc::channel::<Op>();
+        let max_queue = max_queue.max(1);
+        let (tx, rx) = mpsc::sync_channel::<Op>(max_queue);
         let max_batch = max_batch.max(1);
         let thread_name = name.clone();
         let handle = std::thread::Builder::new()
@@ -55,16 +68,21 @@ impl<Op: Send + 'static> WriterThread<Op> {
             .map_err(StorageError::io)?;
         Ok(Self {
             queue: RwLock::new(Some(tx)),
+            max_queue,
             handle: Mutex::new(Some(handle)),
         })
     }
 
-    /// Queues `op`; gives it back if the writer is shut down.
-    pub(crate) fn send(&self, op: Op) -> Result<(), Op> {
+    /// Queues `op` without blocking; gives it back if the writer is shut down or its queue
+    /// is full.
+    pub(crate) fn send(&self, op: Op) -> Result<(), Refused<Op>> {
         let queue = self.queue.read().unwrap_or_else(|p| p.into_inner());
         match queue.as_ref() {
-            Some(tx) => tx.send(op).map_err(|mpsc::SendError(op)| op),
-            None => Err(op),
+            Some(tx) => tx.try_send(op).map_err(|e| match e {
+                TrySendError::Full(op) => Refused::Full(op, self.max_queue),
+                TrySendError::Disconnected(op) => Refused::Closed(op),
+            }),
+            None => Err(Refused::Closed(op)),
         }
     }
 

@@ -1,0 +1,493 @@
+//! A node bounds what it accepts and tells the truth (issue 9): a record limit that keeps
+//! cluster links up, back-pressure against clients that never read or never finish a frame,
+//! error codes that name the cause, and a shutdown that answers every request it read.
+//!
+//! Every scenario runs real `ringkv` processes. The memory and latency scenarios read the
+//! node's `RssAnon` from `/proc/<pid>/status` and time another client's requests while the
+//! hostile client does its worst; the bounds they assert are stated beside them.
+
+use ringkv_api::protocol::{encode_frame, RequestFrame, ResponseFrame};
+use ringkv_api::{CallOptions, Client};
+use ringkv_tests::{quorum, wait_until, Cluster, NodeProcess};
+use serde_bytes::ByteBuf;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The scenarios measure memory and latency: one at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    ringkv_tests::runtime()
+}
+
+/// `RssAnon` of process `pid`, bytes.
+fn rss_anon(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .expect("RssAnon line");
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("RssAnon value");
+    kb * 1024
+}
+
+fn put_frame(id: u64, bucket: &[u8], key: &[u8], value: &[u8]) -> RequestFrame {
+    RequestFrame {
+        id,
+        op: "put".into(),
+        bucket: Some(ByteBuf::from(bucket)),
+        key: Some(ByteBuf::from(key)),
+        value: Some(ByteBuf::from(value)),
+        ..Default::default()
+    }
+}
+
+fn get_frame(id: u64, bucket: &[u8], key: &[u8]) -> RequestFrame {
+    RequestFrame {
+        id,
+        op: "get".into(),
+        bucket: Some(ByteBuf::from(bucket)),
+        key: Some(ByteBuf::from(key)),
+        ..Default::default()
+    }
+}
+
+/// Reads one answer frame from a blocking socket; `None` when the server closed it.
+fn read_answer(s: &mut TcpStream) -> Option<ResponseFrame> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).ok()?;
+    Some(rmp_serde::from_slice(&body).expect("answer decodes"))
+}
+
+/// Latencies of `count` gets of a small key on a fresh connection to `node`, one at a
+/// time, sorted; panics if any fails.
+fn probe_latencies(node: &NodeProcess, count: usize) -> Vec<Duration> {
+    let mut s = TcpStream::connect(node.addr).expect("probe connects");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut lat = Vec::with_capacity(count);
+    for i in 0..count {
+        let started = Instant::now();
+        s.write_all(&encode_frame(&get_frame(i as u64 + 1, b"probe", b"k")))
+            .unwrap();
+        let a = read_answer(&mut s).expect("probe answered");
+        assert!(a.ok, "probe get failed: {a:?}");
+        lat.push(started.elapsed());
+    }
+    lat.sort();
+    lat
+}
+
+fn p99(sorted: &[Duration]) -> Duration {
+    sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)]
+}
+
+/// Item 1: five blind 4 MiB puts to one key on 3 nodes. Without a record limit the record
+/// grows to 20 MiB, and every merge, read repair, hint and anti-entropy push of it is a
+/// cluster frame over ractor_cluster's inbound limit, which closes the session between two
+/// nodes. With `max-record-bytes` (default 6 MiB) the second put is refused with
+/// `record_too_large`, and small writes at w=3 to other keys keep succeeding all the while.
+#[test]
+fn oversized_records_never_cut_cluster_links() {
+    let _serial = serial();
+    let cluster = Cluster::start(
+        3,
+        &[
+            "--partitions",
+            "8",
+            "--repair-interval-ms",
+            "300",
+            "--handoff-interval-ms",
+            "200",
+        ],
+    );
+    let addrs = cluster.addrs();
+    let rt = rt();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    // Small writes at w=3 through n2, all the time.
+    let writer = {
+        let (stop, ok, failed, addr) = (stop.clone(), ok.clone(), failed.clone(), addrs[1]);
+        rt.spawn(async move {
+            let client = Client::connect(addr).await.expect("connect n2");
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) && i < 100_000 {
+                i += 1;
+                let key = format!("small-{i}");
+                match client
+                    .put_with(
+                        b"small",
+                        key.as_bytes(),
+                        b"v".to_vec(),
+                        &[],
+                        &quorum(3, 2, 3),
+                    )
+                    .await
+                {
+                    Ok(()) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => failed.lock().unwrap().push(format!("{key}: {e}")),
+                }
+            }
+        })
+    };
+    let big = vec![0xabu8; 4 << 20];
+    let mut outcomes = Vec::new();
+    rt.block_on(async {
+        let client = Client::connect(addrs[0]).await.expect("connect n1");
+        for _ in 0..5 {
+            let r = client
+                .put_with(b"big", b"key", big.clone(), &[], &quorum(3, 2, 1))
+                .await;
+            outcomes.push(r);
+        }
+    });
+    // Let merges, read repair, hinted handoff and anti-entropy (every 300 ms) work on the
+    // big key for a while, with the small writes still going.
+    let busy_until = Instant::now() + Duration::from_secs(4);
+    let before = ok.load(Ordering::Relaxed);
+    wait_until("the small writes to go on", Duration::from_secs(30), || {
+        (Instant::now() >= busy_until && ok.load(Ordering::Relaxed) > before + 20).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(writer).unwrap();
+    let failed = failed.lock().unwrap().clone();
+    println!(
+        "big puts: {:?}; small writes at w=3: {} ok, {} failed",
+        outcomes
+            .iter()
+            .map(|r| r.as_ref().map_err(|e| e.to_string()))
+            .collect::<Vec<_>>(),
+        ok.load(Ordering::Relaxed),
+        failed.len()
+    );
+    assert!(
+        outcomes[0].is_ok(),
+        "the first 4 MiB put fits: {:?}",
+        outcomes[0]
+    );
+    for r in &outcomes[1..] {
+        match r {
+            Err(e) => {
+                assert_eq!(e.code(), Some("record_too_large"), "{e}");
+                assert!(e.to_string().contains("max-record-bytes"), "{e}");
+            }
+            Ok(()) => panic!("a blind put that grows the record to 8 MiB was accepted"),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} small writes at w=3 failed, first: {:?}\n{}",
+        failed.len(),
+        failed.first(),
+        cluster.log_tails(30)
+    );
+    for n in &cluster.nodes {
+        assert!(
+            !n.log().contains("exceeds configured limit"),
+            "a cluster frame went over the inbound limit:\n{}",
+            n.log()
+        );
+    }
+}
+
+/// Item 3: a full map is `storage_full`, with the partition named, and logged.
+#[test]
+fn a_full_partition_answers_storage_full() {
+    let _serial = serial();
+    let node = NodeProcess::start(&[
+        "--partitions",
+        "1",
+        "--initial-map-bytes",
+        "1048576",
+        "--max-map-bytes",
+        "1048576",
+    ]);
+    let rt = rt();
+    let err = rt.block_on(async {
+        let client = Client::connect(node.addr).await.unwrap();
+        let value = vec![7u8; 100_000];
+        for i in 0..100 {
+            let key = format!("k{i}");
+            if let Err(e) = client.put(b"b", key.as_bytes(), value.clone(), &[]).await {
+                return e;
+            }
+        }
+        panic!("100 puts of 100 kB fitted in a 1 MiB map");
+    });
+    assert_eq!(err.code(), Some("storage_full"), "{err}");
+    assert!(err.to_string().contains("full"), "{err}");
+    assert!(
+        node.log().contains("full"),
+        "the failed write is not in the log:\n{}",
+        node.log()
+    );
+}
+
+/// Item 3: a write whose replica does not answer before the request's `timeout_ms` is
+/// `timeout`; a write that cannot reach enough replicas because they are down is
+/// `unreachable`, naming them.
+#[test]
+fn deadlines_are_timeouts_and_dead_replicas_are_unreachable() {
+    let _serial = serial();
+    let cluster = Cluster::start(3, &["--partitions", "8"]);
+    let rt = rt();
+    let addr = cluster.nodes[0].addr;
+    // Strict quorum: no hint can stand in for n3.
+    let (code, _, err) =
+        cluster.nodes[0].cli(&["bucket", "set", "strict", "sloppy_quorum=false"], None);
+    assert_eq!(code, 0, "{err}");
+    wait_until(
+        "every node to know the bucket",
+        Duration::from_secs(10),
+        || {
+            (0..3)
+                .all(|i| {
+                    let (_, out, _) = cluster.nodes[i].cli(&["bucket", "get", "strict"], None);
+                    String::from_utf8_lossy(&out).contains("false")
+                })
+                .then_some(())
+        },
+    );
+    cluster.nodes[2].signal(libc::SIGSTOP);
+    let timed_out = rt.block_on(async {
+        let client = Client::connect(addr).await.unwrap();
+        let opts = CallOptions {
+            timeout_ms: Some(400),
+            ..quorum(3, 2, 3)
+        };
+        client
+            .put_with(b"strict", b"k1", b"v".to_vec(), &[], &opts)
+            .await
+            .unwrap_err()
+    });
+    // Wait until n1's failure detector has convicted the paused n3.
+    wait_until("n1 to see n3 down", Duration::from_secs(20), || {
+        (cluster.sees_up(0, "n3") == Some(false)).then_some(())
+    });
+    let unreachable = rt.block_on(async {
+        let client = Client::connect(addr).await.unwrap();
+        client
+            .put_with(b"strict", b"k2", b"v".to_vec(), &[], &quorum(3, 2, 3))
+            .await
+            .unwrap_err()
+    });
+    cluster.nodes[2].signal(libc::SIGCONT);
+    println!("paused replica: {timed_out}\nconvicted replica: {unreachable}");
+    assert_eq!(timed_out.code(), Some("timeout"), "{timed_out}");
+    assert!(timed_out.to_string().contains("n3"), "{timed_out}");
+    assert_eq!(unreachable.code(), Some("unreachable"), "{unreachable}");
+    assert!(unreachable.to_string().contains("n3"), "{unreachable}");
+}
+
+/// Item 2: a client that pipelines gets of a 1 MiB value and never reads its answers. The
+/// node stops reading that connection once its unwritten answers pass their bound, so its
+/// `RssAnon` grows by less than 256 MiB (the 3,000 answers are 3 GiB), and another client
+/// is served with p99 under 50 ms meanwhile.
+#[test]
+fn a_client_that_never_reads_is_pushed_back() {
+    let _serial = serial();
+    let node = NodeProcess::start(&["--partitions", "4"]);
+    let rt = rt();
+    rt.block_on(async {
+        let client = Client::connect(node.addr).await.unwrap();
+        client
+            .put(b"b", b"big", vec![1u8; 1 << 20], &[])
+            .await
+            .unwrap();
+        client
+            .put(b"probe", b"k", b"v".to_vec(), &[])
+            .await
+            .unwrap();
+    });
+    let baseline = rss_anon(node.pid());
+    let mut hostile = TcpStream::connect(node.addr).unwrap();
+    hostile
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut requests = Vec::new();
+    for i in 0..3000u64 {
+        requests.extend(encode_frame(&get_frame(i + 1, b"b", b"big")));
+    }
+    // Write until the node stops reading (the write times out) or everything is sent.
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sent < requests.len() && Instant::now() < deadline {
+        match hostile.write(&requests[sent..]) {
+            Ok(n) => sent += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => panic!("hostile write: {e}"),
+        }
+    }
+    // Give the node every chance to grow: poll its memory for a second and a half while
+    // another client measures its latency.
+    let mut peak = 0;
+    let lat = probe_latencies(&node, 300);
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        peak = peak.max(rss_anon(node.pid()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    peak = peak.max(rss_anon(node.pid()));
+    let grew = peak.saturating_sub(baseline);
+    println!(
+        "never-reading client: sent {sent} of {} request bytes; RssAnon {} MB -> peak {} MB (+{} MB); probe p99 {:?}",
+        requests.len(),
+        baseline >> 20,
+        peak >> 20,
+        grew >> 20,
+        p99(&lat)
+    );
+    assert!(grew < 256 << 20, "RssAnon grew by {} MB", grew >> 20);
+    assert!(
+        p99(&lat) < Duration::from_millis(50),
+        "probe p99 {:?}",
+        p99(&lat)
+    );
+    drop(hostile);
+}
+
+/// Item 2: 1,000 connections that each announce an 8 MiB frame and send 1 KB of it. A
+/// node that allocated the announced length at once took 8 GB. Buffers now grow as bytes
+/// arrive: `RssAnon` grows by less than 256 MiB, and another client is served with p99
+/// under 50 ms.
+#[test]
+fn announced_frames_cost_only_what_arrives() {
+    let _serial = serial();
+    raise_fd_limit(4096);
+    let node = NodeProcess::start(&["--partitions", "4"]);
+    rt().block_on(async {
+        let client = Client::connect(node.addr).await.unwrap();
+        client
+            .put(b"probe", b"k", b"v".to_vec(), &[])
+            .await
+            .unwrap();
+    });
+    let baseline = rss_anon(node.pid());
+    let mut conns = Vec::with_capacity(1000);
+    let mut header = (8u32 << 20).to_be_bytes().to_vec();
+    header.extend(std::iter::repeat_n(0x81u8, 1024));
+    for _ in 0..1000 {
+        let mut s = TcpStream::connect(node.addr).expect("connect");
+        s.write_all(&header).expect("send a frame's start");
+        conns.push(s);
+    }
+    let lat = probe_latencies(&node, 300);
+    let mut peak = 0;
+    let until = Instant::now() + Duration::from_millis(1000);
+    while Instant::now() < until {
+        peak = peak.max(rss_anon(node.pid()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let grew = peak.saturating_sub(baseline);
+    println!(
+        "1000 announced 8 MiB frames: RssAnon {} MB -> peak {} MB (+{} MB); probe p99 {:?}",
+        baseline >> 20,
+        peak >> 20,
+        grew >> 20,
+        p99(&lat)
+    );
+    assert!(grew < 256 << 20, "RssAnon grew by {} MB", grew >> 20);
+    assert!(
+        p99(&lat) < Duration::from_millis(50),
+        "probe p99 {:?}",
+        p99(&lat)
+    );
+    drop(conns);
+}
+
+fn raise_fd_limit(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Item 5: 300 pipelined puts, and SIGTERM the moment they are written. Every one gets an
+/// answer (`ok`, or `shutting_down` for those read after the signal), and every `ok` is
+/// durable: the restarted node has it.
+#[test]
+fn sigterm_answers_every_pipelined_request() {
+    let _serial = serial();
+    let mut node = NodeProcess::start(&["--partitions", "4"]);
+    let mut s = TcpStream::connect(node.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut batch = Vec::new();
+    for i in 0..300u64 {
+        let key = format!("k{i}");
+        batch.extend(encode_frame(&put_frame(
+            i + 1,
+            b"b",
+            key.as_bytes(),
+            &[i as u8; 2000],
+        )));
+    }
+    s.write_all(&batch).unwrap();
+    node.signal(libc::SIGTERM);
+    let mut answers = std::collections::BTreeMap::new();
+    while answers.len() < 300 {
+        match read_answer(&mut s) {
+            Some(a) => {
+                answers.insert(a.id, a);
+            }
+            None => break,
+        }
+    }
+    let acked: Vec<u64> = answers.values().filter(|a| a.ok).map(|a| a.id).collect();
+    let refused = answers
+        .values()
+        .filter(|a| a.code.as_deref() == Some("shutting_down"))
+        .count();
+    println!(
+        "300 pipelined puts at SIGTERM: {} answered ({} ok, {refused} shutting_down)",
+        answers.len(),
+        acked.len()
+    );
+    assert_eq!(answers.len(), 300, "every request gets an answer");
+    assert_eq!(acked.len() + refused, 300, "{answers:?}");
+    let status = node.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+    node.restart();
+    rt().block_on(async {
+        let client = Client::connect(node.addr).await.unwrap();
+        for id in acked {
+            let i = id - 1;
+            let got = client.get(b"b", format!("k{i}").as_bytes()).await.unwrap();
+            assert_eq!(
+                got.values,
+                vec![vec![i as u8; 2000]],
+                "acknowledged put k{i} lost"
+            );
+        }
+    });
+}
