@@ -705,6 +705,7 @@ async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = args.config()?;
+    raise_open_files_limit(config.max_connections);
     let node = Arc::new(Node::start(config).await?);
     let server = Server::bind(node.clone())
         .await
@@ -738,6 +739,30 @@ async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Raises the soft limit of open files to the hard limit: a node holds a socket per client
+/// connection (`max-connections`) besides its LMDB files and cluster sessions. Logs a warning
+/// when even the hard limit leaves too little room.
+fn raise_open_files_limit(connections: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    let want = connections as u64 + 512;
+    if lim.rlim_cur < want {
+        tracing::warn!(limit = lim.rlim_cur, want, "the open files limit is below max-connections plus room for data files and peers: raise it (ulimit -n)");
+    }
 }
 
 /// Parses `n=3 r=2 w=2 timeout_ms=500 sloppy_quorum=false`.

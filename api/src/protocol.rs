@@ -493,6 +493,57 @@ impl Request {
     }
 }
 
+/// The `id` of a request frame whose body is only partly known (`prefix`, the first bytes
+/// of the body): the value of the top-level key `id` if it comes before the end of the
+/// prefix, else 0.
+pub fn recover_id(prefix: &[u8]) -> u64 {
+    let mut rd = prefix;
+    let Ok(len) = rmp::decode::read_map_len(&mut rd) else {
+        return 0;
+    };
+    for _ in 0..len {
+        let mut key = [0u8; 16];
+        let Ok(k) = rmp::decode::read_str(&mut rd, &mut key) else {
+            return 0;
+        };
+        if k == "id" {
+            return rmp::decode::read_int(&mut rd).unwrap_or(0);
+        }
+        // Skip the value: only scalars and byte strings are skipped here; anything else
+        // ends the search.
+        let Ok(marker) = rmp::decode::read_marker(&mut rd) else {
+            return 0;
+        };
+        use rmp::Marker as M;
+        let skip = match marker {
+            M::FixPos(_) | M::FixNeg(_) | M::Null | M::True | M::False => 0,
+            M::U8 | M::I8 => 1,
+            M::U16 | M::I16 => 2,
+            M::U32 | M::I32 | M::F32 => 4,
+            M::U64 | M::I64 | M::F64 => 8,
+            M::FixStr(n) => n as usize,
+            M::Str8 | M::Bin8 => match rd.first() {
+                Some(&n) => 1 + n as usize,
+                None => return 0,
+            },
+            M::Str16 | M::Bin16 => match rd.get(..2) {
+                Some(b) => 2 + u16::from_be_bytes([b[0], b[1]]) as usize,
+                None => return 0,
+            },
+            M::Str32 | M::Bin32 => match rd.get(..4) {
+                Some(b) => 4 + u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize,
+                None => return 0,
+            },
+            _ => return 0,
+        };
+        match rd.get(skip..) {
+            Some(rest) => rd = rest,
+            None => return 0,
+        }
+    }
+    0
+}
+
 /// Encodes `msg` as a frame: 4-byte big-endian length, then msgpack with named fields.
 pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
     let mut out = vec![0u8; 4];

@@ -8,19 +8,19 @@
 //! unanswered at once: past that, the reader waits, which pushes back on the client through
 //! TCP.
 
-use crate::protocol::{
-    read_frame, write_frames, ErrorCode, Fault, FrameError, ProtocolError, Request, ResponseFrame,
-};
+use crate::protocol::{ErrorCode, Fault, FrameError, ProtocolError, Request, ResponseFrame};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 use ringkv_actors::supervision::RestartBudget;
 use ringkv_actors::Node;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::{AsyncWriteExt, BufReader};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 /// The client listener of one node.
@@ -33,6 +33,8 @@ pub struct Server {
 struct Shared {
     node: Arc<Node>,
     connections: Arc<Semaphore>,
+    /// Node-wide client bytes in flight (`max-in-flight-bytes`).
+    budget: Arc<ByteBudget>,
     shutdown: watch::Receiver<bool>,
     /// The running ClientListener, for fault injection.
     current: std::sync::Mutex<Option<ActorRef<ListenerMsg>>>,
@@ -71,6 +73,7 @@ impl Server {
         let shared = Arc::new(Shared {
             node: self.node.clone(),
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            budget: ByteBudget::new(config.max_in_flight_bytes),
             shutdown: shutdown.clone(),
             current: std::sync::Mutex::new(None),
         });
@@ -267,44 +270,414 @@ async fn refuse(mut stream: TcpStream, max: usize) {
     let _ = stream.shutdown().await;
 }
 
+/// Node-wide count of client request and answer bytes in flight (`max-in-flight-bytes`):
+/// frames being received, requests being served, answers not yet written.
+pub struct ByteBudget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+/// Bytes counted against a [`ByteBudget`] until dropped.
+pub struct Reserved {
+    budget: Arc<ByteBudget>,
+    bytes: usize,
+}
+
+impl ByteBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Counts `bytes` if they fit under the limit.
+    pub fn try_reserve(self: &Arc<Self>, bytes: usize) -> Option<Reserved> {
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            if used.saturating_add(bytes) > self.limit {
+                return None;
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used + bytes,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Some(Reserved {
+                        budget: self.clone(),
+                        bytes,
+                    })
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Counts `bytes` that already exist (an answer), over the limit if need be: they keep
+    /// new requests out until they are written.
+    pub fn force(self: &Arc<Self>, bytes: usize) -> Reserved {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+        Reserved {
+            budget: self.clone(),
+            bytes,
+        }
+    }
+
+    /// Bytes counted now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+impl Reserved {
+    /// Counts `bytes` more if they fit under the budget's limit.
+    pub fn try_grow(&mut self, bytes: usize) -> bool {
+        match self.budget.try_reserve(bytes) {
+            Some(more) => {
+                self.bytes += more.bytes;
+                std::mem::forget(more);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// An encoded answer on its way to the writer, with everything it holds until written: the
+/// connection's in-flight permit and the bytes it counts against the node's budget.
+struct Answer {
+    bytes: Vec<u8>,
+    _permit: Option<OwnedSemaphorePermit>,
+    _reserved: Vec<Reserved>,
+}
+
+/// What the reader and the writer of one connection share.
+struct ConnState {
+    /// Encoded answers queued or being written, bytes.
+    pending: AtomicUsize,
+    /// Requests being served (not yet answered).
+    executing: AtomicUsize,
+    /// Size of the largest recent answer, bytes, decaying by 1/8 per answer (0 before the
+    /// first answer).
+    recent_answer: AtomicUsize,
+    /// Signalled when `pending` or `executing` drops.
+    changed: Notify,
+}
+
+/// Requests a connection runs at once before it has answered one (its answer window starts
+/// here).
+const FIRST_WINDOW: usize = 16;
+
+impl ConnState {
+    /// Records the size of an answer made.
+    fn answered(&self, bytes: usize) {
+        let recent = self.recent_answer.load(Ordering::Relaxed);
+        let next = bytes.max(recent - recent / 8);
+        self.recent_answer.store(next, Ordering::Relaxed);
+    }
+
+    /// Requests this connection may run at once: as many as `window_bytes` of answers of
+    /// the largest recent size, at least 1, at most `max`.
+    fn window(&self, window_bytes: usize, max: usize) -> usize {
+        match self.recent_answer.load(Ordering::Relaxed) {
+            0 => FIRST_WINDOW.min(max),
+            recent => (window_bytes / recent).clamp(1, max),
+        }
+    }
+}
+/// How long a stopping node waits for another request on a connection whose requests are
+/// all answered, before it closes the connection.
+const SHUTDOWN_QUIET: Duration = Duration::from_millis(200);
+/// Bytes of a refused frame kept to read its `id` from.
+const ID_PREFIX: usize = 256;
+
+/// Writes queued answers to the client until the queue closes; every answer already
+/// queued is written before a flush, so pipelined answers share syscalls. Dropping each
+/// answer after it is written releases its permit and its budget.
+async fn write_answers(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Answer>, conn: Arc<ConnState>) {
+    let mut w = tokio::io::BufWriter::with_capacity(64 << 10, wr);
+    let mut written: Vec<Answer> = Vec::new();
+    while let Some(answer) = rx.recv().await {
+        if w.write_all(&answer.bytes).await.is_err() {
+            break;
+        }
+        written.push(answer);
+        while let Ok(answer) = rx.try_recv() {
+            if w.write_all(&answer.bytes).await.is_err() {
+                return;
+            }
+            written.push(answer);
+        }
+        if w.flush().await.is_err() {
+            break;
+        }
+        let bytes: usize = written.iter().map(|a| a.bytes.len()).sum();
+        written.clear();
+        conn.pending.fetch_sub(bytes, Ordering::AcqRel);
+        conn.changed.notify_waiters();
+    }
+    let _ = w.shutdown().await;
+}
+
+/// Reads the next frame of a client connection into `buf`.
+struct FrameReader {
+    rd: BufReader<OwnedReadHalf>,
+    frame_timeout: Duration,
+}
+
+impl FrameReader {
+    /// Waits up to `idle` (forever if `None`) for the first byte of a frame; false if the
+    /// client closed the connection. Cancel-safe: it consumes nothing.
+    async fn wait_start(&mut self, idle: Option<Duration>) -> Result<bool, FrameError> {
+        let first = match idle {
+            Some(idle) => match tokio::time::timeout(idle, self.rd.fill_buf()).await {
+                Ok(r) => r?.len(),
+                Err(_) => return Err(FrameError::Io(std::io::ErrorKind::TimedOut.into())),
+            },
+            None => self.rd.fill_buf().await?.len(),
+        };
+        Ok(first > 0)
+    }
+
+    /// Reads the length of a frame that has started; it must arrive within
+    /// `frame-timeout-ms`.
+    async fn header(&mut self) -> Result<usize, FrameError> {
+        let mut len = [0u8; 4];
+        match tokio::time::timeout(self.frame_timeout, self.rd.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(FrameError::Truncated)
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(FrameError::Io(std::io::ErrorKind::TimedOut.into())),
+        }
+        Ok(u32::from_be_bytes(len) as usize)
+    }
+
+    /// Reads a body of `len` bytes into `buf`, growing it (and `reserved`, the bytes it
+    /// counts against the node's budget) as bytes arrive, never by more than the bytes
+    /// already arrived (at least 8 KiB, at most 1 MiB) ahead of them, before `deadline`. Once the budget cannot grow, keeps only the first
+    /// [`ID_PREFIX`] bytes, discards the rest and returns false: the frame is refused.
+    async fn body(
+        &mut self,
+        buf: &mut Vec<u8>,
+        len: usize,
+        reserved: &mut Reserved,
+        deadline: Instant,
+    ) -> Result<bool, FrameError> {
+        buf.clear();
+        let mut left = len;
+        let mut admitted = true;
+        let mut scratch = [0u8; 8192];
+        while left > 0 {
+            // Grow by what has arrived so far (doubling), from 8 KiB: memory follows the bytes
+            // that came, not the length announced.
+            let room = left.min(buf.len().clamp(8 << 10, 1 << 20));
+            if admitted && !reserved.try_grow(room) {
+                admitted = false;
+                buf.truncate(ID_PREFIX);
+            }
+            let keep = if admitted {
+                room
+            } else {
+                room.min(ID_PREFIX.saturating_sub(buf.len()))
+            };
+            let n = if keep == 0 {
+                let room = room.min(scratch.len());
+                tokio::time::timeout_at(deadline.into(), self.rd.read(&mut scratch[..room])).await
+            } else {
+                let old = buf.len();
+                buf.resize(old + keep, 0);
+                let r =
+                    tokio::time::timeout_at(deadline.into(), self.rd.read(&mut buf[old..])).await;
+                let got = match &r {
+                    Ok(Ok(n)) => *n,
+                    _ => 0,
+                };
+                buf.truncate(old + got);
+                r
+            };
+            match n {
+                Ok(Ok(0)) => return Err(FrameError::Truncated),
+                Ok(Ok(n)) => left -= n,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(FrameError::Io(std::io::ErrorKind::TimedOut.into())),
+            }
+        }
+        Ok(admitted)
+    }
+}
+
+/// Serves one client connection: reads frames, runs each request in a task of its own, and
+/// queues the answers for the writer task.
+///
+/// Bounds (PROTOCOL.md, "Limits"): at most `max-in-flight` requests per connection are
+/// unanswered, counting an answer until it is written; the reader pauses while the
+/// connection has `max-frame-bytes` of answers unwritten, or runs as many requests as
+/// `max-frame-bytes` of answers of the largest recent size would fill (its answer window; 16
+/// before the first answer), which pushes back on the client through TCP; a frame's buffer grows as its bytes arrive;
+/// a frame must arrive whole within `frame-timeout-ms` of its first byte; a connection with
+/// nothing in flight is closed after `idle-timeout-ms`; a request that finds the node's
+/// `max-in-flight-bytes` spent is answered `overloaded`.
+///
+/// On shutdown the connection stops starting requests: the requests already read are
+/// answered, every frame read after is answered `shutting_down`, and the connection is
+/// closed once everything is answered and no frame arrived for [`SHUTDOWN_QUIET`].
 async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     let (node, mut shutdown) = (shared.node.clone(), shared.shutdown.clone());
-    let config = node.config();
+    let config = node.config().clone();
     let (rd, wr) = stream.into_split();
-    let mut rd = BufReader::with_capacity(64 << 10, rd);
-    let (tx, rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let writer = tokio::spawn(write_frames(wr, rx));
+    let mut reader = FrameReader {
+        rd: BufReader::with_capacity(16 << 10, rd),
+        frame_timeout: Duration::from_millis(config.frame_timeout_ms),
+    };
+    let conn = Arc::new(ConnState {
+        pending: AtomicUsize::new(0),
+        executing: AtomicUsize::new(0),
+        recent_answer: AtomicUsize::new(0),
+        changed: Notify::new(),
+    });
     let max_in_flight = config.max_in_flight;
+    let (tx, rx) = mpsc::channel::<Answer>(max_in_flight + 1);
+    let writer = tokio::spawn(write_answers(wr, rx, conn.clone()));
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
+    let idle_timeout =
+        (config.idle_timeout_ms > 0).then(|| Duration::from_millis(config.idle_timeout_ms));
+    let behind_limit = config.max_frame_bytes;
+    // Queues an answer that needs no task (ping, errors).
+    let queue = |bytes: Vec<u8>, permit: Option<OwnedSemaphorePermit>| {
+        let tx = tx.clone();
+        let conn = conn.clone();
+        let reserved = shared.budget.force(bytes.len());
+        async move {
+            conn.pending.fetch_add(bytes.len(), Ordering::AcqRel);
+            let _ = tx
+                .send(Answer {
+                    bytes,
+                    _permit: permit,
+                    _reserved: vec![reserved],
+                })
+                .await;
+        }
+    };
     let mut buf = Vec::new();
+    let mut stopping = false;
     loop {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            break;
+        if !stopping && *shutdown.borrow() {
+            stopping = true;
+        }
+        // Room for one more request: a permit, and a client that reads its answers.
+        let permit = tokio::select! {
+            p = in_flight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = until_true(&mut shutdown), if !stopping => continue,
         };
-        let frame = tokio::select! {
-            _ = until_true(&mut shutdown) => break,
-            frame = read_frame(&mut rd, &mut buf, config.max_frame_bytes) => frame,
+        loop {
+            let notified = conn.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let pending = conn.pending.load(Ordering::Acquire);
+            let executing = conn.executing.load(Ordering::Acquire);
+            let behind =
+                pending >= behind_limit || executing >= conn.window(behind_limit, max_in_flight);
+            if !behind {
+                break;
+            }
+            notified.await;
+        }
+        // How long to wait for the next frame: on a stopping node, until the connection is
+        // quiet; else forever while requests are in flight, or the idle timeout.
+        let idle = if stopping {
+            let answered = in_flight.available_permits() + 1 == max_in_flight;
+            if answered {
+                Some(SHUTDOWN_QUIET)
+            } else {
+                None
+            }
+        } else if in_flight.available_permits() + 1 == max_in_flight {
+            idle_timeout
+        } else {
+            None
         };
-        match frame {
-            Ok(true) => {}
+        let started = tokio::select! {
+            h = reader.wait_start(idle) => h,
+            _ = until_true(&mut shutdown), if !stopping => continue,
+        };
+        let len = match started {
+            Ok(true) => reader.header().await,
             Ok(false) => break,
-            Err(FrameError::TooLarge { len, max }) => {
-                tracing::debug!(len, max, "frame too large; closing connection");
-                let e = ProtocolError::new(
-                    ErrorCode::FrameTooLarge,
-                    format!("frame of {len} bytes is over the maximum of {max} bytes (max-frame-bytes); closing the connection"),
-                );
-                let _ = tx.send(ResponseFrame::error(0, &e).encode());
+            Err(e) => Err(e),
+        };
+        let len = match len {
+            Ok(len) => len,
+            Err(FrameError::Io(e))
+                if e.kind() == std::io::ErrorKind::TimedOut
+                    && idle.is_some()
+                    && reader.rd.buffer().is_empty() =>
+            {
+                if stopping && in_flight.available_permits() + 1 < max_in_flight {
+                    // Requests still running: keep waiting for their answers.
+                    continue;
+                }
+                tracing::debug!(stopping, "closing an idle connection");
                 break;
             }
             Err(e) => {
                 tracing::debug!(error = %e, "connection ended");
                 break;
             }
+        };
+        if len > config.max_frame_bytes {
+            tracing::debug!(
+                len,
+                max = config.max_frame_bytes,
+                "frame too large; closing connection"
+            );
+            let e = ProtocolError::new(
+                ErrorCode::FrameTooLarge,
+                format!("frame of {len} bytes is over the maximum of {} bytes (max-frame-bytes); closing the connection", config.max_frame_bytes),
+            );
+            queue(ResponseFrame::error(0, &e).encode(), Some(permit)).await;
+            break;
+        }
+        let deadline = Instant::now() + reader.frame_timeout;
+        let mut reserved = shared.budget.force(0);
+        let admitted = match reader.body(&mut buf, len, &mut reserved, deadline).await {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                tracing::debug!(error = %e, "connection ended inside a frame");
+                break;
+            }
+        };
+        if !admitted {
+            drop(reserved);
+            let id = crate::protocol::recover_id(&buf);
+            let e = ProtocolError::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "the node has {} bytes of requests and answers in flight, its maximum is {} (max-in-flight-bytes); try again later",
+                    shared.budget.used(),
+                    config.max_in_flight_bytes
+                ),
+            );
+            queue(ResponseFrame::error(id, &e).encode(), Some(permit)).await;
+            continue;
         }
         match Request::decode(&buf) {
+            Ok((id, _)) | Err((id, _)) if stopping => {
+                let e = ProtocolError::from(ringkv_actors::KvError::ShuttingDown);
+                queue(ResponseFrame::error(id, &e).encode(), Some(permit)).await;
+            }
             Ok((id, Request::Ping)) => {
-                let _ = tx.send(ResponseFrame::ok(id).encode());
+                queue(ResponseFrame::ok(id).encode(), Some(permit)).await;
             }
             Ok((id, Request::InjectFault(Fault::PanicActor(actor)))) if actor == "listener" => {
                 let answer = if !config.fault_injection {
@@ -323,19 +696,44 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
                     }
                     ResponseFrame::ok(id)
                 };
-                let _ = tx.send(answer.encode());
+                queue(answer.encode(), Some(permit)).await;
             }
             Ok((id, request)) => {
-                let node = node.clone();
-                let tx = tx.clone();
+                let (node, tx, conn, budget) = (
+                    node.clone(),
+                    tx.clone(),
+                    conn.clone(),
+                    shared.budget.clone(),
+                );
+                let max_frame = config.max_frame_bytes;
+                conn.executing.fetch_add(1, Ordering::AcqRel);
                 tokio::spawn(async move {
-                    let answer = execute(&node, id, request).await;
-                    let _ = tx.send(answer.encode());
-                    drop(permit);
+                    let answer = execute(&node, id, request).await.encode();
+                    let answer = if answer.len() > max_frame + 4 {
+                        let e = ProtocolError::new(
+                            ErrorCode::RecordTooLarge,
+                            format!("the answer would be {} bytes, over the maximum of {max_frame} bytes (max-frame-bytes): the key's siblings together are too large to return", answer.len()),
+                        );
+                        ResponseFrame::error(id, &e).encode()
+                    } else {
+                        answer
+                    };
+                    conn.answered(answer.len());
+                    let answer_reserved = budget.force(answer.len());
+                    conn.pending.fetch_add(answer.len(), Ordering::AcqRel);
+                    conn.executing.fetch_sub(1, Ordering::AcqRel);
+                    conn.changed.notify_waiters();
+                    let _ = tx
+                        .send(Answer {
+                            bytes: answer,
+                            _permit: Some(permit),
+                            _reserved: vec![reserved, answer_reserved],
+                        })
+                        .await;
                 });
             }
             Err((id, e)) => {
-                let _ = tx.send(ResponseFrame::error(id, &e).encode());
+                queue(ResponseFrame::error(id, &e).encode(), Some(permit)).await;
             }
         }
     }
