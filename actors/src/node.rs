@@ -390,7 +390,7 @@ impl Node {
             max_map_bytes: config.max_map_bytes,
             max_batch: config.max_batch,
             max_siblings: config.max_siblings,
-            max_record_bytes: config.max_record_bytes,
+            max_record_bytes: config.record_limit(),
             ..PartitionOptions::default()
         };
         let (path, q) = (config.data_dir.clone(), config.partitions);
@@ -437,7 +437,7 @@ impl Node {
                 fault_injection: config.fault_injection,
                 timeout: Duration::from_millis(config.request_timeout_ms),
                 max_message_bytes: config.max_cluster_frame_bytes,
-                max_batch_bytes: config.max_record_bytes,
+                max_batch_bytes: config.record_limit(),
                 serving: Arc::new(tokio::sync::Semaphore::new(crate::replica::MAX_SERVING)),
                 in_flight: crate::replica::PeerBudgets::new(2 * config.max_cluster_frame_bytes),
             }),

@@ -268,7 +268,8 @@ struct StartArgs {
     /// Largest value, bytes [default: 4194304].
     #[arg(long)]
     max_value_bytes: Option<usize>,
-    /// Largest record of one key (all its siblings), bytes [default: 6291456].
+    /// Largest record of one key (all its siblings), bytes [default: 6291456, or less to
+    /// fit max-frame-bytes - 4096].
     #[arg(long)]
     max_record_bytes: Option<usize>,
     /// Largest message between two nodes, bytes [default: 16777216].
@@ -368,7 +369,6 @@ impl StartArgs {
             partitions,
             max_frame_bytes,
             max_value_bytes,
-            max_record_bytes,
             max_cluster_frame_bytes,
             max_in_flight_bytes,
             frame_timeout_ms,
@@ -390,6 +390,9 @@ impl StartArgs {
             repair_interval_ms,
             tombstone_grace_ms
         );
+        if self.max_record_bytes.is_some() {
+            c.max_record_bytes = self.max_record_bytes;
+        }
         c.fault_injection |= self.fault_injection;
         if self.name.is_some() {
             c.name = self.name.clone();

@@ -87,8 +87,10 @@ pub struct NodeConfig {
     /// and the encoding. A write or a merge that would make a record larger fails with
     /// `record_too_large`, so no record is ever too large for a client answer or a cluster
     /// message. At least `max-value-bytes` + 4096; at most `max-frame-bytes` - 4096 and
-    /// `max-cluster-frame-bytes` - 65536. Default 6 MiB.
-    pub max_record_bytes: usize,
+    /// `max-cluster-frame-bytes` - 65536. Default: 6 MiB, or less where a smaller
+    /// `max-frame-bytes` or `max-cluster-frame-bytes` needs it (see
+    /// [`NodeConfig::record_limit`]).
+    pub max_record_bytes: Option<usize>,
     /// Largest message between two nodes, bytes: the inbound frame limit of the cluster
     /// transport (ractor_cluster closes the whole session between two nodes on a bigger
     /// frame, so ringkv never sends one). Batches of replica traffic stop at
@@ -173,7 +175,7 @@ impl Default for NodeConfig {
             partitions: 64,
             max_frame_bytes: 8 << 20,
             max_value_bytes: 4 << 20,
-            max_record_bytes: 6 << 20,
+            max_record_bytes: None,
             max_cluster_frame_bytes: 16 << 20,
             max_in_flight_bytes: 256 << 20,
             frame_timeout_ms: 10_000,
@@ -213,6 +215,18 @@ impl NodeConfig {
         }
     }
 
+    /// The record limit in force: `max-record-bytes` if set, else 6 MiB lowered to fit
+    /// `max-frame-bytes` - 4096 and `max-cluster-frame-bytes` - 65536 (but never below
+    /// `max-value-bytes` + 4096).
+    pub fn record_limit(&self) -> usize {
+        self.max_record_bytes.unwrap_or_else(|| {
+            (6usize << 20)
+                .min(self.max_frame_bytes.saturating_sub(4096))
+                .min(self.max_cluster_frame_bytes.saturating_sub(65536))
+                .max(self.max_value_bytes + 4096)
+        })
+    }
+
     /// Checks every setting and their relations.
     ///
     /// # Errors
@@ -235,7 +249,7 @@ impl NodeConfig {
             ("max-batch", self.max_batch),
             ("initial-map-bytes", self.initial_map_bytes),
             ("handoff-interval-ms", self.handoff_interval_ms as usize),
-            ("max-record-bytes", self.max_record_bytes),
+            ("max-record-bytes", self.record_limit()),
             ("max-cluster-frame-bytes", self.max_cluster_frame_bytes),
             ("max-in-flight-bytes", self.max_in_flight_bytes),
             ("frame-timeout-ms", self.frame_timeout_ms as usize),
@@ -268,13 +282,13 @@ impl NodeConfig {
             "max-value-bytes",
             self.max_value_bytes,
             "max-record-bytes",
-            self.max_record_bytes,
+            self.record_limit(),
             4096,
             "a record must hold at least one value of the largest size",
         )?;
         order(
             "max-record-bytes",
-            self.max_record_bytes,
+            self.record_limit(),
             "max-frame-bytes",
             self.max_frame_bytes,
             4096,
@@ -282,7 +296,7 @@ impl NodeConfig {
         )?;
         order(
             "max-record-bytes",
-            self.max_record_bytes,
+            self.record_limit(),
             "max-cluster-frame-bytes",
             self.max_cluster_frame_bytes,
             65536,
@@ -355,7 +369,7 @@ mod tests {
     #[test]
     fn record_limit_sits_between_value_and_frames() {
         let c = NodeConfig {
-            max_record_bytes: 4 << 20,
+            max_record_bytes: Some(4 << 20),
             ..Default::default()
         };
         let e = c.validate().unwrap_err().to_string();
@@ -364,14 +378,14 @@ mod tests {
             "{e}"
         );
         let c = NodeConfig {
-            max_record_bytes: 8 << 20,
+            max_record_bytes: Some(8 << 20),
             ..Default::default()
         };
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("max-frame-bytes"), "{e}");
         let c = NodeConfig {
             max_frame_bytes: 64 << 20,
-            max_record_bytes: 16 << 20,
+            max_record_bytes: Some(16 << 20),
             ..Default::default()
         };
         let e = c.validate().unwrap_err().to_string();
