@@ -38,6 +38,8 @@ struct Shared {
     shutdown: watch::Receiver<bool>,
     /// The running ClientListener, for fault injection.
     current: std::sync::Mutex<Option<ActorRef<ListenerMsg>>>,
+    /// Set by the accept loop once it stopped accepting after a shutdown.
+    drained: watch::Sender<bool>,
 }
 
 impl Server {
@@ -76,6 +78,7 @@ impl Server {
             budget: ByteBudget::new(config.max_in_flight_bytes),
             shutdown: shutdown.clone(),
             current: std::sync::Mutex::new(None),
+            drained: watch::channel(false).0,
         });
         let spawned = Actor::spawn(
             None,
@@ -99,13 +102,17 @@ impl Server {
             _ = until_true(&mut stop) => true,
             _ = &mut join => false,
         };
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
         if requested {
+            // Connections that reach the node while it stops are still answered
+            // (`shutting_down`): the accept loop stops once none came for SHUTDOWN_QUIET.
+            let mut drained = shared.drained.subscribe();
+            let _ = tokio::time::timeout(grace, until_true(&mut drained)).await;
             supervisor.stop(Some("shutdown".into()));
             let _ = join.await;
         } else {
             tracing::error!("the client listener failed past its restart budget");
         }
-        let grace = Duration::from_secs(config.shutdown_grace_secs);
         let all = config.max_connections as u32;
         if tokio::time::timeout(grace, shared.connections.acquire_many(all))
             .await
@@ -224,34 +231,50 @@ impl Actor for ListenerSupervisor {
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let config = shared.node.config().clone();
     let mut stop = shared.shutdown.clone();
+    let mut stopping = false;
     loop {
-        tokio::select! {
-            _ = until_true(&mut stop) => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    match shared.connections.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            let shared = shared.clone();
-                            tokio::spawn(async move {
+        let accepted = if stopping {
+            match tokio::time::timeout(SHUTDOWN_QUIET, listener.accept()).await {
+                Ok(a) => a,
+                Err(_) => break,
+            }
+        } else {
+            tokio::select! {
+                _ = until_true(&mut stop) => {
+                    stopping = true;
+                    continue;
+                }
+                a = listener.accept() => a,
+            }
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                match shared.connections.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let shared = shared.clone();
+                        tokio::spawn(
+                            async move {
                                 serve_connection(stream, shared).await;
                                 drop(permit);
-                            }.instrument(tracing::debug_span!("connection", %peer)));
-                        }
-                        Err(_) => {
-                            tracing::warn!(%peer, max = config.max_connections, "refusing connection: too many open");
-                            tokio::spawn(refuse(stream, config.max_connections));
-                        }
+                            }
+                            .instrument(tracing::debug_span!("connection", %peer)),
+                        );
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, max = config.max_connections, "refusing connection: too many open");
+                        tokio::spawn(refuse(stream, config.max_connections));
                     }
                 }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::error!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::error!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
+    let _ = shared.drained.send(true);
 }
 
 /// Resolves once the flag is true (or its sender is gone).
@@ -593,23 +616,33 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
             }
             notified.await;
         }
-        // How long to wait for the next frame: on a stopping node, until the connection is
-        // quiet; else forever while requests are in flight, or the idle timeout.
-        let idle = if stopping {
-            let answered = in_flight.available_permits() + 1 == max_in_flight;
-            if answered {
-                Some(SHUTDOWN_QUIET)
-            } else {
-                None
-            }
-        } else if in_flight.available_permits() + 1 == max_in_flight {
+        // How long to wait for the next frame: forever while requests are in flight, else
+        // the idle timeout; on a stopping node, until every request read is answered and
+        // then SHUTDOWN_QUIET passed without a frame.
+        let idle = if !stopping && in_flight.available_permits() + 1 == max_in_flight {
             idle_timeout
         } else {
             None
         };
+        let quiet = async {
+            loop {
+                let notified = conn.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if in_flight.available_permits() + 1 == max_in_flight {
+                    break;
+                }
+                notified.await;
+            }
+            tokio::time::sleep(SHUTDOWN_QUIET).await;
+        };
         let started = tokio::select! {
             h = reader.wait_start(idle) => h,
             _ = until_true(&mut shutdown), if !stopping => continue,
+            () = quiet, if stopping => {
+                tracing::debug!("closing a connection of a stopping node");
+                break;
+            }
         };
         let len = match started {
             Ok(true) => reader.header().await,

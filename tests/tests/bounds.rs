@@ -419,6 +419,61 @@ fn announced_frames_cost_only_what_arrives() {
     drop(conns);
 }
 
+/// Item 2: a frame that stalls after its first bytes is closed after `frame-timeout-ms`,
+/// an idle connection after `idle-timeout-ms`; a connection that keeps asking stays open.
+#[test]
+fn stalled_frames_and_idle_connections_are_closed() {
+    let _serial = serial();
+    let node = NodeProcess::start(&[
+        "--partitions",
+        "4",
+        "--frame-timeout-ms",
+        "300",
+        "--idle-timeout-ms",
+        "600",
+    ]);
+    let mut stalled = TcpStream::connect(node.addr).unwrap();
+    stalled.write_all(&[0, 0, 1, 0, 0x81, 0xa2]).unwrap();
+    let mut idle = TcpStream::connect(node.addr).unwrap();
+    let mut busy = TcpStream::connect(node.addr).unwrap();
+    busy.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let closed = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut b = [0u8; 16];
+        matches!(s.read(&mut b), Ok(0))
+    };
+    let (mut stalled_at, mut idle_at) = (None, None);
+    let mut i = 0;
+    wait_until(
+        "the stalled and the idle connection to be closed",
+        Duration::from_secs(10),
+        || {
+            i += 1;
+            busy.write_all(&encode_frame(&RequestFrame {
+                id: i,
+                op: "ping".into(),
+                ..Default::default()
+            }))
+            .unwrap();
+            let a = read_answer(&mut busy).expect("the busy connection stays open");
+            assert!(a.ok && a.id == i, "{a:?}");
+            if stalled_at.is_none() && closed(&mut stalled) {
+                stalled_at = Some(started.elapsed());
+            }
+            if idle_at.is_none() && closed(&mut idle) {
+                idle_at = Some(started.elapsed());
+            }
+            stalled_at.zip(idle_at)
+        },
+    );
+    let (stalled_at, idle_at) = (stalled_at.unwrap(), idle_at.unwrap());
+    println!("stalled frame closed after {stalled_at:?}, idle connection after {idle_at:?}; {i} pings on the busy one");
+    assert!(stalled_at >= Duration::from_millis(250), "{stalled_at:?}");
+    assert!(idle_at >= Duration::from_millis(550), "{idle_at:?}");
+    assert!(started.elapsed() > Duration::from_millis(600));
+}
+
 fn raise_fd_limit(want: u64) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -453,8 +508,12 @@ fn sigterm_answers_every_pipelined_request() {
         )));
     }
     s.write_all(&batch).unwrap();
+    // SIGTERM as soon as the first answer is in: the node has read some of the puts and
+    // has the others in its socket buffer.
+    let first = read_answer(&mut s).expect("the first put is answered");
     node.signal(libc::SIGTERM);
     let mut answers = std::collections::BTreeMap::new();
+    answers.insert(first.id, first);
     while answers.len() < 300 {
         match read_answer(&mut s) {
             Some(a) => {
@@ -475,6 +534,7 @@ fn sigterm_answers_every_pipelined_request() {
     );
     assert_eq!(answers.len(), 300, "every request gets an answer");
     assert_eq!(acked.len() + refused, 300, "{answers:?}");
+    assert!(!acked.is_empty(), "no put was read before the signal");
     let status = node.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
     node.restart();
