@@ -11,6 +11,8 @@ use serde_bytes::ByteBuf;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+pub mod shape;
+
 /// Stable error codes of the protocol. The string form (`as_str`) is what goes on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -364,34 +366,32 @@ fn required(field: Option<ByteBuf>, name: &str, op: &str) -> Result<Vec<u8>, Pro
 }
 
 impl Request {
-    /// Decodes a frame body into its id and the validated request. The id is recovered
-    /// whenever the body is a map with an integer `id`, so that most errors can be answered
-    /// to the right request.
+    /// Decodes a frame body into its id and the validated request. The body must be one
+    /// msgpack map with string keys and nothing after it, nested at most
+    /// [`shape::MAX_NESTING`] levels deep. The id is recovered whenever that map has an
+    /// unsigned integer under `"id"`, whatever else is wrong with it, so that every error can
+    /// be answered to the right request.
     ///
     /// # Errors
     /// `(id, error)`: [`ErrorCode::MalformedRequest`] or [`ErrorCode::UnknownOp`], with the id
     /// (0 if unreadable).
     pub fn decode(body: &[u8]) -> Result<(u64, Request), (u64, ProtocolError)> {
-        let frame: RequestFrame = match rmp_serde::from_slice(body) {
-            Ok(f) => f,
-            Err(e) => {
-                #[derive(Deserialize)]
-                struct IdOnly {
-                    id: u64,
-                }
-                let id = rmp_serde::from_slice::<IdOnly>(body)
-                    .map(|i| i.id)
-                    .unwrap_or(0);
-                return Err((
-                    id,
-                    ProtocolError::new(
-                        ErrorCode::MalformedRequest,
-                        format!("request is not a msgpack map of the documented fields: {e}"),
-                    ),
-                ));
-            }
-        };
-        let id = frame.id;
+        let shape = shape::check(body);
+        let id = shape.id.unwrap_or(0);
+        let malformed =
+            |message: String| (id, ProtocolError::new(ErrorCode::MalformedRequest, message));
+        if let Some(problem) = shape.problem {
+            return Err(malformed(problem));
+        }
+        let mut de = rmp_serde::Deserializer::from_read_ref(body);
+        // A backstop only: the shape check already refused deeper bodies (rmp_serde allows
+        // one level less than its limit).
+        de.set_max_depth(shape::MAX_NESTING + 1);
+        let frame = RequestFrame::deserialize(&mut de).map_err(|e| {
+            malformed(format!(
+                "request is not a msgpack map of the documented fields: {e}"
+            ))
+        })?;
         Self::from_frame(frame)
             .map(|r| (id, r))
             .map_err(|e| (id, e))
@@ -634,6 +634,114 @@ mod tests {
         assert!(
             matches!(req, Request::Get { bucket, key, .. } if bucket == b"users" && key == b"alice")
         );
+    }
+
+    /// A msgpack map body from `(key, encoded value)` pairs, in that order.
+    fn raw_map(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        assert!(entries.len() < 16);
+        let mut out = vec![0x80 | entries.len() as u8];
+        for (k, v) in entries {
+            out.extend(rmp_serde::to_vec(k).unwrap());
+            out.extend(v);
+        }
+        out
+    }
+
+    fn val<T: Serialize>(v: T) -> Vec<u8> {
+        rmp_serde::to_vec(&v).unwrap()
+    }
+
+    /// `[[[...nil...]]]`, `depth` arrays deep.
+    fn nested(depth: usize) -> Vec<u8> {
+        let mut out = vec![0x91; depth];
+        out.push(0xc0);
+        out
+    }
+
+    #[test]
+    fn arrays_and_maps_without_string_keys_are_malformed() {
+        // [1, "ping"]: the fields by position.
+        let array = val((1u64, "ping"));
+        // {0: 1, 1: "ping"}: the fields by index.
+        let int_keys = b"\x82\x00\x01\x01\xa4ping".to_vec();
+        // {bin "id": 1, bin "op": "ping"}.
+        let bin_keys = b"\x82\xc4\x02id\x01\xc4\x02op\xa4ping".to_vec();
+        for body in [array, int_keys, bin_keys] {
+            let (id, e) = Request::decode(&body).unwrap_err();
+            assert_eq!((id, e.code), (0, ErrorCode::MalformedRequest), "{body:x?}");
+            assert!(e.message.contains("string keys"), "{}", e.message);
+        }
+        // A readable id is kept even when another key is not a string.
+        let mut mixed = raw_map(&[("id", val(7u64)), ("op", val("ping"))]);
+        mixed[0] += 1;
+        mixed.extend(b"\x03\x01");
+        let (id, e) = Request::decode(&mixed).unwrap_err();
+        assert_eq!((id, e.code), (7, ErrorCode::MalformedRequest));
+        // bucket_set's props must be a map with string keys too.
+        let props_array = raw_map(&[
+            ("id", val(8u64)),
+            ("op", val("bucket_set")),
+            ("bucket", val("b")),
+            ("props", val((1u8, 1u8, 1u8))),
+        ]);
+        let (id, e) = Request::decode(&props_array).unwrap_err();
+        assert_eq!((id, e.code), (8, ErrorCode::MalformedRequest));
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed_and_keep_the_id() {
+        let ping = RequestFrame {
+            id: 5,
+            op: "ping".into(),
+            ..Default::default()
+        };
+        for tail in [&b"\xc0"[..], b"\x81\xa2id\x06", b"\x00\x00"] {
+            let mut b = body(&ping);
+            b.extend(tail);
+            let (id, e) = Request::decode(&b).unwrap_err();
+            assert_eq!((id, e.code), (5, ErrorCode::MalformedRequest), "{tail:x?}");
+            assert!(e.message.contains("trailing"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn the_id_is_recovered_past_a_too_deeply_nested_field() {
+        // rmp_serde alone fails the whole decode past 1024 levels (or overflows the stack
+        // first); the shape check answers without recursing, whatever the depth.
+        for depth in [shape::MAX_NESTING, 1100, 200_000] {
+            let deep = nested(depth);
+            for b in [
+                raw_map(&[("id", val(9u64)), ("op", val("ping")), ("x", deep.clone())]),
+                raw_map(&[("op", val("ping")), ("x", deep.clone()), ("id", val(9u64))]),
+                raw_map(&[("x", deep.clone()), ("id", val(9u64)), ("op", val(5u8))]),
+            ] {
+                let (id, e) = Request::decode(&b).unwrap_err();
+                assert_eq!(
+                    (id, e.code),
+                    (9, ErrorCode::MalformedRequest),
+                    "depth {depth}"
+                );
+                assert!(e.message.contains("nested"), "{}", e.message);
+            }
+        }
+        // One level less is fine: unknown keys are ignored.
+        let b = raw_map(&[
+            ("id", val(9u64)),
+            ("op", val("ping")),
+            ("x", nested(shape::MAX_NESTING - 1)),
+        ]);
+        let got = Request::decode(&b);
+        assert!(matches!(got, Ok((9, Request::Ping))), "{got:?}");
+        // Huge announced lengths end at the frame's end, not in a loop or an allocation.
+        let b = raw_map(&[("x", b"\xdd\xff\xff\xff\xff".to_vec()), ("id", val(9u64))]);
+        let (id, e) = Request::decode(&b).unwrap_err();
+        assert_eq!((id, e.code), (0, ErrorCode::MalformedRequest));
+        // A negative or non-integer id is unreadable.
+        for idv in [val(-4i64), val("9"), val(1.5f64)] {
+            let b = raw_map(&[("id", idv), ("op", val("ping"))]);
+            let (id, e) = Request::decode(&b).unwrap_err();
+            assert_eq!((id, e.code), (0, ErrorCode::MalformedRequest));
+        }
     }
 
     #[tokio::test]
