@@ -176,15 +176,16 @@ pub struct RequestFrame {
     /// Put: answer with the key's values and context after the write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub return_body: Option<bool>,
-    /// Replicas to use (default: the bucket's `n`).
+    /// Replicas to use (default: the bucket's `n`). Any unsigned integer is read; the node
+    /// answers `invalid_quorum` unless `1 <= r, w <= n <= 3`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n: Option<u8>,
+    pub n: Option<u64>,
     /// Read quorum (default: the bucket's `r`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub r: Option<u8>,
+    pub r: Option<u64>,
     /// Write quorum (default: the bucket's `w`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub w: Option<u8>,
+    pub w: Option<u64>,
     /// Get: read only the answering node's own replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<bool>,
@@ -210,15 +211,16 @@ pub struct RequestFrame {
 /// Bucket properties as `bucket_set` takes them; absent fields keep their current value.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct BucketPropsFrame {
-    /// Replicas per key.
+    /// Replicas per key. Any unsigned integer is read; the node answers `invalid_quorum`
+    /// unless `1 <= r, w <= n <= 3`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n: Option<u8>,
+    pub n: Option<u64>,
     /// Read quorum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub r: Option<u8>,
+    pub r: Option<u64>,
     /// Write quorum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub w: Option<u8>,
+    pub w: Option<u64>,
     /// Default request time limit, ms (0: the node's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
@@ -702,6 +704,32 @@ mod tests {
             assert_eq!((id, e.code), (5, ErrorCode::MalformedRequest), "{tail:x?}");
             assert!(e.message.contains("trailing"), "{}", e.message);
         }
+    }
+
+    #[test]
+    fn quorum_fields_take_any_unsigned_integer() {
+        for n in [0u64, 4, 255, 256, u64::MAX] {
+            let b = raw_map(&[
+                ("id", val(3u64)),
+                ("op", val("get")),
+                ("bucket", val("b")),
+                ("key", val("k")),
+                ("n", val(n)),
+                ("r", val(n)),
+                ("w", val(n)),
+            ]);
+            let (id, req) = Request::decode(&b).unwrap();
+            assert_eq!(id, 3);
+            let Request::Get { opts, .. } = req else {
+                panic!("{req:?}")
+            };
+            let got = [opts.n, opts.r, opts.w].map(|q| q.map(u64::from));
+            assert_eq!(got, [Some(n); 3]);
+        }
+        // A negative number is not a quorum size.
+        let b = raw_map(&[("id", val(3u64)), ("op", val("get")), ("n", val(-1i64))]);
+        let (id, e) = Request::decode(&b).unwrap_err();
+        assert_eq!((id, e.code), (3, ErrorCode::MalformedRequest));
     }
 
     #[test]

@@ -172,3 +172,62 @@ fn error_answers_keep_a_readable_id_past_deeply_nested_fields() {
     );
     c.ping();
 }
+
+#[test]
+fn request_quorums_outside_the_rule_are_invalid_quorum() {
+    let node = NodeProcess::start(&[]);
+    let mut c = Conn::open(&node);
+    let cases: &[(u64, u64, u64)] = &[
+        (4, 2, 2),
+        (255, 1, 1),
+        (256, 1, 1),
+        (1 << 40, 1, 1),
+        (0, 1, 1),
+        (3, 0, 2),
+        (3, 2, 0),
+        (2, 3, 1),
+        (2, 1, 3),
+    ];
+    for (i, &(n, r, w)) in cases.iter().enumerate() {
+        let id = 100 + i as u64;
+        for op in ["get", "put", "delete"] {
+            let body = map(&[
+                ("id", v(id)),
+                ("op", v(op)),
+                ("bucket", bin(b"conf")),
+                ("key", bin(b"q")),
+                ("value", bin(b"v")),
+                ("n", v(n)),
+                ("r", v(r)),
+                ("w", v(w)),
+            ]);
+            let msg = c.expect_error(&body, id, "invalid_quorum");
+            assert!(msg.contains("1 <= r, w <= n <= 3"), "{msg}");
+            assert!(msg.contains(&format!("n={n} r={r} w={w}")), "{msg}");
+        }
+    }
+    // The bucket properties read any unsigned integer too.
+    for n in [4u64, 256, 1 << 40] {
+        let body = map(&[
+            ("id", v(n)),
+            ("op", v("bucket_set")),
+            ("bucket", bin(b"conf")),
+            ("props", map(&[("n", v(n))])),
+        ]);
+        let msg = c.expect_error(&body, n, "invalid_quorum");
+        assert!(msg.contains(&n.to_string()), "{msg}");
+    }
+    // Inside the rule, a cluster smaller than n keeps as many replicas as it has nodes.
+    let body = map(&[
+        ("id", v(200u64)),
+        ("op", v("put")),
+        ("bucket", bin(b"conf")),
+        ("key", bin(b"q")),
+        ("value", bin(b"v")),
+        ("n", v(3u8)),
+        ("r", v(3u8)),
+        ("w", v(3u8)),
+    ]);
+    let a = c.call(&body);
+    assert!(a.ok && a.id == 200, "{a:?}");
+}
