@@ -17,6 +17,7 @@ use ractor_cluster::RactorMessage;
 use ringkv_actors::supervision::RestartBudget;
 use ringkv_actors::{KvError, Node};
 use ringkv_cluster::membership::{BucketProps, LAYOUT_REPLICAS};
+use ringkv_storage::keys::validate_bucket;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -420,13 +421,14 @@ pub async fn execute(node: &Node, id: u64, request: Request) -> ResponseFrame {
         Request::ClusterLeave { node: name } => {
             node.cluster_leave(&name).map(|()| ResponseFrame::ok(id))
         }
-        Request::BucketGet { bucket } => Ok(info(id, &node.bucket_props(&bucket))),
-        Request::BucketSet { bucket, props } => {
-            let props = merged_props(node.bucket_props(&bucket), &props);
-            props
-                .and_then(|p| node.set_bucket_props(&bucket, p).map(|()| p))
-                .map(|p| info(id, &p))
-        }
+        Request::BucketGet { bucket } => validate_bucket(&bucket)
+            .map_err(KvError::from)
+            .map(|()| info(id, &node.bucket_props(&bucket))),
+        Request::BucketSet { bucket, props } => validate_bucket(&bucket)
+            .map_err(KvError::from)
+            .and_then(|()| merged_props(node.bucket_props(&bucket), &props))
+            .and_then(|p| node.set_bucket_props(&bucket, p).map(|()| p))
+            .map(|p| info(id, &p)),
         Request::InjectFault(Fault::PanicVnode { bucket, key }) => node
             .inject_vnode_panic(&bucket, &key)
             .map(|_| ResponseFrame::ok(id)),

@@ -231,3 +231,41 @@ fn request_quorums_outside_the_rule_are_invalid_quorum() {
     let a = c.call(&body);
     assert!(a.ok && a.id == 200, "{a:?}");
 }
+
+#[test]
+fn bucket_ops_check_the_bucket_length() {
+    let node = NodeProcess::start(&[]);
+    let mut c = Conn::open(&node);
+    let too_long = vec![b'b'; 65];
+    for (id, bucket) in [(31u64, &b""[..]), (32, &too_long[..])] {
+        let msg = c.expect_error(
+            &map(&[
+                ("id", v(id)),
+                ("op", v("bucket_get")),
+                ("bucket", bin(bucket)),
+            ]),
+            id,
+            "invalid_bucket",
+        );
+        assert!(msg.contains("64"), "{msg}");
+        c.expect_error(
+            &map(&[
+                ("id", v(id)),
+                ("op", v("bucket_set")),
+                ("bucket", bin(bucket)),
+                ("props", map(&[("n", v(1u8)), ("r", v(1u8)), ("w", v(1u8))])),
+            ]),
+            id,
+            "invalid_bucket",
+        );
+    }
+    // 1 and 64 bytes are fine.
+    for bucket in [&b"b"[..], &[b'b'; 64][..]] {
+        let a = c.call(&map(&[
+            ("id", v(33u64)),
+            ("op", v("bucket_get")),
+            ("bucket", bin(bucket)),
+        ]));
+        assert!(a.ok, "{a:?}");
+    }
+}
