@@ -21,9 +21,7 @@ use ringkv_cluster::membership::{
 };
 use ringkv_cluster::phi::PhiConfig;
 use ringkv_cluster::{partition_for, NodeConfig};
-use ringkv_storage::{
-    keys, DataDir, DvvSet, Partition, PartitionOptions, StorageError, VersionVector,
-};
+use ringkv_storage::{keys, DataDir, DvvSet, Partition, PartitionOptions, StorageError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -352,18 +350,9 @@ pub struct RequestOptions {
 pub struct Fetched {
     /// Values of the live siblings (one unless there were concurrent writes).
     pub values: Vec<Vec<u8>>,
-    /// Opaque causal context (empty for a key never written). A write that passes it replaces
-    /// exactly the versions returned here.
+    /// Opaque causal context, sealed (see [`crate::context`]; empty for a key never written).
+    /// A write that passes it back unchanged replaces exactly the versions returned here.
     pub context: Vec<u8>,
-}
-
-impl From<DvvSet> for Fetched {
-    fn from(d: DvvSet) -> Self {
-        Fetched {
-            values: d.values().map(<[u8]>::to_vec).collect(),
-            context: d.context().to_context(),
-        }
-    }
 }
 
 /// A running node: its data, its supervision tree, and the operations on it.
@@ -581,7 +570,7 @@ impl Node {
         Ok(self
             .coordinate(request, bucket, key, opts)
             .await?
-            .map(Fetched::from)
+            .map(|d| Fetched::sealed(d, self.context_key()))
             .unwrap_or_default())
     }
 
@@ -638,13 +627,13 @@ impl Node {
         let request = KvRequest::Update {
             bucket: bucket.to_vec(),
             key: key.to_vec(),
-            context: VersionVector::from_context(context)?,
+            context: crate::context::open(self.context_key(), context)?,
             value,
         };
         Ok(self
             .coordinate(request, bucket, key, opts)
             .await?
-            .map(Fetched::from)
+            .map(|d| Fetched::sealed(d, self.context_key()))
             .unwrap_or_default())
     }
 

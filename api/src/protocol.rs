@@ -723,8 +723,7 @@ mod tests {
             let Request::Get { opts, .. } = req else {
                 panic!("{req:?}")
             };
-            let got = [opts.n, opts.r, opts.w].map(|q| q.map(u64::from));
-            assert_eq!(got, [Some(n); 3]);
+            assert_eq!([opts.n, opts.r, opts.w], [Some(n); 3]);
         }
         // A negative number is not a quorum size.
         let b = raw_map(&[("id", val(3u64)), ("op", val("get")), ("n", val(-1i64))]);

@@ -269,3 +269,84 @@ fn bucket_ops_check_the_bucket_length() {
         assert!(a.ok, "{a:?}");
     }
 }
+
+#[test]
+fn a_context_with_one_bit_flipped_is_bad_context_and_writes_nothing() {
+    let node = NodeProcess::start(&[]);
+    let mut c = Conn::open(&node);
+    assert!(c.call(&put(1, b"ctx", b"one", b"")).ok);
+    let (_, context) = fetched(c.call(&get(2, b"ctx")));
+    assert!(!context.is_empty());
+    for byte in 0..context.len() {
+        for bit in 0..8 {
+            let mut tampered = context.clone();
+            tampered[byte] ^= 1 << bit;
+            let id = 1000 + (byte * 8 + bit) as u64;
+            let msg = c.expect_error(&put(id, b"ctx", b"two", &tampered), id, "bad_context");
+            assert!(
+                msg.contains("modified") && msg.contains("another cluster"),
+                "{msg}"
+            );
+            let del = map(&[
+                ("id", v(id)),
+                ("op", v("delete")),
+                ("bucket", bin(b"conf")),
+                ("key", bin(b"ctx")),
+                ("context", bin(&tampered)),
+            ]);
+            c.expect_error(&del, id, "bad_context");
+        }
+    }
+    // Cut short or lengthened, too.
+    c.expect_error(
+        &put(3, b"ctx", b"two", &context[..context.len() - 1]),
+        3,
+        "bad_context",
+    );
+    let mut longer = context.clone();
+    longer.push(0);
+    c.expect_error(&put(4, b"ctx", b"two", &longer), 4, "bad_context");
+    // Nothing was written: still the one value, and its context still works.
+    let (values, now) = fetched(c.call(&get(5, b"ctx")));
+    assert_eq!(values, vec![b"one".to_vec()]);
+    assert_eq!(now, context);
+    assert!(c.call(&put(6, b"ctx", b"two", &context)).ok);
+    let (values, _) = fetched(c.call(&get(7, b"ctx")));
+    assert_eq!(values, vec![b"two".to_vec()]);
+}
+
+#[test]
+fn return_body_contexts_are_sealed_and_empty_contexts_stay_blind_writes() {
+    let node = NodeProcess::start(&[]);
+    let mut c = Conn::open(&node);
+    let mut body = put(1, b"rb", b"one", b"");
+    body[0] += 1;
+    body.extend(v("return_body"));
+    body.extend(v(true));
+    let (values, context) = fetched(c.call(&body));
+    assert_eq!(values, vec![b"one".to_vec()]);
+    // The returned context is accepted, and no copy of it with a flipped bit is.
+    for bit in 0..context.len() * 8 {
+        let mut tampered = context.clone();
+        tampered[bit / 8] ^= 1 << (bit % 8);
+        c.expect_error(&put(2, b"rb", b"two", &tampered), 2, "bad_context");
+    }
+    assert!(c.call(&put(3, b"rb", b"two", &context)).ok);
+    // An empty context is a blind write: a sibling beside "two".
+    assert!(c.call(&put(4, b"rb", b"three", b"")).ok);
+    let (mut values, _) = fetched(c.call(&get(5, b"rb")));
+    values.sort();
+    assert_eq!(values, vec![b"three".to_vec(), b"two".to_vec()]);
+}
+
+#[test]
+fn a_context_from_another_cluster_is_bad_context() {
+    let ours = NodeProcess::start(&[]);
+    let theirs = NodeProcess::start_on("127.0.0.1", &[], &[("RINGKV_COOKIE", "another-cookie")]);
+    let (mut a, mut b) = (Conn::open(&ours), Conn::open(&theirs));
+    assert!(b.call(&put(1, b"x", b"theirs", b"")).ok);
+    let (_, foreign) = fetched(b.call(&get(2, b"x")));
+    assert!(a.call(&put(3, b"x", b"ours", b"")).ok);
+    let msg = a.expect_error(&put(4, b"x", b"ours", &foreign), 4, "bad_context");
+    assert!(msg.contains("another cluster"), "{msg}");
+}
