@@ -16,7 +16,7 @@ pub mod shape;
 /// Stable error codes of the protocol. The string form (`as_str`) is what goes on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
-    /// The frame is not a msgpack map of the documented shape.
+    /// The frame is not exactly one msgpack map with string keys of the documented shape.
     MalformedRequest,
     /// The frame is longer than the server's `max-frame-bytes`; the server closes the
     /// connection after this answer.
@@ -29,7 +29,7 @@ pub enum ErrorCode {
     InvalidKey,
     /// The value is over `max-value-bytes`.
     ValueTooLarge,
-    /// The causal context does not decode.
+    /// The causal context fails its integrity check (modified, or from another cluster).
     BadContext,
     /// The write would make more siblings than allowed.
     TooManySiblings,
@@ -45,7 +45,7 @@ pub enum ErrorCode {
     ShuttingDown,
     /// Fewer replicas answered than the read or write quorum needs.
     QuorumFailed,
-    /// `n`, `r` or `w` out of range (request or bucket properties).
+    /// `n`, `r` or `w` break `1 <= r, w <= n <= 3` (request or bucket properties).
     InvalidQuorum,
     /// The cluster has no committed layout yet.
     NoLayout,
