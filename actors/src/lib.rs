@@ -31,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod cluster_view;
+pub mod context;
 pub mod coordinator;
 pub mod directory;
 pub mod gossip;

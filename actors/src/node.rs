@@ -16,12 +16,12 @@ use crate::vnode_supervisor::{VNodeSupervisor, VNodeSupervisorArgs};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 use ractor_cluster::{NodeServer, NodeServerMessage};
-use ringkv_cluster::membership::{BucketProps, ClusterState, Member, MemberStatus, Plan};
+use ringkv_cluster::membership::{
+    BucketProps, ClusterState, Member, MemberStatus, Plan, LAYOUT_REPLICAS,
+};
 use ringkv_cluster::phi::PhiConfig;
 use ringkv_cluster::{partition_for, NodeConfig};
-use ringkv_storage::{
-    keys, DataDir, DvvSet, Partition, PartitionOptions, StorageError, VersionVector,
-};
+use ringkv_storage::{keys, DataDir, DvvSet, Partition, PartitionOptions, StorageError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -333,12 +333,13 @@ pub struct ClusterStatus {
 pub struct RequestOptions {
     /// Time limit; `None` uses the bucket's, else the node's `request-timeout-ms`.
     pub timeout: Option<Duration>,
-    /// Replicas to use; `None` uses the bucket's `n`.
-    pub n: Option<u8>,
+    /// Replicas to use; `None` uses the bucket's `n`. With `r` and `w` it must satisfy
+    /// `1 <= r, w <= n <= 3` ([`LAYOUT_REPLICAS`]), else [`KvError::BadQuorum`].
+    pub n: Option<u64>,
     /// Read quorum; `None` uses the bucket's `r`.
-    pub r: Option<u8>,
+    pub r: Option<u64>,
     /// Write quorum; `None` uses the bucket's `w`.
-    pub w: Option<u8>,
+    pub w: Option<u64>,
     /// Read only this node's own replica (no quorum, no read repair): for inspection.
     pub local: bool,
 }
@@ -349,18 +350,9 @@ pub struct RequestOptions {
 pub struct Fetched {
     /// Values of the live siblings (one unless there were concurrent writes).
     pub values: Vec<Vec<u8>>,
-    /// Opaque causal context (empty for a key never written). A write that passes it replaces
-    /// exactly the versions returned here.
+    /// Opaque causal context, sealed (see [`crate::context`]; empty for a key never written).
+    /// A write that passes it back unchanged replaces exactly the versions returned here.
     pub context: Vec<u8>,
-}
-
-impl From<DvvSet> for Fetched {
-    fn from(d: DvvSet) -> Self {
-        Fetched {
-            values: d.values().map(<[u8]>::to_vec).collect(),
-            context: d.context().to_context(),
-        }
-    }
 }
 
 /// A running node: its data, its supervision tree, and the operations on it.
@@ -588,7 +580,7 @@ impl Node {
         Ok(self
             .coordinate(request, bucket, key, opts)
             .await?
-            .map(Fetched::from)
+            .map(|d| Fetched::sealed(d, self.context_key()))
             .unwrap_or_default())
     }
 
@@ -645,20 +637,23 @@ impl Node {
         let request = KvRequest::Update {
             bucket: bucket.to_vec(),
             key: key.to_vec(),
-            context: VersionVector::from_context(context)?,
+            context: crate::context::open(self.context_key(), context)?,
             value,
         };
         Ok(self
             .coordinate(request, bucket, key, opts)
             .await?
-            .map(Fetched::from)
+            .map(|d| Fetched::sealed(d, self.context_key()))
             .unwrap_or_default())
     }
 
-    /// Where a request on `(bucket, key)` goes, and with which quorums.
+    /// Where a request on `(bucket, key)` goes, and with which quorums. `n`, `r` and `w` (the
+    /// request's, else the bucket's) must satisfy `1 <= r, w <= n <= 3` ([`LAYOUT_REPLICAS`]);
+    /// a cluster of fewer than `n` nodes then uses all its nodes, with `r` and `w` capped to
+    /// match. A `local` read ignores them.
     ///
     /// # Errors
-    /// [`KvError::NoLayout`], [`KvError::BadQuorum`].
+    /// [`KvError::BadQuorum`] naming the rule and the values; [`KvError::NoLayout`].
     pub fn placement(
         &self,
         bucket: &[u8],
@@ -686,20 +681,23 @@ impl Node {
             };
             return Ok((placement, timeout));
         }
-        let prefs = state.preference_list(partition).ok_or(KvError::NoLayout)?;
-        let want_n = opts.n.unwrap_or(props.n) as usize;
-        if want_n == 0 {
-            return Err(KvError::BadQuorum("n must be at least 1".into()));
-        }
-        // A cluster smaller than n keeps as many replicas as it has nodes.
-        let n = want_n.min(prefs.len());
-        let r = opts.r.unwrap_or(props.r) as usize;
-        let w = opts.w.unwrap_or(props.w) as usize;
-        if r == 0 || w == 0 || r > want_n || w > want_n {
+        let (want_n, r, w) = (
+            opts.n.unwrap_or(props.n.into()),
+            opts.r.unwrap_or(props.r.into()),
+            opts.w.unwrap_or(props.w.into()),
+        );
+        if !(1..=LAYOUT_REPLICAS as u64).contains(&want_n)
+            || !(1..=want_n).contains(&r)
+            || !(1..=want_n).contains(&w)
+        {
             return Err(KvError::BadQuorum(format!(
-                "r and w must be 1 to n ({want_n}), not r={r} w={w}"
+                "n, r and w must satisfy 1 <= r, w <= n <= {LAYOUT_REPLICAS}, not n={want_n} r={r} w={w}"
             )));
         }
+        let (want_n, r, w) = (want_n as usize, r as usize, w as usize);
+        let prefs = state.preference_list(partition).ok_or(KvError::NoLayout)?;
+        // A cluster smaller than n keeps as many replicas as it has nodes.
+        let n = want_n.min(prefs.len());
         let mut fallbacks = state.fallback_list(partition);
         // Preference-list nodes past `n` come first among the fallbacks.
         fallbacks.splice(0..0, prefs[n..].iter().cloned());

@@ -191,3 +191,42 @@ async fn data_survives_a_restart_of_the_node() {
     }
     node.shutdown().await;
 }
+
+/// An embedding caller gets the quorum rule `1 <= r, w <= n <= 3` checked too, for any
+/// integer; inside the rule, a node alone keeps one replica whatever n says.
+#[tokio::test]
+async fn quorums_outside_the_rule_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    for (n, r, w) in [
+        (4, 1, 1),
+        (256, 1, 1),
+        (0, 1, 1),
+        (3, 0, 1),
+        (2, 3, 1),
+        (2, 1, 3),
+    ] {
+        let opts = RequestOptions {
+            n: Some(n),
+            r: Some(r),
+            w: Some(w),
+            ..opts()
+        };
+        match node.get(b"b", b"k", &opts).await {
+            Err(KvError::BadQuorum(msg)) => {
+                assert!(msg.contains(&format!("n={n} r={r} w={w}")), "{msg}")
+            }
+            other => panic!("n={n} r={r} w={w}: {other:?}"),
+        }
+    }
+    let three = RequestOptions {
+        n: Some(3),
+        r: Some(3),
+        w: Some(3),
+        ..opts()
+    };
+    node.put(b"b", b"k", b"v".to_vec(), &[], &three)
+        .await
+        .unwrap();
+    node.shutdown().await;
+}

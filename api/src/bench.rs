@@ -237,9 +237,9 @@ impl Driver {
                     return_body: Some(true),
                     ..Default::default()
                 };
-                frame.n = opts.n;
-                frame.r = opts.r;
-                frame.w = opts.w;
+                frame.n = opts.n.map(u64::from);
+                frame.r = opts.r.map(u64::from);
+                frame.w = opts.w.map(u64::from);
                 frame.timeout_ms = opts.timeout_ms;
                 let answer = client.request(frame).await?;
                 if !answer.ok {

@@ -76,9 +76,9 @@ pub struct CallOptions {
 
 impl CallOptions {
     fn apply(&self, mut f: RequestFrame) -> RequestFrame {
-        f.n = self.n;
-        f.r = self.r;
-        f.w = self.w;
+        f.n = self.n.map(u64::from);
+        f.r = self.r.map(u64::from);
+        f.w = self.w.map(u64::from);
         f.timeout_ms = self.timeout_ms;
         f.local = self.local.then_some(true);
         f

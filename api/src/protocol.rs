@@ -12,10 +12,12 @@ use serde_bytes::ByteBuf;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+pub mod shape;
+
 /// Stable error codes of the protocol. The string form (`as_str`) is what goes on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
-    /// The frame is not a msgpack map of the documented shape.
+    /// The frame is not exactly one msgpack map with string keys of the documented shape.
     MalformedRequest,
     /// The frame is longer than the server's `max-frame-bytes`; the server closes the
     /// connection after this answer.
@@ -28,7 +30,7 @@ pub enum ErrorCode {
     InvalidKey,
     /// The value is over `max-value-bytes`.
     ValueTooLarge,
-    /// The causal context does not decode.
+    /// The causal context fails its integrity check (modified, or from another cluster).
     BadContext,
     /// The write would make more siblings than allowed.
     TooManySiblings,
@@ -44,7 +46,7 @@ pub enum ErrorCode {
     ShuttingDown,
     /// Fewer replicas answered than the read or write quorum needs.
     QuorumFailed,
-    /// `n`, `r` or `w` out of range (request or bucket properties).
+    /// `n`, `r` or `w` break `1 <= r, w <= n <= 3` (request or bucket properties).
     InvalidQuorum,
     /// The cluster has no committed layout yet.
     NoLayout,
@@ -194,15 +196,16 @@ pub struct RequestFrame {
     /// Put: answer with the key's values and context after the write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub return_body: Option<bool>,
-    /// Replicas to use (default: the bucket's `n`).
+    /// Replicas to use (default: the bucket's `n`). Any unsigned integer is read; the node
+    /// answers `invalid_quorum` unless `1 <= r, w <= n <= 3`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n: Option<u8>,
+    pub n: Option<u64>,
     /// Read quorum (default: the bucket's `r`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub r: Option<u8>,
+    pub r: Option<u64>,
     /// Write quorum (default: the bucket's `w`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub w: Option<u8>,
+    pub w: Option<u64>,
     /// Get: read only the answering node's own replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<bool>,
@@ -228,15 +231,16 @@ pub struct RequestFrame {
 /// Bucket properties as `bucket_set` takes them; absent fields keep their current value.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct BucketPropsFrame {
-    /// Replicas per key.
+    /// Replicas per key. Any unsigned integer is read; the node answers `invalid_quorum`
+    /// unless `1 <= r, w <= n <= 3`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n: Option<u8>,
+    pub n: Option<u64>,
     /// Read quorum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub r: Option<u8>,
+    pub r: Option<u64>,
     /// Write quorum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub w: Option<u8>,
+    pub w: Option<u64>,
     /// Default request time limit, ms (0: the node's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
@@ -384,34 +388,32 @@ fn required(field: Option<ByteBuf>, name: &str, op: &str) -> Result<Vec<u8>, Pro
 }
 
 impl Request {
-    /// Decodes a frame body into its id and the validated request. The id is recovered
-    /// whenever the body is a map with an integer `id`, so that most errors can be answered
-    /// to the right request.
+    /// Decodes a frame body into its id and the validated request. The body must be one
+    /// msgpack map with string keys and nothing after it, nested at most
+    /// [`shape::MAX_NESTING`] levels deep. The id is recovered whenever that map has an
+    /// unsigned integer under `"id"`, whatever else is wrong with it, so that every error can
+    /// be answered to the right request.
     ///
     /// # Errors
     /// `(id, error)`: [`ErrorCode::MalformedRequest`] or [`ErrorCode::UnknownOp`], with the id
     /// (0 if unreadable).
     pub fn decode(body: &[u8]) -> Result<(u64, Request), (u64, ProtocolError)> {
-        let frame: RequestFrame = match rmp_serde::from_slice(body) {
-            Ok(f) => f,
-            Err(e) => {
-                #[derive(Deserialize)]
-                struct IdOnly {
-                    id: u64,
-                }
-                let id = rmp_serde::from_slice::<IdOnly>(body)
-                    .map(|i| i.id)
-                    .unwrap_or(0);
-                return Err((
-                    id,
-                    ProtocolError::new(
-                        ErrorCode::MalformedRequest,
-                        format!("request is not a msgpack map of the documented fields: {e}"),
-                    ),
-                ));
-            }
-        };
-        let id = frame.id;
+        let shape = shape::check(body);
+        let id = shape.id.unwrap_or(0);
+        let malformed =
+            |message: String| (id, ProtocolError::new(ErrorCode::MalformedRequest, message));
+        if let Some(problem) = shape.problem {
+            return Err(malformed(problem));
+        }
+        let mut de = rmp_serde::Deserializer::from_read_ref(body);
+        // A backstop only: the shape check already refused deeper bodies (rmp_serde allows
+        // one level less than its limit).
+        de.set_max_depth(shape::MAX_NESTING + 1);
+        let frame = RequestFrame::deserialize(&mut de).map_err(|e| {
+            malformed(format!(
+                "request is not a msgpack map of the documented fields: {e}"
+            ))
+        })?;
         Self::from_frame(frame)
             .map(|r| (id, r))
             .map_err(|e| (id, e))
@@ -494,54 +496,10 @@ impl Request {
 }
 
 /// The `id` of a request frame whose body is only partly known (`prefix`, the first bytes
-/// of the body): the value of the top-level key `id` if it comes before the end of the
-/// prefix, else 0.
+/// of the body): the value of the top-level key `id` if it ends before the prefix does, else
+/// 0.
 pub fn recover_id(prefix: &[u8]) -> u64 {
-    let mut rd = prefix;
-    let Ok(len) = rmp::decode::read_map_len(&mut rd) else {
-        return 0;
-    };
-    for _ in 0..len {
-        let mut key = [0u8; 16];
-        let Ok(k) = rmp::decode::read_str(&mut rd, &mut key) else {
-            return 0;
-        };
-        if k == "id" {
-            return rmp::decode::read_int(&mut rd).unwrap_or(0);
-        }
-        // Skip the value: only scalars and byte strings are skipped here; anything else
-        // ends the search.
-        let Ok(marker) = rmp::decode::read_marker(&mut rd) else {
-            return 0;
-        };
-        use rmp::Marker as M;
-        let skip = match marker {
-            M::FixPos(_) | M::FixNeg(_) | M::Null | M::True | M::False => 0,
-            M::U8 | M::I8 => 1,
-            M::U16 | M::I16 => 2,
-            M::U32 | M::I32 | M::F32 => 4,
-            M::U64 | M::I64 | M::F64 => 8,
-            M::FixStr(n) => n as usize,
-            M::Str8 | M::Bin8 => match rd.first() {
-                Some(&n) => 1 + n as usize,
-                None => return 0,
-            },
-            M::Str16 | M::Bin16 => match rd.get(..2) {
-                Some(b) => 2 + u16::from_be_bytes([b[0], b[1]]) as usize,
-                None => return 0,
-            },
-            M::Str32 | M::Bin32 => match rd.get(..4) {
-                Some(b) => 4 + u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize,
-                None => return 0,
-            },
-            _ => return 0,
-        };
-        match rd.get(skip..) {
-            Some(rest) => rd = rest,
-            None => return 0,
-        }
-    }
-    0
+    shape::check(prefix).id.unwrap_or(0)
 }
 
 /// Encodes `msg` as a frame: 4-byte big-endian length, then msgpack with named fields.
@@ -705,6 +663,139 @@ mod tests {
         assert!(
             matches!(req, Request::Get { bucket, key, .. } if bucket == b"users" && key == b"alice")
         );
+    }
+
+    /// A msgpack map body from `(key, encoded value)` pairs, in that order.
+    fn raw_map(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        assert!(entries.len() < 16);
+        let mut out = vec![0x80 | entries.len() as u8];
+        for (k, v) in entries {
+            out.extend(rmp_serde::to_vec(k).unwrap());
+            out.extend(v);
+        }
+        out
+    }
+
+    fn val<T: Serialize>(v: T) -> Vec<u8> {
+        rmp_serde::to_vec(&v).unwrap()
+    }
+
+    /// `[[[...nil...]]]`, `depth` arrays deep.
+    fn nested(depth: usize) -> Vec<u8> {
+        let mut out = vec![0x91; depth];
+        out.push(0xc0);
+        out
+    }
+
+    #[test]
+    fn arrays_and_maps_without_string_keys_are_malformed() {
+        // [1, "ping"]: the fields by position.
+        let array = val((1u64, "ping"));
+        // {0: 1, 1: "ping"}: the fields by index.
+        let int_keys = b"\x82\x00\x01\x01\xa4ping".to_vec();
+        // {bin "id": 1, bin "op": "ping"}.
+        let bin_keys = b"\x82\xc4\x02id\x01\xc4\x02op\xa4ping".to_vec();
+        for body in [array, int_keys, bin_keys] {
+            let (id, e) = Request::decode(&body).unwrap_err();
+            assert_eq!((id, e.code), (0, ErrorCode::MalformedRequest), "{body:x?}");
+            assert!(e.message.contains("string keys"), "{}", e.message);
+        }
+        // A readable id is kept even when another key is not a string.
+        let mut mixed = raw_map(&[("id", val(7u64)), ("op", val("ping"))]);
+        mixed[0] += 1;
+        mixed.extend(b"\x03\x01");
+        let (id, e) = Request::decode(&mixed).unwrap_err();
+        assert_eq!((id, e.code), (7, ErrorCode::MalformedRequest));
+        // bucket_set's props must be a map with string keys too.
+        let props_array = raw_map(&[
+            ("id", val(8u64)),
+            ("op", val("bucket_set")),
+            ("bucket", val("b")),
+            ("props", val((1u8, 1u8, 1u8))),
+        ]);
+        let (id, e) = Request::decode(&props_array).unwrap_err();
+        assert_eq!((id, e.code), (8, ErrorCode::MalformedRequest));
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed_and_keep_the_id() {
+        let ping = RequestFrame {
+            id: 5,
+            op: "ping".into(),
+            ..Default::default()
+        };
+        for tail in [&b"\xc0"[..], b"\x81\xa2id\x06", b"\x00\x00"] {
+            let mut b = body(&ping);
+            b.extend(tail);
+            let (id, e) = Request::decode(&b).unwrap_err();
+            assert_eq!((id, e.code), (5, ErrorCode::MalformedRequest), "{tail:x?}");
+            assert!(e.message.contains("trailing"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn quorum_fields_take_any_unsigned_integer() {
+        for n in [0u64, 4, 255, 256, u64::MAX] {
+            let b = raw_map(&[
+                ("id", val(3u64)),
+                ("op", val("get")),
+                ("bucket", val("b")),
+                ("key", val("k")),
+                ("n", val(n)),
+                ("r", val(n)),
+                ("w", val(n)),
+            ]);
+            let (id, req) = Request::decode(&b).unwrap();
+            assert_eq!(id, 3);
+            let Request::Get { opts, .. } = req else {
+                panic!("{req:?}")
+            };
+            assert_eq!([opts.n, opts.r, opts.w], [Some(n); 3]);
+        }
+        // A negative number is not a quorum size.
+        let b = raw_map(&[("id", val(3u64)), ("op", val("get")), ("n", val(-1i64))]);
+        let (id, e) = Request::decode(&b).unwrap_err();
+        assert_eq!((id, e.code), (3, ErrorCode::MalformedRequest));
+    }
+
+    #[test]
+    fn the_id_is_recovered_past_a_too_deeply_nested_field() {
+        // rmp_serde alone fails the whole decode past 1024 levels (or overflows the stack
+        // first); the shape check answers without recursing, whatever the depth.
+        for depth in [shape::MAX_NESTING, 1100, 200_000] {
+            let deep = nested(depth);
+            for b in [
+                raw_map(&[("id", val(9u64)), ("op", val("ping")), ("x", deep.clone())]),
+                raw_map(&[("op", val("ping")), ("x", deep.clone()), ("id", val(9u64))]),
+                raw_map(&[("x", deep.clone()), ("id", val(9u64)), ("op", val(5u8))]),
+            ] {
+                let (id, e) = Request::decode(&b).unwrap_err();
+                assert_eq!(
+                    (id, e.code),
+                    (9, ErrorCode::MalformedRequest),
+                    "depth {depth}"
+                );
+                assert!(e.message.contains("nested"), "{}", e.message);
+            }
+        }
+        // One level less is fine: unknown keys are ignored.
+        let b = raw_map(&[
+            ("id", val(9u64)),
+            ("op", val("ping")),
+            ("x", nested(shape::MAX_NESTING - 1)),
+        ]);
+        let got = Request::decode(&b);
+        assert!(matches!(got, Ok((9, Request::Ping))), "{got:?}");
+        // Huge announced lengths end at the frame's end, not in a loop or an allocation.
+        let b = raw_map(&[("x", b"\xdd\xff\xff\xff\xff".to_vec()), ("id", val(9u64))]);
+        let (id, e) = Request::decode(&b).unwrap_err();
+        assert_eq!((id, e.code), (0, ErrorCode::MalformedRequest));
+        // A negative or non-integer id is unreadable.
+        for idv in [val(-4i64), val("9"), val(1.5f64)] {
+            let b = raw_map(&[("id", idv), ("op", val("ping"))]);
+            let (id, e) = Request::decode(&b).unwrap_err();
+            assert_eq!((id, e.code), (0, ErrorCode::MalformedRequest));
+        }
     }
 
     #[tokio::test]

@@ -8,11 +8,15 @@
 //! unanswered at once: past that, the reader waits, which pushes back on the client through
 //! TCP.
 
-use crate::protocol::{ErrorCode, Fault, FrameError, ProtocolError, Request, ResponseFrame};
+use crate::protocol::{
+    BucketPropsFrame, ErrorCode, Fault, FrameError, ProtocolError, Request, ResponseFrame,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 use ringkv_actors::supervision::RestartBudget;
-use ringkv_actors::Node;
+use ringkv_actors::{KvError, Node};
+use ringkv_cluster::membership::{BucketProps, LAYOUT_REPLICAS};
+use ringkv_storage::keys::validate_bucket;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -795,6 +799,29 @@ fn plan_summary(plan: &ringkv_cluster::membership::Plan) -> serde_json::Value {
     })
 }
 
+/// `current` with the fields `bucket_set` gave changed. `n`, `r` and `w` arrive as any
+/// unsigned integer; [`Node::set_bucket_props`] checks the rule on the result.
+///
+/// # Errors
+/// [`KvError::BadQuorum`] for a quorum field too large to be stored at all.
+fn merged_props(mut current: BucketProps, new: &BucketPropsFrame) -> Result<BucketProps, KvError> {
+    let rule = format!("1 <= r, w <= n <= {LAYOUT_REPLICAS}");
+    let quorum = |field: &str, new: Option<u64>, old: u8| match new {
+        None => Ok(old),
+        Some(q) => u8::try_from(q).map_err(|_| {
+            KvError::BadQuorum(format!(
+                "bucket properties must satisfy {rule}, not {field}={q}"
+            ))
+        }),
+    };
+    current.n = quorum("n", new.n, current.n)?;
+    current.r = quorum("r", new.r, current.r)?;
+    current.w = quorum("w", new.w, current.w)?;
+    current.timeout_ms = new.timeout_ms.unwrap_or(current.timeout_ms);
+    current.sloppy_quorum = new.sloppy_quorum.unwrap_or(current.sloppy_quorum);
+    Ok(current)
+}
+
 /// Runs one request on the node and builds its answer.
 pub async fn execute(node: &Node, id: u64, request: Request) -> ResponseFrame {
     let result = match request {
@@ -826,17 +853,14 @@ pub async fn execute(node: &Node, id: u64, request: Request) -> ResponseFrame {
         Request::ClusterLeave { node: name } => {
             node.cluster_leave(&name).map(|()| ResponseFrame::ok(id))
         }
-        Request::BucketGet { bucket } => Ok(info(id, &node.bucket_props(&bucket))),
-        Request::BucketSet { bucket, props } => {
-            let mut current = node.bucket_props(&bucket);
-            current.n = props.n.unwrap_or(current.n);
-            current.r = props.r.unwrap_or(current.r);
-            current.w = props.w.unwrap_or(current.w);
-            current.timeout_ms = props.timeout_ms.unwrap_or(current.timeout_ms);
-            current.sloppy_quorum = props.sloppy_quorum.unwrap_or(current.sloppy_quorum);
-            node.set_bucket_props(&bucket, current)
-                .map(|()| info(id, &current))
-        }
+        Request::BucketGet { bucket } => validate_bucket(&bucket)
+            .map_err(KvError::from)
+            .map(|()| info(id, &node.bucket_props(&bucket))),
+        Request::BucketSet { bucket, props } => validate_bucket(&bucket)
+            .map_err(KvError::from)
+            .and_then(|()| merged_props(node.bucket_props(&bucket), &props))
+            .and_then(|p| node.set_bucket_props(&bucket, p).map(|()| p))
+            .map(|p| info(id, &p)),
         Request::InjectFault(Fault::PanicVnode { bucket, key }) => node
             .inject_vnode_panic(&bucket, &key)
             .map(|_| ResponseFrame::ok(id)),

@@ -17,6 +17,24 @@ pub const MAX_KEY_LEN: usize = 446;
 /// [`StorageError::EmptyBucket`], [`StorageError::BucketTooLong`], [`StorageError::EmptyKey`]
 /// or [`StorageError::KeyTooLong`], each naming the limit.
 pub fn validate(bucket: &[u8], key: &[u8]) -> Result<(), StorageError> {
+    validate_bucket(bucket)?;
+    if key.is_empty() {
+        return Err(StorageError::EmptyKey { max: MAX_KEY_LEN });
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(StorageError::KeyTooLong {
+            len: key.len(),
+            max: MAX_KEY_LEN,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a bucket name against the limits: 1 to [`MAX_BUCKET_LEN`] bytes.
+///
+/// # Errors
+/// [`StorageError::EmptyBucket`] or [`StorageError::BucketTooLong`], naming the limit.
+pub fn validate_bucket(bucket: &[u8]) -> Result<(), StorageError> {
     if bucket.is_empty() {
         return Err(StorageError::EmptyBucket {
             max: MAX_BUCKET_LEN,
@@ -26,15 +44,6 @@ pub fn validate(bucket: &[u8], key: &[u8]) -> Result<(), StorageError> {
         return Err(StorageError::BucketTooLong {
             len: bucket.len(),
             max: MAX_BUCKET_LEN,
-        });
-    }
-    if key.is_empty() {
-        return Err(StorageError::EmptyKey { max: MAX_KEY_LEN });
-    }
-    if key.len() > MAX_KEY_LEN {
-        return Err(StorageError::KeyTooLong {
-            len: key.len(),
-            max: MAX_KEY_LEN,
         });
     }
     Ok(())

@@ -1,0 +1,352 @@
+//! The protocol as written: one real `ringkv` process answers exactly what `api/PROTOCOL.md`
+//! says for requests at the edges of the spec (shapes that are not a map with string keys,
+//! trailing bytes, bucket limits on the admin ops, quorum rules, tampered contexts, and ids
+//! behind unreadable fields). Requests are raw frames on a plain socket, as a client in
+//! another language would send them.
+
+use ringkv_api::protocol::ResponseFrame;
+use ringkv_tests::NodeProcess;
+use serde::Serialize;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// A client connection speaking raw frames.
+struct Conn(TcpStream);
+
+impl Conn {
+    fn open(node: &NodeProcess) -> Conn {
+        let s = TcpStream::connect(node.addr).expect("connect to the node");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Conn(s)
+    }
+
+    /// Sends `body` as one frame and reads the answer.
+    fn call(&mut self, body: &[u8]) -> ResponseFrame {
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(body);
+        self.0.write_all(&frame).expect("send a frame");
+        let mut len = [0u8; 4];
+        self.0
+            .read_exact(&mut len)
+            .expect("an answer (the node closed the connection or died)");
+        let mut answer = vec![0u8; u32::from_be_bytes(len) as usize];
+        self.0.read_exact(&mut answer).expect("the answer's body");
+        rmp_serde::from_slice(&answer).expect("the answer decodes")
+    }
+
+    /// Sends `body` and expects an error answer with `code` and `id`; returns its message.
+    fn expect_error(&mut self, body: &[u8], id: u64, code: &str) -> String {
+        let a = self.call(body);
+        assert!(
+            !a.ok && a.code.as_deref() == Some(code) && a.id == id,
+            "expected {code} for id {id}, got {a:?}"
+        );
+        a.message.expect("error answers carry a message")
+    }
+
+    /// The connection still serves requests.
+    fn ping(&mut self) {
+        let a = self.call(&map(&[("id", v(4242u64)), ("op", v("ping"))]));
+        assert!(a.ok && a.id == 4242, "ping after an error: {a:?}");
+    }
+}
+
+/// A msgpack value.
+fn v<T: Serialize>(value: T) -> Vec<u8> {
+    rmp_serde::to_vec(&value).unwrap()
+}
+
+/// A msgpack bin value.
+fn bin(bytes: &[u8]) -> Vec<u8> {
+    v(serde_bytes::Bytes::new(bytes))
+}
+
+/// A msgpack map of `(key, encoded value)`, keys as str, in the given order.
+fn map(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    assert!(entries.len() < 16, "fixmap only");
+    let mut out = vec![0x80 | entries.len() as u8];
+    for (key, value) in entries {
+        out.extend(v(key));
+        out.extend_from_slice(value);
+    }
+    out
+}
+
+fn put(id: u64, key: &[u8], value: &[u8], context: &[u8]) -> Vec<u8> {
+    map(&[
+        ("id", v(id)),
+        ("op", v("put")),
+        ("bucket", bin(b"conf")),
+        ("key", bin(key)),
+        ("value", bin(value)),
+        ("context", bin(context)),
+    ])
+}
+
+fn get(id: u64, key: &[u8]) -> Vec<u8> {
+    map(&[
+        ("id", v(id)),
+        ("op", v("get")),
+        ("bucket", bin(b"conf")),
+        ("key", bin(key)),
+    ])
+}
+
+/// The values and context of a successful get.
+fn fetched(a: ResponseFrame) -> (Vec<Vec<u8>>, Vec<u8>) {
+    assert!(a.ok, "{a:?}");
+    (
+        a.values
+            .unwrap()
+            .into_iter()
+            .map(|b| b.into_vec())
+            .collect(),
+        a.context.unwrap().into_vec(),
+    )
+}
+
+#[test]
+fn arrays_and_maps_without_string_keys_are_malformed_requests() {
+    let node = NodeProcess::start(&[]);
+    let mut c = Conn::open(&node);
+    // [1, "ping"] would be the fields `id` and `op` by position.
+    c.expect_error(&v((1u64, "ping")), 0, "malformed_request");
+    c.ping();
+    // {0: 1, 1: "ping"} would be the same fields by index.
+    let msg = c.expect_error(b"\x82\x00\x01\x01\xa4ping", 0, "malformed_request");
+    assert!(msg.contains("string keys"), "{msg}");
+    c.ping();
+    // A readable id is answered even when another key is an integer.
+    let mut body = map(&[("id", v(17u64)), ("op", v("ping"))]);
+    body[0] += 1;
+    body.extend(b"\x03\x01");
+    c.expect_error(&body, 17, "malformed_request");
+    c.ping();
+}
+
+#[test]
+fn trailing_bytes_after_the_map_are_malformed_requests_with_the_id() {
+    let node = NodeProcess::start(&[]);
+    let mut c = Conn::open(&node);
+    let mut body = map(&[("id", v(21u64)), ("op", v("ping"))]);
+    body.push(0xc0);
+    let msg = c.expect_error(&body, 21, "malformed_request");
+    assert!(msg.contains("trailing"), "{msg}");
+    c.ping();
+    // A second request glued behind the first in the same frame is not run.
+    let mut body = get(22, b"k");
+    body.extend(put(23, b"k", b"smuggled", b""));
+    c.expect_error(&body, 22, "malformed_request");
+    let (values, _) = fetched(c.call(&get(24, b"k")));
+    assert!(values.is_empty(), "the glued put ran: {values:?}");
+}
+
+#[test]
+fn error_answers_keep_a_readable_id_past_deeply_nested_fields() {
+    let node = NodeProcess::start(&[]);
+    let mut c = Conn::open(&node);
+    for depth in [100usize, 1100, 100_000] {
+        let mut deep = vec![0x91; depth];
+        deep.push(0xc0);
+        for (id, body) in [
+            (
+                41u64,
+                map(&[("id", v(41u64)), ("op", v("ping")), ("x", deep.clone())]),
+            ),
+            (
+                42,
+                map(&[("op", v("ping")), ("x", deep.clone()), ("id", v(42u64))]),
+            ),
+        ] {
+            let msg = c.expect_error(&body, id, "malformed_request");
+            assert!(msg.contains("nested"), "{msg}");
+            c.ping();
+        }
+    }
+    // An id that is not an unsigned integer cannot be read: 0.
+    c.expect_error(
+        &map(&[("id", v(-5i64)), ("op", v("ping"))]),
+        0,
+        "malformed_request",
+    );
+    c.ping();
+}
+
+#[test]
+fn request_quorums_outside_the_rule_are_invalid_quorum() {
+    let node = NodeProcess::start(&[]);
+    let mut c = Conn::open(&node);
+    let cases: &[(u64, u64, u64)] = &[
+        (4, 2, 2),
+        (255, 1, 1),
+        (256, 1, 1),
+        (1 << 40, 1, 1),
+        (0, 1, 1),
+        (3, 0, 2),
+        (3, 2, 0),
+        (2, 3, 1),
+        (2, 1, 3),
+    ];
+    for (i, &(n, r, w)) in cases.iter().enumerate() {
+        let id = 100 + i as u64;
+        for op in ["get", "put", "delete"] {
+            let body = map(&[
+                ("id", v(id)),
+                ("op", v(op)),
+                ("bucket", bin(b"conf")),
+                ("key", bin(b"q")),
+                ("value", bin(b"v")),
+                ("n", v(n)),
+                ("r", v(r)),
+                ("w", v(w)),
+            ]);
+            let msg = c.expect_error(&body, id, "invalid_quorum");
+            assert!(msg.contains("1 <= r, w <= n <= 3"), "{msg}");
+            assert!(msg.contains(&format!("n={n} r={r} w={w}")), "{msg}");
+        }
+    }
+    // The bucket properties read any unsigned integer too.
+    for n in [4u64, 256, 1 << 40] {
+        let body = map(&[
+            ("id", v(n)),
+            ("op", v("bucket_set")),
+            ("bucket", bin(b"conf")),
+            ("props", map(&[("n", v(n))])),
+        ]);
+        let msg = c.expect_error(&body, n, "invalid_quorum");
+        assert!(msg.contains(&n.to_string()), "{msg}");
+    }
+    // Inside the rule, a cluster smaller than n keeps as many replicas as it has nodes.
+    let body = map(&[
+        ("id", v(200u64)),
+        ("op", v("put")),
+        ("bucket", bin(b"conf")),
+        ("key", bin(b"q")),
+        ("value", bin(b"v")),
+        ("n", v(3u8)),
+        ("r", v(3u8)),
+        ("w", v(3u8)),
+    ]);
+    let a = c.call(&body);
+    assert!(a.ok && a.id == 200, "{a:?}");
+}
+
+#[test]
+fn bucket_ops_check_the_bucket_length() {
+    let node = NodeProcess::start(&[]);
+    let mut c = Conn::open(&node);
+    let too_long = vec![b'b'; 65];
+    for (id, bucket) in [(31u64, &b""[..]), (32, &too_long[..])] {
+        let msg = c.expect_error(
+            &map(&[
+                ("id", v(id)),
+                ("op", v("bucket_get")),
+                ("bucket", bin(bucket)),
+            ]),
+            id,
+            "invalid_bucket",
+        );
+        assert!(msg.contains("64"), "{msg}");
+        c.expect_error(
+            &map(&[
+                ("id", v(id)),
+                ("op", v("bucket_set")),
+                ("bucket", bin(bucket)),
+                ("props", map(&[("n", v(1u8)), ("r", v(1u8)), ("w", v(1u8))])),
+            ]),
+            id,
+            "invalid_bucket",
+        );
+    }
+    // 1 and 64 bytes are fine.
+    for bucket in [&b"b"[..], &[b'b'; 64][..]] {
+        let a = c.call(&map(&[
+            ("id", v(33u64)),
+            ("op", v("bucket_get")),
+            ("bucket", bin(bucket)),
+        ]));
+        assert!(a.ok, "{a:?}");
+    }
+}
+
+#[test]
+fn a_context_with_one_bit_flipped_is_bad_context_and_writes_nothing() {
+    let node = NodeProcess::start(&[]);
+    let mut c = Conn::open(&node);
+    assert!(c.call(&put(1, b"ctx", b"one", b"")).ok);
+    let (_, context) = fetched(c.call(&get(2, b"ctx")));
+    assert!(!context.is_empty());
+    for byte in 0..context.len() {
+        for bit in 0..8 {
+            let mut tampered = context.clone();
+            tampered[byte] ^= 1 << bit;
+            let id = 1000 + (byte * 8 + bit) as u64;
+            let msg = c.expect_error(&put(id, b"ctx", b"two", &tampered), id, "bad_context");
+            assert!(
+                msg.contains("modified") && msg.contains("another cluster"),
+                "{msg}"
+            );
+            let del = map(&[
+                ("id", v(id)),
+                ("op", v("delete")),
+                ("bucket", bin(b"conf")),
+                ("key", bin(b"ctx")),
+                ("context", bin(&tampered)),
+            ]);
+            c.expect_error(&del, id, "bad_context");
+        }
+    }
+    // Cut short or lengthened, too.
+    c.expect_error(
+        &put(3, b"ctx", b"two", &context[..context.len() - 1]),
+        3,
+        "bad_context",
+    );
+    let mut longer = context.clone();
+    longer.push(0);
+    c.expect_error(&put(4, b"ctx", b"two", &longer), 4, "bad_context");
+    // Nothing was written: still the one value, and its context still works.
+    let (values, now) = fetched(c.call(&get(5, b"ctx")));
+    assert_eq!(values, vec![b"one".to_vec()]);
+    assert_eq!(now, context);
+    assert!(c.call(&put(6, b"ctx", b"two", &context)).ok);
+    let (values, _) = fetched(c.call(&get(7, b"ctx")));
+    assert_eq!(values, vec![b"two".to_vec()]);
+}
+
+#[test]
+fn return_body_contexts_are_sealed_and_empty_contexts_stay_blind_writes() {
+    let node = NodeProcess::start(&[]);
+    let mut c = Conn::open(&node);
+    let mut body = put(1, b"rb", b"one", b"");
+    body[0] += 1;
+    body.extend(v("return_body"));
+    body.extend(v(true));
+    let (values, context) = fetched(c.call(&body));
+    assert_eq!(values, vec![b"one".to_vec()]);
+    // The returned context is accepted, and no copy of it with a flipped bit is.
+    for bit in 0..context.len() * 8 {
+        let mut tampered = context.clone();
+        tampered[bit / 8] ^= 1 << (bit % 8);
+        c.expect_error(&put(2, b"rb", b"two", &tampered), 2, "bad_context");
+    }
+    assert!(c.call(&put(3, b"rb", b"two", &context)).ok);
+    // An empty context is a blind write: a sibling beside "two".
+    assert!(c.call(&put(4, b"rb", b"three", b"")).ok);
+    let (mut values, _) = fetched(c.call(&get(5, b"rb")));
+    values.sort();
+    assert_eq!(values, vec![b"three".to_vec(), b"two".to_vec()]);
+}
+
+#[test]
+fn a_context_from_another_cluster_is_bad_context() {
+    let ours = NodeProcess::start(&[]);
+    let theirs = NodeProcess::start_on("127.0.0.1", &[], &[("RINGKV_COOKIE", "another-cookie")]);
+    let (mut a, mut b) = (Conn::open(&ours), Conn::open(&theirs));
+    assert!(b.call(&put(1, b"x", b"theirs", b"")).ok);
+    let (_, foreign) = fetched(b.call(&get(2, b"x")));
+    assert!(a.call(&put(3, b"x", b"ours", b"")).ok);
+    let msg = a.expect_error(&put(4, b"x", b"ours", &foreign), 4, "bad_context");
+    assert!(msg.contains("another cluster"), "{msg}");
+}
