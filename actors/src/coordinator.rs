@@ -385,12 +385,18 @@ async fn write(
         }
     }
     let (coordinator, record, mut acks) = match coordinated {
-        Some((node, record)) => (Some(node), record, 1),
+        // Every other replica now gets a merge, whose outcome replaces what the coordinating
+        // attempts found.
+        Some((node, record)) => {
+            failures = Failures::default();
+            (Some(node), record, 1)
+        }
         // No replica is reachable. A sloppy write still goes through: the new version gets a
         // dot of a fresh random actor id, so it cannot collide with any dot a replica made
         // (Riak's vnode epochs solve the same problem), and every replica receives it as a
         // hint.
         None if sloppy && !args.placement.fallbacks.is_empty() => {
+            failures = Failures::default();
             let mut record = DvvSet::new();
             record
                 .update(
@@ -426,8 +432,8 @@ async fn write(
             .cloned()
             .collect::<std::collections::VecDeque<_>>(),
     ));
-    // (replica, Ok(counts toward w) | Err(why not))
-    let (tx, mut rx) = mpsc::unbounded_channel::<(String, Result<bool, ReplicaError>)>();
+    // (replica, Ok: its acknowledgement counts toward w | Err: why not)
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, Result<(), ReplicaError>)>();
     let mut pending: Vec<String> = Vec::new();
     for node in replicas.iter().filter(|n| Some(*n) != coordinator.as_ref()) {
         pending.push(node.clone());
@@ -451,7 +457,7 @@ async fn write(
                 let left = deadline.saturating_duration_since(Instant::now());
                 match peers.merge(&node, merge, left).await {
                     Ok(()) => {
-                        let _ = tx.send((node, Ok(true)));
+                        let _ = tx.send((node, Ok(())));
                         return;
                     }
                     Err(e) => {
@@ -480,8 +486,13 @@ async fn write(
                 .max(Duration::from_millis(500));
             let r: Result<(), ReplicaError> = peers.call_as(&holder, hint, left).await;
             match r {
+                Ok(()) if counts => {
+                    let _ = tx.send((node, Ok(())));
+                }
+                // A hint on a node that is itself a replica does not count toward `w`: the
+                // replica's own failure is what the client should hear about.
                 Ok(()) => {
-                    let _ = tx.send((node, Ok(counts)));
+                    let _ = tx.send((node, Err(failure)));
                 }
                 Err(e) => {
                     tracing::warn!(owner = %node, %holder, error = %e, "could not store a hint");
@@ -496,8 +507,7 @@ async fn write(
             Ok(Some((node, outcome))) => {
                 pending.retain(|p| *p != node);
                 match outcome {
-                    Ok(true) => acks += 1,
-                    Ok(false) => {}
+                    Ok(_) => acks += 1,
                     Err(e) => failures.push(&node, e),
                 }
             }

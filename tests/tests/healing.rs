@@ -589,7 +589,7 @@ fn quorum_figures(message: &str) -> Option<(u64, u64, u64)> {
 /// at w=2 on both sides: hints on the reachable nodes stand in for the unreachable replicas.
 /// Bucket `strict` (sloppy_quorum=false) counts only preference-list replicas: each strict
 /// key is written on both sides, and exactly one side holds 2 of its 3 replicas, so exactly
-/// one of the two writes succeeds and the other fails with `quorum_failed` naming how many
+/// one of the two writes succeeds and the other fails with `unreachable` naming how many
 /// answered. After the heal, without client reads, every acknowledged key must end up on
 /// >= 3 nodes with all copies agreeing.
 #[test]
@@ -723,17 +723,18 @@ fn partition_sloppy_vs_strict() {
         };
         refused[side] += 1;
         match failure {
-            Failure::Server { code, message } if code == "quorum_failed" => {
+            // The replicas on the other side are cut off: `unreachable`, naming them.
+            Failure::Server { code, message } if code == "unreachable" => {
                 example.get_or_insert_with(|| format!("{key}: {message}"));
                 match quorum_figures(message) {
                     Some((answered, _, 2)) if answered < 2 => {}
                     _ => violations.push(format!(
-                        "{key}: the quorum_failed message does not say how many of how many \
+                        "{key}: the unreachable message does not say how many of how many \
                          replicas answered, 2 needed: {message:?}"
                     )),
                 }
             }
-            other => violations.push(format!("{key}: failed with {other}, not quorum_failed")),
+            other => violations.push(format!("{key}: failed with {other}, not unreachable")),
         }
         strict_acked.push(value);
     }
