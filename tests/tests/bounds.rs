@@ -474,6 +474,66 @@ fn stalled_frames_and_idle_connections_are_closed() {
     assert!(started.elapsed() > Duration::from_millis(600));
 }
 
+/// Item 2: the node-wide budget of client bytes in flight. Frames that stall half-way hold
+/// their bytes; a request that finds the budget spent is answered `overloaded` with its id,
+/// and once the stalled frames are gone the node serves again.
+#[test]
+fn a_spent_byte_budget_answers_overloaded() {
+    let _serial = serial();
+    let node = NodeProcess::start(&[
+        "--partitions",
+        "4",
+        "--max-frame-bytes",
+        "65536",
+        "--max-value-bytes",
+        "32768",
+        "--max-in-flight-bytes",
+        "131072",
+    ]);
+    // Frames of 64 KiB announced and 60 KB of each sent hold their bytes in the budget (it
+    // grows ahead of the bytes by what has arrived, up to the frame's length). Another one
+    // each round, until a put finds the budget spent.
+    let stall = || {
+        let mut s = TcpStream::connect(node.addr).unwrap();
+        let mut start = 65536u32.to_be_bytes().to_vec();
+        start.extend(std::iter::repeat_n(0x81u8, 60_000));
+        s.write_all(&start).unwrap();
+        s
+    };
+    let mut stalled = Vec::new();
+    let mut s = TcpStream::connect(node.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut attempt = 0;
+    let mut put = || {
+        attempt += 1;
+        encode_frame(&put_frame(
+            77,
+            b"b",
+            format!("k{attempt}").as_bytes(),
+            &[5u8; 30_000],
+        ))
+    };
+    let refused = wait_until("a put to be refused", Duration::from_secs(10), || {
+        stalled.push(stall());
+        s.write_all(&put()).unwrap();
+        let a = read_answer(&mut s).expect("answered");
+        (!a.ok).then_some(a)
+    });
+    println!("with the budget spent: {refused:?}");
+    assert_eq!(refused.code.as_deref(), Some("overloaded"), "{refused:?}");
+    assert_eq!(refused.id, 77);
+    assert!(refused.message.unwrap().contains("max-in-flight-bytes"));
+    drop(stalled);
+    wait_until(
+        "the budget to be free again",
+        Duration::from_secs(10),
+        || {
+            s.write_all(&put()).unwrap();
+            read_answer(&mut s).expect("answered").ok.then_some(())
+        },
+    );
+}
+
 fn raise_fd_limit(want: u64) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

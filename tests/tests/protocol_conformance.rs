@@ -236,7 +236,7 @@ fn request_quorums_outside_the_rule_are_invalid_quorum() {
 fn bucket_ops_check_the_bucket_length() {
     let node = NodeProcess::start(&[]);
     let mut c = Conn::open(&node);
-    let too_long = vec![b'b'; 65];
+    let too_long = [b'b'; 65];
     for (id, bucket) in [(31u64, &b""[..]), (32, &too_long[..])] {
         let msg = c.expect_error(
             &map(&[
