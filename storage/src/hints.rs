@@ -17,7 +17,7 @@
 //! * value: `[HINT_V1][msgpack map of the Hint]` (named fields, as [`crate::record`]).
 
 use crate::env::{Abort, GrowableEnv, Store};
-use crate::writer::{Refused, WriterThread};
+use crate::writer::WriterThread;
 use crate::{DvvSet, StorageError};
 use heed::types::Bytes;
 use heed::Database;
@@ -329,13 +329,10 @@ impl HintStore {
     }
 
     fn enqueue(&self, op: HintOp) {
-        let (op, e) = match self.writer.send(op) {
-            Ok(()) => return,
-            Err(Refused::Closed(op)) => (op, self.genv.store().closed()),
-            Err(Refused::Full(op, limit)) => (op, self.genv.store().overloaded(limit)),
-        };
-        let outcome = op.failed(e);
-        op.answer(outcome);
+        self.writer.enqueue(op, self.genv.store(), |op, e| {
+            let outcome = op.failed(e);
+            op.answer(outcome);
+        });
     }
 
     /// The merge of every pending hint's record for `(partition, bucket, key)`, whatever

@@ -26,7 +26,7 @@
 use crate::dvv::{DvvSet, ReplicaId, VersionVector};
 use crate::env::{Abort, GrowableEnv, Store};
 use crate::merkle::{self, MerkleTree};
-use crate::writer::{Refused, WriterThread};
+use crate::writer::WriterThread;
 use crate::{keys, record, StorageError};
 use heed::types::Bytes;
 use heed::{Database, RwTxn};
@@ -345,13 +345,10 @@ impl Partition {
     }
 
     fn enqueue(&self, op: WriteOp) {
-        let (op, e) = match self.writer.send(op) {
-            Ok(()) => return,
-            Err(Refused::Closed(op)) => (op, self.genv.store().closed()),
-            Err(Refused::Full(op, limit)) => (op, self.genv.store().overloaded(limit)),
-        };
-        let outcome = op.failed(e);
-        op.answer(outcome);
+        self.writer.enqueue(op, self.genv.store(), |op, e| {
+            let outcome = op.failed(e);
+            op.answer(outcome);
+        });
     }
 
     /// Up to `limit` deleted keys (every sibling a tombstone) whose newest sibling was written

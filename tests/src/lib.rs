@@ -86,6 +86,17 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Op
     }
 }
 
+/// Reads one answer frame from a blocking socket; `None` when the server closed it (or the
+/// socket's read timeout passed).
+pub fn read_answer(s: &mut std::net::TcpStream) -> Option<ResponseFrame> {
+    use std::io::Read;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).ok()?;
+    Some(rmp_serde::from_slice(&body).expect("answer decodes"))
+}
+
 /// A free TCP port on `ip` (bound, read and released; the harness passes it on at once).
 pub fn free_port(ip: &str) -> u16 {
     std::net::TcpListener::bind((ip, 0))

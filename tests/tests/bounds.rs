@@ -6,9 +6,9 @@
 //! node's `RssAnon` from `/proc/<pid>/status` and time another client's requests while the
 //! hostile client does its worst; the bounds they assert are stated beside them.
 
-use ringkv_api::protocol::{encode_frame, RequestFrame, ResponseFrame};
+use ringkv_api::protocol::{encode_frame, RequestFrame};
 use ringkv_api::{CallOptions, Client};
-use ringkv_tests::{quorum, wait_until, Cluster, NodeProcess};
+use ringkv_tests::{quorum, read_answer, wait_until, Cluster, NodeProcess};
 use serde_bytes::ByteBuf;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -62,36 +62,49 @@ fn get_frame(id: u64, bucket: &[u8], key: &[u8]) -> RequestFrame {
     }
 }
 
-/// Reads one answer frame from a blocking socket; `None` when the server closed it.
-fn read_answer(s: &mut TcpStream) -> Option<ResponseFrame> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).ok()?;
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body).ok()?;
-    Some(rmp_serde::from_slice(&body).expect("answer decodes"))
-}
-
-/// Latencies of `count` gets of a small key on a fresh connection to `node`, one at a
-/// time, sorted; panics if any fails.
-fn probe_latencies(node: &NodeProcess, count: usize) -> Vec<Duration> {
+/// While a hostile client does its worst: gets of a small key on a fresh connection to
+/// `node`, one at a time, for at least `window` and 300 gets, with the node's `RssAnon`
+/// read after each. Asserts that `RssAnon` grew by less than 256 MiB over `baseline` and
+/// that the gets' p99 latency is under 50 ms; prints both under `label`.
+fn assert_node_stays_bounded(node: &NodeProcess, baseline: u64, window: Duration, label: &str) {
     let mut s = TcpStream::connect(node.addr).expect("probe connects");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.set_nodelay(true).unwrap();
-    let mut lat = Vec::with_capacity(count);
-    for i in 0..count {
-        let started = Instant::now();
-        s.write_all(&encode_frame(&get_frame(i as u64 + 1, b"probe", b"k")))
-            .unwrap();
+    let mut lat = Vec::new();
+    let mut peak = 0;
+    let started = Instant::now();
+    while lat.len() < 300 || started.elapsed() < window {
+        let sent = Instant::now();
+        s.write_all(&encode_frame(&get_frame(
+            lat.len() as u64 + 1,
+            b"probe",
+            b"k",
+        )))
+        .unwrap();
         let a = read_answer(&mut s).expect("probe answered");
         assert!(a.ok, "probe get failed: {a:?}");
-        lat.push(started.elapsed());
+        lat.push(sent.elapsed());
+        peak = peak.max(rss_anon(node.pid()));
     }
     lat.sort();
-    lat
-}
-
-fn p99(sorted: &[Duration]) -> Duration {
-    sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)]
+    let p99 = lat[lat.len() * 99 / 100];
+    let grew = peak.saturating_sub(baseline);
+    println!(
+        "{label}: RssAnon {} MB -> peak {} MB (+{} MB); another client's p99 {p99:?} over {} gets",
+        baseline >> 20,
+        peak >> 20,
+        grew >> 20,
+        lat.len()
+    );
+    assert!(
+        grew < 256 << 20,
+        "{label}: RssAnon grew by {} MB",
+        grew >> 20
+    );
+    assert!(
+        p99 < Duration::from_millis(50),
+        "{label}: probe p99 {p99:?}"
+    );
 }
 
 /// Item 1: five blind 4 MiB puts to one key on 3 nodes. Without a record limit the record
@@ -342,30 +355,15 @@ fn a_client_that_never_reads_is_pushed_back() {
             Err(e) => panic!("hostile write: {e}"),
         }
     }
-    // Give the node every chance to grow: poll its memory for a second and a half while
-    // another client measures its latency.
-    let mut peak = 0;
-    let lat = probe_latencies(&node, 300);
-    let until = Instant::now() + Duration::from_millis(1500);
-    while Instant::now() < until {
-        peak = peak.max(rss_anon(node.pid()));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    peak = peak.max(rss_anon(node.pid()));
-    let grew = peak.saturating_sub(baseline);
-    println!(
-        "never-reading client: sent {sent} of {} request bytes; RssAnon {} MB -> peak {} MB (+{} MB); probe p99 {:?}",
-        requests.len(),
-        baseline >> 20,
-        peak >> 20,
-        grew >> 20,
-        p99(&lat)
-    );
-    assert!(grew < 256 << 20, "RssAnon grew by {} MB", grew >> 20);
-    assert!(
-        p99(&lat) < Duration::from_millis(50),
-        "probe p99 {:?}",
-        p99(&lat)
+    // Give the node every chance to grow while another client measures its latency.
+    assert_node_stays_bounded(
+        &node,
+        baseline,
+        Duration::from_millis(1500),
+        &format!(
+            "never-reading client ({sent} of {} request bytes sent)",
+            requests.len()
+        ),
     );
     drop(hostile);
 }
@@ -395,26 +393,11 @@ fn announced_frames_cost_only_what_arrives() {
         s.write_all(&header).expect("send a frame's start");
         conns.push(s);
     }
-    let lat = probe_latencies(&node, 300);
-    let mut peak = 0;
-    let until = Instant::now() + Duration::from_millis(1000);
-    while Instant::now() < until {
-        peak = peak.max(rss_anon(node.pid()));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let grew = peak.saturating_sub(baseline);
-    println!(
-        "1000 announced 8 MiB frames: RssAnon {} MB -> peak {} MB (+{} MB); probe p99 {:?}",
-        baseline >> 20,
-        peak >> 20,
-        grew >> 20,
-        p99(&lat)
-    );
-    assert!(grew < 256 << 20, "RssAnon grew by {} MB", grew >> 20);
-    assert!(
-        p99(&lat) < Duration::from_millis(50),
-        "probe p99 {:?}",
-        p99(&lat)
+    assert_node_stays_bounded(
+        &node,
+        baseline,
+        Duration::from_millis(1000),
+        "1000 connections that announced 8 MiB frames",
     );
     drop(conns);
 }

@@ -1,11 +1,11 @@
 //! One real `ringkv` process: durability across kill -9 and restart, clean shutdown, bad
 //! input, pipelining, supervision, the CLI, the config file, and the Python client.
 
-use ringkv_api::protocol::{encode_frame, RequestFrame, ResponseFrame};
+use ringkv_api::protocol::{encode_frame, RequestFrame};
 use ringkv_api::Client;
-use ringkv_tests::{run_python, wait_until, NodeProcess};
+use ringkv_tests::{read_answer, run_python, wait_until, NodeProcess};
 use serde_bytes::ByteBuf;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -26,15 +26,6 @@ fn frame(id: u64, op: &str, bucket: &[u8], key: &[u8], value: Option<&[u8]>) -> 
         value: value.map(ByteBuf::from),
         ..Default::default()
     })
-}
-
-/// Reads one answer frame from a blocking socket; `None` when the server closed it.
-fn read_answer(s: &mut TcpStream) -> Option<ResponseFrame> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).ok()?;
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body).ok()?;
-    Some(rmp_serde::from_slice(&body).expect("answer decodes"))
 }
 
 fn connect(node: &NodeProcess) -> TcpStream {
