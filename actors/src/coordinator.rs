@@ -9,8 +9,10 @@
 //!   on in the background, so every reachable replica gets the write.
 //! * **Sloppy quorum** (bucket `sloppy_quorum`, the default; Dynamo section 4.6): a replica
 //!   that is unreachable, or whose merge fails, gets the record as a durable **hint** on the
-//!   next reachable node of the partition's fallback order (else on this node); a hint on a
-//!   node outside the preference list counts toward `w`. The HintedHandoff actor of the
+//!   next reachable node of the partition's fallback order (else on this node). A write is
+//!   acknowledged once `w` **distinct nodes** hold it durably, as replicas or hint holders
+//!   (Dynamo writes to the first `n` healthy nodes of the extended preference list): a node
+//!   holding hints for several replicas counts once. The HintedHandoff actor of the
 //!   holder delivers it later. If no replica at all is reachable, the new version is made
 //!   here with a dot of a fresh random actor id (so it cannot collide with a dot any replica
 //!   made) and every replica gets it as a hint. With `sloppy_quorum = false` only the
@@ -218,7 +220,7 @@ pub struct Placement {
     pub r: usize,
     /// Write quorum, `1..=replicas.len()`.
     pub w: usize,
-    /// Sloppy quorum: hints on fallback nodes count toward `w` (the bucket's
+    /// Sloppy quorum: hints on fallback nodes count toward `w`, each holder once (the bucket's
     /// `sloppy_quorum`).
     pub sloppy: bool,
     /// Nodes outside `replicas`, in the partition's deterministic fallback order: where hints
@@ -306,22 +308,20 @@ fn is_request_error(e: &StorageError) -> bool {
 }
 
 /// Picks the node that keeps a hint for an unreachable replica: the next reachable fallback
-/// (a node outside the preference list), else this node. Returns the holder and whether its
-/// acknowledgement counts toward `w` (it does not when the holder is itself a replica).
+/// (a node outside the preference list; each fallback is given to one replica only), else
+/// this node. A hint counts toward `w` only if its holder does not hold the write already
+/// (the coordinator counts distinct nodes).
 fn hint_holder(
     peers: &Peers,
     fallbacks: &std::sync::Mutex<std::collections::VecDeque<String>>,
-    replicas: &[String],
-) -> (String, bool) {
+) -> String {
     let mut queue = fallbacks.lock().unwrap_or_else(|p| p.into_inner());
     while let Some(node) = queue.pop_front() {
         if peers.reachable(&node) {
-            return (node, true);
+            return node;
         }
     }
-    let local = peers.local.clone();
-    let counts = !replicas.contains(&local);
-    (local, counts)
+    peers.local.clone()
 }
 
 async fn write(
@@ -384,12 +384,18 @@ async fn write(
             }
         }
     }
-    let (coordinator, record, mut acks) = match coordinated {
+    // The distinct nodes that hold the write durably: a write is acknowledged once there are
+    // `w` of them (Dynamo's sloppy quorum writes to the first `n` healthy nodes of the
+    // extended preference list, distinct nodes; a node holding hints for several replicas
+    // counts once).
+    let mut holders: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let (coordinator, record) = match coordinated {
         // Every other replica now gets a merge, whose outcome replaces what the coordinating
         // attempts found.
         Some((node, record)) => {
             failures = Failures::default();
-            (Some(node), record, 1)
+            holders.insert(node.clone());
+            (Some(node), record)
         }
         // No replica is reachable. A sloppy write still goes through: the new version gets a
         // dot of a fresh random actor id, so it cannot collide with any dot a replica made
@@ -407,7 +413,7 @@ async fn write(
                     args.placement.max_siblings,
                 )
                 .map_err(|l| StorageError::TooManySiblings { limit: l.limit })?;
-            (None, record, 0)
+            (None, record)
         }
         None => {
             let pending: Vec<String> = if Instant::now() >= deadline {
@@ -432,13 +438,15 @@ async fn write(
             .cloned()
             .collect::<std::collections::VecDeque<_>>(),
     ));
-    // (replica, Ok: its acknowledgement counts toward w | Err: why not)
-    let (tx, mut rx) = mpsc::unbounded_channel::<(String, Result<(), ReplicaError>)>();
+    // (replica, Ok((the node that now holds the write for it, the replica's own failure if
+    // that node holds it as a hint)) | Err(why no node does))
+    type Outcome = Result<(String, Option<ReplicaError>), ReplicaError>;
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, Outcome)>();
     let mut pending: Vec<String> = Vec::new();
     for node in replicas.iter().filter(|n| Some(*n) != coordinator.as_ref()) {
         pending.push(node.clone());
         let (peers, node, tx) = (args.peers.clone(), node.clone(), tx.clone());
-        let (replicas, fallbacks) = (replicas.clone(), fallbacks.clone());
+        let fallbacks = fallbacks.clone();
         let (bucket, key, record, partition) = (
             ByteBuf::from(bucket),
             ByteBuf::from(key),
@@ -457,7 +465,7 @@ async fn write(
                 let left = deadline.saturating_duration_since(Instant::now());
                 match peers.merge(&node, merge, left).await {
                     Ok(()) => {
-                        let _ = tx.send((node, Ok(())));
+                        let _ = tx.send((node.clone(), Ok((node, None))));
                         return;
                     }
                     Err(e) => {
@@ -473,7 +481,7 @@ async fn write(
             }
             // Hinted handoff: a fallback keeps the record for `node` until it is back. The
             // hint is kept even after the deadline (it still heals the replica sooner).
-            let (holder, counts) = hint_holder(&peers, &fallbacks, &replicas);
+            let holder = hint_holder(&peers, &fallbacks);
             let hint = ReplicaRequest::Hint {
                 owner: node.clone(),
                 partition,
@@ -486,13 +494,8 @@ async fn write(
                 .max(Duration::from_millis(500));
             let r: Result<(), ReplicaError> = peers.call_as(&holder, hint, left).await;
             match r {
-                Ok(()) if counts => {
-                    let _ = tx.send((node, Ok(())));
-                }
-                // A hint on a node that is itself a replica does not count toward `w`: the
-                // replica's own failure is what the client should hear about.
                 Ok(()) => {
-                    let _ = tx.send((node, Err(failure)));
+                    let _ = tx.send((node, Ok((holder, Some(failure)))));
                 }
                 Err(e) => {
                     tracing::warn!(owner = %node, %holder, error = %e, "could not store a hint");
@@ -502,12 +505,16 @@ async fn write(
         });
     }
     drop(tx);
-    while acks < w {
+    // Replicas whose write went only to a node that already held it: their own failure is
+    // what the client should hear about if the quorum is missed.
+    let mut stood_in: Vec<(String, Option<ReplicaError>)> = Vec::new();
+    while holders.len() < w {
         match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
             Ok(Some((node, outcome))) => {
                 pending.retain(|p| *p != node);
                 match outcome {
-                    Ok(_) => acks += 1,
+                    Ok((holder, _)) if holders.insert(holder.clone()) => {}
+                    Ok((_, failure)) => stood_in.push((node, failure)),
                     Err(e) => failures.push(&node, e),
                 }
             }
@@ -518,10 +525,14 @@ async fn write(
             Err(_) => break,
         }
     }
-    if acks >= w {
+    if holders.len() >= w {
         Ok(Some(record))
     } else {
-        Err(failures.error("write", acks, w, n, &pending, args.timeout))
+        for (node, failure) in stood_in {
+            let failure = failure.unwrap_or_else(|| ReplicaError::Unreachable(node.clone()));
+            failures.push(&node, failure);
+        }
+        Err(failures.error("write", holders.len(), w, n, &pending, args.timeout))
     }
 }
 
