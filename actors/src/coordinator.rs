@@ -568,6 +568,15 @@ async fn read(
                 .map(|node| (node, true)),
         );
     }
+    // Fewer reachable replicas (and fallbacks) than `r`: the answer is known, give it now
+    // rather than wait for nodes the failure detector has convicted.
+    if order.len() < r {
+        let mut failures = Failures::default();
+        for node in &down {
+            failures.push(node, ReplicaError::Unreachable((*node).clone()));
+        }
+        return Err(failures.error("read", 0, r, n, &[], args.timeout));
+    }
     order.extend(down.into_iter().map(|node| (node, false)));
     let fallbacks: Vec<String> = order
         .iter()

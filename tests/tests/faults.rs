@@ -103,3 +103,41 @@ fn sloppy_quorum_counts_distinct_nodes() {
     }
     cluster.heal();
 }
+
+/// Item 7: a get whose replicas are already convicted by the failure detector (paused with
+/// SIGSTOP, so their sessions stay open and calls to them would wait) is answered at once,
+/// `unreachable`, instead of after its whole `timeout_ms`.
+#[test]
+fn requests_fail_fast_when_replicas_are_known_down() {
+    let _serial = serial();
+    let cluster = start(3, &["--repair-interval-ms", "0"]);
+    let rt = ringkv_tests::runtime();
+    rt.block_on(async {
+        let c1 = Client::connect(cluster.nodes[0].addr).await.unwrap();
+        c1.put_with(b"b", b"k", b"v".to_vec(), &[], &quorum(3, 2, 3))
+            .await
+            .unwrap();
+    });
+    cluster.nodes[1].signal(libc::SIGSTOP);
+    cluster.nodes[2].signal(libc::SIGSTOP);
+    let others = [cluster.name(1), cluster.name(2)];
+    wait_until("n1 to see n2 and n3 down", Duration::from_secs(20), || {
+        cluster.sees_all(0, &others, false).then_some(())
+    });
+    let (read, took) = rt.block_on(async {
+        let c1 = Client::connect(cluster.nodes[0].addr).await.unwrap();
+        let opts = ringkv_api::CallOptions {
+            timeout_ms: Some(3000),
+            ..quorum(3, 2, 2)
+        };
+        let started = std::time::Instant::now();
+        let r = c1.get_with(b"b", b"k", &opts).await;
+        (r, started.elapsed())
+    });
+    cluster.nodes[1].signal(libc::SIGCONT);
+    cluster.nodes[2].signal(libc::SIGCONT);
+    println!("get at r=2 with both other replicas convicted: {read:?} after {took:?}");
+    let e = read.expect_err("a quorum read with one reachable replica");
+    assert_eq!(e.code(), Some("unreachable"), "{e}");
+    assert!(took < Duration::from_millis(1000), "took {took:?} of its 3 s limit");
+}
