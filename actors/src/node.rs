@@ -27,18 +27,31 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::{oneshot, watch};
 
-/// Why a node did not start.
+/// Why a node did not start. The message carries the cause (no separate `source`, so that
+/// error chains do not print it twice).
 #[derive(Debug, Error)]
 pub enum NodeError {
     /// A setting is invalid.
     #[error("invalid configuration: {0}")]
-    Config(#[from] ringkv_cluster::ConfigError),
+    Config(ringkv_cluster::ConfigError),
     /// The data directory could not be opened.
     #[error("cannot open data directory: {0}")]
-    Storage(#[from] StorageError),
+    Storage(StorageError),
     /// An actor did not start.
     #[error("cannot start actors: {0}")]
     Spawn(String),
+}
+
+impl From<ringkv_cluster::ConfigError> for NodeError {
+    fn from(e: ringkv_cluster::ConfigError) -> Self {
+        NodeError::Config(e)
+    }
+}
+
+impl From<StorageError> for NodeError {
+    fn from(e: StorageError) -> Self {
+        NodeError::Storage(e)
+    }
 }
 
 /// Messages of the NodeSupervisor (local only).

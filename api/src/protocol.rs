@@ -129,6 +129,7 @@ impl From<KvError> for ProtocolError {
                 }
                 StorageError::Closed(_) | StorageError::HintStoreClosed => ErrorCode::ShuttingDown,
                 StorageError::Corrupt(_)
+                | StorageError::Locked(_)
                 | StorageError::Mismatch(_)
                 | StorageError::Io(_)
                 | StorageError::InvalidArgument(_) => ErrorCode::StorageError,

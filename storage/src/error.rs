@@ -50,6 +50,9 @@ pub enum StorageError {
         /// What was full (map size limit or disk).
         detail: String,
     },
+    /// Another process (another node) has the data directory open.
+    #[error("the data directory {0} is in use by another process (its LOCK file is locked): two nodes cannot share a data directory")]
+    Locked(String),
     /// A stored record does not decode (unknown version byte or broken msgpack).
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),

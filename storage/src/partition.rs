@@ -78,6 +78,34 @@ impl Default for PartitionOptions {
     }
 }
 
+/// Key of a partition's replica id in its `meta` database.
+const META_REPLICA_ID: &[u8] = b"replica_id";
+/// Key of a partition's epoch in its `meta` database.
+const META_EPOCH: &[u8] = b"epoch";
+
+/// How [`Partition::open_as`] picks the replica id that names the dots made in a partition.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// The id to take when the storage has none, or is not the one expected.
+    pub fresh_id: ReplicaId,
+    /// The epoch the node recorded for this partition when it last opened it (`None`: keep
+    /// any stored id).
+    pub expect_epoch: Option<u64>,
+    /// The epoch to record now.
+    pub new_epoch: u64,
+}
+
+impl Identity {
+    /// Keep the stored id, or take `replica` if there is none (tests, benchmarks).
+    pub fn fixed(replica: ReplicaId) -> Self {
+        Self {
+            fresh_id: replica,
+            expect_epoch: None,
+            new_epoch: 0,
+        }
+    }
+}
+
 /// How a write changes one key's record.
 enum Change {
     /// A client write coordinated here ([`DvvSet::update`]).
@@ -190,15 +218,59 @@ impl Partition {
         replica: ReplicaId,
         options: &PartitionOptions,
     ) -> Result<Arc<Self>, StorageError> {
+        Self::open_as(dir, id, &Identity::fixed(replica), options)
+    }
+
+    /// Opens partition `id` in `dir` as [`Partition::open`] does, choosing the replica id of
+    /// its dots by `identity`: the id stored in the partition's env is kept, unless there is
+    /// none (fresh storage) or the env's epoch is not `identity.expect_epoch` (a directory
+    /// restored from a copy, or one whose node records were lost); then `identity.fresh_id`
+    /// becomes its id. Either way `identity.new_epoch` is stored as its epoch. So a partition
+    /// replica never reissues a dot: its dots are named by an id no other storage of it used
+    /// (Riak's per-vnode ids; riak_kv#679 is the bug this prevents).
+    ///
+    /// # Errors
+    /// As [`Partition::open`].
+    pub fn open_as(
+        dir: &Path,
+        id: u32,
+        identity: &Identity,
+        options: &PartitionOptions,
+    ) -> Result<Arc<Self>, StorageError> {
         let map_bytes =
             crate::env::starting_map_bytes(dir, options.initial_map_bytes, options.max_map_bytes);
         let (env, db) = crate::env::open_env::<Bytes, Bytes>(dir, map_bytes, "kv")?;
         let merkle = crate::env::create_database::<Bytes, Bytes>(&env, "merkle")?;
+        let meta = crate::env::create_database::<Bytes, Bytes>(&env, "meta")?;
         let genv = Arc::new(GrowableEnv::new(
             env,
             options.max_map_bytes,
             Store::Partition(id),
         ));
+        let replica = genv.write(|| {
+            let mut wtxn = genv.env().write_txn()?;
+            let read_u64 = |name: &[u8], wtxn: &RwTxn| -> Result<Option<u64>, Abort> {
+                Ok(meta
+                    .get(wtxn, name)?
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes))
+            };
+            let stored = read_u64(META_REPLICA_ID, &wtxn)?;
+            let epoch = read_u64(META_EPOCH, &wtxn)?;
+            let replica = match stored {
+                Some(r) if identity.expect_epoch.is_none_or(|e| epoch == Some(e)) => r,
+                _ => {
+                    if let Some(old) = stored {
+                        tracing::warn!(partition = id, old = format_args!("{old:016x}"), new = format_args!("{:016x}", identity.fresh_id), "partition storage is not the one this node last wrote (restored or copied): it gets a fresh replica id");
+                    }
+                    meta.put(&mut wtxn, META_REPLICA_ID, &identity.fresh_id.to_be_bytes())?;
+                    identity.fresh_id
+                }
+            };
+            meta.put(&mut wtxn, META_EPOCH, &identity.new_epoch.to_be_bytes())?;
+            wtxn.commit()?;
+            Ok(replica)
+        })?;
         let tree = Arc::new(RwLock::new(load_tree(&genv, db, merkle)?));
 
         let writer = Writer {
@@ -773,6 +845,30 @@ mod tests {
         assert_eq!(p.get(b"b", b"k").unwrap().unwrap(), first);
         // A write with the context replaces the value and fits.
         put(&p, b"k", first.context().clone(), Some(&[4; 2000])).unwrap();
+    }
+
+    #[test]
+    fn a_partition_keeps_its_id_until_its_storage_is_not_the_expected_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = PartitionOptions::default();
+        let open = |fresh, expect, new| {
+            let identity = Identity {
+                fresh_id: fresh,
+                expect_epoch: expect,
+                new_epoch: new,
+            };
+            let p = Partition::open_as(dir.path(), 0, &identity, &opts).unwrap();
+            let id = p.replica();
+            p.shutdown();
+            drop(p);
+            id
+        };
+        // Fresh storage takes the fresh id; a reopen with the recorded epoch keeps it.
+        assert_eq!(open(11, Some(0), 5), 11);
+        assert_eq!(open(12, Some(5), 6), 11);
+        // Storage whose epoch is not the recorded one (restored from a copy): a fresh id.
+        assert_eq!(open(13, Some(99), 7), 13);
+        assert_eq!(open(14, Some(7), 8), 13);
     }
 
     #[test]
