@@ -499,6 +499,7 @@ impl Node {
             capacity: config.capacity,
             status: MemberStatus::Joining,
             version: 0,
+            incarnation: crate::coordinator::now_ms(),
         };
         let founding = config.join.is_empty();
         let q = config.partitions;
@@ -528,6 +529,7 @@ impl Node {
             let updated = Member {
                 status: known.status,
                 version: known.version,
+                incarnation: known.incarnation,
                 ..me
             };
             if updated != known {
