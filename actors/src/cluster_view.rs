@@ -10,6 +10,7 @@ use ringkv_cluster::membership::{BucketProps, ClusterState, MembershipError, Pla
 use ringkv_cluster::phi::{FailureDetector, PhiConfig};
 use ringkv_storage::SystemStore;
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -23,6 +24,7 @@ pub struct ClusterView {
     started: Instant,
     system: Arc<SystemStore>,
     isolated: RwLock<BTreeSet<String>>,
+    exchanges: AtomicU64,
 }
 
 impl ClusterView {
@@ -49,6 +51,7 @@ impl ClusterView {
             started: Instant::now(),
             system,
             isolated: RwLock::new(BTreeSet::new()),
+            exchanges: AtomicU64::new(0),
         };
         view.persist();
         Ok(view)
@@ -76,8 +79,10 @@ impl ClusterView {
         self.read().clone()
     }
 
-    /// Merges a peer's state; persists and returns true if ours changed.
+    /// Merges a peer's state (one gossip exchange, counted in [`ClusterView::exchanges`]);
+    /// persists and returns true if ours changed.
     pub fn merge(&self, other: &ClusterState) -> bool {
+        self.exchanges.fetch_add(1, Ordering::Relaxed);
         let changed = self
             .state
             .write()
@@ -87,6 +92,16 @@ impl ClusterView {
             self.persist();
         }
         changed
+    }
+
+    /// Gossip exchanges this node made or answered since start (states of peers merged).
+    pub fn exchanges(&self) -> u64 {
+        self.exchanges.load(Ordering::Relaxed)
+    }
+
+    /// True if a commit removed this node from the cluster.
+    pub fn is_removed(&self) -> bool {
+        self.read().is_removed(&self.local)
     }
 
     /// Applies `f` to the state and persists the result.

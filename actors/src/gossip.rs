@@ -14,6 +14,11 @@
 //!   A member whose groups stay missing for [`STALE_AFTER`] although a session to it exists
 //!   gets that session closed, and the next dial starts afresh.
 //!
+//! Removed members (tombstones) get no heartbeat, no exchange and no dial. A node that learns
+//! it was removed itself logs it once and stops ticking: it dials no member and no seed any
+//! more, and only answers the exchanges of peers that have not heard of the removal yet (so
+//! that they do).
+//!
 //! Peers are found through the process group `ringkv.gossip.{name}`, our own node names:
 //! ractor's NodeIds change on every reconnect.
 
@@ -82,6 +87,8 @@ pub struct GossipState {
     args: GossipArgs,
     backoff: HashMap<String, Backoff>,
     missing_since: HashMap<String, Instant>,
+    /// Set once this node has logged that it was removed.
+    told_removed: bool,
 }
 
 /// The Gossip actor.
@@ -138,9 +145,24 @@ impl Gossip {
         let view = state.args.view.clone();
         let local = view.local().to_string();
         let snapshot = view.snapshot();
+        if snapshot.is_removed(&local) {
+            if !state.told_removed {
+                state.told_removed = true;
+                tracing::warn!(
+                    node = %local,
+                    "this node was removed from the cluster by a commit; it stops gossiping and reconnecting (to add it again, start it on an empty data directory)"
+                );
+            }
+            return;
+        }
         let mut connected = Vec::new();
         for (name, member) in &snapshot.members {
             if *name == local || view.is_isolated(name) {
+                continue;
+            }
+            if member.is_removed() {
+                state.backoff.remove(&member.cluster_addr);
+                state.missing_since.remove(name);
                 continue;
             }
             let peers = ractor::pg::get_members(&gossip_group(name));
@@ -175,7 +197,10 @@ impl Gossip {
             for cell in ractor::pg::which_groups()
                 .into_iter()
                 .filter(|g| g.starts_with("ringkv.gossip.") && *g != gossip_group(&local))
-                .filter(|g| !view.is_isolated(&g["ringkv.gossip.".len()..]))
+                .filter(|g| {
+                    let name = &g["ringkv.gossip.".len()..];
+                    !view.is_isolated(name) && !snapshot.is_removed(name)
+                })
                 .filter_map(|g| ractor::pg::get_members(&g).into_iter().next())
             {
                 connected.push(cell.into());
@@ -223,6 +248,7 @@ impl Actor for Gossip {
             args,
             backoff: HashMap::new(),
             missing_since: HashMap::new(),
+            told_removed: false,
         })
     }
 

@@ -1,7 +1,9 @@
 //! The HintedHandoff actor: delivers the hints this node keeps for unreachable replicas
 //! (Dynamo, section 4.6).
 //!
-//! Every `handoff-interval-ms` it lists the owners this node holds hints for. For each owner
+//! Every `handoff-interval-ms` it lists the owners this node holds hints for. Hints for an
+//! owner that a commit removed are never sent to it: they stay pending (moving them to the
+//! partition's new replicas belongs to the transfer after a layout change). For each owner
 //! that is reachable again it reads hints in batches of [`BATCH`], oldest first, sends them to
 //! the owner as one merge request per partition (the owner answers only once the records are
 //! durable, in one group commit), and then deletes, durably, exactly the hints the owner
@@ -55,7 +57,7 @@ pub async fn deliver_all(peers: &Peers) -> Result<u64, StorageError> {
     let owners = blocking(move || hints.owners()).await?;
     let mut delivered = 0;
     for (owner, pending) in owners {
-        if !peers.reachable(&owner) {
+        if peers.ctx.view.read().is_removed(&owner) || !peers.reachable(&owner) {
             continue;
         }
         let started = Instant::now();

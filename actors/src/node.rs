@@ -297,7 +297,8 @@ impl Actor for NodeSupervisor {
     }
 }
 
-/// One member in [`ClusterStatus`].
+/// One member in [`ClusterStatus`] (removed members are not members: see
+/// [`ClusterStatus::removed`]).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct MemberRow {
     /// Node name.
@@ -331,8 +332,13 @@ pub struct ClusterStatus {
     pub layout_version: u64,
     /// Hash of the whole cluster state: equal on nodes that agree.
     pub digest: String,
-    /// Members by name.
+    /// Members by name: every node that joined and was not removed.
     pub members: Vec<MemberRow>,
+    /// Names of the nodes a commit removed (the tombstones of the cluster state), by name.
+    /// This node is among them if it was removed itself.
+    pub removed: Vec<String>,
+    /// Gossip: `exchanges`, the state exchanges this node made or answered since start.
+    pub gossip: std::collections::BTreeMap<&'static str, u64>,
     /// Hinted handoff: `stored`, `delivered` (since start) and `pending` (held now).
     pub hints: std::collections::BTreeMap<&'static str, u64>,
     /// Anti-entropy counters since start.
@@ -495,8 +501,11 @@ impl Node {
 
     /// Loads the persisted cluster view, or makes the first one: a node started without
     /// `--join` founds a cluster of its own and commits a layout that gives it every
-    /// partition; a joining node waits, `joining`, for an operator's commit. Either way this
-    /// node's own entry is brought up to date with the configuration.
+    /// partition; a joining node waits, `joining`, for an operator's commit. A first view
+    /// (an empty data directory) gets a new incarnation, the current time in ms since the
+    /// Unix epoch. Either way this node's own entry is brought up to date with the
+    /// configuration, unless a commit removed it: a removed node stays removed until it is
+    /// started on an empty data directory.
     fn load_view(
         config: &NodeConfig,
         name: &str,
@@ -512,6 +521,7 @@ impl Node {
             capacity: config.capacity,
             status: MemberStatus::Joining,
             version: 0,
+            incarnation: crate::coordinator::now_ms(),
         };
         let founding = config.join.is_empty();
         let q = config.partitions;
@@ -537,18 +547,24 @@ impl Node {
         )
         .map_err(|e| NodeError::Spawn(format!("cluster state: {e}")))?;
         let stale = view.read().members.get(name).cloned();
-        if let Some(known) = stale {
-            let updated = Member {
-                status: known.status,
-                version: known.version,
-                ..me
-            };
-            if updated != known {
-                let _ = view.update(|s| {
-                    s.upsert_member(updated);
-                    Ok(())
-                });
+        match stale {
+            // Removed: never re-announce it (the tombstone would win anyway). Gossip logs it.
+            Some(known) if known.is_removed() => {}
+            Some(known) => {
+                let updated = Member {
+                    status: known.status,
+                    version: known.version,
+                    incarnation: known.incarnation,
+                    ..me
+                };
+                if updated != known {
+                    let _ = view.update(|s| {
+                        s.upsert_member(updated);
+                        Ok(())
+                    });
+                }
             }
+            None => {}
         }
         Ok(view)
     }
@@ -771,8 +787,7 @@ impl Node {
             .map(|c| c.layout.replicas_by_name())
             .unwrap_or_default();
         let members = state
-            .members
-            .values()
+            .live_members()
             .map(|m| {
                 let (phi, up) = if m.name == self.peers.local {
                     (0.0, true)
@@ -804,6 +819,8 @@ impl Node {
             layout_version: state.layout.as_ref().map_or(0, |c| c.version),
             digest: format!("{:016x}", state.digest()),
             members,
+            removed: state.removed_members().map(|m| m.name.clone()).collect(),
+            gossip: [("exchanges", self.view.exchanges())].into_iter().collect(),
             hints,
             repair,
             restarts,
@@ -821,11 +838,25 @@ impl Node {
             .map_err(|e| KvError::Admin(e.to_string()))
     }
 
-    /// Installs the planned layout (`ringkv cluster commit`); gossip spreads it.
+    /// Refuses layout changes on a node that was removed: gossip would no longer spread them.
+    fn check_not_removed(&self) -> Result<(), KvError> {
+        if self.view.is_removed() {
+            return Err(KvError::Admin(format!(
+                "this node ({}) was removed from the cluster; run the command on a member",
+                self.peers.local
+            )));
+        }
+        Ok(())
+    }
+
+    /// Installs the planned layout (`ringkv cluster commit`); gossip spreads it. Leaving
+    /// members become removed (tombstones; see [`ringkv_cluster::membership`]).
     ///
     /// # Errors
-    /// [`KvError::Admin`] if there is nothing to commit or no layout fits.
+    /// [`KvError::Admin`] if there is nothing to commit, no layout fits, or this node was
+    /// removed.
     pub fn cluster_commit(&self) -> Result<Plan, KvError> {
+        self.check_not_removed()?;
         let plan = self
             .view
             .commit()
@@ -838,11 +869,14 @@ impl Node {
         Ok(plan)
     }
 
-    /// Marks `node` as leaving: the next commit removes it from the layout.
+    /// Marks `node` as leaving: the next commit removes it from the layout and leaves a
+    /// tombstone. Marking a leaving node again changes nothing.
     ///
     /// # Errors
-    /// [`KvError::Admin`] for an unknown node.
+    /// [`KvError::Admin`] for an unknown node, a node already removed, or if this node was
+    /// removed.
     pub fn cluster_leave(&self, node: &str) -> Result<(), KvError> {
+        self.check_not_removed()?;
         self.view
             .update(|s| s.mark_leaving(node))
             .map_err(|e| KvError::Admin(e.to_string()))

@@ -164,7 +164,7 @@ struct BenchArgs {
 #[derive(Subcommand)]
 enum ClusterCommand {
     /// Members, their status, zone, capacity, up/down (this node's failure detector, with
-    /// phi) and partitions held; the layout version.
+    /// phi) and partitions held; the layout version; the nodes a commit removed.
     Status {
         /// Print JSON.
         #[arg(long)]
@@ -182,7 +182,8 @@ enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Mark a node as leaving; the next commit removes it from the layout.
+    /// Mark a node as leaving; the next commit removes it from the layout and the cluster for
+    /// good (only an empty data directory under that name can join again).
     Leave {
         /// Node name.
         node: String,
@@ -837,8 +838,17 @@ fn print_admin(op: &str, info: &serde_json::Value) {
                     m["client_addr"].as_str().unwrap_or(""),
                 );
             }
-            // Self-healing counters of the answering node: `group: name value, ...`.
-            for group in ["hints", "repair", "restarts"] {
+            let removed: Vec<&str> = info["removed"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n.as_str())
+                .collect();
+            if !removed.is_empty() {
+                println!("removed: {}", removed.join(", "));
+            }
+            // Counters of the answering node: `group: name value, ...`.
+            for group in ["gossip", "hints", "repair", "restarts"] {
                 if let Some(counters) = info[group].as_object() {
                     let fields: Vec<String> =
                         counters.iter().map(|(k, v)| format!("{k} {v}")).collect();

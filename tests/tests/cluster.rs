@@ -199,3 +199,180 @@ fn python_client_across_nodes() {
         ],
     );
 }
+
+/// The names in `status[field]` (`members` holds objects with a `name`, `removed` plain names).
+fn names(status: &serde_json::Value, field: &str) -> Vec<String> {
+    status[field]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["name"].as_str().or(m.as_str()).map(str::to_string))
+        .collect()
+}
+
+/// 4 -> 3 nodes by `cluster leave n4` and `cluster commit`: n4 is gone from the members of
+/// every node (and listed as removed), stays gone over several gossip rounds and across a
+/// restart of n4 on its old data directory, n4 itself learns that it was removed (logged
+/// once), and no hint is ever addressed to it: with n3 cut off, sloppy writes keep their
+/// hints on the three remaining nodes. A fresh data directory under the same name joins
+/// again, as a new incarnation.
+#[test]
+fn a_member_that_leaves_is_gone_on_every_node_and_stays_gone() {
+    let mut cluster = Cluster::start(4, &["--partitions", "16", "--fault-injection"]);
+    let (code, _, err) = cluster.nodes[0].cli(&["cluster", "leave", "n4"], None);
+    assert_eq!(code, 0, "cluster leave: {err}");
+    let (code, _, err) = cluster.nodes[0].cli(&["cluster", "commit"], None);
+    assert_eq!(code, 0, "cluster commit: {err}");
+
+    // Every node, n4 included, drops n4 from its members and lists it as removed; the three
+    // remaining nodes agree on the state.
+    let t = std::time::Instant::now();
+    cluster.wait_for(
+        "n4 to be removed on every node",
+        Duration::from_secs(30),
+        || {
+            let statuses: Vec<_> = (0..4).map(|i| cluster.status(i)).collect();
+            for (i, s) in statuses.iter().enumerate() {
+                if names(s, "members").contains(&"n4".to_string()) {
+                    return Err(format!("n{} still lists n4 as a member: {s}", i + 1));
+                }
+                if !names(s, "removed").contains(&"n4".to_string()) {
+                    return Err(format!("n{} does not list n4 as removed: {s}", i + 1));
+                }
+            }
+            if statuses[..3]
+                .iter()
+                .any(|s| s["digest"] != statuses[0]["digest"])
+            {
+                return Err("n1..n3 do not agree yet".into());
+            }
+            Ok(())
+        },
+    );
+    println!(
+        "n4 removed on every node {:?} after the commit",
+        t.elapsed()
+    );
+    let members = names(&cluster.status(0), "members");
+    assert_eq!(members, ["n1", "n2", "n3"]);
+    let held: u64 = cluster.status(0)["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["partitions"].as_u64().unwrap())
+        .sum();
+    assert_eq!(held, 16 * 3, "3 nodes hold every partition's 3 replicas");
+
+    // It stays gone while every remaining node completes 10 more gossip exchanges.
+    let start: Vec<u64> = (0..3)
+        .map(|i| cluster.counter(i, "gossip", "exchanges").unwrap())
+        .collect();
+    cluster.wait_for(
+        "10 gossip exchanges on n1..n3",
+        Duration::from_secs(30),
+        || {
+            for (i, start) in start.iter().enumerate() {
+                let s = cluster.status(i);
+                if names(&s, "members").contains(&"n4".to_string()) {
+                    cluster.fail(&format!("n4 came back on n{}: {s}", i + 1));
+                }
+                let done = s["gossip"]["exchanges"].as_u64().unwrap() - start;
+                if done < 10 {
+                    return Err(format!("n{} made {done} exchanges", i + 1));
+                }
+            }
+            Ok(())
+        },
+    );
+    // n4 knows it was removed and says so once, however many rounds pass.
+    cluster.wait_for(
+        "n4 to log its removal",
+        Duration::from_secs(10),
+        || match cluster.nodes[3]
+            .log()
+            .matches("this node was removed")
+            .count()
+        {
+            1 => Ok(()),
+            n => Err(format!("logged {n} times")),
+        },
+    );
+
+    // No hint is addressed to n4: with n3 cut off, a sloppy write at w=2 through n1 keeps
+    // its hint for n3 on a remaining node (n4 is no fallback any more).
+    let stored_on_n4 = cluster.counter(3, "hints", "stored").unwrap();
+    cluster.partition(&[&[0, 1], &[2]]);
+    rt().block_on(async {
+        let c = Client::connect(cluster.nodes[0].addr).await.unwrap();
+        for k in 0..20u32 {
+            c.put_with(
+                b"b",
+                format!("k{k}").as_bytes(),
+                b"v".to_vec(),
+                &[],
+                &q(3, 2, 2),
+            )
+            .await
+            .unwrap();
+        }
+    });
+    let stored: u64 = (0..3)
+        .map(|i| cluster.counter(i, "hints", "stored").unwrap())
+        .sum();
+    assert!(stored >= 20, "hints for n3 were stored on n1..n3: {stored}");
+    assert_eq!(
+        cluster.counter(3, "hints", "stored").unwrap(),
+        stored_on_n4,
+        "a hint was addressed to the removed n4"
+    );
+    assert_eq!(cluster.counter(3, "hints", "pending"), Some(0));
+    cluster.heal();
+
+    // n4 restarted on its old data directory is still removed and stays out.
+    cluster.nodes[3].kill9();
+    cluster.nodes[3].restart();
+    cluster.wait_for(
+        "the restarted n4 to log its removal",
+        Duration::from_secs(10),
+        || match cluster.nodes[3]
+            .log()
+            .matches("this node was removed")
+            .count()
+        {
+            2 => Ok(()),
+            n => Err(format!("logged {n} times in both runs")),
+        },
+    );
+    let start = cluster.counter(0, "gossip", "exchanges").unwrap();
+    cluster.wait_for("10 more exchanges on n1", Duration::from_secs(30), || {
+        let s = cluster.status(0);
+        if names(&s, "members").contains(&"n4".to_string()) {
+            cluster.fail(&format!("the restarted n4 came back: {s}"));
+        }
+        match s["gossip"]["exchanges"].as_u64().unwrap() - start {
+            done if done >= 10 => Ok(()),
+            done => Err(format!("{done} exchanges")),
+        }
+    });
+
+    // A fresh data directory under the same name is a new incarnation: it joins again.
+    cluster.nodes[3].wipe();
+    cluster.nodes[3].restart();
+    cluster.wait_for(
+        "a fresh n4 to be joining on n1",
+        Duration::from_secs(30),
+        || {
+            let s = cluster.status(0);
+            match s["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == "n4")
+            {
+                Some(m) if m["status"] == "joining" => Ok(()),
+                _ => Err(format!("{s}")),
+            }
+        },
+    );
+    assert!(!names(&cluster.status(0), "removed").contains(&"n4".to_string()));
+}

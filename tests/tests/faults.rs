@@ -245,7 +245,7 @@ fn a_data_directory_is_locked_by_its_node() {
     let _serial = serial();
     let node = ringkv_tests::NodeProcess::start(&["--partitions", "4"]);
     let dir = node.data_dir();
-    let out = std::process::Command::new(ringkv_tests::ringkv_bin())
+    let mut second = std::process::Command::new(ringkv_tests::ringkv_bin())
         .args([
             "start",
             "--partitions",
@@ -255,8 +255,20 @@ fn a_data_directory_is_locked_by_its_node() {
             "--data-dir",
         ])
         .arg(&dir)
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run a second ringkv start");
+    let exited = wait_until_or_none(Duration::from_secs(10), || second.try_wait().unwrap());
+    if exited.is_none() {
+        let _ = second.kill();
+        let _ = second.wait();
+        panic!(
+            "a second node started on {} and kept running",
+            dir.display()
+        );
+    }
+    let out = second.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!(
         "second node on the same data directory: {:?} {stderr}",
