@@ -7,12 +7,21 @@
 //!   answers with its merge, which we merge in turn, so two nodes agree after one exchange
 //!   and a change reaches all nodes in O(log n) rounds;
 //! * connects to the members it has no session with, and to the `--join` seeds while it
-//!   knows no peer, with exponential backoff per address. ractor_cluster has no reconnect of
-//!   its own (STACK-NOTES). Of two members, only the one with the smaller name dials the
-//!   other, so that two nodes do not dial each other at once: ractor_cluster then closes one
-//!   of the two sessions, and that can take the process groups of the surviving one with it.
-//!   A member whose groups stay missing for [`STALE_AFTER`] although a session to it exists
-//!   gets that session closed, and the next dial starts afresh.
+//!   knows no peer, with a short, capped, jittered backoff per address ([`DIAL_BACKOFF_MIN`]
+//!   doubling up to [`DIAL_BACKOFF_MAX`], each wait drawn from its upper half), through
+//!   [`crate::transport::dial`] (a connect that gives up after a second, on a socket with
+//!   keepalive and `TCP_USER_TIMEOUT`). ractor_cluster has no reconnect of its own
+//!   (STACK-NOTES). Of two members, only the one with the smaller name dials the other, so
+//!   that two nodes do not dial each other at once: ractor_cluster then closes one of the two
+//!   sessions, and that can take the process groups of the surviving one with it. A member
+//!   whose groups stay missing for [`STALE_AFTER`] although a session to it exists gets that
+//!   session closed, and the next dial starts afresh;
+//! * closes the session of a member the failure detector convicts, once that session has
+//!   had [`CONVICT_GRACE`] to carry a first heartbeat. Across a real partition packets are
+//!   lost, not refused: the session's TCP connection stalls, and after the heal it would wait
+//!   for the kernel's next retransmission, whose interval doubled all through the partition.
+//!   Closed at once, the session is redialled within the backoff cap of the heal, so links
+//!   return within a few heartbeats whatever the partition's length.
 //!
 //! Removed members (tombstones) get no heartbeat, no exchange and no dial. A node that learns
 //! it was removed itself logs it once and stops ticking: it dials no member and no seed any
@@ -26,6 +35,7 @@ use crate::cluster_view::ClusterView;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::{NodeServerMessage, RactorClusterMessage};
 use rand::seq::SliceRandom;
+use rand::Rng;
 use ringkv_cluster::membership::ClusterState;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +43,16 @@ use std::time::{Duration, Instant};
 
 /// How long a known member may lack process groups before its session is reset.
 pub const STALE_AFTER: Duration = Duration::from_secs(3);
+
+/// First wait between two dials of one address.
+pub const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(100);
+
+/// Longest wait between two dials of one address (before jitter, which only shortens it).
+pub const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How long a session to a convicted member is kept before it is closed: time for a new
+/// session to carry the peer's first heartbeat, which clears the conviction.
+pub const CONVICT_GRACE: Duration = Duration::from_secs(1);
 
 /// Messages of the Gossip actor (they cross nodes).
 #[derive(RactorClusterMessage)]
@@ -89,6 +109,8 @@ pub struct GossipState {
     missing_since: HashMap<String, Instant>,
     /// Set once this node has logged that it was removed.
     told_removed: bool,
+    /// Since when each member's process groups have been present (its session is up).
+    present_since: HashMap<String, Instant>,
 }
 
 /// The Gossip actor.
@@ -99,26 +121,30 @@ impl Gossip {
         let now = Instant::now();
         let entry = state.backoff.entry(addr.to_string()).or_insert(Backoff {
             next: now,
-            delay: Duration::from_millis(250),
+            delay: DIAL_BACKOFF_MIN,
         });
         if entry.next > now {
             return;
         }
-        entry.next = now + entry.delay;
-        entry.delay = (entry.delay * 2).min(Duration::from_secs(5));
+        // Full jitter over the upper half: nodes that lost the same peer do not redial in
+        // lockstep, and no wait exceeds the cap.
+        let wait = entry.delay.mul_f64(rand::thread_rng().gen_range(0.5..=1.0));
+        entry.next = now + wait;
+        entry.delay = (entry.delay * 2).min(DIAL_BACKOFF_MAX);
         let server = state.args.node_server.clone();
         let addr = addr.to_string();
         tokio::spawn(async move {
-            match ractor_cluster::client_connect(&server, addr.as_str()).await {
+            match crate::transport::dial(&server, addr.as_str()).await {
                 Ok(()) => tracing::debug!(%addr, "cluster connection opened"),
                 Err(e) => tracing::debug!(%addr, error = %e, "cluster connection failed"),
             }
         });
     }
 
-    /// Closes any transport session with node `name` (a session without process groups is of
-    /// no use, and while it is open a new dial is refused as a duplicate).
-    fn reset_session(server: &ActorRef<NodeServerMessage>, name: &str) {
+    /// Closes any transport session with node `name`, because `why` (a session without
+    /// process groups is of no use, a convicted peer's may have stalled, and while a session
+    /// is open a new dial is refused as a duplicate).
+    fn reset_session(server: &ActorRef<NodeServerMessage>, name: &str, why: &'static str) {
         let (server, name) = (server.clone(), name.to_string());
         tokio::spawn(async move {
             let sessions = server
@@ -132,9 +158,8 @@ impl Gossip {
                         .map(|n| n.name.as_str())
                         .unwrap_or("");
                     if peer.split('@').next() == Some(name.as_str()) {
-                        tracing::info!(peer = %name, "resetting a cluster session that carries no process groups");
-                        ses.actor
-                            .stop(Some("ringkv: session without process groups".into()));
+                        tracing::info!(peer = %name, reason = why, "closing a cluster session");
+                        ses.actor.stop(Some(format!("ringkv: {why}")));
                     }
                 }
             }
@@ -163,6 +188,7 @@ impl Gossip {
             if member.is_removed() {
                 state.backoff.remove(&member.cluster_addr);
                 state.missing_since.remove(name);
+                state.present_since.remove(name);
                 continue;
             }
             let peers = ractor::pg::get_members(&gossip_group(name));
@@ -172,9 +198,24 @@ impl Gossip {
                     let _ = peer.cast(GossipMsg::Heartbeat(local.as_bytes().to_vec()));
                     state.backoff.remove(&member.cluster_addr);
                     state.missing_since.remove(name);
-                    connected.push(peer);
+                    let since = *state
+                        .present_since
+                        .entry(name.clone())
+                        .or_insert_with(Instant::now);
+                    if !view.is_up(name) && since.elapsed() >= CONVICT_GRACE {
+                        // Restart the grace: the session takes a moment to close.
+                        state.present_since.insert(name.clone(), Instant::now());
+                        Self::reset_session(
+                            &state.args.node_server,
+                            name,
+                            "the failure detector convicts the peer",
+                        );
+                    } else {
+                        connected.push(peer);
+                    }
                 }
                 None => {
+                    state.present_since.remove(name);
                     if local < *name {
                         Self::connect_with_backoff(state, &member.cluster_addr);
                     }
@@ -184,7 +225,11 @@ impl Gossip {
                         .or_insert_with(Instant::now);
                     if since.elapsed() > STALE_AFTER {
                         state.missing_since.insert(name.clone(), Instant::now());
-                        Self::reset_session(&state.args.node_server, name);
+                        Self::reset_session(
+                            &state.args.node_server,
+                            name,
+                            "the session carries no process groups",
+                        );
                     }
                 }
             }
@@ -249,6 +294,7 @@ impl Actor for Gossip {
             backoff: HashMap::new(),
             missing_since: HashMap::new(),
             told_removed: false,
+            present_since: HashMap::new(),
         })
     }
 

@@ -42,6 +42,7 @@ pub mod repair;
 pub mod replica;
 pub mod stats;
 pub mod supervision;
+pub mod transport;
 mod transport_events;
 pub mod vnode;
 pub mod vnode_supervisor;

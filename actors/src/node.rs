@@ -385,6 +385,8 @@ pub struct Node {
     peers: Peers,
     supervisor: ActorRef<NodeSupervisorMsg>,
     node_server: Option<ActorRef<NodeServerMessage>>,
+    /// The accept loop of the cluster address ([`crate::transport::listen`]).
+    cluster_listener: Option<tokio::task::JoinHandle<()>>,
     stopped: watch::Receiver<bool>,
 }
 
@@ -413,17 +415,23 @@ impl Node {
         let name = config.node_name();
         let view = Arc::new(Self::load_view(&config, &name, &data)?);
 
-        let node_server = match config.cluster_addr {
+        let (node_server, cluster_listener) = match config.cluster_addr {
             Some(addr) => {
+                // ringkv serves the cluster address itself (`transport`: keepalive and
+                // TCP_USER_TIMEOUT on every cluster socket); the NodeServer's own listener
+                // gets an ephemeral loopback port that nothing dials.
+                let listener = crate::transport::bind(addr)
+                    .await
+                    .map_err(|e| NodeError::Spawn(format!("cluster transport on {addr}: {e}")))?;
                 let server = NodeServer::new(
-                    addr.port(),
+                    0,
                     config.cookie.clone().unwrap_or_default(),
                     name.clone(),
                     addr.ip().to_string(),
                     None,
                     Some(ractor_cluster::node::NodeConnectionMode::Isolated),
                 )
-                .with_listen_addr(addr.ip())
+                .with_listen_addr(std::net::Ipv4Addr::LOCALHOST.into())
                 // Set explicitly: ringkv never sends a replica message over
                 // `max-cluster-frame-bytes`, and takes none over it.
                 .with_max_inbound_frame_size(config.max_cluster_frame_bytes as u64);
@@ -431,9 +439,10 @@ impl Node {
                     .await
                     .map_err(|e| NodeError::Spawn(format!("cluster transport on {addr}: {e}")))?;
                 crate::transport_events::subscribe(&server);
-                Some(server)
+                let accept = tokio::spawn(crate::transport::listen(listener, server.clone()));
+                (Some(server), Some(accept))
             }
-            None => None,
+            None => (None, None),
         };
         let stats = Arc::new(NodeStats::default());
         let peers = Peers {
@@ -495,6 +504,7 @@ impl Node {
             peers,
             supervisor,
             node_server,
+            cluster_listener,
             stopped,
         })
     }
@@ -982,6 +992,9 @@ impl Node {
             .supervisor
             .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
             .await;
+        if let Some(accept) = &self.cluster_listener {
+            accept.abort();
+        }
         if let Some(server) = &self.node_server {
             let _ = server
                 .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))

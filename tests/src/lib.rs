@@ -10,6 +10,15 @@
 //! (SIGSTOP/SIGCONT), and, on nodes started with `--fault-injection`, [`Cluster::partition`] /
 //! [`Cluster::heal`] (a drop rule inside each node's cluster layer) and
 //! [`Cluster::panic_actor`]. [`Cluster::local_values`] reads one replica's own copy of a key.
+//!
+//! Real network faults: [`Cluster::start_netns`] runs each node in a network namespace of its
+//! own ([`netns`]); there [`Cluster::partition`] / [`Cluster::heal`] set and lift iptables DROP
+//! rules, so packets are lost as on a real network and TCP sessions stall.
+
+pub mod netns;
+pub mod workload;
+
+use netns::Netns;
 
 use ringkv_api::protocol::{RequestFrame, ResponseFrame};
 use ringkv_api::{CallOptions, Client};
@@ -111,6 +120,8 @@ pub struct NodeProcess {
     dir: tempfile::TempDir,
     extra: Vec<String>,
     envs: Vec<(String, String)>,
+    /// Network namespace the process runs in (`ip netns exec`), if not the test's own.
+    netns: Option<String>,
     /// The client address the node printed.
     pub addr: SocketAddr,
 }
@@ -125,6 +136,18 @@ impl NodeProcess {
     /// Starts a node whose client listener is on `ip` (port 0), with `extra` flags and
     /// environment variables `envs`.
     pub fn start_on(ip: &str, extra: &[&str], envs: &[(&str, &str)]) -> NodeProcess {
+        Self::start_in(None, ip, extra, envs)
+    }
+
+    /// As [`NodeProcess::start_on`], inside the network namespace `netns` if given (the
+    /// process is `ip netns exec {netns} ringkv ...`, which execs `ringkv`, so the process id
+    /// is the node's).
+    pub fn start_in(
+        netns: Option<&str>,
+        ip: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> NodeProcess {
         let dir = tempfile::Builder::new()
             .prefix("ringkv-test-")
             .tempdir()
@@ -134,17 +157,26 @@ impl NodeProcess {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (child, addr) = Self::spawn(dir.path(), &extra, &envs, &format!("{ip}:0"));
+        let netns = netns.map(str::to_string);
+        let (child, addr) = Self::spawn(
+            netns.as_deref(),
+            dir.path(),
+            &extra,
+            &envs,
+            &format!("{ip}:0"),
+        );
         NodeProcess {
             child: Some(child),
             dir,
             extra,
             envs,
+            netns,
             addr,
         }
     }
 
     fn spawn(
+        netns: Option<&str>,
         dir: &Path,
         extra: &[String],
         envs: &[(String, String)],
@@ -155,7 +187,15 @@ impl NodeProcess {
             .append(true)
             .open(dir.join("node.log"))
             .expect("log file");
-        let mut child = Command::new(ringkv_bin())
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(ringkv_bin());
+                c
+            }
+            None => Command::new(ringkv_bin()),
+        };
+        let mut child = command
             .arg("start")
             .arg("--data-dir")
             .arg(dir.join("data"))
@@ -286,6 +326,7 @@ impl NodeProcess {
         assert!(self.child.is_none(), "restart a node that has stopped");
         self.mark_log("restart");
         let (child, addr) = Self::spawn(
+            self.netns.as_deref(),
             self.dir.path(),
             &self.extra,
             &self.envs,
@@ -353,24 +394,71 @@ const POLL: Duration = Duration::from_millis(20);
 /// The cookie of test clusters.
 pub const TEST_COOKIE: &str = "ringkv-test-cookie";
 
+/// Cluster port of every node in network-namespace mode (each node has its own namespace, so
+/// they never collide).
+const NETNS_CLUSTER_PORT: u16 = 7000;
+
 /// A cluster of `ringkv` processes: node `i` (1-based, named `n{i}`) listens for clients and
-/// for its peers on `127.0.0.{i}`. Node 1 founds the cluster; the others join through it.
+/// for its peers on `127.0.0.{i}`, or, started with [`Cluster::start_netns`], on `10.77.0.{i}`
+/// inside a network namespace of its own. Node 1 founds the cluster; the others join through
+/// it.
 pub struct Cluster {
     /// The nodes; `nodes[0]` is `n1`.
     pub nodes: Vec<NodeProcess>,
     /// Time from the layout commit until every node held the same state.
     pub convergence: Duration,
+    /// The namespaces in network-namespace mode. Declared after `nodes`, so that the node
+    /// processes are killed before their namespaces are deleted.
+    net: Option<Netns>,
 }
 
 impl Cluster {
     /// Starts `size` nodes with `extra` flags each, waits until node 1 knows them all, commits
     /// the layout and waits until every node has it.
     pub fn start(size: usize, extra: &[&str]) -> Cluster {
+        Self::start_with(size, extra, None)
+    }
+
+    /// As [`Cluster::start`], with every node in a network namespace of its own (see
+    /// [`netns`]): [`Cluster::partition`] then drops packets with iptables. The calling thread
+    /// moves into the cluster's hub namespace until the cluster is dropped, so call the
+    /// harness from it, and build tokio runtimes after this returns.
+    ///
+    /// Where the machine cannot make namespaces (not root, no `ip` or `iptables`), prints
+    /// `SKIP {test}: ...` naming what is missing and returns `None`, unless
+    /// `RINGKV_REQUIRE_NETNS=1` ([`netns::REQUIRE_ENV`]), which makes that a panic.
+    pub fn start_netns(test: &str, size: usize, extra: &[&str]) -> Option<Cluster> {
+        match Netns::create(size) {
+            Ok(net) => Some(Self::start_with(size, extra, Some(net))),
+            Err(why) if std::env::var(netns::REQUIRE_ENV).as_deref() == Ok("1") => {
+                panic!(
+                    "{test}: cannot make network namespaces ({}=1): {why}",
+                    netns::REQUIRE_ENV
+                )
+            }
+            Err(why) => {
+                println!(
+                    "SKIP {test}: this test needs network namespaces (root, `ip` and `iptables`): {why}"
+                );
+                eprintln!("SKIP {test}: {why}");
+                None
+            }
+        }
+    }
+
+    fn start_with(size: usize, extra: &[&str], net: Option<Netns>) -> Cluster {
         let mut nodes: Vec<NodeProcess> = Vec::with_capacity(size);
         let mut seed = String::new();
         for i in 1..=size {
-            let ip = format!("127.0.0.{i}");
-            let cluster_addr = format!("{ip}:{}", free_port(&ip));
+            let (ip, port) = match &net {
+                Some(net) => (net.ip(i), NETNS_CLUSTER_PORT),
+                None => {
+                    let ip = format!("127.0.0.{i}");
+                    let port = free_port(&ip);
+                    (ip, port)
+                }
+            };
+            let cluster_addr = format!("{ip}:{port}");
             let (name, zone) = (format!("n{i}"), format!("z{i}"));
             let mut args: Vec<&str> = vec![
                 "--name",
@@ -386,7 +474,9 @@ impl Cluster {
                 args.extend(["--join", seed.as_str()]);
             }
             args.extend(extra);
-            nodes.push(NodeProcess::start_on(
+            let ns = net.as_ref().map(|n| n.node_ns(i));
+            nodes.push(NodeProcess::start_in(
+                ns.as_deref(),
                 &ip,
                 &args,
                 &[("RINGKV_COOKIE", TEST_COOKIE)],
@@ -398,6 +488,7 @@ impl Cluster {
         let mut cluster = Cluster {
             nodes,
             convergence: Duration::ZERO,
+            net,
         };
         cluster.wait_members(0, size, Duration::from_secs(30));
         if size > 1 {
@@ -622,10 +713,19 @@ impl Cluster {
         }
     }
 
+    /// True for a cluster made by [`Cluster::start_netns`].
+    pub fn is_netns(&self) -> bool {
+        self.net.is_some()
+    }
+
     /// Cuts the cluster into `groups` of 0-based node indices, as raft-rs's `nt.cut`: every
     /// node listed drops the traffic of every node outside its own group. Nodes listed in no
-    /// group are left alone, as are nodes the harness stopped (a restarted node starts with no
-    /// drop rule). [`Cluster::heal`] undoes it.
+    /// group are left alone. [`Cluster::heal`] undoes it.
+    ///
+    /// In a [`Cluster::start_netns`] cluster the drops are iptables rules in each listed
+    /// node's namespace, which outlast a restart of the node. Otherwise they are the nodes'
+    /// injected drop rule (`--fault-injection`): nodes the harness stopped are left alone, and
+    /// a restarted node starts with no drop rule.
     pub fn partition(&self, groups: &[&[usize]]) {
         let listed: Vec<usize> = groups.iter().flat_map(|g| g.iter().copied()).collect();
         for (pos, i) in listed.iter().enumerate() {
@@ -634,6 +734,17 @@ impl Cluster {
                 !listed[..pos].contains(i),
                 "node index {i} is in two groups of {groups:?}"
             );
+        }
+        if let Some(net) = &self.net {
+            for group in groups {
+                let others: Vec<usize> = (1..=self.nodes.len())
+                    .filter(|j| !group.contains(&(j - 1)))
+                    .collect();
+                for &i in group.iter() {
+                    net.cut(i + 1, &others);
+                }
+            }
+            return;
         }
         for group in groups {
             let others: Vec<String> = (0..self.nodes.len())
@@ -648,9 +759,16 @@ impl Cluster {
         }
     }
 
-    /// Lifts every drop rule: `isolate []` on every node the harness has not stopped.
-    /// Resume paused nodes (SIGCONT) first: a paused node cannot answer.
+    /// Lifts every drop rule: `isolate []` on every node the harness has not stopped (resume
+    /// paused nodes with SIGCONT first: a paused node cannot answer), or in a
+    /// [`Cluster::start_netns`] cluster, every node's iptables rules.
     pub fn heal(&self) {
+        if let Some(net) = &self.net {
+            for i in 1..=self.nodes.len() {
+                net.cut(i, &[]);
+            }
+            return;
+        }
         for i in 0..self.nodes.len() {
             if self.nodes[i].is_started() {
                 self.isolate(i, &[]);
