@@ -10,7 +10,7 @@ use crate::periodic::{PeriodicArgs, PeriodicMsg};
 use crate::repair::{AntiEntropy, Repair};
 use crate::replica::{Peers, Replica, ReplicaContext};
 use crate::stats::{NodeStats, StatsSnapshot};
-use crate::supervision::RestartBudget;
+use crate::supervision::{RestartBudget, Restarts};
 use crate::vnode::VNodeMsg;
 use crate::vnode_supervisor::{VNodeSupervisor, VNodeSupervisorArgs};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -23,7 +23,7 @@ use ringkv_cluster::phi::PhiConfig;
 use ringkv_cluster::{partition_for, NodeConfig};
 use ringkv_storage::{keys, DataDir, DvvSet, Partition, PartitionOptions, StorageError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{oneshot, watch};
 
@@ -68,10 +68,10 @@ pub struct NodeSupervisorArgs {
     pub partitions: Vec<Arc<Partition>>,
     /// How replicas are reached; its context is shared by every child.
     pub peers: Peers,
-    /// Restarts of the children allowed.
-    pub budget: RestartBudget,
+    /// Restarts allowed per child type (`restart-max` in `restart-window-ms`).
+    pub budget: Restarts,
     /// Restarts of vnodes allowed, per VNodeSupervisor incarnation.
-    pub vnode_budget: RestartBudget,
+    pub vnode_budget: Restarts,
     /// The cluster transport, when the node has a cluster address.
     pub transport: Option<Transport>,
     /// Period of hinted handoff rounds.
@@ -119,6 +119,14 @@ impl Child {
 pub struct NodeSupervisorState {
     args: NodeSupervisorArgs,
     children: Vec<(ActorCell, Child)>,
+}
+
+/// The restart budget of every actor type, from `restart-max` and `restart-window-ms`.
+pub fn config_budget(config: &NodeConfig) -> RestartBudget {
+    RestartBudget::new(
+        config.restart_max,
+        Duration::from_millis(config.restart_window_ms),
+    )
 }
 
 /// Root of a node's supervision tree.
@@ -287,12 +295,11 @@ impl Actor for NodeSupervisor {
             return Ok(());
         };
         let (_, child) = state.children.remove(i);
-        if !state.args.budget.allow(Instant::now()) {
-            tracing::error!(?child, %error, "child failed past the restart budget; stopping the node");
-            return Err(format!("{child:?} failed past the restart budget: {error}").into());
-        }
-        tracing::warn!(?child, %error, "child failed; restarting it");
-        state.args.peers.ctx.stats.restarted(child.name());
+        let stats = state.args.peers.ctx.stats.clone();
+        state
+            .args
+            .budget
+            .admit(child.name(), child.name(), &error.to_string(), &stats)?;
         Self::start_child(&myself, state, child).await
     }
 }
@@ -438,7 +445,7 @@ impl Node {
                 let (server, _) = Actor::spawn(None, server, ())
                     .await
                     .map_err(|e| NodeError::Spawn(format!("cluster transport on {addr}: {e}")))?;
-                crate::transport_events::subscribe(&server);
+                crate::transport_events::subscribe(&server, view.clone());
                 let accept = tokio::spawn(crate::transport::listen(listener, server.clone()));
                 (Some(server), Some(accept))
             }
@@ -468,8 +475,8 @@ impl Node {
             NodeSupervisorArgs {
                 partitions: data.partitions.clone(),
                 peers: peers.clone(),
-                budget: RestartBudget::default(),
-                vnode_budget: RestartBudget::default(),
+                budget: Restarts::new(config_budget(&config)),
+                vnode_budget: Restarts::new(config_budget(&config)),
                 transport: node_server.clone().map(|node_server| Transport {
                     node_server,
                     seeds: config.join.clone(),
@@ -967,10 +974,10 @@ impl Node {
         Ok(())
     }
 
-    /// Counts one restart of an actor type supervised outside this crate (the client
-    /// listener of `ringkv-api`).
-    pub fn count_restart(&self, actor: &'static str) {
-        self.peers.ctx.stats.restarted(actor);
+    /// The node's counters (supervisors outside this crate, the client listener of
+    /// `ringkv-api`, count their restarts here).
+    pub fn stats(&self) -> &crate::stats::NodeStats {
+        &self.peers.ctx.stats
     }
 
     /// Resolves when the supervision tree has stopped: after [`Node::shutdown`], or when a

@@ -127,8 +127,9 @@ pub async fn sweep(peers: &Peers, grace: Duration) {
                 }
             }
         }
-        let first = prefs.iter().min() == Some(&local);
-        if first && complete && prefs.iter().all(|n| peers.reachable(n)) {
+        // Each tombstone is purged by the first (by name) of its key's replicas, which has
+        // just exchanged with every other one of them.
+        if complete && prefs.iter().all(|n| peers.reachable(n)) {
             if let Err(e) = purge(peers, p, &prefs, grace).await {
                 tracing::debug!(partition = p, error = %e, "tombstone purge skipped");
             }
@@ -192,7 +193,17 @@ pub async fn exchange(peers: &Peers, p: u32, other: &str) -> Result<ExchangeRepo
         let part = part.clone();
         blocking(move || part.segment_entries(&parents)).await?
     };
-    let keys = diff_entries(&ours, &theirs);
+    // Only keys whose bucket keeps a replica on both nodes (its `n` first nodes of the
+    // preference list) are exchanged: a bucket with n=1 or n=2 is never copied further.
+    let state = peers.view().snapshot();
+    let prefs = state.preference_list(p).unwrap_or_default();
+    let keys: Vec<Vec<u8>> = diff_entries(&ours, &theirs)
+        .into_iter()
+        .filter(|k| {
+            let replicas = key_replicas(&state, &prefs, k);
+            replicas.contains(&peers.local) && replicas.iter().any(|r| r == other)
+        })
+        .collect();
     report.differing = keys.len() as u64;
     let mut next = 0;
     while next < keys.len() {
@@ -279,6 +290,22 @@ pub(crate) fn by_size<T>(
     batches
 }
 
+/// The replicas of a stored key: the first `n` nodes of its partition's preference list
+/// `prefs`, `n` being its bucket's (all of `prefs` for a key that does not parse).
+pub fn key_replicas<'a>(
+    state: &ringkv_cluster::membership::ClusterState,
+    prefs: &'a [String],
+    stored_key: &[u8],
+) -> &'a [String] {
+    match ringkv_storage::keys::split_storage_key(stored_key) {
+        Some((bucket, _)) => {
+            let n = state.bucket_props(bucket).n as usize;
+            &prefs[..n.clamp(1, prefs.len().max(1)).min(prefs.len())]
+        }
+        None => prefs,
+    }
+}
+
 /// Purges the tombstones of partition `p` older than `grace` that every replica in `prefs`
 /// holds unchanged; returns how many this node purged.
 ///
@@ -292,33 +319,57 @@ pub async fn purge(
 ) -> Result<usize, ExchangeError> {
     let part = partition(peers, p)?;
     let older_than = crate::coordinator::now_ms().saturating_sub(grace.as_millis() as u64);
-    let mut candidates = blocking(move || part.tombstones(older_than, PURGE_BATCH)).await?;
+    let state = peers.view().snapshot();
+    let local = peers.local.clone();
+    // This node purges the tombstones of the keys whose first replica (by name) it is.
+    let mut candidates: Vec<(Vec<u8>, u64)> =
+        blocking(move || part.tombstones(older_than, PURGE_BATCH))
+            .await?
+            .into_iter()
+            .filter(|(k, _)| key_replicas(&state, prefs, k).iter().min() == Some(&local))
+            .collect();
     if candidates.is_empty() {
         return Ok(0);
     }
+    let entries_for = |node: &String, candidates: &[(Vec<u8>, u64)]| -> Vec<(Vec<u8>, u64)> {
+        candidates
+            .iter()
+            .filter(|(k, _)| key_replicas(&state, prefs, k).contains(node))
+            .cloned()
+            .collect()
+    };
     for node in prefs.iter().filter(|n| **n != peers.local) {
+        let asked = entries_for(node, &candidates);
+        if asked.is_empty() {
+            continue;
+        }
         let request = ReplicaRequest::CheckEntries {
             partition: p,
-            entries: candidates
+            entries: asked
                 .iter()
                 .map(|(k, h)| (ByteBuf::from(k.clone()), *h))
                 .collect(),
         };
         let held: Vec<bool> = peers.call_as(node, request, CALL_TIMEOUT).await?;
-        candidates = candidates
-            .into_iter()
+        let missing: Vec<&Vec<u8>> = asked
+            .iter()
             .zip(held)
-            .filter_map(|(c, h)| h.then_some(c))
+            .filter_map(|((k, _), h)| (!h).then_some(k))
             .collect();
+        candidates.retain(|(k, _)| !missing.contains(&k));
         if candidates.is_empty() {
             return Ok(0);
         }
     }
     let mut purged_here = 0;
     for node in prefs {
+        let entries = entries_for(node, &candidates);
+        if entries.is_empty() {
+            continue;
+        }
         let request = ReplicaRequest::Purge {
             partition: p,
-            entries: candidates
+            entries: entries
                 .iter()
                 .map(|(k, h)| (ByteBuf::from(k.clone()), *h))
                 .collect(),

@@ -5,7 +5,8 @@
 //! restarts within any `window`; one more and the supervisor gives up and escalates to its own
 //! supervisor.
 
-use std::collections::VecDeque;
+use ractor::ActorProcessingErr;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// At most `max_restarts` restarts within a sliding `window`.
@@ -61,9 +62,71 @@ impl Default for RestartBudget {
     }
 }
 
+/// The one restart decision every supervisor of ringkv makes: a [`RestartBudget`] per actor
+/// type (so a crashing repair actor cannot use up the gossip actor's restarts), all made from
+/// one template (`restart-max` in `restart-window-ms`).
+#[derive(Clone, Debug)]
+pub struct Restarts {
+    template: RestartBudget,
+    budgets: HashMap<&'static str, RestartBudget>,
+}
+
+impl Restarts {
+    /// Budgets of `template`'s size for every actor type.
+    pub fn new(template: RestartBudget) -> Self {
+        Self {
+            template,
+            budgets: HashMap::new(),
+        }
+    }
+
+    /// Decides about a failed child of type `kind` (`error` is its failure): within the
+    /// type's budget it logs the restart, counts it in `stats` and returns `Ok` (the caller
+    /// restarts the child); past it, it logs and returns the error the supervisor fails
+    /// with, which escalates to its own supervisor.
+    ///
+    /// # Errors
+    /// The escalation, naming the type, the budget and the failure.
+    pub fn admit(
+        &mut self,
+        kind: &'static str,
+        what: &str,
+        error: &str,
+        stats: &crate::stats::NodeStats,
+    ) -> Result<(), ActorProcessingErr> {
+        let budget = self
+            .budgets
+            .entry(kind)
+            .or_insert_with(|| self.template.clone());
+        if !budget.allow(Instant::now()) {
+            tracing::error!(actor = kind, what, %error, max = budget.max_restarts(), window = ?budget.window(), "failed past its restart budget; escalating");
+            return Err(format!(
+                "{what} failed past the restart budget of its type ({kind}: {} in {:?}): {error}",
+                budget.max_restarts(),
+                budget.window()
+            )
+            .into());
+        }
+        tracing::warn!(actor = kind, what, %error, "failed; restarting it");
+        stats.restarted(kind);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_actor_type_has_its_own_budget() {
+        let stats = crate::stats::NodeStats::default();
+        let mut r = Restarts::new(RestartBudget::new(1, Duration::from_secs(10)));
+        assert!(r.admit("gossip", "gossip", "boom", &stats).is_ok());
+        assert!(r.admit("repair", "repair", "boom", &stats).is_ok());
+        let e = r.admit("repair", "repair", "boom", &stats).unwrap_err();
+        assert!(e.to_string().contains("repair: 1 in"), "{e}");
+        assert_eq!(stats.snapshot().restarts.get("repair"), Some(&1));
+    }
 
     #[test]
     fn budget_slides() {

@@ -7,14 +7,13 @@
 //! decides.
 
 use crate::directory::VNodeDirectory;
-use crate::supervision::RestartBudget;
+use crate::supervision::Restarts;
 use crate::vnode::VNode;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 use ringkv_storage::Partition;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// The VNodeSupervisor takes no messages of its own; it only supervises.
 #[derive(RactorMessage)]
@@ -30,8 +29,9 @@ pub struct VNodeSupervisorArgs {
     pub partitions: Vec<Arc<Partition>>,
     /// Written on every (re)start and death of a vnode.
     pub directory: Arc<VNodeDirectory>,
-    /// Restarts allowed for all vnodes together.
-    pub budget: RestartBudget,
+    /// Restarts allowed for vnodes (one budget for the type, `restart-max` in
+    /// `restart-window-ms`).
+    pub budget: Restarts,
     /// Counters (vnode restarts are counted as `vnode`).
     pub stats: std::sync::Arc<crate::stats::NodeStats>,
 }
@@ -109,17 +109,10 @@ impl Actor for VNodeSupervisor {
             // A vnode stops normally only when the node shuts down.
             return Ok(());
         };
-        if !state.args.budget.allow(Instant::now()) {
-            tracing::error!(partition = p, %error, "vnode failed past its restart budget; escalating");
-            return Err(format!(
-                "vnode {p} failed and the vnodes used up their restart budget of {} in {:?}: {error}",
-                state.args.budget.max_restarts(),
-                state.args.budget.window()
-            )
-            .into());
-        }
-        tracing::warn!(partition = p, %error, "vnode failed; restarting it");
-        state.args.stats.restarted("vnode");
+        state
+            .args
+            .budget
+            .admit("vnode", &format!("vnode {p}"), &error, &state.args.stats)?;
         Self::start_vnode(&myself, state, p).await
     }
 }

@@ -307,6 +307,12 @@ struct StartArgs {
     /// Largest LMDB map size per partition, bytes [default: 68719476736].
     #[arg(long)]
     max_map_bytes: Option<usize>,
+    /// Restarts allowed per actor type within restart-window-ms [default: 5].
+    #[arg(long)]
+    restart_max: Option<usize>,
+    /// The window of restart-max, ms [default: 10000].
+    #[arg(long)]
+    restart_window_ms: Option<u64>,
     /// Seconds a shutdown waits for in-flight requests [default: 10].
     #[arg(long)]
     shutdown_grace_secs: Option<u64>,
@@ -382,6 +388,8 @@ impl StartArgs {
             initial_map_bytes,
             max_map_bytes,
             shutdown_grace_secs,
+            restart_max,
+            restart_window_ms,
             zone,
             capacity,
             heartbeat_ms,

@@ -13,7 +13,7 @@ use crate::protocol::{
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::RactorMessage;
-use ringkv_actors::supervision::RestartBudget;
+use ringkv_actors::supervision::Restarts;
 use ringkv_actors::{KvError, Node};
 use ringkv_cluster::membership::{BucketProps, LAYOUT_REPLICAS};
 use ringkv_storage::keys::validate_bucket;
@@ -90,7 +90,7 @@ impl Server {
             ListenerSupervisorArgs {
                 listener: Arc::new(self.listener),
                 shared: shared.clone(),
-                budget: RestartBudget::default(),
+                budget: Restarts::new(ringkv_actors::node::config_budget(&config)),
             },
         )
         .await;
@@ -181,7 +181,7 @@ impl Actor for ClientListener {
 struct ListenerSupervisorArgs {
     listener: Arc<std::net::TcpListener>,
     shared: Arc<Shared>,
-    budget: RestartBudget,
+    budget: Restarts,
 }
 
 /// Restarts the ClientListener within its budget, then stops (which stops the node).
@@ -216,11 +216,12 @@ impl Actor for ListenerSupervisor {
         let SupervisionEvent::ActorFailed(_, error) = event else {
             return Ok(());
         };
-        if !state.budget.allow(std::time::Instant::now()) {
-            return Err(format!("client listener failed past its restart budget: {error}").into());
-        }
-        tracing::warn!(%error, "client listener failed; restarting it");
-        state.shared.node.count_restart("listener");
+        state.budget.admit(
+            "listener",
+            "client listener",
+            &error.to_string(),
+            state.shared.node.stats(),
+        )?;
         Actor::spawn_linked(
             None,
             ClientListener,

@@ -123,6 +123,12 @@ pub struct NodeConfig {
     pub initial_map_bytes: usize,
     /// LMDB map size a partition may grow to, bytes. Default 64 GiB.
     pub max_map_bytes: usize,
+    /// Restarts allowed per actor type within `restart-window-ms` (Erlang/OTP's
+    /// intensity); one more and the failure escalates (past the node supervisor's budget the
+    /// node stops with exit status 3). Default 5.
+    pub restart_max: usize,
+    /// The sliding window of `restart-max`, ms (OTP's period). Default 10000.
+    pub restart_window_ms: u64,
     /// Most seconds a shutdown waits for in-flight requests. Default 10.
     pub shutdown_grace_secs: u64,
     /// Node name, unique in the cluster and stable across restarts: it is the node's identity
@@ -187,6 +193,8 @@ impl Default for NodeConfig {
             max_batch: 1024,
             initial_map_bytes: 64 << 20,
             max_map_bytes: 64 << 30,
+            restart_max: 5,
+            restart_window_ms: 10_000,
             shutdown_grace_secs: 10,
             fault_injection: false,
             name: None,
@@ -250,6 +258,7 @@ impl NodeConfig {
             ("initial-map-bytes", self.initial_map_bytes),
             ("handoff-interval-ms", self.handoff_interval_ms as usize),
             ("max-record-bytes", self.record_limit()),
+            ("restart-window-ms", self.restart_window_ms as usize),
             ("max-cluster-frame-bytes", self.max_cluster_frame_bytes),
             ("max-in-flight-bytes", self.max_in_flight_bytes),
             ("frame-timeout-ms", self.frame_timeout_ms as usize),

@@ -301,3 +301,106 @@ fn wait_until_or_none<T>(timeout: Duration, mut cond: impl FnMut() -> Option<T>)
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Item 3: anti-entropy keeps a bucket's `n`. A bucket with n=1 or n=2 used to be copied to
+/// all three layout replicas by the next sweep; now each key stays on exactly `n` nodes
+/// while sweeps run, and a delete in such a bucket is still purged.
+#[test]
+fn anti_entropy_keeps_a_buckets_n() {
+    let _serial = serial();
+    let cluster = start(
+        3,
+        &["--repair-interval-ms", "200", "--tombstone-grace-ms", "0"],
+    );
+    for (bucket, n) in [("one", "n=1"), ("two", "n=2")] {
+        let (code, _, err) =
+            cluster.nodes[0].cli(&["bucket", "set", bucket, n, "r=1", "w=1"], None);
+        assert_eq!(code, 0, "{err}");
+    }
+    wait_until(
+        "every node to know the buckets",
+        Duration::from_secs(10),
+        || {
+            (0..3)
+                .all(|i| {
+                    let (_, out, _) = cluster.nodes[i].cli(&["bucket", "get", "one"], None);
+                    String::from_utf8_lossy(&out).contains("\"n\":1")
+                })
+                .then_some(())
+        },
+    );
+    let rt = ringkv_tests::runtime();
+    let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    rt.block_on(async {
+        let c = Client::connect(cluster.nodes[0].addr).await.unwrap();
+        for k in &keys {
+            c.put(b"one", k.as_bytes(), b"v".to_vec(), &[])
+                .await
+                .unwrap();
+            c.put(b"two", k.as_bytes(), b"v".to_vec(), &[])
+                .await
+                .unwrap();
+        }
+    });
+    // Let several sweeps run: every node's exchange counter grows by 3 sweeps' worth.
+    let exchanges = |c: &Cluster| c.counter_sum("repair", "exchanges");
+    let start_count = exchanges(&cluster);
+    wait_until("three anti-entropy sweeps", Duration::from_secs(30), || {
+        (exchanges(&cluster) >= start_count + 3 * 8 * 3).then_some(())
+    });
+    let copies = |bucket: &[u8], k: &str| {
+        (0..3)
+            .filter(|&i| !cluster.local_values(i, bucket, k.as_bytes()).is_empty())
+            .count()
+    };
+    let counts: Vec<(usize, usize)> = keys
+        .iter()
+        .map(|k| (copies(b"one", k), copies(b"two", k)))
+        .collect();
+    println!("copies per key after three sweeps (n=1, n=2): {counts:?}");
+    for (k, (one, two)) in keys.iter().zip(&counts) {
+        assert_eq!(*one, 1, "{k} of the n=1 bucket is on {one} nodes");
+        assert_eq!(*two, 2, "{k} of the n=2 bucket is on {two} nodes");
+    }
+}
+
+/// Item 4: every actor type has a restart budget of its own (`--restart-max` in
+/// `--restart-window-ms`). With a budget of 2, one panic of every type and a second of
+/// `repair` leave the node running (they used to share one budget, and the node stopped);
+/// a third `repair` panic within the window stops the node with exit status 3.
+#[test]
+fn each_actor_type_has_its_own_restart_budget() {
+    let _serial = serial();
+    let mut cluster = start(1, &["--restart-max", "2", "--restart-window-ms", "60000"]);
+    let restarts = |c: &Cluster, kind: &str| c.counter(0, "restarts", kind).unwrap_or(0);
+    let panic_and_wait = |c: &Cluster, actor: &str, counter: &str| {
+        let before = restarts(c, counter);
+        c.panic_actor(0, actor);
+        wait_until(
+            &format!("{actor} to be restarted"),
+            Duration::from_secs(10),
+            || (restarts(c, counter) > before).then_some(()),
+        );
+    };
+    for actor in [
+        "vnodes", "replica", "gossip", "handoff", "repair", "listener",
+    ] {
+        panic_and_wait(&cluster, actor, actor);
+    }
+    panic_and_wait(&cluster, "repair", "repair");
+    assert!(
+        cluster.nodes[0].is_running(),
+        "the node stopped within every type's budget"
+    );
+    let status: Vec<(String, u64)> = [
+        "vnodes", "replica", "gossip", "handoff", "repair", "listener",
+    ]
+    .iter()
+    .map(|a| (a.to_string(), restarts(&cluster, a)))
+    .collect();
+    println!("restarts per type after 7 panics with a budget of 2 each: {status:?}");
+    cluster.panic_actor(0, "repair");
+    let exit = cluster.nodes[0].wait_exit(Duration::from_secs(20));
+    println!("a third repair panic: the node exited with {exit:?}");
+    assert_eq!(exit.code(), Some(3), "{exit:?}");
+}
