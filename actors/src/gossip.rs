@@ -109,6 +109,8 @@ pub struct GossipState {
     missing_since: HashMap<String, Instant>,
     /// Set once this node has logged that it was removed.
     told_removed: bool,
+    /// Dials and exchanges in progress, aborted if the actor stops or fails.
+    tasks: crate::supervision::OwnedTasks,
     /// Since when each member's process groups have been present (its session is up).
     present_since: HashMap<String, Instant>,
 }
@@ -133,7 +135,7 @@ impl Gossip {
         entry.delay = (entry.delay * 2).min(DIAL_BACKOFF_MAX);
         let server = state.args.node_server.clone();
         let addr = addr.to_string();
-        tokio::spawn(async move {
+        state.tasks.spawn(async move {
             match crate::transport::dial(&server, addr.as_str()).await {
                 Ok(()) => tracing::debug!(%addr, "cluster connection opened"),
                 Err(e) => tracing::debug!(%addr, error = %e, "cluster connection failed"),
@@ -253,7 +255,7 @@ impl Gossip {
         }
         if let Some(peer) = connected.choose(&mut rand::thread_rng()).cloned() {
             let message = encode(&local, &snapshot);
-            tokio::spawn(async move {
+            state.tasks.spawn(async move {
                 let reply = peer
                     .call(
                         |port| GossipMsg::Exchange(message, port),
@@ -294,6 +296,7 @@ impl Actor for Gossip {
             backoff: HashMap::new(),
             missing_since: HashMap::new(),
             told_removed: false,
+            tasks: Default::default(),
             present_since: HashMap::new(),
         })
     }

@@ -60,6 +60,9 @@ pub enum NodeSupervisorMsg {
     /// Fault injection: make the child actor of this type (`vnodes`, `replica`, `gossip`,
     /// `handoff`, `repair`) panic. Replies false if no such child runs.
     InjectPanic(String, ractor::RpcReplyPort<bool>),
+    /// An [`NodeSupervisorMsg::InjectPanic`] that found its child not running (it has just
+    /// failed and its restart is on the way): tried again shortly, `attempt` times so far.
+    RetryPanic(String, ractor::RpcReplyPort<bool>, u32),
 }
 
 /// Arguments of the [`NodeSupervisor`].
@@ -119,6 +122,8 @@ impl Child {
 pub struct NodeSupervisorState {
     args: NodeSupervisorArgs,
     children: Vec<(ActorCell, Child)>,
+    /// The incarnation of each child type last told to panic (fault injection).
+    panicked: std::collections::HashMap<String, ractor::ActorId>,
 }
 
 /// The restart budget of every actor type, from `restart-max` and `restart-window-ms`.
@@ -231,6 +236,7 @@ impl Actor for NodeSupervisor {
         let mut state = NodeSupervisorState {
             args,
             children: Vec::new(),
+            panicked: Default::default(),
         };
         Self::start_child(&myself, &mut state, Child::VNodes).await?;
         if clustered {
@@ -246,12 +252,28 @@ impl Actor for NodeSupervisor {
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let NodeSupervisorMsg::InjectPanic(name, reply) = message;
+        let (name, reply, attempt) = match message {
+            NodeSupervisorMsg::InjectPanic(name, reply) => (name, reply, 0),
+            NodeSupervisorMsg::RetryPanic(name, reply, attempt) => (name, reply, attempt),
+        };
         let child = state.children.iter().find(|(_, c)| c.name() == name);
+        // A child already told to panic stays listed until this supervisor has handled its
+        // failure: wait for its successor rather than send the panic to a dying actor, where
+        // it would be lost (up to 5 s).
+        if let Some((cell, _)) = child {
+            let told = state.panicked.get(&name) == Some(&cell.get_id());
+            if (told || cell.get_status() != ractor::ActorStatus::Running) && attempt < 500 {
+                let _ = myself.send_after(Duration::from_millis(10), move || {
+                    NodeSupervisorMsg::RetryPanic(name, reply, attempt + 1)
+                });
+                return Ok(());
+            }
+            state.panicked.insert(name.clone(), cell.get_id());
+        }
         let sent = match child {
             Some((cell, Child::VNodes)) => {
                 let r: ActorRef<crate::vnode_supervisor::VNodeSupervisorMsg> = cell.clone().into();
@@ -395,6 +417,8 @@ pub struct Node {
     /// The accept loop of the cluster address ([`crate::transport::listen`]).
     cluster_listener: Option<tokio::task::JoinHandle<()>>,
     stopped: watch::Receiver<bool>,
+    /// Set when [`Node::shutdown`] begins (the transport's exit is then expected).
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Node {
@@ -422,6 +446,7 @@ impl Node {
         let name = config.node_name();
         let view = Arc::new(Self::load_view(&config, &name, &data)?);
 
+        let mut transport_exit = None;
         let (node_server, cluster_listener) = match config.cluster_addr {
             Some(addr) => {
                 // ringkv serves the cluster address itself (`transport`: keepalive and
@@ -442,9 +467,10 @@ impl Node {
                 // Set explicitly: ringkv never sends a replica message over
                 // `max-cluster-frame-bytes`, and takes none over it.
                 .with_max_inbound_frame_size(config.max_cluster_frame_bytes as u64);
-                let (server, _) = Actor::spawn(None, server, ())
+                let (server, server_join) = Actor::spawn(None, server, ())
                     .await
                     .map_err(|e| NodeError::Spawn(format!("cluster transport on {addr}: {e}")))?;
+                transport_exit = Some(server_join);
                 crate::transport_events::subscribe(&server, view.clone());
                 let accept = tokio::spawn(crate::transport::listen(listener, server.clone()));
                 (Some(server), Some(accept))
@@ -490,6 +516,20 @@ impl Node {
         )
         .await
         .map_err(|e| NodeError::Spawn(e.to_string()))?;
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The cluster transport is not restarted in place (the Gossip actor and the
+        // connection handling hold it): if it dies while the node runs, the node stops, with
+        // exit status 3 as past any restart budget, so that its service manager restarts it.
+        if let Some(exit) = transport_exit {
+            let (supervisor, stopping) = (supervisor.clone(), stopping.clone());
+            tokio::spawn(async move {
+                let _ = exit.await;
+                if !stopping.load(std::sync::atomic::Ordering::Acquire) {
+                    tracing::error!("the cluster transport (ractor_cluster NodeServer) stopped; stopping the node");
+                    supervisor.stop(Some("the cluster transport stopped".into()));
+                }
+            });
+        }
         let (tx, stopped) = watch::channel(false);
         tokio::spawn(async move {
             let _ = join.await;
@@ -513,6 +553,7 @@ impl Node {
             node_server,
             cluster_listener,
             stopped,
+            stopping,
         })
     }
 
@@ -944,17 +985,26 @@ impl Node {
         if !self.config.fault_injection {
             return Err(KvError::FaultInjectionDisabled);
         }
+        if actor == "transport" {
+            return match &self.node_server {
+                Some(server) => {
+                    server.kill();
+                    Ok(())
+                }
+                None => Err(KvError::Admin("this node runs no cluster transport".into())),
+            };
+        }
         let sent = self
             .supervisor
             .call(
                 |reply| NodeSupervisorMsg::InjectPanic(actor.to_string(), reply),
-                Some(Duration::from_secs(2)),
+                Some(Duration::from_secs(5)),
             )
             .await;
         match sent {
             Ok(ractor::rpc::CallResult::Success(true)) => Ok(()),
             Ok(ractor::rpc::CallResult::Success(false)) => Err(KvError::Admin(format!(
-                "no actor of type {actor:?} runs on this node (known: vnodes, replica, gossip, handoff, repair, listener)"
+                "no actor of type {actor:?} runs on this node (known: vnodes, replica, gossip, handoff, repair, listener, transport)"
             ))),
             _ => Err(KvError::ShuttingDown),
         }
@@ -995,6 +1045,8 @@ impl Node {
     /// Stops the supervision tree, then lets every partition's writer commit and answer what
     /// is queued, and closes the envs' writers. Callers should stop sending requests first.
     pub async fn shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
         let _ = self
             .supervisor
             .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))

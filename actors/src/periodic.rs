@@ -42,6 +42,8 @@ pub struct PeriodicArgs<J> {
 pub struct PeriodicState<J> {
     job: Arc<J>,
     running: Arc<AtomicBool>,
+    /// The round in progress, aborted if the actor stops or fails.
+    tasks: crate::supervision::OwnedTasks,
 }
 
 /// An actor that runs `J` every interval.
@@ -74,6 +76,7 @@ impl<J: PeriodicJob> Actor for Periodic<J> {
         Ok(PeriodicState {
             job: args.job,
             running: Arc::new(AtomicBool::new(false)),
+            tasks: Default::default(),
         })
     }
 
@@ -89,7 +92,7 @@ impl<J: PeriodicJob> Actor for Periodic<J> {
                     return Ok(());
                 }
                 let (job, running) = (state.job.clone(), state.running.clone());
-                tokio::spawn(async move {
+                state.tasks.spawn(async move {
                     job.run().await;
                     running.store(false, Ordering::Release);
                 });
@@ -97,5 +100,67 @@ impl<J: PeriodicJob> Actor for Periodic<J> {
             PeriodicMsg::InjectPanic => panic!("{}: injected panic", J::NAME),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A round that never ends; it records when it starts and when it is dropped.
+    struct Forever {
+        started: Arc<AtomicBool>,
+        dropped: Arc<AtomicBool>,
+    }
+
+    struct SetOnDrop(Arc<AtomicBool>);
+
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+
+    impl PeriodicJob for Forever {
+        const NAME: &'static str = "forever";
+
+        async fn run(self: Arc<Self>) {
+            let _guard = SetOnDrop(self.dropped.clone());
+            self.started.store(true, Ordering::Release);
+            std::future::pending::<()>().await;
+        }
+    }
+
+    async fn until(flag: &AtomicBool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !flag.load(Ordering::Acquire) {
+            assert!(Instant::now() < deadline, "timed out");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_round_in_progress_is_aborted_when_the_actor_stops() {
+        let (started, dropped) = (Arc::default(), Arc::default());
+        let job = Arc::new(Forever {
+            started: Arc::clone(&started),
+            dropped: Arc::clone(&dropped),
+        });
+        let (actor, handle) = Actor::spawn(
+            None,
+            Periodic::<Forever>::new(),
+            PeriodicArgs {
+                job,
+                interval: Duration::from_millis(10),
+            },
+        )
+        .await
+        .unwrap();
+        until(&started).await;
+        assert!(!dropped.load(Ordering::Acquire));
+        actor.stop(None);
+        handle.await.unwrap();
+        until(&dropped).await;
     }
 }

@@ -343,9 +343,16 @@ impl PeerBudgets {
 /// The node's endpoint for replica operations from other nodes.
 pub struct Replica;
 
+/// State of the Replica actor.
+pub struct ReplicaState {
+    ctx: Arc<ReplicaContext>,
+    /// Requests being served, aborted if the actor stops or fails.
+    tasks: crate::supervision::OwnedTasks,
+}
+
 impl Actor for Replica {
     type Msg = ReplicaMsg;
-    type State = Arc<ReplicaContext>;
+    type State = ReplicaState;
     type Arguments = Arc<ReplicaContext>;
 
     async fn pre_start(
@@ -354,15 +361,19 @@ impl Actor for Replica {
         ctx: Arc<ReplicaContext>,
     ) -> Result<Self::State, ActorProcessingErr> {
         ractor::pg::join(replica_group(&ctx.name), vec![myself.get_cell()]);
-        Ok(ctx)
+        Ok(ReplicaState {
+            ctx,
+            tasks: Default::default(),
+        })
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
         message: Self::Msg,
-        ctx: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let ctx = &state.ctx;
         let (bytes, reply) = match message {
             ReplicaMsg::Call(bytes, reply) => (bytes, reply),
             ReplicaMsg::InjectPanic if ctx.fault_injection => panic!("replica: injected panic"),
@@ -375,7 +386,7 @@ impl Actor for Replica {
             return Ok(());
         };
         let ctx = ctx.clone();
-        tokio::spawn(async move {
+        state.tasks.spawn(async move {
             let answer = match decode::<Envelope>(&bytes) {
                 // An injected network partition: drop the request, as a cut link would.
                 Ok(envelope) if ctx.view.is_isolated(&envelope.from) => return,

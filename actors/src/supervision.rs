@@ -62,6 +62,30 @@ impl Default for RestartBudget {
     }
 }
 
+/// Tasks an actor starts (rounds, requests, dials), owned by its state: when the actor stops
+/// or fails its state is dropped and every task still running is aborted, so no work of a
+/// dead incarnation goes on beside its successor's.
+#[derive(Debug, Default)]
+pub struct OwnedTasks(tokio::task::JoinSet<()>);
+
+impl OwnedTasks {
+    /// Starts `task` (on the current tokio runtime), after reaping the finished ones.
+    pub fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        while self.0.try_join_next().is_some() {}
+        self.0.spawn(task);
+    }
+
+    /// Tasks not yet reaped (running, or finished since the last spawn).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True if no task is held.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// The one restart decision every supervisor of ringkv makes: a [`RestartBudget`] per actor
 /// type (so a crashing repair actor cannot use up the gossip actor's restarts), all made from
 /// one template (`restart-max` in `restart-window-ms`).

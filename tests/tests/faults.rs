@@ -404,3 +404,55 @@ fn each_actor_type_has_its_own_restart_budget() {
     println!("a third repair panic: the node exited with {exit:?}");
     assert_eq!(exit.code(), Some(3), "{exit:?}");
 }
+
+/// Item 4: panics injected 100 ms apart into one actor type are each carried out (one that
+/// reached the supervisor while the previous incarnation was dying used to be lost).
+#[test]
+fn panics_in_quick_succession_all_happen() {
+    let _serial = serial();
+    let cluster = start(1, &[]);
+    let restarts = |kind: &str| cluster.counter(0, "restarts", kind).unwrap_or(0);
+    for actor in ["gossip", "replica"] {
+        let before = restarts(actor);
+        for _ in 0..4 {
+            cluster.panic_actor(0, actor);
+            let paced = std::time::Instant::now();
+            wait_until("100 ms to pass", Duration::from_secs(1), || {
+                (paced.elapsed() >= Duration::from_millis(100)).then_some(())
+            });
+        }
+        let done = wait_until_or_none(Duration::from_secs(10), || {
+            (restarts(actor) >= before + 4).then_some(())
+        });
+        println!(
+            "4 panics of {actor} 100 ms apart: {} restarts",
+            restarts(actor) - before
+        );
+        assert!(
+            done.is_some(),
+            "{actor}: only {} of 4 panics happened",
+            restarts(actor) - before
+        );
+    }
+}
+
+/// Item 4: the cluster transport (ractor_cluster's NodeServer) is watched: if it dies while
+/// the node runs, the node stops with exit status 3 (it used to run on, cut off, with
+/// nothing noticing).
+#[test]
+fn a_dead_cluster_transport_stops_the_node() {
+    let _serial = serial();
+    let mut cluster = start(1, &[]);
+    cluster.panic_actor(0, "transport");
+    let exit = wait_until_or_none(Duration::from_secs(15), || {
+        (!cluster.nodes[0].is_running()).then_some(())
+    });
+    assert!(
+        exit.is_some(),
+        "the node ran on without its cluster transport"
+    );
+    let status = cluster.nodes[0].wait_exit(Duration::from_secs(5));
+    println!("transport killed: node exited with {status:?}");
+    assert_eq!(status.code(), Some(3), "{status:?}");
+    assert!(cluster.nodes[0].log().contains("cluster transport"));
+}
