@@ -1,10 +1,11 @@
 //! ringkv actors: the supervised actors of one node and their messages.
 //!
 //! ```text
-//! NodeSupervisor            restarts its children within a budget (5 in 10 s), then stops,
-//!  |                        which stops the node (exit status 3)
-//!  |- VNodeSupervisor       owns every partition's LMDB env; restarts failed vnodes within a
-//!  |   |                    budget (5 in 10 s), handing each its existing env; then escalates
+//! NodeSupervisor            restarts each child within the budget of its type
+//!  |                        (`restart-max` in `restart-window-ms`, default 5 in 10 s), then
+//!  |                        stops, which stops the node (exit status 3)
+//!  |- VNodeSupervisor       owns every partition's LMDB env; restarts failed vnodes within
+//!  |   |                    the vnode budget, handing each its existing env; then escalates
 //!  |   `- VNode{p}          one per partition: reads inline, writes through the partition's
 //!  |                        group-committing writer thread
 //!  |- Replica               (with --cluster-addr) endpoint of replica operations from other
@@ -21,10 +22,17 @@
 //!  `- (unlinked) Coordinator  one per client request, local-only message type, never
 //!                             restarted: quorum reads and writes, sloppy quorum with hints,
 //!                             read repair
-//! NodeServer (ractor_cluster, unlinked): the cluster transport, cookie authentication
-//! ListenerSupervisor (ringkv-api) -> ClientListener: restarted within a budget (5 in 10 s) on
+//! NodeServer (ractor_cluster, unlinked but watched): the cluster transport, cookie
+//!                           authentication; streams come from ringkv's own listener and
+//!                           dialler (`transport`). If it dies while the node runs, the node
+//!                           stops (exit status 3): it is not restarted in place
+//! ListenerSupervisor (ringkv-api) -> ClientListener: restarted within the listener budget on
 //!                           the same bound socket; past it the node stops (exit status 3)
 //! ```
+//!
+//! Every restart decision is `supervision::Restarts::admit` (one budget per actor type), and
+//! the tasks an actor spawns are held in its state (`supervision::OwnedTasks`), so they are
+//! aborted when it stops or fails.
 //!
 //! Transfer (moving partitions after a layout change) joins the tree with the membership
 //! issue.
