@@ -19,8 +19,34 @@ use std::sync::Arc;
     about = "ringkv: a Dynamo-style distributed key-value store"
 )]
 struct Cli {
+    /// Client address of a node, for the client commands; also taken after the subcommand,
+    /// which wins.
+    #[arg(
+        long = "addr",
+        id = "top_addr",
+        default_value = "127.0.0.1:7379",
+        env = "RINGKV_ADDR"
+    )]
+    addr: String,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Command {
+    /// The address flag of a client command (none for `start`).
+    fn addr_mut(&mut self) -> Option<&mut AddrArg> {
+        match self {
+            Command::Start(_) => None,
+            Command::Ping(a) => Some(a),
+            Command::Put { addr, .. }
+            | Command::Get { addr, .. }
+            | Command::Delete { addr, .. }
+            | Command::Load { addr, .. }
+            | Command::Cluster { addr, .. }
+            | Command::Bucket { addr, .. } => Some(addr),
+            Command::Bench(b) => Some(&mut b.addr),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -238,14 +264,17 @@ impl QuorumArgs {
 
 #[derive(Args)]
 struct AddrArg {
-    /// Client address of a node.
-    #[arg(
-        long,
-        global = true,
-        default_value = "127.0.0.1:7379",
-        env = "RINGKV_ADDR"
-    )]
-    addr: String,
+    /// Client address of a node [default: the one before the subcommand, else $RINGKV_ADDR,
+    /// else 127.0.0.1:7379].
+    #[arg(long, global = true)]
+    addr: Option<String>,
+}
+
+impl AddrArg {
+    /// The address to use (filled in from the top-level flag at start).
+    fn addr(&self) -> &str {
+        self.addr.as_deref().unwrap_or("127.0.0.1:7379")
+    }
 }
 
 /// `ringkv start` flags; each overrides the same key of the config file.
@@ -448,7 +477,12 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(a) = cli.command.addr_mut() {
+        if a.addr.is_none() {
+            a.addr = Some(cli.addr.clone());
+        }
+    }
     match cli.command {
         Command::Start(args) => start(*args).await,
         Command::Ping(a) => {
@@ -456,7 +490,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             connect(&a).await?.ping().await?;
             println!(
                 "pong from {} in {:.2} ms",
-                a.addr,
+                a.addr(),
                 t.elapsed().as_secs_f64() * 1e3
             );
             Ok(ExitCode::SUCCESS)
@@ -677,7 +711,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(b) => {
             let spec = BenchSpec {
                 target: b.target,
-                addr: b.addr.addr.clone(),
+                addr: b.addr.addr().to_string(),
                 workload: b.workload,
                 keys: b.distribution,
                 records: b.records.max(1),
@@ -702,9 +736,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn connect(a: &AddrArg) -> anyhow::Result<Client> {
-    Client::connect(a.addr.as_str())
+    Client::connect(a.addr())
         .await
-        .with_context(|| format!("connecting to {}", a.addr))
+        .with_context(|| format!("connecting to {}", a.addr()))
 }
 
 async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {

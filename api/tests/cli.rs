@@ -51,3 +51,26 @@ fn a_client_command_without_a_node_fails_clearly() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("connecting to 127.0.0.1:1"));
 }
+
+#[test]
+fn client_flags_are_taken_before_or_after_the_subcommand() {
+    // Port 1 on loopback: nothing listens there, so every form must try that address.
+    for args in [
+        &["--addr", "127.0.0.1:1", "ping"][..],
+        &["ping", "--addr", "127.0.0.1:1"],
+        &["--addr", "127.0.0.1:1", "get", "b", "k"],
+        &["--addr", "127.0.0.1:1", "cluster", "status"],
+        &["cluster", "status", "--addr", "127.0.0.1:1"],
+    ] {
+        let out = ringkv().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("connecting to 127.0.0.1:1"), "{args:?}: {err}");
+    }
+    // After the subcommand wins over before it.
+    let out = ringkv()
+        .args(["--addr", "127.0.0.1:2", "ping", "--addr", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connecting to 127.0.0.1:1"));
+}
