@@ -871,6 +871,36 @@ mod tests {
         assert_eq!(open(14, Some(7), 8), 13);
     }
 
+    /// The ack rule itself: a write is answered only after the commit that makes it durable.
+    /// While the test holds the env's writer lock, the writer thread cannot commit, and the
+    /// write stays unanswered; once the lock is released, the answer comes and the write is
+    /// in the env.
+    #[test]
+    fn nothing_is_acknowledged_before_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Partition::open(dir.path(), 0, 7, &PartitionOptions::default()).unwrap();
+        let blocker = p.genv.env().write_txn().unwrap();
+        let (tx, rx) = sync_channel(1);
+        p.update(
+            b"b",
+            b"k",
+            VersionVector::new(),
+            Some(b"v".to_vec()),
+            0,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300)).is_err(),
+            "a write was acknowledged while its commit could not run"
+        );
+        assert_eq!(p.get(b"b", b"k").unwrap(), None);
+        drop(blocker);
+        rx.recv().unwrap().unwrap();
+        assert!(p.get(b"b", b"k").unwrap().is_some());
+    }
+
     #[test]
     fn map_grows_on_map_full_and_stops_at_the_limit() {
         let dir = tempfile::tempdir().unwrap();
