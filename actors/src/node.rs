@@ -267,9 +267,10 @@ impl Actor for NodeSupervisor {
         if let Some((cell, _)) = child {
             let told = state.panicked.get(&name) == Some(&cell.get_id());
             if (told || cell.get_status() != ractor::ActorStatus::Running) && attempt < 500 {
-                let _ = myself.send_after(Duration::from_millis(10), move || {
+                // The timer runs on its own; its handle is not needed.
+                std::mem::drop(myself.send_after(Duration::from_millis(10), move || {
                     NodeSupervisorMsg::RetryPanic(name, reply, attempt + 1)
-                });
+                }));
                 return Ok(());
             }
             state.panicked.insert(name.clone(), cell.get_id());

@@ -2,7 +2,7 @@
 //! request (256-byte value) and a get answer (one 256-byte value and its context).
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use ringkv_actors::Fetched;
+use ringkv_api::protocol::Fetched;
 use ringkv_api::protocol::{encode_frame, Request, RequestFrame, ResponseFrame};
 use ringkv_storage::{Dot, VersionVector};
 use serde_bytes::ByteBuf;

@@ -3,7 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
-pub mod client;
+pub use ringkv_client as client;
 pub mod load;
 pub mod protocol;
 pub mod server;

@@ -711,7 +711,7 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
         }
         match Request::decode(&buf) {
             Ok((id, _)) | Err((id, _)) if stopping => {
-                let e = ProtocolError::from(ringkv_actors::KvError::ShuttingDown);
+                let e = crate::protocol::error_of(ringkv_actors::KvError::ShuttingDown);
                 queue(ResponseFrame::error(id, &e).encode(), Some(permit)).await;
             }
             Ok((id, Request::Ping)) => {
@@ -721,7 +721,7 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
                 let answer = if !config.fault_injection {
                     ResponseFrame::error(
                         id,
-                        &ProtocolError::from(ringkv_actors::KvError::FaultInjectionDisabled),
+                        &crate::protocol::error_of(ringkv_actors::KvError::FaultInjectionDisabled),
                     )
                 } else {
                     let current = shared
@@ -830,7 +830,7 @@ pub async fn execute(node: &Node, id: u64, request: Request) -> ResponseFrame {
         Request::Get { bucket, key, opts } => node
             .get(&bucket, &key, &opts)
             .await
-            .map(|f| ResponseFrame::fetched(id, f)),
+            .map(|f| crate::protocol::fetched(id, f)),
         Request::Put {
             bucket,
             key,
@@ -843,7 +843,7 @@ pub async fn execute(node: &Node, id: u64, request: Request) -> ResponseFrame {
             .await
             .map(|f| {
                 if return_body {
-                    ResponseFrame::fetched(id, f)
+                    crate::protocol::fetched(id, f)
                 } else {
                     ResponseFrame::ok(id)
                 }
@@ -882,5 +882,5 @@ pub async fn execute(node: &Node, id: u64, request: Request) -> ResponseFrame {
             .await
             .map(|()| ResponseFrame::ok(id)),
     };
-    result.unwrap_or_else(|e| ResponseFrame::error(id, &ProtocolError::from(e)))
+    result.unwrap_or_else(|e| ResponseFrame::error(id, &crate::protocol::error_of(e)))
 }

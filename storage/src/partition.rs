@@ -892,7 +892,8 @@ mod tests {
             }),
         );
         assert!(
-            rx.recv_timeout(std::time::Duration::from_millis(300)).is_err(),
+            rx.recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
             "a write was acknowledged while its commit could not run"
         );
         assert_eq!(p.get(b"b", b"k").unwrap(), None);

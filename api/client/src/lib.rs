@@ -5,16 +5,16 @@
 //! whatever order answers arrive. [`Client`] is cheap to clone; clones share the connection.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), ringkv_api::client::ClientError> {
-//! let client = ringkv_api::Client::connect("127.0.0.1:7379").await?;
+//! # async fn demo() -> Result<(), ringkv_client::ClientError> {
+//! let client = ringkv_client::Client::connect("127.0.0.1:7379").await?;
 //! client.put(b"carts", b"alice", b"milk".to_vec(), &[]).await?;
 //! let got = client.get(b"carts", b"alice").await?;
 //! client.put(b"carts", b"alice", b"milk,eggs".to_vec(), &got.context).await?;
 //! # Ok(()) }
 //! ```
 
-use crate::protocol::{encode_frame, read_frame, write_frames, RequestFrame, ResponseFrame};
-use ringkv_actors::Fetched;
+pub use ringkv_proto::Fetched;
+use ringkv_proto::{encode_frame, read_frame, write_frames, RequestFrame, ResponseFrame};
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

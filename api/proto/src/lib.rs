@@ -1,0 +1,359 @@
+//! ringkv's client wire protocol, as `api/PROTOCOL.md` specifies it: frames (a 4-byte
+//! big-endian length, then one msgpack map), the request and answer maps, and the stable
+//! error codes. No server dependencies: the Rust client and other tools build on this crate
+//! alone.
+//!
+//! A frame is a 4-byte big-endian length `L` followed by `L` bytes of msgpack: one map.
+//! Requests carry an `id` chosen by the client and an `op`; the answer to a request carries
+//! the same `id`. Answers may come back in any order.
+#![warn(missing_docs)]
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub mod shape;
+
+/// What a read returns: the live sibling values and the causal context to write back with.
+/// No values means the key was never written or is deleted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fetched {
+    /// Values of the live siblings (one unless there were concurrent writes).
+    pub values: Vec<Vec<u8>>,
+    /// Opaque causal context (empty for a key never written); pass it back unchanged.
+    pub context: Vec<u8>,
+}
+
+/// Stable error codes of the protocol. The string form (`as_str`) is what goes on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The frame is not exactly one msgpack map with string keys of the documented shape.
+    MalformedRequest,
+    /// The frame is longer than the server's `max-frame-bytes`; the server closes the
+    /// connection after this answer.
+    FrameTooLarge,
+    /// `op` names no operation.
+    UnknownOp,
+    /// The bucket is empty or too long.
+    InvalidBucket,
+    /// The key is empty or too long.
+    InvalidKey,
+    /// The value is over `max-value-bytes`.
+    ValueTooLarge,
+    /// The causal context fails its integrity check (modified, or from another cluster).
+    BadContext,
+    /// The write would make more siblings than allowed.
+    TooManySiblings,
+    /// The partition's storage is full (map limit or disk).
+    StorageFull,
+    /// Another storage failure.
+    StorageError,
+    /// No answer within the request's time limit.
+    Timeout,
+    /// The server has `max-connections` open; the connection is closed after this answer.
+    TooManyConnections,
+    /// The node is shutting down.
+    ShuttingDown,
+    /// Fewer replicas answered than the read or write quorum needs.
+    QuorumFailed,
+    /// `n`, `r` or `w` break `1 <= r, w <= n <= 3` (request or bucket properties).
+    InvalidQuorum,
+    /// The cluster has no committed layout yet.
+    NoLayout,
+    /// The write would make the key's record (all its siblings) larger than
+    /// `max-record-bytes`; nothing was written.
+    RecordTooLarge,
+    /// The node has its maximum of requests or bytes in flight; nothing was done.
+    Overloaded,
+    /// Too few replicas were reachable (down, partitioned away, or suspected by the failure
+    /// detector).
+    Unreachable,
+    /// A cluster administration request failed (nothing to commit, unknown node, ...).
+    ClusterError,
+}
+
+impl ErrorCode {
+    /// The wire form, e.g. `"invalid_key"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedRequest => "malformed_request",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::InvalidBucket => "invalid_bucket",
+            ErrorCode::InvalidKey => "invalid_key",
+            ErrorCode::ValueTooLarge => "value_too_large",
+            ErrorCode::BadContext => "bad_context",
+            ErrorCode::TooManySiblings => "too_many_siblings",
+            ErrorCode::StorageFull => "storage_full",
+            ErrorCode::StorageError => "storage_error",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::QuorumFailed => "quorum_failed",
+            ErrorCode::InvalidQuorum => "invalid_quorum",
+            ErrorCode::NoLayout => "no_layout",
+            ErrorCode::RecordTooLarge => "record_too_large",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Unreachable => "unreachable",
+            ErrorCode::ClusterError => "cluster_error",
+        }
+    }
+}
+
+/// An error answer: a stable code and a message for people.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct ProtocolError {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// Human-readable detail (names the limit that was hit, where there is one).
+    pub message: String,
+}
+
+impl ProtocolError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A request frame's map, field by field, as it travels. Unknown fields are ignored so that
+/// newer clients can talk to older servers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RequestFrame {
+    /// Client-chosen request id, echoed in the answer.
+    pub id: u64,
+    /// `"ping"`, `"get"`, `"put"`, `"delete"` (or `"inject_fault"`, for tests).
+    pub op: String,
+    /// Bucket name (bin or str), 1 to 64 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<ByteBuf>,
+    /// Key (bin or str), 1 to 446 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<ByteBuf>,
+    /// Value (put), up to `max-value-bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<ByteBuf>,
+    /// Causal context from an earlier get (put, delete); absent or empty for a blind write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<ByteBuf>,
+    /// Time limit of this request, ms; absent for the server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Put: answer with the key's values and context after the write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub return_body: Option<bool>,
+    /// Replicas to use (default: the bucket's `n`). Any unsigned integer is read; the node
+    /// answers `invalid_quorum` unless `1 <= r, w <= n <= 3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u64>,
+    /// Read quorum (default: the bucket's `r`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r: Option<u64>,
+    /// Write quorum (default: the bucket's `w`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub w: Option<u64>,
+    /// Get: read only the answering node's own replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<bool>,
+    /// cluster_leave: the node's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// bucket_set: the properties to set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub props: Option<BucketPropsFrame>,
+    /// inject_fault: `"panic_vnode"` (default), `"panic_actor"` or `"isolate"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
+    /// inject_fault `panic_actor`: `vnodes`, `replica`, `gossip`, `handoff`, `repair` or
+    /// `listener`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// inject_fault `isolate`: the node names this node stops exchanging cluster traffic
+    /// with (empty heals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<String>>,
+}
+
+/// Bucket properties as `bucket_set` takes them; absent fields keep their current value.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BucketPropsFrame {
+    /// Replicas per key. Any unsigned integer is read; the node answers `invalid_quorum`
+    /// unless `1 <= r, w <= n <= 3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u64>,
+    /// Read quorum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r: Option<u64>,
+    /// Write quorum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub w: Option<u64>,
+    /// Default request time limit, ms (0: the node's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Sloppy quorum with hinted handoff (true, the default) or strict quorum (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sloppy_quorum: Option<bool>,
+}
+
+/// An answer frame's map.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    /// The id of the request answered (0 if the request's id could not be read).
+    pub id: u64,
+    /// True on success; false with `code` and `message` on error.
+    pub ok: bool,
+    /// get, and put with `return_body`: the live sibling values (empty: not found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<ByteBuf>>,
+    /// get, and put with `return_body`: the causal context to write back with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<ByteBuf>,
+    /// Administration answers (cluster_*, bucket_get): a map described in PROTOCOL.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
+    /// Error code (see [`ErrorCode`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Error message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl ResponseFrame {
+    /// A bare success.
+    pub fn ok(id: u64) -> Self {
+        Self {
+            id,
+            ok: true,
+            ..Default::default()
+        }
+    }
+
+    /// A success carrying values and context.
+    pub fn fetched(id: u64, f: Fetched) -> Self {
+        Self {
+            id,
+            ok: true,
+            values: Some(f.values.into_iter().map(ByteBuf::from).collect()),
+            context: Some(ByteBuf::from(f.context)),
+            ..Default::default()
+        }
+    }
+
+    /// An error answer.
+    pub fn error(id: u64, e: &ProtocolError) -> Self {
+        Self {
+            id,
+            ok: false,
+            code: Some(e.code.as_str().to_string()),
+            message: Some(e.message.clone()),
+            ..Default::default()
+        }
+    }
+
+    /// Encodes this answer as a whole frame (length prefix included).
+    pub fn encode(&self) -> Vec<u8> {
+        encode_frame(self)
+    }
+}
+
+/// The `id` of a request frame whose body is only partly known (`prefix`, the first bytes
+/// of the body): the value of the top-level key `id` if it ends before the prefix does, else
+/// 0.
+pub fn recover_id(prefix: &[u8]) -> u64 {
+    shape::check(prefix).id.unwrap_or(0)
+}
+
+/// Encodes `msg` as a frame: 4-byte big-endian length, then msgpack with named fields.
+pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut out = vec![0u8; 4];
+    rmp_serde::encode::write_named(&mut out, msg).expect("encoding into a Vec cannot fail");
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The announced length is over the limit.
+    #[error("frame of {len} bytes is over the maximum of {max} bytes (max-frame-bytes)")]
+    TooLarge {
+        /// Announced length, bytes.
+        len: usize,
+        /// Limit, bytes.
+        max: usize,
+    },
+    /// The stream ended inside a frame.
+    #[error("connection closed inside a frame")]
+    Truncated,
+    /// An I/O error.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one frame body into `buf` (resized to fit). Returns `Ok(false)` on a clean end of
+/// stream between frames.
+///
+/// # Errors
+/// [`FrameError::TooLarge`] before reading the body, [`FrameError::Truncated`],
+/// [`FrameError::Io`].
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<bool, FrameError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut len[got..]).await?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(false)
+            } else {
+                Err(FrameError::Truncated)
+            };
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    buf.clear();
+    buf.resize(len, 0);
+    match r.read_exact(buf).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(FrameError::Truncated),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes the encoded frames that arrive on `frames` to `w` until the channel closes (then
+/// shuts the write side down) or a write fails. Every frame already queued is written before
+/// a flush, so pipelined frames share syscalls. Used by the server's connections and by the
+/// client.
+pub async fn write_frames<W: AsyncWrite + Unpin>(
+    w: W,
+    mut frames: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    let mut w = tokio::io::BufWriter::with_capacity(64 << 10, w);
+    while let Some(frame) = frames.recv().await {
+        if w.write_all(&frame).await.is_err() {
+            return;
+        }
+        while let Ok(frame) = frames.try_recv() {
+            if w.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
+}
