@@ -84,7 +84,11 @@ impl NodeEventSubscription for SessionLog {
                         *open > 0 || at.elapsed() <= DUPLICATE_WINDOW + closed_at.elapsed()
                     })
             });
-            if duplicate {
+            if name.is_none() && !duplicate {
+                // The peer never named itself, so it never reached the cookie challenge: a
+                // dial that lost a race, or something that is not a ringkv node.
+                tracing::info!(%addr, incoming, "a cluster session closed before the peer named itself");
+            } else if duplicate {
                 tracing::debug!(peer = ?name, %addr, incoming, "a second session to the same peer closed: the two nodes dialled each other at once and the transport kept one session");
             } else {
                 tracing::warn!(

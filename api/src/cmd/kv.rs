@@ -1,0 +1,207 @@
+//! `ringkv ping`, `put`, `get` and `delete`.
+
+use super::{connect, decode_hex, encode_hex, AddrArg, QuorumArgs};
+use anyhow::Context;
+use clap::Args;
+use ringkv_api::CallOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// `ringkv put` arguments.
+#[derive(Args)]
+pub struct PutArgs {
+    #[command(flatten)]
+    pub addr: AddrArg,
+    /// Bucket name (1 to 64 bytes).
+    pub bucket: String,
+    /// Key (1 to 446 bytes).
+    pub key: String,
+    /// The value; without it and without --file, stdin is read.
+    pub value: Option<String>,
+    /// Read the value from this file.
+    #[arg(long, conflicts_with = "value")]
+    pub file: Option<PathBuf>,
+    /// Causal context (hex, from `get --json`): replace exactly those versions.
+    #[arg(long, conflicts_with = "blind")]
+    pub context: Option<String>,
+    /// Write without a context: any existing value stays as a sibling.
+    #[arg(long)]
+    pub blind: bool,
+    #[command(flatten)]
+    pub quorum: QuorumArgs,
+}
+
+/// `ringkv get` arguments.
+#[derive(Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub addr: AddrArg,
+    /// Bucket name.
+    pub bucket: String,
+    /// Key.
+    pub key: String,
+    /// Print values and context as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Read only this node's own replica (no quorum, no read repair).
+    #[arg(long)]
+    pub local: bool,
+    #[command(flatten)]
+    pub quorum: QuorumArgs,
+}
+
+/// `ringkv delete` arguments.
+#[derive(Args)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    pub addr: AddrArg,
+    /// Bucket name.
+    pub bucket: String,
+    /// Key.
+    pub key: String,
+    #[command(flatten)]
+    pub quorum: QuorumArgs,
+}
+
+/// Checks that the node answers and prints the round trip.
+pub async fn ping(a: AddrArg) -> anyhow::Result<ExitCode> {
+    let t = std::time::Instant::now();
+    connect(&a).await?.ping().await?;
+    println!(
+        "pong from {} in {:.2} ms",
+        a.addr(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a value.
+pub async fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
+    let PutArgs {
+        addr,
+        bucket,
+        key,
+        value,
+        file,
+        context,
+        blind,
+        quorum,
+    } = args;
+    let opts = quorum.options();
+    let value = match (value, file) {
+        (Some(v), _) => v.into_bytes(),
+        (None, Some(path)) => {
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
+        }
+        (None, None) => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).context("reading stdin")?;
+            buf
+        }
+    };
+    let client = connect(&addr).await?;
+    let context = match (context, blind) {
+        (Some(hex), _) => decode_hex(&hex).context("--context is not hex")?,
+        (None, true) => Vec::new(),
+        (None, false) => {
+            client
+                .get_with(bucket.as_bytes(), key.as_bytes(), &opts)
+                .await?
+                .context
+        }
+    };
+    client
+        .put_with(bucket.as_bytes(), key.as_bytes(), value, &context, &opts)
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a key.
+pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
+    let GetArgs {
+        addr,
+        bucket,
+        key,
+        json,
+        local,
+        quorum,
+    } = args;
+    let opts = CallOptions {
+        local,
+        ..quorum.options()
+    };
+    let got = connect(&addr)
+        .await?
+        .get_with(bucket.as_bytes(), key.as_bytes(), &opts)
+        .await?;
+    if json {
+        let values: Vec<serde_json::Value> = got
+            .values
+            .iter()
+            .map(|v| match std::str::from_utf8(v) {
+                Ok(s) => serde_json::json!({"size": v.len(), "utf8": s}),
+                Err(_) => serde_json::json!({"size": v.len(), "hex": encode_hex(v)}),
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"found": !got.values.is_empty(), "values": values, "context": encode_hex(&got.context)})
+        );
+        return Ok(if got.values.is_empty() {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    let mut out = std::io::stdout().lock();
+    match got.values.as_slice() {
+        [] => {
+            eprintln!("not found: {bucket}/{key}");
+            return Ok(ExitCode::from(1));
+        }
+        [v] => out.write_all(v)?,
+        many => {
+            eprintln!(
+                "{bucket}/{key} has {} siblings (concurrent writes). Resolve them by writing the merged value with the context from `ringkv get --json`:",
+                many.len()
+            );
+            for (i, v) in many.iter().enumerate() {
+                writeln!(
+                    out,
+                    "--- sibling {} of {} ({} bytes) ---",
+                    i + 1,
+                    many.len(),
+                    v.len()
+                )?;
+                out.write_all(v)?;
+                writeln!(out)?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Deletes a key.
+pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
+    let DeleteArgs {
+        addr,
+        bucket,
+        key,
+        quorum,
+    } = args;
+    let opts = quorum.options();
+    let client = connect(&addr).await?;
+    let got = client
+        .get_with(bucket.as_bytes(), key.as_bytes(), &opts)
+        .await?;
+    if got.values.is_empty() {
+        eprintln!("not found: {bucket}/{key}");
+        return Ok(ExitCode::from(1));
+    }
+    client
+        .delete_with(bucket.as_bytes(), key.as_bytes(), &got.context, &opts)
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
