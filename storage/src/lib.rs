@@ -73,6 +73,7 @@ impl DataDir {
         // Each partition replica names its dots with an id of its own, fresh whenever its
         // storage is new or not the one this node last wrote: the partition's epoch must
         // match the one the system env recorded (see `Partition::open_as`).
+        let mut epochs = Vec::with_capacity(partitions as usize);
         let partitions = (0..partitions)
             .map(|p| {
                 let key = format!("partition_epoch.{p}");
@@ -89,10 +90,13 @@ impl DataDir {
                 };
                 let part =
                     Partition::open_as(&Self::partition_dir(path, p), p, &identity, options)?;
-                system.put_meta(&key, &identity.new_epoch.to_be_bytes())?;
+                epochs.push((key, identity.new_epoch.to_be_bytes().to_vec()));
                 Ok(part)
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
+        // Recorded after every partition has its new epoch, in one commit: a crash in between
+        // leaves epochs that do not match, which only costs fresh ids.
+        system.put_metas(&epochs)?;
         let hints = HintStore::open(&path.join("hints"))?;
         Ok(Self {
             path: path.to_path_buf(),

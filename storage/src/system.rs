@@ -81,6 +81,20 @@ impl SystemStore {
             .map(|b| b.to_vec()))
     }
 
+    /// Writes several metadata entries durably, in one transaction.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`].
+    pub fn put_metas(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StorageError> {
+        let mut wtxn = self.env.write_txn().map_err(StorageError::io)?;
+        for (name, value) in entries {
+            self.meta
+                .put(&mut wtxn, name, value)
+                .map_err(StorageError::io)?;
+        }
+        wtxn.commit().map_err(StorageError::io)
+    }
+
     /// Writes a metadata entry durably.
     ///
     /// # Errors

@@ -841,6 +841,27 @@ impl Cluster {
             .sum()
     }
 
+    /// Waits until every node of `observers` (0-based) sees every node of `names` with
+    /// `up`; returns the time it took. Fails the test, with log tails, after `timeout`.
+    pub fn wait_views(
+        &self,
+        observers: &[usize],
+        names: &[String],
+        up: bool,
+        timeout: Duration,
+    ) -> Duration {
+        let t = Instant::now();
+        self.wait_for(
+            &format!("{observers:?} (0-based) to see {names:?} up={up}"),
+            timeout,
+            || match observers.iter().find(|&&o| !self.sees_all(o, names, up)) {
+                None => Ok(()),
+                Some(o) => Err(format!("n{} does not yet", o + 1)),
+            },
+        );
+        t.elapsed()
+    }
+
     /// True if node `observer` answers and sees every member named in `names` with `up`
     /// equal to `up`.
     pub fn sees_all(&self, observer: usize, names: &[String], up: bool) -> bool {

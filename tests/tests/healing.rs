@@ -189,26 +189,6 @@ fn sum_over(cluster: &Cluster, nodes: std::ops::Range<usize>, group: &str, field
         .sum()
 }
 
-/// Waits until `observers` see every node of `names` as `up`; returns the time it took.
-fn wait_views(
-    cluster: &Cluster,
-    observers: &[usize],
-    names: &[String],
-    up: bool,
-    timeout: Duration,
-) -> Duration {
-    let t = Instant::now();
-    cluster.wait_for(
-        &format!("{observers:?} (0-based) to see {names:?} up={up}"),
-        timeout,
-        || match observers.iter().find(|&&o| !cluster.sees_all(o, names, up)) {
-            None => Ok(()),
-            Some(o) => Err(format!("n{} does not yet", o + 1)),
-        },
-    );
-    t.elapsed()
-}
-
 /// 4 nodes, so that a key whose replica is down has a real fallback node. n4 is killed with
 /// kill -9 in the middle of 2,000 writes at n=3 w=2 through n1, 32 in flight: every write
 /// must succeed (sloppy quorum: hints on the fallback nodes). After n4 restarts, hinted
@@ -463,15 +443,13 @@ fn partition_sloppy_vs_strict() {
 
     let (left, right) = ([0, 1], [2, 3, 4]);
     cluster.partition(&[&left, &right]);
-    let seen = wait_views(
-        &cluster,
+    let seen = cluster.wait_views(
         &[0, 1],
         &names(&cluster, &right),
         false,
         dl.at_most(Duration::from_secs(30)),
     );
-    let seen2 = wait_views(
-        &cluster,
+    let seen2 = cluster.wait_views(
         &[2, 3, 4],
         &names(&cluster, &left),
         false,
@@ -683,15 +661,13 @@ fn delete_survives_a_partition() {
             .unwrap();
     });
     cluster.partition(&[&[0, 1], &[2]]);
-    let seen = wait_views(
-        &cluster,
+    let seen = cluster.wait_views(
         &[0, 1],
         &names(&cluster, &[2]),
         false,
         dl.at_most(Duration::from_secs(30)),
     );
-    wait_views(
-        &cluster,
+    cluster.wait_views(
         &[2],
         &names(&cluster, &[0, 1]),
         false,

@@ -50,39 +50,16 @@ fn start(test: &str, size: usize, repair_ms: u64) -> Option<Cluster> {
     )
 }
 
-/// Waits until every node of `observers` sees every node of `names` with `up`; returns the
-/// time it took.
-fn wait_views(
-    cluster: &Cluster,
-    observers: &[usize],
-    names: &[String],
-    up: bool,
-    timeout: Duration,
-) -> Duration {
-    let t = Instant::now();
-    cluster.wait_for(
-        &format!("{observers:?} (0-based) to see {names:?} up={up}"),
-        timeout,
-        || match observers.iter().find(|&&o| !cluster.sees_all(o, names, up)) {
-            None => Ok(()),
-            Some(o) => Err(format!("n{} does not yet", o + 1)),
-        },
-    );
-    t.elapsed()
-}
-
 /// Cuts `left` from `right` and waits until each side sees the other down.
 fn cut(cluster: &Cluster, left: &[usize], right: &[usize], dl: &Deadline) {
     cluster.partition(&[left, right]);
-    wait_views(
-        cluster,
+    cluster.wait_views(
         left,
         &names(cluster, right),
         false,
         dl.at_most(Duration::from_secs(20)),
     );
-    wait_views(
-        cluster,
+    cluster.wait_views(
         right,
         &names(cluster, left),
         false,
@@ -222,8 +199,7 @@ fn links_return_within_seconds_after_a_long_partition() {
     std::thread::sleep(cut_len.saturating_sub(began.elapsed()));
     cluster.heal();
     let all: Vec<usize> = (0..5).collect();
-    let back = wait_views(
-        &cluster,
+    let back = cluster.wait_views(
         &all,
         &names(&cluster, &all),
         true,
@@ -254,8 +230,7 @@ fn restarted_node_is_seen_up_within_seconds() {
     };
     let dl = Deadline::new(Duration::from_secs(90));
     cluster.nodes[2].kill9();
-    wait_views(
-        &cluster,
+    cluster.wait_views(
         &[0, 1],
         &names(&cluster, &[2]),
         false,
@@ -265,8 +240,7 @@ fn restarted_node_is_seen_up_within_seconds() {
     std::thread::sleep(Duration::from_millis(20 * HEARTBEAT_MS));
     cluster.nodes[2].restart();
     let all: Vec<usize> = (0..3).collect();
-    let back = wait_views(
-        &cluster,
+    let back = cluster.wait_views(
         &all,
         &names(&cluster, &all),
         true,
