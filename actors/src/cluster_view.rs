@@ -25,6 +25,34 @@ pub struct ClusterView {
     system: Arc<SystemStore>,
     isolated: RwLock<BTreeSet<String>>,
     exchanges: AtomicU64,
+    /// Bumped (under the state's write lock) by every change of the state.
+    generation: AtomicU64,
+    /// The placements of the state of one generation.
+    placements: RwLock<(u64, Option<Arc<Placements>>)>,
+}
+
+/// Where the replicas of every partition are, computed once per change of the cluster
+/// state rather than per request: index `p` holds partition `p`'s preference list (empty
+/// without a committed layout) and its fallback order ([`ClusterState::fallback_list`]).
+#[derive(Debug, Default)]
+pub struct Placements {
+    /// Preference list of each partition.
+    pub prefs: Vec<Vec<String>>,
+    /// Fallback order of each partition (sloppy quorum's hint holders).
+    pub fallbacks: Vec<Vec<String>>,
+}
+
+impl Placements {
+    /// Computes them from `state`.
+    pub fn of(state: &ClusterState) -> Self {
+        let q = state.partitions;
+        Placements {
+            prefs: (0..q)
+                .map(|p| state.preference_list(p).unwrap_or_default())
+                .collect(),
+            fallbacks: (0..q).map(|p| state.fallback_list(p)).collect(),
+        }
+    }
 }
 
 impl ClusterView {
@@ -52,6 +80,8 @@ impl ClusterView {
             system,
             isolated: RwLock::new(BTreeSet::new()),
             exchanges: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            placements: RwLock::new((0, None)),
         };
         view.persist();
         Ok(view)
@@ -83,15 +113,41 @@ impl ClusterView {
     /// persists and returns true if ours changed.
     pub fn merge(&self, other: &ClusterState) -> bool {
         self.exchanges.fetch_add(1, Ordering::Relaxed);
-        let changed = self
-            .state
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .merge(other);
+        let changed = {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            let changed = state.merge(other);
+            if changed {
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            changed
+        };
         if changed {
             self.persist();
         }
         changed
+    }
+
+    /// The placements of the current state, computed at the first call after a change.
+    pub fn placements(&self) -> Arc<Placements> {
+        {
+            let cached = self.placements.read().unwrap_or_else(|p| p.into_inner());
+            if let (g, Some(p)) = &*cached {
+                if *g == self.generation.load(Ordering::Acquire) {
+                    return p.clone();
+                }
+            }
+        }
+        // The generation only changes under the state's write lock: read both under its
+        // read lock, so the placements belong to that generation.
+        let state = self.read();
+        let generation = self.generation.load(Ordering::Acquire);
+        let fresh = Arc::new(Placements::of(&state));
+        drop(state);
+        let mut cached = self.placements.write().unwrap_or_else(|p| p.into_inner());
+        if cached.1.is_none() || cached.0 <= generation {
+            *cached = (generation, Some(fresh.clone()));
+        }
+        fresh
     }
 
     /// Gossip exchanges this node made or answered since start (states of peers merged).
@@ -112,7 +168,12 @@ impl ClusterView {
         &self,
         f: impl FnOnce(&mut ClusterState) -> Result<T, MembershipError>,
     ) -> Result<T, MembershipError> {
-        let out = f(&mut self.state.write().unwrap_or_else(|p| p.into_inner()))?;
+        let out = {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            let out = f(&mut state);
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            out?
+        };
         self.persist();
         Ok(out)
     }
@@ -193,5 +254,65 @@ impl ClusterView {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .statuses(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringkv_cluster::membership::{Member, MemberStatus};
+
+    fn member(name: &str) -> Member {
+        Member {
+            name: name.into(),
+            cluster_addr: format!("{name}:1"),
+            client_addr: format!("{name}:2"),
+            zone: name.into(),
+            capacity: 1,
+            status: MemberStatus::Joining,
+            version: 0,
+            incarnation: 1,
+        }
+    }
+
+    #[test]
+    fn placements_are_computed_once_per_change_and_follow_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let system = Arc::new(SystemStore::open(dir.path(), 8).unwrap());
+        let view = ClusterView::load(
+            "n1".into(),
+            || {
+                let mut s = ClusterState::new(8);
+                s.upsert_member(member("n1"));
+                s.commit().unwrap();
+                s
+            },
+            system,
+            PhiConfig::default(),
+        )
+        .unwrap();
+        let first = view.placements();
+        assert!(
+            Arc::ptr_eq(&first, &view.placements()),
+            "no change, no recompute"
+        );
+        assert_eq!(first.prefs[3], vec!["n1".to_string()]);
+        view.update(|s| {
+            s.upsert_member(member("n2"));
+            s.upsert_member(member("n3"));
+            s.commit().map(|_| ())
+        })
+        .unwrap();
+        let second = view.placements();
+        assert!(!Arc::ptr_eq(&first, &second));
+        let state = view.snapshot();
+        for p in 0..8 {
+            assert_eq!(
+                Some(second.prefs[p as usize].clone()),
+                state.preference_list(p)
+            );
+            assert_eq!(second.fallbacks[p as usize], state.fallback_list(p));
+        }
+        assert_eq!(second.prefs[3].len(), 3);
     }
 }

@@ -749,8 +749,9 @@ impl Node {
         opts: &RequestOptions,
     ) -> Result<(Placement, Duration), KvError> {
         let partition = self.partition_of(bucket, key);
-        let state = self.view.read();
-        let props = state.bucket_props(bucket);
+        // Computed once per change of the cluster state, not per request.
+        let placements = self.view.placements();
+        let props = self.view.read().bucket_props(bucket);
         let timeout = opts.timeout.unwrap_or_else(|| {
             Duration::from_millis(match props.timeout_ms {
                 0 => self.config.request_timeout_ms,
@@ -783,12 +784,23 @@ impl Node {
             )));
         }
         let (want_n, r, w) = (want_n as usize, r as usize, w as usize);
-        let prefs = state.preference_list(partition).ok_or(KvError::NoLayout)?;
+        let prefs = placements
+            .prefs
+            .get(partition as usize)
+            .filter(|p| !p.is_empty())
+            .ok_or(KvError::NoLayout)?;
         // A cluster smaller than n keeps as many replicas as it has nodes.
         let n = want_n.min(prefs.len());
-        let mut fallbacks = state.fallback_list(partition);
         // Preference-list nodes past `n` come first among the fallbacks.
-        fallbacks.splice(0..0, prefs[n..].iter().cloned());
+        let mut fallbacks = prefs[n..].to_vec();
+        fallbacks.extend(
+            placements
+                .fallbacks
+                .get(partition as usize)
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
         let placement = Placement {
             partition,
             replicas: prefs[..n].to_vec(),
