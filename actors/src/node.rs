@@ -643,7 +643,8 @@ impl Node {
         self.directory.get(p)
     }
 
-    /// This node's replica id (names the dots it creates).
+    /// This node's id, made when its data directory was created (logs name the node by it;
+    /// dots are named by each partition replica's own id).
     pub fn replica_id(&self) -> u64 {
         self.data.system.replica_id()
     }

@@ -1,8 +1,9 @@
 //! The node's system env: node metadata that outlives restarts.
 //!
-//! Holds the node's replica id (a random 64-bit number made when the data directory is
-//! created, used for the dots this node creates) and the partition count the directory was
-//! made with, which cannot change afterwards.
+//! Holds the node's id (a random 64-bit number made when the data directory is created; it
+//! names the node in logs, while dots are named by each partition's own replica id, see
+//! `Partition::open_as`), each partition's epoch, the persisted cluster state, and the
+//! partition count the directory was made with, which cannot change afterwards.
 
 use crate::dvv::ReplicaId;
 use crate::StorageError;
