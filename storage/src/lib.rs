@@ -195,7 +195,7 @@ mod tests {
         d.shutdown();
         drop(d);
         // Wipe partition 1 (data, hashes and identity), as a lost partition's storage.
-        store::wipe_partition(&DataDir::data_dir(dir.path()), 1);
+        store::wipe_partition(&DataDir::data_dir(dir.path()), 1).unwrap();
         let d = DataDir::open(dir.path(), 2, &opts).unwrap();
         let after = ids(&d);
         assert_eq!(after[0], before[0]);

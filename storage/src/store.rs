@@ -739,27 +739,33 @@ impl Writer {
     }
 }
 
-/// Deletes every key of partition `p` (data, hashes, identity) from the data env at `dir`,
-/// which must not be open.
-#[cfg(test)]
-pub(crate) fn wipe_partition(dir: &Path, p: u32) {
-    let (env, kv) = crate::env::open_env::<Bytes, Bytes>(dir, 64 << 20, "kv").unwrap();
-    let merkle = crate::env::create_database::<Bytes, Bytes>(&env, "merkle").unwrap();
-    let meta = crate::env::create_database::<Bytes, Bytes>(&env, "meta").unwrap();
-    let mut wtxn = env.write_txn().unwrap();
+/// Deletes every key of partition `p` (data, hashes, identity) from the data env at `dir`
+/// (a data directory's `data/`, see [`crate::DataDir::data_dir`]), in one commit: the loss of
+/// one partition's storage, for fault tests. No process may have the env open (stop the node
+/// first); the next open gives the partition a fresh replica id.
+///
+/// # Errors
+/// [`StorageError::Io`].
+pub fn wipe_partition(dir: &Path, p: u32) -> Result<(), StorageError> {
+    let (env, kv) = crate::env::open_env::<Bytes, Bytes>(dir, 64 << 20, "kv")?;
+    let merkle = crate::env::create_database::<Bytes, Bytes>(&env, "merkle")?;
+    let meta = crate::env::create_database::<Bytes, Bytes>(&env, "meta")?;
+    let mut wtxn = env.write_txn().map_err(StorageError::io)?;
+    let start = p.to_be_bytes();
+    let next = p.checked_add(1).map(u32::to_be_bytes);
+    let end = match &next {
+        Some(next) => Bound::Excluded(&next[..]),
+        None => Bound::Unbounded,
+    };
     for db in [kv, merkle] {
-        db.delete_range(
-            &mut wtxn,
-            &(
-                Bound::Included(&p.to_be_bytes()[..]),
-                Bound::Excluded(&(p + 1).to_be_bytes()[..]),
-            ),
-        )
-        .unwrap();
+        db.delete_range(&mut wtxn, &(Bound::Included(&start[..]), end))
+            .map_err(StorageError::io)?;
     }
-    meta.delete(&mut wtxn, &meta_key(p, b"replica_id")).unwrap();
-    meta.delete(&mut wtxn, &meta_key(p, b"epoch")).unwrap();
-    wtxn.commit().unwrap();
+    for name in [&b"replica_id"[..], b"epoch"] {
+        meta.delete(&mut wtxn, &meta_key(p, name))
+            .map_err(StorageError::io)?;
+    }
+    wtxn.commit().map_err(StorageError::io)
 }
 
 /// Stores `version` as the format marker of the data env at `dir`, which must not be open.
