@@ -69,7 +69,7 @@ pub enum ConfigError {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct NodeConfig {
-    /// Directory holding the node's data (one LMDB env per partition, plus `system/`).
+    /// Directory holding the node's data (`data/`, one LMDB env holding every partition, plus `system/` and `hints/`).
     /// Default `./ringkv-data`.
     pub data_dir: PathBuf,
     /// Address the client (msgpack TCP) listener binds. Port 0 picks a free port; the bound
