@@ -241,11 +241,10 @@ impl DataStore {
         let (env, kv) = crate::env::open_env::<Bytes, Bytes>(dir, map_bytes, "kv")?;
         let merkle = crate::env::create_database::<Bytes, Bytes>(&env, "merkle")?;
         let meta = crate::env::create_database::<Bytes, Bytes>(&env, "meta")?;
-        let first = partitions.first().map_or(0, |(p, _)| *p);
         let genv = Arc::new(GrowableEnv::new(
             env,
             options.max_map_bytes,
-            crate::env::Store::Partition(first),
+            crate::env::Store::Data,
         ));
         let replicas = genv.write(|| {
             let mut wtxn = genv.env().write_txn()?;
