@@ -19,7 +19,7 @@ pub enum VNodeMsg {
     Get {
         /// Bucket name, 1 to 64 bytes.
         bucket: Vec<u8>,
-        /// Key, 1 to 446 bytes.
+        /// Key, 1 to 442 bytes.
         key: Vec<u8>,
         /// Where the state goes.
         reply: RpcReplyPort<Result<Option<DvvSet>, StorageError>>,

@@ -99,7 +99,7 @@ async fn bad_input_gets_typed_errors() {
         node.put(b"b", &long, b"v".to_vec(), &[], &opts()).await,
         Err(KvError::Storage(StorageError::KeyTooLong {
             len: 447,
-            max: 446
+            max: 442
         }))
     ));
     assert!(matches!(

@@ -30,6 +30,7 @@ pub fn error_of(e: KvError) -> ProtocolError {
             StorageError::Corrupt(_)
             | StorageError::Locked(_)
             | StorageError::Mismatch(_)
+            | StorageError::UnsupportedFormat(_)
             | StorageError::Io(_)
             | StorageError::InvalidArgument(_) => ErrorCode::StorageError,
         },

@@ -69,7 +69,7 @@ pub enum ConfigError {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct NodeConfig {
-    /// Directory holding the node's data (one LMDB env per partition, plus `system/`).
+    /// Directory holding the node's data (`data/`, one LMDB env holding every partition, plus `system/` and `hints/`).
     /// Default `./ringkv-data`.
     pub data_dir: PathBuf,
     /// Address the client (msgpack TCP) listener binds. Port 0 picks a free port; the bound
@@ -119,9 +119,10 @@ pub struct NodeConfig {
     pub max_siblings: usize,
     /// Most writes one partition commits in one LMDB transaction. Default 1024.
     pub max_batch: usize,
-    /// LMDB map size each partition starts with, bytes. Default 64 MiB.
+    /// LMDB map size the node's data env (every partition) starts with, bytes. Default 64 MiB.
     pub initial_map_bytes: usize,
-    /// LMDB map size a partition may grow to, bytes. Default 64 GiB.
+    /// LMDB map size the node's data env (every partition together) may grow to, bytes.
+    /// Default 64 GiB.
     pub max_map_bytes: usize,
     /// Restarts allowed per actor type within `restart-window-ms` (Erlang/OTP's
     /// intensity); one more and the failure escalates (past the node supervisor's budget the

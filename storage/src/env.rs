@@ -71,6 +71,9 @@ pub(crate) fn starting_map_bytes(dir: &Path, initial: usize, max: usize) -> usiz
 pub(crate) enum Store {
     /// Partition number.
     Partition(u32),
+    /// The node's data env, holding every partition: its errors are given to each write with
+    /// the write's own partition ([`Store::Partition`]).
+    Data,
     /// The node's hint store.
     Hints,
 }
@@ -80,6 +83,11 @@ impl Store {
     pub(crate) fn full(self, detail: String) -> StorageError {
         match self {
             Store::Partition(partition) => StorageError::Full { partition, detail },
+            // Renamed with each failed write's partition by the data env's writer.
+            Store::Data => StorageError::Full {
+                partition: u32::MAX,
+                detail,
+            },
             Store::Hints => StorageError::HintStoreFull(detail),
         }
     }
@@ -96,6 +104,7 @@ impl Store {
     pub(crate) fn closed(self) -> StorageError {
         match self {
             Store::Partition(p) => StorageError::Closed(p),
+            Store::Data => StorageError::Closed(u32::MAX),
             Store::Hints => StorageError::HintStoreClosed,
         }
     }
@@ -105,6 +114,7 @@ impl std::fmt::Display for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Store::Partition(p) => write!(f, "partition {p}"),
+            Store::Data => f.write_str("data env"),
             Store::Hints => f.write_str("hint store"),
         }
     }

@@ -59,6 +59,10 @@ pub enum StorageError {
     /// The data directory was made with other settings than the ones given now.
     #[error("data directory mismatch: {0}")]
     Mismatch(String),
+    /// The data directory holds data in a format this version does not read (it is refused
+    /// rather than misread). The message names the format and what to do.
+    #[error("unsupported data format: {0}")]
+    UnsupportedFormat(String),
     /// An LMDB or I/O error.
     #[error("storage I/O error: {0}")]
     Io(String),

@@ -1,15 +1,16 @@
 //! Bucket and key validation and the on-disk key layout.
 //!
 //! A stored key is `[bucket length: u8][bucket][key]`, so that every bucket's keys are
-//! contiguous in LMDB's key order. LMDB allows at most 511 bytes per key, hence
-//! [`MAX_BUCKET_LEN`] + [`MAX_KEY_LEN`] + 1 = 511.
+//! contiguous in LMDB's key order. The data env puts the partition number (4 bytes) before
+//! it ([`crate::store`]) and LMDB allows at most 511 bytes per key, hence
+//! 4 + 1 + [`MAX_BUCKET_LEN`] + [`MAX_KEY_LEN`] = 511.
 
 use crate::StorageError;
 
 /// Largest bucket name, bytes.
 pub const MAX_BUCKET_LEN: usize = 64;
 /// Largest key, bytes.
-pub const MAX_KEY_LEN: usize = 446;
+pub const MAX_KEY_LEN: usize = 442;
 
 /// Checks a bucket name and a key against the limits.
 ///
@@ -89,14 +90,14 @@ mod tests {
         assert!(validate(b"", b"k").is_err());
         assert!(validate(&[1; MAX_BUCKET_LEN + 1], b"k").is_err());
         let msg = validate(b"b", &[0; 500]).unwrap_err().to_string();
-        assert!(msg.contains("446"), "{msg}");
+        assert!(msg.contains("442"), "{msg}");
         assert!(validate(&[1; MAX_BUCKET_LEN], &[2; MAX_KEY_LEN]).is_ok());
     }
 
     #[test]
     fn stored_key_round_trips_and_fits_lmdb() {
         let k = storage_key(&[1; MAX_BUCKET_LEN], &[2; MAX_KEY_LEN]).unwrap();
-        assert_eq!(k.len(), 511);
+        assert_eq!(crate::store::data_key(u32::MAX, &k).len(), 511);
         let (b, key) = split_storage_key(&k).unwrap();
         assert_eq!((b.len(), key.len()), (MAX_BUCKET_LEN, MAX_KEY_LEN));
         assert_eq!(split_storage_key(b"\x05ab"), None);

@@ -3,16 +3,19 @@
 //! * [`dvv`]: dotted version vectors with siblings ([`DvvSet`]), the causality of every key;
 //! * [`record`]: the persisted form of a key's state (version byte + named msgpack);
 //! * [`keys`]: bucket and key limits and the on-disk key layout;
-//! * [`partition`]: one LMDB env per partition, written by a group-committing writer thread;
+//! * [`store`]: the node's ONE data env holding every partition (the partition number is a
+//!   big-endian prefix of every key), written by ONE group-committing writer thread whose
+//!   commits hold the writes of all partitions ([`DataStore`]);
+//! * [`partition`]: a cheap handle on one partition of that env ([`Partition`]);
 //! * [`merkle`]: each partition's hash tree of its keys (4096 segments, fanout 16), updated in
 //!   the same transaction as every write, for active anti-entropy exchanges;
 //! * [`hints`]: the node's durable hint store for hinted handoff ([`HintStore`]), an LMDB env
 //!   of its own with a group-committing writer thread;
-//! * [`system`]: the node's system env (replica id, partition count);
+//! * [`system`]: the node's system env (replica id, partition count, partition epochs);
 //! * [`DataDir`]: a node's data directory, opening all of the above.
 //!
-//! Every env that grows (partitions, hints) shares the map-doubling and read-gate logic of
-//! the private `env` module and the writer thread of the private `writer` module.
+//! Every env that grows (data, hints) shares the map-doubling and read-gate logic of the
+//! private `env` module and the writer thread of the private `writer` module.
 //!
 //! This crate knows nothing of actors or networking and is tested as a plain library.
 #![warn(missing_docs)]
@@ -25,6 +28,7 @@ pub mod keys;
 pub mod merkle;
 pub mod partition;
 pub mod record;
+pub mod store;
 pub mod system;
 mod writer;
 
@@ -33,13 +37,14 @@ pub use error::StorageError;
 pub use hints::{Hint, HintId, HintStore};
 pub use merkle::MerkleTree;
 pub use partition::{Identity, Partition, PartitionOptions, PurgeReply, WriteReply};
+pub use store::{CommitStats, DataStore};
 pub use system::SystemStore;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A node's data directory: `system/` (the [`SystemStore`]), `hints/` (the [`HintStore`]) and
-/// `partitions/NNNNN/`, one LMDB env per partition.
+/// `data/`, the one LMDB env holding every partition ([`DataStore`]).
 pub struct DataDir {
     /// Where it is.
     pub path: PathBuf,
@@ -47,7 +52,9 @@ pub struct DataDir {
     _lock: std::fs::File,
     /// The system env.
     pub system: Arc<SystemStore>,
-    /// Partition `i` at index `i`.
+    /// The data env, at `data/`.
+    pub store: Arc<DataStore>,
+    /// Partition `i` at index `i`, each a handle on [`DataDir::store`].
     pub partitions: Vec<Arc<Partition>>,
     /// The hint store, at `hints/`.
     pub hints: Arc<HintStore>,
@@ -61,6 +68,8 @@ impl DataDir {
     ///
     /// # Errors
     /// [`StorageError::Locked`] if another process holds the directory,
+    /// [`StorageError::UnsupportedFormat`] if it holds data of the env-per-partition format
+    /// (a `partitions/` directory) or of an unknown format version,
     /// [`StorageError::Mismatch`] if it was created with another partition count,
     /// [`StorageError::Io`] on file or LMDB errors.
     pub fn open(
@@ -69,55 +78,65 @@ impl DataDir {
         options: &PartitionOptions,
     ) -> Result<Self, StorageError> {
         let lock = lock_dir(path)?;
+        let old = path.join("partitions");
+        if old.exists() {
+            return Err(StorageError::UnsupportedFormat(format!(
+                "{} holds the env-per-partition format (format 0: one LMDB env per partition \
+                 under partitions/NNNNN/), which this version does not read; it keeps every \
+                 partition in one env under data/. Start the node with an empty data \
+                 directory (its replicas refill it through anti-entropy), or run the older \
+                 release on this directory",
+                old.display()
+            )));
+        }
         let system = Arc::new(SystemStore::open(&path.join("system"), partitions)?);
         // Each partition replica names its dots with an id of its own, fresh whenever its
         // storage is new or not the one this node last wrote: the partition's epoch must
         // match the one the system env recorded (see `Partition::open_as`).
         let mut epochs = Vec::with_capacity(partitions as usize);
+        let mut identities = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            let key = format!("partition_epoch.{p}");
+            let expect = system
+                .get_meta(&key)?
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map(u64::from_be_bytes);
+            let identity = Identity {
+                fresh_id: rand::random(),
+                // No epoch recorded yet: a fresh directory; the partitions get fresh ids.
+                expect_epoch: Some(expect.unwrap_or(0)),
+                new_epoch: rand::random::<u64>() | 1,
+            };
+            epochs.push((key, identity.new_epoch.to_be_bytes().to_vec()));
+            identities.push((p, identity));
+        }
+        let store = DataStore::open(&Self::data_dir(path), &identities, options)?;
         let partitions = (0..partitions)
-            .map(|p| {
-                let key = format!("partition_epoch.{p}");
-                let expect = system
-                    .get_meta(&key)?
-                    .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-                    .map(u64::from_be_bytes);
-                let identity = Identity {
-                    fresh_id: rand::random(),
-                    // No epoch recorded yet: a node upgraded from node-wide ids, or a fresh
-                    // directory; either way the partitions get fresh ids of their own.
-                    expect_epoch: Some(expect.unwrap_or(0)),
-                    new_epoch: rand::random::<u64>() | 1,
-                };
-                let part =
-                    Partition::open_as(&Self::partition_dir(path, p), p, &identity, options)?;
-                epochs.push((key, identity.new_epoch.to_be_bytes().to_vec()));
-                Ok(part)
-            })
+            .map(|p| Partition::of(&store, p))
             .collect::<Result<Vec<_>, StorageError>>()?;
-        // Recorded after every partition has its new epoch, in one commit: a crash in between
-        // leaves epochs that do not match, which only costs fresh ids.
+        // Recorded after the data env holds every partition's new epoch (one commit): a crash
+        // in between leaves epochs that do not match, which only costs fresh ids.
         system.put_metas(&epochs)?;
         let hints = HintStore::open(&path.join("hints"))?;
         Ok(Self {
             path: path.to_path_buf(),
             _lock: lock,
             system,
+            store,
             partitions,
             hints,
         })
     }
 
-    /// Directory of partition `p` under a data directory.
-    pub fn partition_dir(path: &Path, p: u32) -> PathBuf {
-        path.join("partitions").join(format!("{p:05}"))
+    /// Directory of the data env under a data directory.
+    pub fn data_dir(path: &Path) -> PathBuf {
+        path.join("data")
     }
 
-    /// Shuts every partition's writer and the hint store's down after each has committed
-    /// what is queued.
+    /// Shuts the data env's writer and the hint store's down after each has committed what
+    /// is queued.
     pub fn shutdown(&self) {
-        for p in &self.partitions {
-            p.shutdown();
-        }
+        self.store.shutdown();
         self.hints.shutdown();
     }
 }
@@ -175,11 +194,97 @@ mod tests {
         assert_eq!(ids(&d), before, "a reopen keeps the ids");
         d.shutdown();
         drop(d);
-        std::fs::remove_dir_all(DataDir::partition_dir(dir.path(), 1)).unwrap();
+        // Wipe partition 1 (data, hashes and identity), as a lost partition's storage.
+        store::wipe_partition(&DataDir::data_dir(dir.path()), 1).unwrap();
         let d = DataDir::open(dir.path(), 2, &opts).unwrap();
         let after = ids(&d);
         assert_eq!(after[0], before[0]);
         assert_ne!(after[1], before[1], "the wiped partition has a fresh id");
+        d.shutdown();
+    }
+
+    #[test]
+    fn the_env_per_partition_format_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("partitions").join("00000")).unwrap();
+        let e = DataDir::open(dir.path(), 2, &PartitionOptions::default())
+            .err()
+            .unwrap();
+        assert!(matches!(e, StorageError::UnsupportedFormat(_)), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("env-per-partition format"), "{msg}");
+        assert!(msg.contains("empty data directory"), "{msg}");
+        assert!(
+            !DataDir::data_dir(dir.path()).exists(),
+            "nothing was created"
+        );
+    }
+
+    #[test]
+    fn an_unknown_format_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = PartitionOptions::default();
+        DataDir::open(dir.path(), 2, &opts).unwrap().shutdown();
+        store::set_format_for_test(&DataDir::data_dir(dir.path()), 9);
+        let e = DataDir::open(dir.path(), 2, &opts).err().unwrap();
+        assert!(matches!(e, StorageError::UnsupportedFormat(_)), "{e}");
+        assert!(e.to_string().contains("[9]"), "{e}");
+    }
+
+    /// The point of one env per node: writes to many partitions share commits.
+    #[test]
+    fn writes_of_many_partitions_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DataDir::open(dir.path(), 64, &PartitionOptions::default()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            for t in 0..8u32 {
+                let (d, tx) = (&d, tx.clone());
+                s.spawn(move || {
+                    for i in 0..250u32 {
+                        let p = &d.partitions[((t * 250 + i) % 64) as usize];
+                        let tx = tx.clone();
+                        p.update(
+                            b"b",
+                            &(t * 250 + i).to_be_bytes(),
+                            VersionVector::new(),
+                            Some(vec![1; 256]),
+                            0,
+                            Box::new(move |r| {
+                                let _ = tx.send(r.is_ok());
+                            }),
+                        );
+                    }
+                });
+            }
+        });
+        drop(tx);
+        assert_eq!(rx.iter().filter(|ok| *ok).count(), 2000);
+        let stats = d.store.commit_stats();
+        assert_eq!(stats.writes(), 2000);
+        assert!(
+            stats.commits() < 1000,
+            "{} commits for 2000 writes",
+            stats.commits()
+        );
+        assert!(
+            stats.most_partitions_per_commit() > 8,
+            "at most {} partitions in one commit",
+            stats.most_partitions_per_commit()
+        );
+        let total: u64 = d.partitions.iter().map(|p| p.len().unwrap()).sum();
+        assert_eq!(total, 2000);
+        for (i, p) in d.partitions.iter().enumerate() {
+            assert_eq!(p.len().unwrap(), 2000 / 64 + u64::from(i < 2000 % 64));
+        }
+        d.shutdown();
+        drop(d);
+        // Reopened, each partition finds its own keys only.
+        let d = DataDir::open(dir.path(), 64, &PartitionOptions::default()).unwrap();
+        let k = 70u32.to_be_bytes();
+        assert!(d.partitions[70 % 64].get(b"b", &k).unwrap().is_some());
+        assert!(d.partitions[0].get(b"b", &k).unwrap().is_none());
+        assert_eq!(d.partitions[6].len().unwrap(), 32);
         d.shutdown();
     }
 }

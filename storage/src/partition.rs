@@ -1,58 +1,58 @@
-//! A partition: one LMDB environment in its own directory, written by one writer thread that
-//! group-commits, with a hash tree of its keys for anti-entropy ([`crate::merkle`]).
+//! A partition: a cheap handle (partition number + `Arc<DataStore>`) on the node's one data
+//! env ([`crate::store`]), with a hash tree of its keys for anti-entropy ([`crate::merkle`]).
 //!
-//! Writes are queued to the partition's writer thread. The thread takes every queued write (up
-//! to [`PartitionOptions::max_batch`]), applies them in order inside one write transaction,
-//! commits it (with LMDB's default sync: data and metadata are on disk when `commit` returns)
-//! and only then answers each write. Write transactions never leave that thread, so no write
-//! transaction crosses an `.await` or a thread, as LMDB requires.
+//! Every partition of a node lives in the same LMDB env, its keys prefixed by the partition
+//! number (big-endian), and every write goes to the env's one writer thread. That thread takes
+//! every queued write of every partition (up to [`PartitionOptions::max_batch`]), applies them
+//! in order inside one write transaction, commits it (with LMDB's default sync: data and
+//! metadata are on disk when `commit` returns) and only then answers each write. Write
+//! transactions never leave that thread, so no write transaction crosses an `.await` or a
+//! thread, as LMDB requires. Sharing the commit between partitions is what makes it pay: with
+//! an env per partition (the format before) a commit at Q=64 held 1.2 writes.
 //!
-//! The env holds two databases: `kv` (stored key → record, see [`crate::record`]) and
-//! `merkle` (one entry per stored key, see [`crate::merkle`]). Every write updates both in the
-//! same transaction, so the hash tree is always consistent with the data and as durable. The
-//! tree's 4096 leaf hashes are kept in memory, loaded from `merkle` at open and updated by the
-//! writer after each commit, before the writes are answered. A partition whose `merkle`
-//! database does not hold one entry per key (a data directory made before it existed) gets
-//! it rebuilt from `kv` at open, in one write transaction.
+//! Every write updates the partition's `kv` entry and its `merkle` entry in the same
+//! transaction, so the hash tree is always consistent with the data and as durable. The
+//! tree's 4096 leaf hashes are kept in memory, loaded at open and updated by the writer after
+//! each commit, before the writes are answered. A data env whose `merkle` database does not
+//! hold one entry per key gets it rebuilt from `kv` at open, in one write transaction.
 //!
 //! Reads open a read transaction on the caller's thread (`heed::WithoutTls`, so the
 //! transaction is `Send` and needs no thread-local slot); they are not blocked by the writer.
 //!
 //! The map starts at [`PartitionOptions::initial_map_bytes`] and doubles on `MapFull` up to
-//! [`PartitionOptions::max_map_bytes`]. LMDB allows a resize only while the process has no
-//! transaction open on the env, so readers hold a shared gate for the length of their
-//! transaction and the writer takes it exclusively to resize.
+//! [`PartitionOptions::max_map_bytes`] (both for the node's whole data env). LMDB allows a
+//! resize only while the process has no transaction open on the env, so readers hold a shared
+//! gate for the length of their transaction and the writer takes it exclusively to resize.
 
 use crate::dvv::{DvvSet, ReplicaId, VersionVector};
-use crate::env::{Abort, GrowableEnv, Store};
 use crate::merkle::{self, MerkleTree};
-use crate::writer::WriterThread;
+use crate::store::{Change, DataStore, WriteOp};
 use crate::{keys, record, StorageError};
-use heed::types::Bytes;
-use heed::{Database, RwTxn};
-use std::ops::Bound;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// Callback that receives the result of a queued write, after its transaction committed
-/// (or failed). Called on the partition's writer thread: it must not block.
+/// (or failed). Called on the node's writer thread: it must not block.
 pub type WriteReply = Box<dyn FnOnce(Result<DvvSet, StorageError>) + Send>;
 
 /// Callback that receives the number of keys a [`Partition::purge_tombstones`] deleted, after
-/// its transaction committed (or the error). Called on the partition's writer thread: it must
+/// its transaction committed (or the error). Called on the node's writer thread: it must
 /// not block.
 pub type PurgeReply = Box<dyn FnOnce(Result<usize, StorageError>) + Send>;
 
-/// Tuning of a partition. Every field has a default ([`PartitionOptions::default`]).
+/// Tuning of the data env and its partitions. Every field has a default
+/// ([`PartitionOptions::default`]).
 #[derive(Clone, Debug)]
 pub struct PartitionOptions {
-    /// LMDB map size a new partition starts with, bytes. Default 64 MiB.
+    /// LMDB map size the node's data env starts with, bytes. Default 64 MiB.
     pub initial_map_bytes: usize,
-    /// Largest map size a partition may grow to by doubling, bytes; a write that needs more
-    /// fails with [`StorageError::Full`]. Default 64 GiB (address space only: LMDB reserves,
-    /// it does not allocate).
+    /// Largest map size the data env (every partition together) may grow to by doubling,
+    /// bytes; a write that needs more fails with [`StorageError::Full`] naming its partition.
+    /// Default 64 GiB (address space only: LMDB reserves, it does not allocate).
     pub max_map_bytes: usize,
-    /// Most writes committed in one transaction (group commit). Default 1024.
+    /// Most writes (of all partitions) committed in one transaction (group commit).
+    /// Default 1024.
     pub max_batch: usize,
     /// Most siblings one key may hold; a write over it fails with
     /// [`StorageError::TooManySiblings`]. Default 100.
@@ -78,12 +78,8 @@ impl Default for PartitionOptions {
     }
 }
 
-/// Key of a partition's replica id in its `meta` database.
-const META_REPLICA_ID: &[u8] = b"replica_id";
-/// Key of a partition's epoch in its `meta` database.
-const META_EPOCH: &[u8] = b"epoch";
-
-/// How [`Partition::open_as`] picks the replica id that names the dots made in a partition.
+/// How [`Partition::open_as`] and [`DataStore::open`] pick the replica id that names the dots
+/// made in a partition.
 #[derive(Clone, Debug)]
 pub struct Identity {
     /// The id to take when the storage has none, or is not the one expected.
@@ -106,60 +102,6 @@ impl Identity {
     }
 }
 
-/// How a write changes one key's record.
-enum Change {
-    /// A client write coordinated here ([`DvvSet::update`]).
-    Update {
-        context: VersionVector,
-        value: Option<Vec<u8>>,
-        timestamp_ms: u64,
-    },
-    /// Another replica's state to merge ([`DvvSet::sync`]).
-    Merge { record: DvvSet },
-}
-
-/// One queued operation of the writer thread.
-enum WriteOp {
-    /// A change of one stored key.
-    Record {
-        key: Vec<u8>,
-        change: Change,
-        reply: WriteReply,
-    },
-    /// Deletion of tombstones whose entry hash is still the given one.
-    Purge {
-        candidates: Vec<(Vec<u8>, u64)>,
-        reply: PurgeReply,
-    },
-}
-
-/// What one operation of a committed batch answers.
-enum Outcome {
-    Record(Result<DvvSet, StorageError>),
-    Purged(Result<usize, StorageError>),
-}
-
-impl WriteOp {
-    /// The outcome of this operation when its batch failed with `e`.
-    fn failed(&self, e: StorageError) -> Outcome {
-        match self {
-            WriteOp::Record { .. } => Outcome::Record(Err(e)),
-            WriteOp::Purge { .. } => Outcome::Purged(Err(e)),
-        }
-    }
-
-    fn answer(self, outcome: Outcome) {
-        // `try_commit` makes each outcome from its own operation, so the kinds always match.
-        let mismatch = || StorageError::Io("internal error: outcome of another operation".into());
-        match (self, outcome) {
-            (WriteOp::Record { reply, .. }, Outcome::Record(r)) => reply(r),
-            (WriteOp::Purge { reply, .. }, Outcome::Purged(r)) => reply(r),
-            (WriteOp::Record { reply, .. }, Outcome::Purged(_)) => reply(Err(mismatch())),
-            (WriteOp::Purge { reply, .. }, Outcome::Record(_)) => reply(Err(mismatch())),
-        }
-    }
-}
-
 /// Checks that `storage_key` is a stored key made by [`keys::storage_key`] from a valid
 /// bucket and key.
 ///
@@ -176,42 +118,32 @@ fn check_storage_key(storage_key: &[u8]) -> Result<(), StorageError> {
     keys::validate(bucket, key)
 }
 
-/// One partition's LMDB env and its writer thread. Shared as `Arc<Partition>`: the vnode that
-/// serves the partition holds one, its supervisor another, so a restarted vnode gets the same
-/// open env (LMDB refuses to open one path twice in a process).
+/// One partition of the node's data env: its number and the shared [`DataStore`]. Shared as
+/// `Arc<Partition>`: the vnode that serves the partition holds one, its supervisor another.
 pub struct Partition {
     id: u32,
     replica: ReplicaId,
-    path: PathBuf,
-    genv: Arc<GrowableEnv>,
-    db: Database<'static, Bytes, Bytes>,
-    merkle: Database<'static, Bytes, Bytes>,
-    tree: Arc<RwLock<MerkleTree>>,
-    writer: WriterThread<WriteOp>,
+    store: Arc<DataStore>,
 }
 
 impl std::fmt::Debug for Partition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Partition")
             .field("id", &self.id)
-            .field("path", &self.path)
+            .field("path", &self.store.path())
             .finish()
     }
 }
 
-/// Stored keys copied per step while the `merkle` database is rebuilt from `kv`.
-const REBUILD_CHUNK: usize = 4096;
-
 impl Partition {
-    /// Opens (creating if needed) partition `id` in directory `dir`, loads its hash tree
-    /// (rebuilding the `merkle` database from the data first if it does not hold one entry
-    /// per key) and starts its writer thread. `replica` names the dots that writes
-    /// coordinated here create.
+    /// Opens (creating if needed) a data env in directory `dir` holding partition `id` alone,
+    /// loads its hash tree (rebuilding the `merkle` database from the data first if it does
+    /// not hold one entry per key) and starts its writer thread. `replica` names the dots that
+    /// writes coordinated here create. For tests and benchmarks: a node opens all its
+    /// partitions at once through [`crate::DataDir::open`].
     ///
     /// # Errors
-    /// [`StorageError::Io`] if the directory or env cannot be opened,
-    /// [`StorageError::Corrupt`] if a `merkle` entry does not decode, [`StorageError::Full`]
-    /// if the rebuilt `merkle` database does not fit in [`PartitionOptions::max_map_bytes`].
+    /// As [`DataStore::open`].
     pub fn open(
         dir: &Path,
         id: u32,
@@ -222,81 +154,36 @@ impl Partition {
     }
 
     /// Opens partition `id` in `dir` as [`Partition::open`] does, choosing the replica id of
-    /// its dots by `identity`: the id stored in the partition's env is kept, unless there is
-    /// none (fresh storage) or the env's epoch is not `identity.expect_epoch` (a directory
-    /// restored from a copy, or one whose node records were lost); then `identity.fresh_id`
-    /// becomes its id. Either way `identity.new_epoch` is stored as its epoch. So a partition
-    /// replica never reissues a dot: its dots are named by an id no other storage of it used
-    /// (Riak's per-vnode ids; riak_kv#679 is the bug this prevents).
+    /// its dots by `identity`: the id stored for the partition in the env is kept, unless
+    /// there is none (fresh storage) or the partition's stored epoch is not
+    /// `identity.expect_epoch` (a directory restored from a copy, or one whose node records
+    /// were lost); then `identity.fresh_id` becomes its id. Either way `identity.new_epoch`
+    /// is stored as its epoch. So a partition replica never reissues a dot: its dots are named
+    /// by an id no other storage of it used (Riak's per-vnode ids; riak_kv#679 is the bug this
+    /// prevents).
     ///
     /// # Errors
-    /// As [`Partition::open`].
+    /// As [`DataStore::open`].
     pub fn open_as(
         dir: &Path,
         id: u32,
         identity: &Identity,
         options: &PartitionOptions,
     ) -> Result<Arc<Self>, StorageError> {
-        let map_bytes =
-            crate::env::starting_map_bytes(dir, options.initial_map_bytes, options.max_map_bytes);
-        let (env, db) = crate::env::open_env::<Bytes, Bytes>(dir, map_bytes, "kv")?;
-        let merkle = crate::env::create_database::<Bytes, Bytes>(&env, "merkle")?;
-        let meta = crate::env::create_database::<Bytes, Bytes>(&env, "meta")?;
-        let genv = Arc::new(GrowableEnv::new(
-            env,
-            options.max_map_bytes,
-            Store::Partition(id),
-        ));
-        let replica = genv.write(|| {
-            let mut wtxn = genv.env().write_txn()?;
-            let read_u64 = |name: &[u8], wtxn: &RwTxn| -> Result<Option<u64>, Abort> {
-                Ok(meta
-                    .get(wtxn, name)?
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_be_bytes))
-            };
-            let stored = read_u64(META_REPLICA_ID, &wtxn)?;
-            let epoch = read_u64(META_EPOCH, &wtxn)?;
-            let replica = match stored {
-                Some(r) if identity.expect_epoch.is_none_or(|e| epoch == Some(e)) => r,
-                _ => {
-                    if let Some(old) = stored {
-                        tracing::warn!(partition = id, old = format_args!("{old:016x}"), new = format_args!("{:016x}", identity.fresh_id), "partition storage is not the one this node last wrote (restored or copied): it gets a fresh replica id");
-                    }
-                    meta.put(&mut wtxn, META_REPLICA_ID, &identity.fresh_id.to_be_bytes())?;
-                    identity.fresh_id
-                }
-            };
-            meta.put(&mut wtxn, META_EPOCH, &identity.new_epoch.to_be_bytes())?;
-            wtxn.commit()?;
-            Ok(replica)
-        })?;
-        let tree = Arc::new(RwLock::new(load_tree(&genv, db, merkle)?));
+        let store = DataStore::open(dir, &[(id, identity.clone())], options)?;
+        Self::of(&store, id)
+    }
 
-        let writer = Writer {
-            replica,
-            genv: genv.clone(),
-            db,
-            merkle,
-            tree: tree.clone(),
-            max_siblings: options.max_siblings,
-            max_record_bytes: options.max_record_bytes,
-        };
-        let writer = WriterThread::spawn(
-            format!("ringkv-writer-{id}"),
-            options.max_batch,
-            options.max_queue,
-            move |batch| writer.commit_batch(batch),
-        )?;
+    /// The handle of partition `id` of `store`.
+    ///
+    /// # Errors
+    /// [`StorageError::InvalidArgument`] if `store` was not opened with partition `id`.
+    pub fn of(store: &Arc<DataStore>, id: u32) -> Result<Arc<Self>, StorageError> {
+        let replica = store.part(id)?.replica;
         Ok(Arc::new(Self {
             id,
             replica,
-            path: dir.to_path_buf(),
-            genv,
-            db,
-            merkle,
-            tree,
-            writer,
+            store: store.clone(),
         }))
     }
 
@@ -310,13 +197,18 @@ impl Partition {
         self.replica
     }
 
+    /// The data env this partition lives in.
+    pub fn store(&self) -> &Arc<DataStore> {
+        &self.store
+    }
+
     /// Reads a key's state; `None` if the key was never written here.
     ///
     /// # Errors
     /// Key validation errors, [`StorageError::Corrupt`], [`StorageError::Io`].
     pub fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<DvvSet>, StorageError> {
         let key = keys::storage_key(bucket, key)?;
-        self.read_record(&key)
+        self.store.read_record(self.id, &key)
     }
 
     /// Reads a key's state by its stored key (`[bucket length: u8][bucket][key]`, as
@@ -327,16 +219,7 @@ impl Partition {
     /// errors, [`StorageError::Corrupt`], [`StorageError::Io`].
     pub fn get_stored(&self, storage_key: &[u8]) -> Result<Option<DvvSet>, StorageError> {
         check_storage_key(storage_key)?;
-        self.read_record(storage_key)
-    }
-
-    fn read_record(&self, key: &[u8]) -> Result<Option<DvvSet>, StorageError> {
-        self.genv.read(
-            |rtxn| match self.db.get(rtxn, key).map_err(StorageError::io)? {
-                Some(bytes) => record::decode(bytes).map(Some),
-                None => Ok(None),
-            },
-        )
+        self.store.read_record(self.id, storage_key)
     }
 
     /// Queues a client write coordinated by this replica: `value` (`None` for a delete)
@@ -352,7 +235,8 @@ impl Partition {
         reply: WriteReply,
     ) {
         match keys::storage_key(bucket, key) {
-            Ok(key) => self.enqueue(WriteOp::Record {
+            Ok(key) => self.store.enqueue(WriteOp::Record {
+                partition: self.id,
                 key,
                 change: Change::Update {
                     context,
@@ -369,7 +253,8 @@ impl Partition {
     /// receives the merged state once it is durable.
     pub fn merge(&self, bucket: &[u8], key: &[u8], record: DvvSet, reply: WriteReply) {
         match keys::storage_key(bucket, key) {
-            Ok(key) => self.enqueue(WriteOp::Record {
+            Ok(key) => self.store.enqueue(WriteOp::Record {
+                partition: self.id,
                 key,
                 change: Change::Merge { record },
                 reply,
@@ -384,7 +269,8 @@ impl Partition {
     /// `storage_key` is not a stored key, or the key validation error.
     pub fn merge_stored(&self, storage_key: Vec<u8>, record: DvvSet, reply: WriteReply) {
         match check_storage_key(&storage_key) {
-            Ok(()) => self.enqueue(WriteOp::Record {
+            Ok(()) => self.store.enqueue(WriteOp::Record {
+                partition: self.id,
                 key: storage_key,
                 change: Change::Merge { record },
                 reply,
@@ -413,21 +299,18 @@ impl Partition {
         {
             return reply(Err(e));
         }
-        self.enqueue(WriteOp::Purge { candidates, reply });
-    }
-
-    fn enqueue(&self, op: WriteOp) {
-        self.writer.enqueue(op, self.genv.store(), |op, e| {
-            let outcome = op.failed(e);
-            op.answer(outcome);
+        self.store.enqueue(WriteOp::Purge {
+            partition: self.id,
+            candidates,
+            reply,
         });
     }
 
     /// Up to `limit` deleted keys (every sibling a tombstone) whose newest sibling was written
     /// before `older_than_ms` (milliseconds since the Unix epoch, [`crate::Sibling`]'s
     /// `timestamp_ms`), as `(stored key, entry hash)` in stored-key order: the candidates for
-    /// [`Partition::purge_tombstones`]. Scans (and decodes) every record; a record that does
-    /// not decode is logged and skipped.
+    /// [`Partition::purge_tombstones`]. Scans (and decodes) every record of the partition; a
+    /// record that does not decode is logged and skipped.
     ///
     /// # Errors
     /// [`StorageError::Io`].
@@ -440,30 +323,24 @@ impl Partition {
         if limit == 0 {
             return Ok(out);
         }
-        self.genv.read(|rtxn| {
-            for entry in self.db.iter(rtxn).map_err(StorageError::io)? {
-                let (key, bytes) = entry.map_err(StorageError::io)?;
-                let record = match record::decode(bytes) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::warn!(partition = self.id, error = %e, "skipping a corrupt record");
-                        continue;
-                    }
-                };
-                let newest = record
-                    .siblings
-                    .iter()
-                    .map(|s| s.timestamp_ms)
-                    .max()
-                    .unwrap_or(0);
-                if record.is_deleted() && newest < older_than_ms {
-                    out.push((key.to_vec(), merkle::entry_hash(key, bytes)));
-                    if out.len() >= limit {
-                        break;
-                    }
+        self.store.scan(self.id, |key, bytes| {
+            let record = match record::decode(bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(partition = self.id, error = %e, "skipping a corrupt record");
+                    return true;
                 }
+            };
+            let newest = record
+                .siblings
+                .iter()
+                .map(|s| s.timestamp_ms)
+                .max()
+                .unwrap_or(0);
+            if record.is_deleted() && newest < older_than_ms {
+                out.push((key.to_vec(), merkle::entry_hash(key, bytes)));
             }
-            Ok(())
+            out.len() < limit
         })?;
         Ok(out)
     }
@@ -478,7 +355,9 @@ impl Partition {
     /// [`StorageError::InvalidArgument`] if `level` > 3, a parent is out of range, `parents`
     /// is longer than level `level - 1`, or `level` is 0 and `parents` is not `[0]`.
     pub fn merkle_children(&self, level: u32, parents: &[u32]) -> Result<Vec<u64>, StorageError> {
-        self.tree
+        self.store
+            .part(self.id)?
+            .tree
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .children(level, parents)
@@ -486,7 +365,10 @@ impl Partition {
 
     /// A copy of the whole hash tree (4096 leaf hashes, 32 KiB).
     pub fn merkle_tree(&self) -> MerkleTree {
-        self.tree.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.store
+            .part(self.id)
+            .map(|part| part.tree.read().unwrap_or_else(|p| p.into_inner()).clone())
+            .unwrap_or_default()
     }
 
     /// Every key of the given segments (leaf indices `0..4096`), as `(segment, stored key,
@@ -506,275 +388,38 @@ impl Partition {
                 merkle::SEGMENTS - 1
             )));
         }
-        self.genv.read(|rtxn| {
-            let mut out = Vec::new();
-            for &segment in segments {
-                let prefix = (segment as u16).to_be_bytes();
-                for entry in self
-                    .merkle
-                    .prefix_iter(rtxn, &prefix)
-                    .map_err(StorageError::io)?
-                {
-                    let (k, v) = entry.map_err(StorageError::io)?;
-                    let (_, hash, key) = merkle::decode_entry(k, v)?;
-                    out.push((segment, key.to_vec(), hash));
-                }
-            }
-            Ok(out)
-        })
+        self.store.segment_entries(self.id, segments)
     }
 
-    /// Number of keys stored (tombstones included).
+    /// Number of keys stored (tombstones included), counted at open and kept by the writer.
     ///
     /// # Errors
-    /// [`StorageError::Io`].
+    /// [`StorageError::InvalidArgument`] if the partition is not open in its store.
     pub fn len(&self) -> Result<u64, StorageError> {
-        self.genv
-            .read(|rtxn| self.db.len(rtxn).map_err(StorageError::io))
+        Ok(self.store.part(self.id)?.keys.load(Ordering::Relaxed))
     }
 
     /// True if no key is stored.
     ///
     /// # Errors
-    /// [`StorageError::Io`].
+    /// As [`Partition::len`].
     pub fn is_empty(&self) -> Result<bool, StorageError> {
         Ok(self.len()? == 0)
     }
 
-    /// Current LMDB map size, bytes.
+    /// Current LMDB map size of the data env (every partition together), bytes.
     pub fn map_size(&self) -> usize {
-        self.genv.map_size()
+        self.store.map_size()
     }
 
-    /// Stops taking writes, lets the writer thread commit and answer everything already
-    /// queued, and waits for it. Idempotent. Writes queued afterwards fail with
-    /// [`StorageError::Closed`].
+    /// Stops the data env's writer (every partition of the env: they share it), lets it commit
+    /// and answer everything already queued, and waits for it. Idempotent. Writes queued
+    /// afterwards fail with [`StorageError::Closed`].
     pub fn shutdown(&self) {
-        self.writer.shutdown();
+        self.store.shutdown();
     }
 }
 
-impl Drop for Partition {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-/// Loads the hash tree from the `merkle` database, after rebuilding that from `kv` if their
-/// key counts differ (a data directory made before the tree existed).
-fn load_tree(
-    genv: &GrowableEnv,
-    db: Database<'static, Bytes, Bytes>,
-    merkle: Database<'static, Bytes, Bytes>,
-) -> Result<MerkleTree, StorageError> {
-    let (keys, entries) = genv.read(|rtxn| {
-        Ok((
-            db.len(rtxn).map_err(StorageError::io)?,
-            merkle.len(rtxn).map_err(StorageError::io)?,
-        ))
-    })?;
-    if keys != entries {
-        let started = std::time::Instant::now();
-        rebuild_merkle(genv, db, merkle)?;
-        tracing::info!(
-            store = %genv.store(),
-            keys,
-            entries_before = entries,
-            ms = started.elapsed().as_millis() as u64,
-            "rebuilt the merkle database from the data"
-        );
-    }
-    genv.read(|rtxn| {
-        let mut tree = MerkleTree::new();
-        for entry in merkle.iter(rtxn).map_err(StorageError::io)? {
-            let (k, v) = entry.map_err(StorageError::io)?;
-            let (segment, hash, _) = merkle::decode_entry(k, v)?;
-            tree.toggle(segment, hash);
-        }
-        Ok(tree)
-    })
-}
-
-/// Replaces the `merkle` database with one entry per key of `kv`, in one write transaction
-/// (copied [`REBUILD_CHUNK`] keys at a time, since LMDB cannot write while iterating).
-fn rebuild_merkle(
-    genv: &GrowableEnv,
-    db: Database<'static, Bytes, Bytes>,
-    merkle: Database<'static, Bytes, Bytes>,
-) -> Result<(), StorageError> {
-    genv.write(|| {
-        let mut wtxn = genv.env().write_txn()?;
-        merkle.clear(&mut wtxn)?;
-        let mut last: Option<Vec<u8>> = None;
-        loop {
-            let start = match &last {
-                Some(k) => Bound::Excluded(k.as_slice()),
-                None => Bound::Unbounded,
-            };
-            let mut chunk = Vec::with_capacity(REBUILD_CHUNK);
-            for entry in db
-                .range(&wtxn, &(start, Bound::Unbounded))?
-                .take(REBUILD_CHUNK)
-            {
-                let (key, bytes) = entry?;
-                let hash = merkle::entry_hash(key, bytes);
-                chunk.push((key.to_vec(), hash));
-            }
-            for (key, hash) in &chunk {
-                let key_hash = merkle::key_hash(key);
-                merkle.put(
-                    &mut wtxn,
-                    &merkle::merkle_key(key_hash),
-                    &merkle::merkle_value(*hash, key),
-                )?;
-            }
-            if chunk.len() < REBUILD_CHUNK {
-                break;
-            }
-            last = chunk.pop().map(|(key, _)| key);
-        }
-        wtxn.commit()?;
-        Ok(())
-    })
-}
-
-/// State of the writer thread.
-struct Writer {
-    replica: ReplicaId,
-    genv: Arc<GrowableEnv>,
-    db: Database<'static, Bytes, Bytes>,
-    merkle: Database<'static, Bytes, Bytes>,
-    tree: Arc<RwLock<MerkleTree>>,
-    max_siblings: usize,
-    max_record_bytes: usize,
-}
-
-/// Changes of leaf hashes made by one transaction: `(segment, old ^ new)`.
-type LeafDeltas = Vec<(u32, u64)>;
-
-impl Writer {
-    /// Applies and commits `batch` (draining it), updates the in-memory tree, then answers
-    /// each operation.
-    fn commit_batch(&self, batch: &mut Vec<WriteOp>) {
-        let outcomes = match self.genv.write(|| self.try_commit(batch)) {
-            Ok((outcomes, deltas)) => {
-                let mut tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
-                for (segment, delta) in deltas {
-                    tree.toggle(segment, delta);
-                }
-                outcomes
-            }
-            Err(e) => batch.iter().map(|op| op.failed(e.clone())).collect(),
-        };
-        for (op, outcome) in batch.drain(..).zip(outcomes) {
-            op.answer(outcome);
-        }
-    }
-
-    fn try_commit(&self, batch: &[WriteOp]) -> Result<(Vec<Outcome>, LeafDeltas), Abort> {
-        let mut wtxn = self.genv.env().write_txn()?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut deltas = Vec::with_capacity(batch.len());
-        for op in batch {
-            outcomes.push(match op {
-                WriteOp::Record { key, change, .. } => {
-                    Outcome::Record(self.apply(&mut wtxn, key, change, &mut deltas)?)
-                }
-                WriteOp::Purge { candidates, .. } => {
-                    Outcome::Purged(Ok(self.purge(&mut wtxn, candidates, &mut deltas)?))
-                }
-            });
-        }
-        wtxn.commit()?;
-        Ok((outcomes, deltas))
-    }
-
-    /// Applies one change to `key` in `wtxn`, in `kv` and `merkle`; records the leaf change.
-    fn apply(
-        &self,
-        wtxn: &mut RwTxn,
-        key: &[u8],
-        change: &Change,
-        deltas: &mut LeafDeltas,
-    ) -> Result<Result<DvvSet, StorageError>, Abort> {
-        let (current, old_hash) = match self.db.get(wtxn, key)? {
-            Some(bytes) => match record::decode(bytes) {
-                Ok(d) => (d, merkle::entry_hash(key, bytes)),
-                Err(e) => return Ok(Err(e)),
-            },
-            None => (DvvSet::new(), 0),
-        };
-        let next = match change {
-            Change::Update {
-                context,
-                value,
-                timestamp_ms,
-            } => {
-                let mut next = current;
-                if let Err(l) = next.update(
-                    context,
-                    self.replica,
-                    value.clone(),
-                    *timestamp_ms,
-                    self.max_siblings,
-                ) {
-                    return Ok(Err(StorageError::TooManySiblings { limit: l.limit }));
-                }
-                next
-            }
-            Change::Merge { record } => {
-                if current.descends(record) {
-                    return Ok(Ok(current));
-                }
-                current.sync(record)
-            }
-        };
-        let bytes = record::encode(&next);
-        if bytes.len() > self.max_record_bytes {
-            return Ok(Err(StorageError::RecordTooLarge {
-                bytes: bytes.len(),
-                limit: self.max_record_bytes,
-            }));
-        }
-        let new_hash = merkle::entry_hash(key, &bytes);
-        self.db.put(wtxn, key, &bytes)?;
-        let key_hash = merkle::key_hash(key);
-        self.merkle.put(
-            wtxn,
-            &merkle::merkle_key(key_hash),
-            &merkle::merkle_value(new_hash, key),
-        )?;
-        deltas.push((merkle::segment_of(key_hash), old_hash ^ new_hash));
-        Ok(Ok(next))
-    }
-
-    /// Deletes the candidates that are still the given deleted records; returns how many.
-    fn purge(
-        &self,
-        wtxn: &mut RwTxn,
-        candidates: &[(Vec<u8>, u64)],
-        deltas: &mut LeafDeltas,
-    ) -> Result<usize, Abort> {
-        let mut purged = 0;
-        for (key, expected) in candidates {
-            let hash = match self.db.get(wtxn, key)? {
-                Some(bytes)
-                    if merkle::entry_hash(key, bytes) == *expected
-                        && record::decode(bytes).is_ok_and(|d| d.is_deleted()) =>
-                {
-                    *expected
-                }
-                _ => continue,
-            };
-            self.db.delete(wtxn, key)?;
-            let key_hash = merkle::key_hash(key);
-            self.merkle.delete(wtxn, &merkle::merkle_key(key_hash))?;
-            deltas.push((merkle::segment_of(key_hash), hash));
-            purged += 1;
-        }
-        Ok(purged)
-    }
-}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -879,7 +524,7 @@ mod tests {
     fn nothing_is_acknowledged_before_its_commit() {
         let dir = tempfile::tempdir().unwrap();
         let p = Partition::open(dir.path(), 0, 7, &PartitionOptions::default()).unwrap();
-        let blocker = p.genv.env().write_txn().unwrap();
+        let blocker = p.store.genv().env().write_txn().unwrap();
         let (tx, rx) = sync_channel(1);
         p.update(
             b"b",
@@ -1029,20 +674,16 @@ mod tests {
         rx.recv().unwrap()
     }
 
-    /// The tree computed from scratch from the `kv` database.
+    /// The tree computed from scratch from the partition's `kv` entries.
     fn rebuilt(p: &Partition) -> MerkleTree {
-        p.genv
-            .read(|rtxn| {
-                let records: Vec<(Vec<u8>, Vec<u8>)> =
-                    p.db.iter(rtxn)
-                        .unwrap()
-                        .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
-                        .collect();
-                Ok(MerkleTree::from_records(
-                    records.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
-                ))
+        let mut records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        p.store
+            .scan(p.id, |k, v| {
+                records.push((k.to_vec(), v.to_vec()));
+                true
             })
-            .unwrap()
+            .unwrap();
+        MerkleTree::from_records(records.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
     }
 
     /// Root-to-leaves walk between two partitions, as an exchange does it.
@@ -1129,8 +770,8 @@ mod tests {
             }
             // Drop the merkle database, as in a data directory made before it existed.
             p.shutdown();
-            let mut wtxn = p.genv.env().write_txn().unwrap();
-            p.merkle.clear(&mut wtxn).unwrap();
+            let mut wtxn = p.store.genv().env().write_txn().unwrap();
+            p.store.merkle_db().clear(&mut wtxn).unwrap();
             wtxn.commit().unwrap();
             p.merkle_tree()
         };

@@ -172,11 +172,9 @@ fn a_wiped_partition_never_reissues_dots() {
     });
     // Lose partition p of n1, nothing else.
     cluster.nodes[0].kill9();
-    let dir = cluster.nodes[0]
-        .data_dir()
-        .join("partitions")
-        .join(format!("{p:05}"));
-    std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("remove {}: {e}", dir.display()));
+    let dir = ringkv_storage::DataDir::data_dir(&cluster.nodes[0].data_dir());
+    ringkv_storage::store::wipe_partition(&dir, p)
+        .unwrap_or_else(|e| panic!("wipe partition {p} in {}: {e}", dir.display()));
     cluster.nodes[0].restart();
     let others = [cluster.name(1), cluster.name(2)];
     wait_until("n1 to see its peers again", Duration::from_secs(30), || {

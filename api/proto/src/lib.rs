@@ -131,7 +131,7 @@ pub struct RequestFrame {
     /// Bucket name (bin or str), 1 to 64 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket: Option<ByteBuf>,
-    /// Key (bin or str), 1 to 446 bytes.
+    /// Key (bin or str), 1 to 442 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<ByteBuf>,
     /// Value (put), up to `max-value-bytes`.

@@ -15,7 +15,7 @@ pub struct PutArgs {
     pub addr: AddrArg,
     /// Bucket name (1 to 64 bytes).
     pub bucket: String,
-    /// Key (1 to 446 bytes).
+    /// Key (1 to 442 bytes).
     pub key: String,
     /// The value; without it and without --file, stdin is read.
     pub value: Option<String>,

@@ -62,10 +62,10 @@ pub struct StartArgs {
     /// Most writes per LMDB transaction [default: 1024].
     #[arg(long)]
     pub max_batch: Option<usize>,
-    /// Initial LMDB map size per partition, bytes [default: 67108864].
+    /// Initial LMDB map size of the node's data env (every partition), bytes [default: 67108864].
     #[arg(long)]
     pub initial_map_bytes: Option<usize>,
-    /// Largest LMDB map size per partition, bytes [default: 68719476736].
+    /// Largest LMDB map size of the node's data env (every partition together), bytes [default: 68719476736].
     #[arg(long)]
     pub max_map_bytes: Option<usize>,
     /// Restarts allowed per actor type within restart-window-ms [default: 5].
