@@ -5,7 +5,7 @@ use ringkv_api::Client;
 use ringkv_tests::NodeProcess;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// 20,000 distinct puts with 200 in flight; kill -9 once half of them are acknowledged;
 /// restart on the same data directory; every acknowledged put reads back with its value.
@@ -52,10 +52,11 @@ fn kill_9_during_20000_writes_loses_no_acknowledged_write() {
         })
         .collect();
     // Kill once half the writes are acknowledged (or after 60 s, whatever came by then).
-    let started = Instant::now();
-    while acked.lock().unwrap().len() < WRITES / 2 && started.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    ringkv_tests::wait_until(
+        "half the writes to be acknowledged",
+        Duration::from_secs(60),
+        || (acked.lock().unwrap().len() >= WRITES / 2).then_some(()),
+    );
     node.kill9();
     killed.store(true, Ordering::Relaxed);
     let at_kill = acked.lock().unwrap().len();
