@@ -4,9 +4,10 @@
 //! NodeSupervisor            restarts each child within the budget of its type
 //!  |                        (`restart-max` in `restart-window-ms`, default 5 in 10 s), then
 //!  |                        stops, which stops the node (exit status 3)
-//!  |- VNodeSupervisor       owns every partition's LMDB env; restarts failed vnodes within
-//!  |   |                    the vnode budget, handing each its existing env; then escalates
-//!  |   `- VNode{p}          one per partition: reads inline, writes through the partition's
+//!  |- VNodeSupervisor       holds every partition's handle (one data env per node);
+//!  |   |                    restarts failed vnodes within the vnode budget, handing each its
+//!  |   |                    existing handle; then escalates
+//!  |   `- VNode{p}          one per partition: reads inline, writes through the node's
 //!  |                        group-committing writer thread
 //!  |- Replica               (with --cluster-addr) endpoint of replica operations from other
 //!  |                        nodes: vnode reads and writes, hints, Merkle tree exchanges;

@@ -18,11 +18,15 @@
 //!
 //! So the cost of an exchange grows with the difference, not with the data.
 //!
-//! **Tombstone purge.** After a sweep in which this node, the first replica of a partition by
-//! name, exchanged with every other replica, it lists its tombstones older than
-//! `tombstone-grace-ms`, asks every other replica which of them it holds with the same entry
-//! hash, and asks all replicas (itself included) to purge exactly those, each one only if its
-//! entry is still unchanged. A tombstone is therefore purged only when every replica is known
+//! **Bucket `n`.** A key lives on the first `n` nodes of its partition's preference list (its
+//! bucket's `n`, [`key_replicas`]); an exchange moves only differing keys whose replicas
+//! include both nodes.
+//!
+//! **Tombstone purge.** After a sweep in which this node exchanged with every replica whose
+//! name is above its own, it lists its tombstones older than `tombstone-grace-ms` whose key's
+//! first replica (by name) it is, asks each other replica of each such key whether it holds the
+//! same entry hash, and asks those replicas (itself included) to purge exactly those, each one
+//! only if its entry is still unchanged. A tombstone is therefore purged only when every replica is known
 //! to hold it, never by a timer alone; the grace period bounds how long a hint or a paused
 //! node may still carry an older version of the key.
 
