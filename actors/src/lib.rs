@@ -20,9 +20,9 @@
 //!  |- Repair                (with --cluster-addr, repair-interval-ms > 0) Merkle tree
 //!  |                        anti-entropy with the other replicas of each partition held;
 //!  |                        tombstone purge once every replica holds a tombstone
-//!  `- (unlinked) Coordinator  one per client request, local-only message type, never
-//!                             restarted: quorum reads and writes, sloppy quorum with hints,
-//!                             read repair
+//!  `- (not an actor) Coordinator  one per client request, run in the request's own task
+//!                             (the client listener spawns one per request), never restarted:
+//!                             quorum reads and writes, sloppy quorum with hints, read repair
 //! NodeServer (ractor_cluster, unlinked but watched): the cluster transport, cookie
 //!                           authentication; streams come from ringkv's own listener and
 //!                           dialler (`transport`). If it dies while the node runs, the node

@@ -2,7 +2,7 @@
 //! service) uses a running node.
 
 use crate::cluster_view::ClusterView;
-use crate::coordinator::{Coordinator, CoordinatorArgs, KvError, KvRequest, Placement};
+use crate::coordinator::{CoordinatorArgs, KvError, KvRequest, Placement};
 use crate::directory::VNodeDirectory;
 use crate::gossip::{Gossip, GossipArgs};
 use crate::handoff::{Handoff, HintedHandoff};
@@ -25,7 +25,7 @@ use ringkv_storage::{keys, DataDir, DvvSet, Partition, PartitionOptions, Storage
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 /// Why a node did not start. The message carries the cause (no separate `source`, so that
 /// error chains do not print it twice).
@@ -406,7 +406,9 @@ pub struct Fetched {
 
 /// A running node: its data, its supervision tree, and the operations on it.
 ///
-/// Every operation runs a [`Coordinator`] per request.
+/// Every operation runs a coordinator ([`crate::coordinator`]) in the caller's task. Dropping
+/// the future of an operation cancels the replica calls not yet made; the client listener
+/// runs each request in its own task, so a client that goes away cancels nothing.
 pub struct Node {
     config: NodeConfig,
     data: Arc<DataDir>,
@@ -825,18 +827,13 @@ impl Node {
             return Err(KvError::ShuttingDown);
         }
         let (placement, timeout) = self.placement(bucket, key, opts)?;
-        let (reply, answer) = oneshot::channel();
         let args = CoordinatorArgs {
             request,
             placement,
             peers: self.peers.clone(),
             timeout,
-            reply,
         };
-        Actor::spawn(None, Coordinator, args)
-            .await
-            .map_err(|_| KvError::ShuttingDown)?;
-        answer.await.map_err(|_| KvError::ShuttingDown)?
+        crate::coordinator::execute(args).await
     }
 
     /// This node's cluster view.
