@@ -833,7 +833,10 @@ impl Node {
             peers: self.peers.clone(),
             timeout,
         };
-        crate::coordinator::execute(args).await
+        // Boxed: the coordinator's state is about 2.8 KB, and every future that awaits it
+        // inline (the client listener's task per request) would be moved and copied whole
+        // when spawned.
+        Box::pin(crate::coordinator::execute(args)).await
     }
 
     /// This node's cluster view.

@@ -745,7 +745,7 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
                 );
                 let max_frame = config.max_frame_bytes;
                 conn.executing.fetch_add(1, Ordering::AcqRel);
-                tokio::spawn(async move {
+                let fut = async move {
                     let answer = execute(&node, id, request).await.encode();
                     let answer = if answer.len() > max_frame + 4 {
                         let e = ProtocolError::new(
@@ -768,7 +768,8 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
                             _reserved: vec![reserved, answer_reserved],
                         })
                         .await;
-                });
+                };
+                tokio::spawn(fut);
             }
             Err((id, e)) => {
                 queue(ResponseFrame::error(id, &e).encode(), Some(permit)).await;
