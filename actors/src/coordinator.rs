@@ -41,6 +41,8 @@
 
 use crate::replica::{Peers, ReplicaError, ReplicaRequest};
 
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use ringkv_storage::{DvvSet, StorageError, VersionVector};
 use serde_bytes::ByteBuf;
 use std::time::{Duration, Instant};
@@ -519,7 +521,6 @@ async fn read(
     } = &args.placement;
     let (n, r) = (replicas.len(), *r);
     type Answer = (String, Result<Option<DvvSet>, ReplicaError>);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Answer>();
     // This node first, then the reachable replicas, then (sloppy quorum, when fewer than r
     // replicas are reachable) the reachable fallback nodes, which answer from the hints they
     // hold, then the unreachable replicas.
@@ -553,8 +554,13 @@ async fn read(
         .map(|(node, _)| (*node).clone())
         .collect();
     let targets = order.len();
-    let ask = |(node, fallback): (&String, bool)| {
-        let (peers, node, tx) = (args.peers.clone(), node.clone(), tx.clone());
+    // The replica calls run inside this task (no task per call): a read that one local
+    // vnode answers costs no spawn at all. Calls still running when the quorum is met move
+    // to a background task for read repair.
+    let mut calls: FuturesUnordered<BoxFuture<'static, Answer>> = FuturesUnordered::new();
+    let ask = |calls: &mut FuturesUnordered<BoxFuture<'static, Answer>>,
+               (node, fallback): (&String, bool)| {
+        let (peers, node) = (args.peers.clone(), node.clone());
         let (partition, bucket, key) = (*partition, ByteBuf::from(bucket), ByteBuf::from(key));
         let get = if fallback {
             ReplicaRequest::GetHinted {
@@ -570,59 +576,63 @@ async fn read(
             }
         };
         let left = deadline.saturating_duration_since(Instant::now());
-        tokio::spawn(async move {
+        calls.push(Box::pin(async move {
             let answer = if fallback {
                 peers.call_as::<Option<DvvSet>>(&node, get, left).await
             } else {
                 peers.call(&node, get, left).await
             };
-            let _ = tx.send((node, answer));
-        });
+            (node, answer)
+        }));
     };
     // Ask r replicas; ask one more for each that fails, and all the others if the r answers
     // are not in after SPECULATIVE_AFTER (Cassandra's speculative retry).
     let mut asked = 0;
     while asked < r.min(targets) {
-        ask(order[asked]);
+        ask(&mut calls, order[asked]);
         asked += 1;
     }
+    // Timers are registered only when first polled: a read answered before it needs them
+    // costs none.
     let speculative = tokio::time::sleep(SPECULATIVE_AFTER);
     tokio::pin!(speculative);
+    let expired = tokio::time::sleep_until(deadline.into());
+    tokio::pin!(expired);
     let mut answers: Vec<(String, Option<DvvSet>)> = Vec::with_capacity(n);
     let mut failures = Failures::default();
     let mut replied = 0;
     let mut timed_out = false;
     while answers.len() < r && replied < asked {
         tokio::select! {
-            received = tokio::time::timeout_at(deadline.into(), rx.recv()) => match received {
-                Ok(Some((node, Ok(record)))) => {
+            biased;
+            received = calls.next() => match received {
+                Some((node, Ok(record))) => {
                     replied += 1;
                     answers.push((node, record));
                 }
-                Ok(Some((node, Err(e)))) => {
+                Some((node, Err(e))) => {
                     replied += 1;
                     tracing::debug!(%node, error = %e, "replica failed a read");
                     failures.push(&node, e);
                     if asked < targets {
-                        ask(order[asked]);
+                        ask(&mut calls, order[asked]);
                         asked += 1;
                     }
                 }
-                Ok(None) => break,
-                Err(_) => {
-                    timed_out = true;
-                    break;
-                }
+                None => break,
             },
             () = &mut speculative, if asked < targets => {
                 while asked < targets {
-                    ask(order[asked]);
+                    ask(&mut calls, order[asked]);
                     asked += 1;
                 }
             }
+            () = &mut expired => {
+                timed_out = true;
+                break;
+            }
         }
     }
-    drop(tx);
     if answers.len() < r {
         let pending: Vec<String> = if timed_out {
             order[..asked]
@@ -640,14 +650,34 @@ async fn read(
     }
     let merged = merge_all(&answers);
     // Read repair: wait for the other answers (until the deadline), then bring every replica
-    // that answered with less than the merge up to date.
+    // that answered with less than the merge up to date. Nothing to wait for and nothing
+    // stale (a single replica, or replicas that agree): no task.
+    let stale = |answers: &[(String, Option<DvvSet>)], merged: &DvvSet| {
+        answers.iter().any(|(node, record)| {
+            !fallbacks.contains(node) && !record.as_ref().is_some_and(|r| r.descends(merged))
+        })
+    };
+    let settled = calls.is_empty()
+        && merged
+            .as_ref()
+            .map_or(true, |merged| !stale(&answers, merged));
+    if settled {
+        return Ok(merged);
+    }
     let (peers, partition) = (args.peers.clone(), *partition);
     let (bucket, key) = (bucket.to_vec(), key.to_vec());
     tokio::spawn(async move {
-        while let Ok(Some((node, Ok(record)))) =
-            tokio::time::timeout_at(deadline.into(), rx.recv()).await
-        {
-            answers.push((node, record));
+        let expired = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(expired);
+        loop {
+            tokio::select! {
+                received = calls.next() => match received {
+                    Some((node, Ok(record))) => answers.push((node, record)),
+                    Some((_, Err(_))) => {}
+                    None => break,
+                },
+                () = &mut expired => break,
+            }
         }
         let Some(merged) = merge_all(&answers) else {
             return;
