@@ -29,12 +29,14 @@
 //!   asked too and answer from the hints they hold for the key (Dynamo reads the first `n`
 //!   healthy nodes); so a client on the minority side of a partition reads its own writes.
 //!
-//! Replicas are reached through [`Peers`]: the local vnode directly, other nodes' Replica
-//! actors through ractor_cluster. The coordinator's message type is local-only
+//! Replicas are reached through a [`ReplicaTransport`]: for a running node [`Peers`] (the
+//! local vnode directly, other nodes' Replica actors through ractor_cluster); in tests a
+//! simulated network ([`crate::sim`]). The coordinator's message type is local-only
 //! (`RactorMessage`), so spawning one sends nothing to other nodes (STACK-NOTES). It is never
 //! restarted: a failed request is answered with an error and the client decides.
 
-use crate::replica::{Peers, ReplicaError, ReplicaRequest};
+use crate::replica::Peers;
+use crate::rpc::{Get, GetHinted, Merge, ReplicaError, ReplicaTransport, StoreHint, Update};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
@@ -231,13 +233,13 @@ pub struct Placement {
 }
 
 /// Arguments of a [`Coordinator`].
-pub struct CoordinatorArgs {
+pub struct CoordinatorArgs<T: ReplicaTransport = Peers> {
     /// What to do.
     pub request: KvRequest,
     /// Where.
     pub placement: Placement,
     /// How replicas are reached.
-    pub peers: Peers,
+    pub peers: T,
     /// Time limit of the whole request.
     pub timeout: Duration,
     /// Receives the key's state after the request (`None`: a read of a key never written).
@@ -248,18 +250,57 @@ pub struct CoordinatorArgs {
 #[derive(RactorMessage)]
 pub enum CoordinatorMsg {}
 
-/// Per-request coordinator actor.
-pub struct Coordinator;
+/// Per-request coordinator actor, reaching replicas through the transport `T`.
+pub struct Coordinator<T = Peers>(std::marker::PhantomData<fn() -> T>);
 
-impl Actor for Coordinator {
+impl<T> Coordinator<T> {
+    /// The actor (it holds no data of its own).
+    pub fn new() -> Self {
+        Coordinator(std::marker::PhantomData)
+    }
+}
+
+impl<T> Default for Coordinator<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs `request` on the replicas of `placement` in a [`Coordinator`] actor, within
+/// `timeout`: the key's state after it (`None`: a read of a key never written).
+///
+/// # Errors
+/// [`KvError::Quorum`] when too few replicas answered, a [`KvError::Storage`] error that every
+/// replica would give (bad input), [`KvError::ShuttingDown`] if the actor does not start.
+pub async fn coordinate<T: ReplicaTransport>(
+    request: KvRequest,
+    placement: Placement,
+    peers: T,
+    timeout: Duration,
+) -> Result<Option<DvvSet>, KvError> {
+    let (reply, answer) = oneshot::channel();
+    let args = CoordinatorArgs {
+        request,
+        placement,
+        peers,
+        timeout,
+        reply,
+    };
+    Actor::spawn(None, Coordinator::<T>::new(), args)
+        .await
+        .map_err(|_| KvError::ShuttingDown)?;
+    answer.await.map_err(|_| KvError::ShuttingDown)?
+}
+
+impl<T: ReplicaTransport> Actor for Coordinator<T> {
     type Msg = CoordinatorMsg;
-    type State = Option<CoordinatorArgs>;
-    type Arguments = CoordinatorArgs;
+    type State = Option<CoordinatorArgs<T>>;
+    type Arguments = CoordinatorArgs<T>;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        args: CoordinatorArgs,
+        args: CoordinatorArgs<T>,
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(Some(args))
     }
@@ -278,7 +319,7 @@ impl Actor for Coordinator {
 }
 
 /// Runs one request to its end and sends the answer to `args.reply`.
-async fn execute(args: CoordinatorArgs) {
+async fn execute<T: ReplicaTransport>(args: CoordinatorArgs<T>) {
     let deadline = Instant::now() + args.timeout;
     let result = match &args.request {
         KvRequest::Get { bucket, key } => read(&args, bucket, key, deadline).await,
@@ -311,8 +352,8 @@ fn is_request_error(e: &StorageError) -> bool {
 /// (a node outside the preference list; each fallback is given to one replica only), else
 /// this node. A hint counts toward `w` only if its holder does not hold the write already
 /// (the coordinator counts distinct nodes).
-fn hint_holder(
-    peers: &Peers,
+fn hint_holder<T: ReplicaTransport>(
+    peers: &T,
     fallbacks: &std::sync::Mutex<std::collections::VecDeque<String>>,
 ) -> String {
     let mut queue = fallbacks.lock().unwrap_or_else(|p| p.into_inner());
@@ -321,11 +362,11 @@ fn hint_holder(
             return node;
         }
     }
-    peers.local.clone()
+    peers.local().to_string()
 }
 
-async fn write(
-    args: &CoordinatorArgs,
+async fn write<T: ReplicaTransport>(
+    args: &CoordinatorArgs<T>,
     bucket: &[u8],
     key: &[u8],
     context: &VersionVector,
@@ -343,7 +384,7 @@ async fn write(
     let mut failures = Failures::default();
     // The coordinating replica: this node if it is one, else the first reachable one.
     let mut order: Vec<&String> = replicas.iter().collect();
-    order.sort_by_key(|node| **node != args.peers.local);
+    order.sort_by_key(|node| **node != args.peers.local());
     let mut coordinated = None;
     for node in order {
         if !args.peers.reachable(node) {
@@ -354,7 +395,7 @@ async fn write(
         if left.is_zero() {
             break;
         }
-        let update = ReplicaRequest::Update {
+        let update = Update {
             partition: *partition,
             bucket: ByteBuf::from(bucket),
             key: ByteBuf::from(key),
@@ -363,14 +404,10 @@ async fn write(
             timestamp_ms: now_ms(),
         };
         match args.peers.call(node, update, left).await {
-            Ok(Some(record)) => {
+            Ok(record) => {
                 coordinated = Some((node.clone(), record));
                 break;
             }
-            Ok(None) => failures.push(
-                node,
-                ReplicaError::Garbled(node.clone(), "no record in the answer".into()),
-            ),
             Err(e) if e.storage().is_some_and(is_request_error) => {
                 return Err(e
                     .storage()
@@ -456,14 +493,14 @@ async fn write(
         tokio::spawn(async move {
             let mut failure = ReplicaError::Unreachable(node.clone());
             if peers.reachable(&node) {
-                let merge = ReplicaRequest::Merge {
+                let merge = Merge {
                     partition,
                     bucket: bucket.clone(),
                     key: key.clone(),
                     record: record.clone(),
                 };
                 let left = deadline.saturating_duration_since(Instant::now());
-                match peers.merge(&node, merge, left).await {
+                match peers.call(&node, merge, left).await {
                     Ok(()) => {
                         let _ = tx.send((node.clone(), Ok((node, None))));
                         return;
@@ -482,7 +519,7 @@ async fn write(
             // Hinted handoff: a fallback keeps the record for `node` until it is back. The
             // hint is kept even after the deadline (it still heals the replica sooner).
             let holder = hint_holder(&peers, &fallbacks);
-            let hint = ReplicaRequest::Hint {
+            let hint = StoreHint {
                 owner: node.clone(),
                 partition,
                 bucket,
@@ -492,8 +529,7 @@ async fn write(
             let left = deadline
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(500));
-            let r: Result<(), ReplicaError> = peers.call_as(&holder, hint, left).await;
-            match r {
+            match peers.call(&holder, hint, left).await {
                 Ok(()) => {
                     let _ = tx.send((node, Ok((holder, Some(failure)))));
                 }
@@ -536,8 +572,8 @@ async fn write(
     }
 }
 
-async fn read(
-    args: &CoordinatorArgs,
+async fn read<T: ReplicaTransport>(
+    args: &CoordinatorArgs<T>,
     bucket: &[u8],
     key: &[u8],
     deadline: Instant,
@@ -558,7 +594,7 @@ async fn read(
     let (up, down): (Vec<&String>, Vec<&String>) =
         replicas.iter().partition(|node| args.peers.reachable(node));
     let mut order: Vec<(&String, bool)> = up.iter().map(|node| (*node, false)).collect();
-    order.sort_by_key(|(node, _)| **node != args.peers.local);
+    order.sort_by_key(|(node, _)| **node != args.peers.local());
     if args.placement.sloppy && up.len() < r {
         order.extend(
             args.placement
@@ -587,24 +623,21 @@ async fn read(
     let ask = |(node, fallback): (&String, bool)| {
         let (peers, node, tx) = (args.peers.clone(), node.clone(), tx.clone());
         let (partition, bucket, key) = (*partition, ByteBuf::from(bucket), ByteBuf::from(key));
-        let get = if fallback {
-            ReplicaRequest::GetHinted {
-                partition,
-                bucket,
-                key,
-            }
-        } else {
-            ReplicaRequest::Get {
-                partition,
-                bucket,
-                key,
-            }
-        };
         let left = deadline.saturating_duration_since(Instant::now());
         tokio::spawn(async move {
             let answer = if fallback {
-                peers.call_as::<Option<DvvSet>>(&node, get, left).await
+                let get = GetHinted {
+                    partition,
+                    bucket,
+                    key,
+                };
+                peers.call(&node, get, left).await
             } else {
+                let get = Get {
+                    partition,
+                    bucket,
+                    key,
+                };
                 peers.call(&node, get, left).await
             };
             let _ = tx.send((node, answer));
@@ -688,13 +721,13 @@ async fn read(
                 continue;
             }
             tracing::debug!(%node, partition, "read repair");
-            let merge = ReplicaRequest::Merge {
+            let merge = Merge {
                 partition,
                 bucket: ByteBuf::from(bucket.clone()),
                 key: ByteBuf::from(key.clone()),
                 record: merged.clone(),
             };
-            if let Err(e) = peers.merge(&node, merge, Duration::from_secs(5)).await {
+            if let Err(e) = peers.call(&node, merge, READ_REPAIR_TIMEOUT).await {
                 tracing::debug!(%node, partition, error = %e, "read repair failed");
             }
         }
@@ -717,6 +750,9 @@ fn merge_all(answers: &[(String, Option<DvvSet>)]) -> Option<DvvSet> {
 /// A read asks `r` replicas; if their answers are not all in after this long, it asks the
 /// other replicas too.
 pub const SPECULATIVE_AFTER: Duration = Duration::from_millis(50);
+
+/// Time limit of each read repair merge (they run after the read was answered).
+pub const READ_REPAIR_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> u64 {

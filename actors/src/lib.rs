@@ -49,6 +49,8 @@ pub mod node;
 pub mod periodic;
 pub mod repair;
 pub mod replica;
+pub mod rpc;
+pub mod sim;
 pub mod stats;
 pub mod supervision;
 pub mod transport;

@@ -2,14 +2,14 @@
 //! service) uses a running node.
 
 use crate::cluster_view::ClusterView;
-use crate::coordinator::{Coordinator, CoordinatorArgs, KvError, KvRequest, Placement};
+use crate::coordinator::{KvError, KvRequest, Placement};
 use crate::directory::VNodeDirectory;
 use crate::gossip::{Gossip, GossipArgs};
 use crate::handoff::{Handoff, HintedHandoff};
 use crate::periodic::{PeriodicArgs, PeriodicMsg};
 use crate::repair::{AntiEntropy, Repair};
 use crate::replica::{Peers, Replica, ReplicaContext};
-use crate::stats::{NodeStats, StatsSnapshot};
+use crate::stats::StatsSnapshot;
 use crate::supervision::{RestartBudget, Restarts};
 use crate::vnode::VNodeMsg;
 use crate::vnode_supervisor::{VNodeSupervisor, VNodeSupervisorArgs};
@@ -25,7 +25,7 @@ use ringkv_storage::{keys, DataDir, DvvSet, Partition, PartitionOptions, Storage
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 /// Why a node did not start. The message carries the cause (no separate `source`, so that
 /// error chains do not print it twice).
@@ -132,6 +132,18 @@ pub fn config_budget(config: &NodeConfig) -> RestartBudget {
         config.restart_max,
         Duration::from_millis(config.restart_window_ms),
     )
+}
+
+/// The storage options of a node's partitions, from its configuration.
+pub fn partition_options(config: &NodeConfig) -> PartitionOptions {
+    PartitionOptions {
+        initial_map_bytes: config.initial_map_bytes,
+        max_map_bytes: config.max_map_bytes,
+        max_batch: config.max_batch,
+        max_siblings: config.max_siblings,
+        max_record_bytes: config.record_limit(),
+        ..PartitionOptions::default()
+    }
 }
 
 /// Root of a node's supervision tree.
@@ -406,7 +418,7 @@ pub struct Fetched {
 
 /// A running node: its data, its supervision tree, and the operations on it.
 ///
-/// Every operation runs a [`Coordinator`] per request.
+/// Every operation runs a [`Coordinator`](crate::coordinator::Coordinator) per request.
 pub struct Node {
     config: NodeConfig,
     data: Arc<DataDir>,
@@ -430,14 +442,7 @@ impl Node {
     /// an actor does not start.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         config.validate()?;
-        let options = PartitionOptions {
-            initial_map_bytes: config.initial_map_bytes,
-            max_map_bytes: config.max_map_bytes,
-            max_batch: config.max_batch,
-            max_siblings: config.max_siblings,
-            max_record_bytes: config.record_limit(),
-            ..PartitionOptions::default()
-        };
+        let options = partition_options(&config);
         let (path, q) = (config.data_dir.clone(), config.partitions);
         let data = tokio::task::spawn_blocking(move || DataDir::open(&path, q, &options))
             .await
@@ -478,23 +483,15 @@ impl Node {
             }
             None => (None, None),
         };
-        let stats = Arc::new(NodeStats::default());
         let peers = Peers {
             local: name.clone(),
-            ctx: Arc::new(ReplicaContext {
-                name: name.clone(),
-                directory: directory.clone(),
-                partitions: data.partitions.clone(),
-                hints: data.hints.clone(),
-                view: view.clone(),
-                stats: stats.clone(),
-                fault_injection: config.fault_injection,
-                timeout: Duration::from_millis(config.request_timeout_ms),
-                max_message_bytes: config.max_cluster_frame_bytes,
-                max_batch_bytes: config.record_limit(),
-                serving: Arc::new(tokio::sync::Semaphore::new(crate::replica::MAX_SERVING)),
-                in_flight: crate::replica::PeerBudgets::new(2 * config.max_cluster_frame_bytes),
-            }),
+            ctx: Arc::new(ReplicaContext::new(
+                name.clone(),
+                &data,
+                directory.clone(),
+                view.clone(),
+                &config,
+            )),
         };
         let (supervisor, join) = Actor::spawn(
             None,
@@ -825,18 +822,7 @@ impl Node {
             return Err(KvError::ShuttingDown);
         }
         let (placement, timeout) = self.placement(bucket, key, opts)?;
-        let (reply, answer) = oneshot::channel();
-        let args = CoordinatorArgs {
-            request,
-            placement,
-            peers: self.peers.clone(),
-            timeout,
-            reply,
-        };
-        Actor::spawn(None, Coordinator, args)
-            .await
-            .map_err(|_| KvError::ShuttingDown)?;
-        answer.await.map_err(|_| KvError::ShuttingDown)?
+        crate::coordinator::coordinate(request, placement, self.peers.clone(), timeout).await
     }
 
     /// This node's cluster view.
