@@ -390,3 +390,60 @@ impl ReplicaTransport for SimPeer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::{Envelope, Get, ReplicaFailure};
+    use crate::wire::{decode, encode};
+    use serde_bytes::ByteBuf;
+
+    async fn node(net: &SimNetwork, name: &str, dir: &tempfile::TempDir) -> SimPeer {
+        let config = NodeConfig {
+            data_dir: dir.path().to_path_buf(),
+            partitions: 4,
+            initial_map_bytes: 1 << 20,
+            ..Default::default()
+        };
+        net.start_node(name, config).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn undecodable_frames_are_answered_malformed_and_isolated_senders_are_dropped() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let net = SimNetwork::new();
+        let n1 = node(&net, "n1", &d1).await;
+        let n2 = node(&net, "n2", &d2).await;
+        let get = Get {
+            partition: 1,
+            bucket: ByteBuf::from(b"b".to_vec()),
+            key: ByteBuf::from(b"k".to_vec()),
+        };
+        let mut unknown_variant = encode(&Envelope {
+            from: "n1".into(),
+            request: crate::rpc::ReplicaRequest::Get(get.clone()),
+        });
+        let at = unknown_variant
+            .windows(3)
+            .position(|w| w == b"Get")
+            .unwrap();
+        unknown_variant[at..at + 3].copy_from_slice(b"Gex");
+        for frame in [&b""[..], b"\x02\x80", b"\x01\xc1", &unknown_variant] {
+            let answer = serve_frame(n2.context(), frame).await.unwrap();
+            let r: Result<Option<DvvSet>, ReplicaFailure> = decode(&answer).unwrap();
+            assert!(
+                matches!(r, Err(ReplicaFailure::Malformed(_))),
+                "{frame:x?}: {r:?}"
+            );
+        }
+        assert_eq!(
+            n1.call("n2", get.clone(), Duration::from_secs(5)).await,
+            Ok(None)
+        );
+        // n2 drops what n1 sends, as across a network partition: n1 sees its timeout pass.
+        n2.context().view.set_isolated(["n1".to_string()]);
+        let r = n1.call("n2", get, Duration::from_millis(100)).await;
+        assert_eq!(r, Err(ReplicaError::Timeout("n2".into())));
+        net.shutdown().await;
+    }
+}
