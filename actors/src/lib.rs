@@ -44,6 +44,7 @@
 //! issue.
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod cluster_view;
 pub mod context;
 pub mod coordinator;

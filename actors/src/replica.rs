@@ -39,6 +39,11 @@ pub enum ReplicaMsg {
     /// ReplicaFailure>` of its request type `R` (see [`crate::rpc`]).
     #[rpc]
     Call(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    /// Several requests at once ([`crate::batch`]): an encoded list of [`Envelope`] frames;
+    /// the reply is the encoded list of their answer frames, in order (`None` for an answer
+    /// left out because the batch's answer would pass the cluster message limit).
+    #[rpc]
+    Batch(Vec<u8>, RpcReplyPort<Vec<u8>>),
     /// Fault injection: panic (ignored unless the node runs with `fault-injection`).
     InjectPanic,
 }
@@ -78,6 +83,8 @@ pub struct ReplicaContext {
     pub serving: Arc<tokio::sync::Semaphore>,
     /// Request bytes in flight to each other node.
     pub in_flight: PeerBudgets,
+    /// The per-peer sender tasks that batch merges and reads ([`crate::batch`]).
+    pub senders: crate::batch::PeerSenders,
 }
 
 impl ReplicaContext {
@@ -104,6 +111,12 @@ impl ReplicaContext {
             max_batch_bytes: config.record_limit(),
             serving: Arc::new(tokio::sync::Semaphore::new(MAX_SERVING)),
             in_flight: PeerBudgets::new(2 * config.max_cluster_frame_bytes),
+            // No more frames than the byte budget admits calls (each counts at least
+            // MIN_CALL_BYTES), so a caller that got budget finds room in the queue.
+            senders: crate::batch::PeerSenders::new(
+                2 * config.max_cluster_frame_bytes / MIN_CALL_BYTES,
+                config.max_cluster_frame_bytes,
+            ),
         }
     }
 
@@ -205,6 +218,10 @@ impl Actor for Replica {
         let ctx = &state.ctx;
         let (bytes, reply) = match message {
             ReplicaMsg::Call(bytes, reply) => (bytes, reply),
+            ReplicaMsg::Batch(bytes, reply) => {
+                Self::batch(state, bytes, reply);
+                return Ok(());
+            }
             ReplicaMsg::InjectPanic if ctx.fault_injection => panic!("replica: injected panic"),
             ReplicaMsg::InjectPanic => return Ok(()),
         };
@@ -223,6 +240,40 @@ impl Actor for Replica {
             drop(permit);
         });
         Ok(())
+    }
+}
+
+impl Replica {
+    /// Serves a batch of requests ([`crate::batch::serve_batch`]) in a task, holding one
+    /// serving permit per request.
+    fn batch(state: &mut ReplicaState, bytes: Vec<u8>, reply: RpcReplyPort<Vec<u8>>) {
+        let frames: Vec<ByteBuf> = match decode(&bytes) {
+            Ok(frames) => frames,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable batch of replica requests");
+                // No answer per request can be made: the callers see a garbled answer.
+                let _ = reply.send(encode(&Vec::<Option<ByteBuf>>::new()));
+                return;
+            }
+        };
+        let n = frames.len();
+        let Ok(permit) = state
+            .ctx
+            .serving
+            .clone()
+            .try_acquire_many_owned(n.min(MAX_SERVING) as u32)
+        else {
+            let _ = reply.send(crate::batch::overloaded(n, MAX_SERVING));
+            return;
+        };
+        let ctx = state.ctx.clone();
+        state.tasks.spawn(async move {
+            // None: an injected network partition drops the batch, as a cut link would.
+            if let Some(answer) = crate::batch::serve_batch(&ctx, frames).await {
+                let _ = reply.send(answer);
+            }
+            drop(permit);
+        });
     }
 }
 
@@ -454,12 +505,30 @@ impl Peers {
             .into_iter()
             .next()
             .ok_or_else(|| ReplicaError::Unreachable(node.to_string()))?;
-        let actor: ActorRef<ReplicaMsg> = member.into();
         let frame = request_frame(&self.ctx, node, request)?;
         let sent = frame.len();
         let started = Instant::now();
         let permit = self.ctx.in_flight.acquire(node, sent, timeout).await?;
-        let left = timeout.saturating_sub(started.elapsed());
+        let deadline = tokio::time::Instant::from_std(started + timeout);
+        // Small frequent requests share a cluster message with the others queued for that
+        // node; one whose answer did not fit in the batch's answer comes back to go alone.
+        let frame = if R::BATCHED && sent <= crate::batch::MAX_BATCHED_FRAME {
+            let batched = self.ctx.senders.submit(node, frame, deadline)?;
+            match tokio::time::timeout_at(deadline, batched).await {
+                Ok(Ok(crate::batch::Batched::Answer(answer))) => {
+                    drop(permit);
+                    return answer_of::<R>(node, &answer, sent);
+                }
+                Ok(Ok(crate::batch::Batched::Alone(frame))) => frame,
+                Ok(Ok(crate::batch::Batched::Failed(e))) => return Err(e),
+                Ok(Err(_)) => return Err(ReplicaError::Unreachable(node.to_string())),
+                Err(_) => return Err(ReplicaError::Timeout(node.to_string())),
+            }
+        } else {
+            frame
+        };
+        let actor: ActorRef<ReplicaMsg> = member.into();
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let answer = match actor
             .call(|reply| ReplicaMsg::Call(frame, reply), Some(left))
             .await

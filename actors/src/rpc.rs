@@ -62,6 +62,10 @@ pub trait Rpc: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     /// What the replica answers when the operation succeeds.
     type Response: Serialize + DeserializeOwned + Send + 'static;
 
+    /// Whether calls to another node may share one cluster message with other calls to it
+    /// ([`crate::batch`]): the small, frequent operations of every request (merges, reads).
+    const BATCHED: bool = false;
+
     /// The wire form of the request (the [`ReplicaRequest`] variant that holds it).
     fn into_request(self) -> ReplicaRequest;
 
@@ -86,6 +90,7 @@ pub struct Get {
 }
 
 impl Rpc for Get {
+    const BATCHED: bool = true;
     type Response = Option<DvvSet>;
 
     fn into_request(self) -> ReplicaRequest {
@@ -168,6 +173,7 @@ pub struct Merge {
 }
 
 impl Rpc for Merge {
+    const BATCHED: bool = true;
     type Response = ();
 
     fn into_request(self) -> ReplicaRequest {
