@@ -26,6 +26,7 @@
 
 use crate::replica::{replica_group, ReplicaContext, ReplicaMsg};
 use crate::rpc::{Envelope, ReplicaError, ReplicaFailure, ReplicaRequest};
+use crate::stats::NodeStats;
 use crate::wire::{decode, encode};
 use ractor::rpc::CallResult;
 use ractor::ActorRef;
@@ -68,16 +69,19 @@ pub struct PeerSenders {
     capacity: usize,
     /// Largest batch message, bytes (`max-cluster-frame-bytes`).
     max_message_bytes: usize,
+    /// Where batches are counted.
+    stats: Arc<NodeStats>,
 }
 
 impl PeerSenders {
     /// Senders whose queues hold at most `capacity` frames and whose batches are at most
-    /// `max_message_bytes`.
-    pub fn new(capacity: usize, max_message_bytes: usize) -> Self {
+    /// `max_message_bytes`, counted in `stats`.
+    pub fn new(capacity: usize, max_message_bytes: usize, stats: Arc<NodeStats>) -> Self {
         Self {
             queues: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
             max_message_bytes,
+            stats,
         }
     }
 
@@ -104,7 +108,8 @@ impl PeerSenders {
         for _ in 0..2 {
             let queue = queues.entry(node.to_string()).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(self.capacity);
-                tokio::spawn(send_loop(node.to_string(), self.max_message_bytes, rx));
+                let (node, limit) = (node.to_string(), self.max_message_bytes);
+                tokio::spawn(send_loop(node, limit, self.stats.clone(), rx));
                 tx
             });
             match queue.try_send(item) {
@@ -128,13 +133,23 @@ impl PeerSenders {
 /// The sender task of node `node`: sends what is queued as batches of at most
 /// `max_message_bytes`, each without waiting for the previous one's answer. Ends when the
 /// queue is dropped.
-async fn send_loop(node: String, max_message_bytes: usize, mut queue: mpsc::Receiver<Queued>) {
+async fn send_loop(
+    node: String,
+    max_message_bytes: usize,
+    stats: Arc<NodeStats>,
+    mut queue: mpsc::Receiver<Queued>,
+) {
     let mut carried: Option<Queued> = None;
     loop {
         let first = match carried.take() {
             Some(item) => item,
             None => match queue.recv().await {
-                Some(item) => item,
+                Some(item) => {
+                    // Let the callers already woken (the writes of one group commit, the
+                    // reads of one request) queue theirs before the batch is taken.
+                    tokio::task::yield_now().await;
+                    item
+                }
                 None => return,
             },
         };
@@ -149,6 +164,8 @@ async fn send_loop(node: String, max_message_bytes: usize, mut queue: mpsc::Rece
             bytes += size;
             batch.push(item);
         }
+        crate::stats::add(&stats.replica.batches, 1);
+        crate::stats::add(&stats.replica.batched_calls, batch.len() as u64);
         tokio::spawn(send_batch(node.clone(), batch));
     }
 }
@@ -433,7 +450,7 @@ mod tests {
             max_batch_bytes: full.max_batch_bytes,
             serving: full.serving.clone(),
             in_flight: crate::replica::PeerBudgets::new(10_000),
-            senders: PeerSenders::new(10, 5000),
+            senders: PeerSenders::new(10, 5000, full.stats.clone()),
         });
         let got = answers(
             serve_batch(

@@ -387,6 +387,9 @@ pub struct ClusterStatus {
     pub repair: std::collections::BTreeMap<&'static str, u64>,
     /// Restarts per supervised actor type since start.
     pub restarts: std::collections::BTreeMap<&'static str, u64>,
+    /// Replica calls: `batches` of merges and reads sent to other nodes (one cluster message
+    /// each) and the `batched_calls` they carried, since start.
+    pub replica: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Per-request settings.
@@ -868,6 +871,7 @@ impl Node {
         let StatsSnapshot {
             mut hints,
             repair,
+            replica,
             restarts,
         } = self.peers.ctx.stats.snapshot();
         hints.insert("pending", self.data.hints.len().unwrap_or(0));
@@ -882,6 +886,7 @@ impl Node {
             hints,
             repair,
             restarts,
+            replica,
         }
     }
 

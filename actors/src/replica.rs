@@ -98,13 +98,14 @@ impl ReplicaContext {
         view: Arc<ClusterView>,
         config: &ringkv_cluster::NodeConfig,
     ) -> Self {
+        let stats = Arc::new(NodeStats::default());
         ReplicaContext {
             name,
             directory,
             partitions: data.partitions.clone(),
             hints: data.hints.clone(),
             view,
-            stats: Arc::new(NodeStats::default()),
+            stats: stats.clone(),
             fault_injection: config.fault_injection,
             timeout: Duration::from_millis(config.request_timeout_ms),
             max_message_bytes: config.max_cluster_frame_bytes,
@@ -116,6 +117,7 @@ impl ReplicaContext {
             senders: crate::batch::PeerSenders::new(
                 2 * config.max_cluster_frame_bytes / MIN_CALL_BYTES,
                 config.max_cluster_frame_bytes,
+                stats,
             ),
         }
     }
