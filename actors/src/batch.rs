@@ -11,7 +11,7 @@
 //! wait for the answer before sending the next batch. Each caller still has its own answer,
 //! timeout and per-peer byte budget.
 //!
-//! The receiving node ([`serve_batch`]) hands every merge of the batch to the writer thread
+//! The receiving node (`serve_batch`) hands every merge of the batch to the writer thread
 //! before waiting for any (so they land in the same group commit), answers reads from the
 //! partitions, serves any other request as it would alone, and answers with one frame holding
 //! each request's own answer frame, in order. An answer that would take the batch's answer
