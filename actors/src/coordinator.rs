@@ -35,11 +35,13 @@
 //!   asked too and answer from the hints they hold for the key (Dynamo reads the first `n`
 //!   healthy nodes); so a client on the minority side of a partition reads its own writes.
 //!
-//! Replicas are reached through [`Peers`]: the local vnode directly, other nodes' Replica
-//! actors through ractor_cluster. A coordinator is never restarted: a failed request is
+//! Replicas are reached through a [`ReplicaTransport`]: for a running node [`Peers`] (the
+//! local vnode directly, other nodes' Replica actors through ractor_cluster); in tests a
+//! simulated network ([`crate::sim`]). A coordinator is never restarted: a failed request is
 //! answered with an error and the client decides.
 
-use crate::replica::{Peers, ReplicaError, ReplicaRequest};
+use crate::replica::Peers;
+use crate::rpc::{Get, GetHinted, Merge, ReplicaError, ReplicaTransport, StoreHint, Update};
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -236,20 +238,43 @@ pub struct Placement {
 }
 
 /// Arguments of a [`Coordinator`].
-pub struct CoordinatorArgs {
+pub struct CoordinatorArgs<T: ReplicaTransport = Peers> {
     /// What to do.
     pub request: KvRequest,
     /// Where.
     pub placement: Placement,
     /// How replicas are reached.
-    pub peers: Peers,
+    pub peers: T,
     /// Time limit of the whole request.
     pub timeout: Duration,
 }
 
+/// Runs `request` on the replicas of `placement` within `timeout`, in the caller's task: the
+/// key's state after it (`None`: a read of a key never written).
+///
+/// # Errors
+/// [`KvError::Quorum`] when too few replicas answered, a [`KvError::Storage`] error that every
+/// replica would give (bad input).
+pub async fn coordinate<T: ReplicaTransport>(
+    request: KvRequest,
+    placement: Placement,
+    peers: T,
+    timeout: Duration,
+) -> Result<Option<DvvSet>, KvError> {
+    let args = CoordinatorArgs {
+        request,
+        placement,
+        peers,
+        timeout,
+    };
+    // Boxed: the coordinator's state is about 2.8 KB, and a future that awaited it inline
+    // (the client listener's task per request) would be moved and copied whole when spawned.
+    Box::pin(execute(args)).await
+}
+
 /// Runs one request to its end: the key's state after it (`None`: a read of a key never
 /// written), or why it failed.
-pub(crate) async fn execute(args: CoordinatorArgs) -> Result<Option<DvvSet>, KvError> {
+async fn execute<T: ReplicaTransport>(args: CoordinatorArgs<T>) -> Result<Option<DvvSet>, KvError> {
     let deadline = Instant::now() + args.timeout;
     let result = match &args.request {
         KvRequest::Get { bucket, key } => read(&args, bucket, key, deadline).await,
@@ -282,8 +307,8 @@ fn is_request_error(e: &StorageError) -> bool {
 /// (a node outside the preference list; each fallback is given to one replica only), else
 /// this node. A hint counts toward `w` only if its holder does not hold the write already
 /// (the coordinator counts distinct nodes).
-fn hint_holder(
-    peers: &Peers,
+fn hint_holder<T: ReplicaTransport>(
+    peers: &T,
     fallbacks: &std::sync::Mutex<std::collections::VecDeque<String>>,
 ) -> String {
     let mut queue = fallbacks.lock().unwrap_or_else(|p| p.into_inner());
@@ -292,11 +317,11 @@ fn hint_holder(
             return node;
         }
     }
-    peers.local.clone()
+    peers.local().to_string()
 }
 
-async fn write(
-    args: &CoordinatorArgs,
+async fn write<T: ReplicaTransport>(
+    args: &CoordinatorArgs<T>,
     bucket: &[u8],
     key: &[u8],
     context: &VersionVector,
@@ -314,7 +339,7 @@ async fn write(
     let mut failures = Failures::default();
     // The coordinating replica: this node if it is one, else the first reachable one.
     let mut order: Vec<&String> = replicas.iter().collect();
-    order.sort_by_key(|node| **node != args.peers.local);
+    order.sort_by_key(|node| **node != args.peers.local());
     let mut coordinated = None;
     for node in order {
         if !args.peers.reachable(node) {
@@ -325,7 +350,7 @@ async fn write(
         if left.is_zero() {
             break;
         }
-        let update = ReplicaRequest::Update {
+        let update = Update {
             partition: *partition,
             bucket: ByteBuf::from(bucket),
             key: ByteBuf::from(key),
@@ -334,14 +359,10 @@ async fn write(
             timestamp_ms: now_ms(),
         };
         match args.peers.call(node, update, left).await {
-            Ok(Some(record)) => {
+            Ok(record) => {
                 coordinated = Some((node.clone(), record));
                 break;
             }
-            Ok(None) => failures.push(
-                node,
-                ReplicaError::Garbled(node.clone(), "no record in the answer".into()),
-            ),
             Err(e) if e.storage().is_some_and(is_request_error) => {
                 return Err(e
                     .storage()
@@ -427,14 +448,14 @@ async fn write(
         tokio::spawn(async move {
             let mut failure = ReplicaError::Unreachable(node.clone());
             if peers.reachable(&node) {
-                let merge = ReplicaRequest::Merge {
+                let merge = Merge {
                     partition,
                     bucket: bucket.clone(),
                     key: key.clone(),
                     record: record.clone(),
                 };
                 let left = deadline.saturating_duration_since(Instant::now());
-                match peers.merge(&node, merge, left).await {
+                match peers.call(&node, merge, left).await {
                     Ok(()) => {
                         let _ = tx.send((node.clone(), Ok((node, None))));
                         return;
@@ -453,7 +474,7 @@ async fn write(
             // Hinted handoff: a fallback keeps the record for `node` until it is back. The
             // hint is kept even after the deadline (it still heals the replica sooner).
             let holder = hint_holder(&peers, &fallbacks);
-            let hint = ReplicaRequest::Hint {
+            let hint = StoreHint {
                 owner: node.clone(),
                 partition,
                 bucket,
@@ -463,8 +484,7 @@ async fn write(
             let left = deadline
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(500));
-            let r: Result<(), ReplicaError> = peers.call_as(&holder, hint, left).await;
-            match r {
+            match peers.call(&holder, hint, left).await {
                 Ok(()) => {
                     let _ = tx.send((node, Ok((holder, Some(failure)))));
                 }
@@ -507,8 +527,8 @@ async fn write(
     }
 }
 
-async fn read(
-    args: &CoordinatorArgs,
+async fn read<T: ReplicaTransport>(
+    args: &CoordinatorArgs<T>,
     bucket: &[u8],
     key: &[u8],
     deadline: Instant,
@@ -528,7 +548,7 @@ async fn read(
     let (up, down): (Vec<&String>, Vec<&String>) =
         replicas.iter().partition(|node| args.peers.reachable(node));
     let mut order: Vec<(&String, bool)> = up.iter().map(|node| (*node, false)).collect();
-    order.sort_by_key(|(node, _)| **node != args.peers.local);
+    order.sort_by_key(|(node, _)| **node != args.peers.local());
     if args.placement.sloppy && up.len() < r {
         order.extend(
             args.placement
@@ -562,24 +582,21 @@ async fn read(
                (node, fallback): (&String, bool)| {
         let (peers, node) = (args.peers.clone(), node.clone());
         let (partition, bucket, key) = (*partition, ByteBuf::from(bucket), ByteBuf::from(key));
-        let get = if fallback {
-            ReplicaRequest::GetHinted {
-                partition,
-                bucket,
-                key,
-            }
-        } else {
-            ReplicaRequest::Get {
-                partition,
-                bucket,
-                key,
-            }
-        };
         let left = deadline.saturating_duration_since(Instant::now());
         calls.push(Box::pin(async move {
             let answer = if fallback {
-                peers.call_as::<Option<DvvSet>>(&node, get, left).await
+                let get = GetHinted {
+                    partition,
+                    bucket,
+                    key,
+                };
+                peers.call(&node, get, left).await
             } else {
+                let get = Get {
+                    partition,
+                    bucket,
+                    key,
+                };
                 peers.call(&node, get, left).await
             };
             (node, answer)
@@ -687,13 +704,13 @@ async fn read(
                 continue;
             }
             tracing::debug!(%node, partition, "read repair");
-            let merge = ReplicaRequest::Merge {
+            let merge = Merge {
                 partition,
                 bucket: ByteBuf::from(bucket.clone()),
                 key: ByteBuf::from(key.clone()),
                 record: merged.clone(),
             };
-            if let Err(e) = peers.merge(&node, merge, Duration::from_secs(5)).await {
+            if let Err(e) = peers.call(&node, merge, READ_REPAIR_TIMEOUT).await {
                 tracing::debug!(%node, partition, error = %e, "read repair failed");
             }
         }
@@ -716,6 +733,9 @@ fn merge_all(answers: &[(String, Option<DvvSet>)]) -> Option<DvvSet> {
 /// A read asks `r` replicas; if their answers are not all in after this long, it asks the
 /// other replicas too.
 pub const SPECULATIVE_AFTER: Duration = Duration::from_millis(50);
+
+/// Time limit of each read repair merge (they run after the read was answered).
+pub const READ_REPAIR_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> u64 {

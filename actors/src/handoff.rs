@@ -11,8 +11,8 @@
 //! batch is in flight has another id and is never deleted by mistake. A round that is still
 //! running when the next tick comes is left to finish.
 
-use crate::replica::blocking;
-use crate::replica::{Peers, ReplicaRequest};
+use crate::replica::{blocking, Peers};
+use crate::rpc::{MergeStored, ReplicaTransport};
 use crate::stats::add;
 use ringkv_storage::{keys, DvvSet, HintId, StorageError};
 use serde_bytes::ByteBuf;
@@ -32,12 +32,12 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub type HintedHandoff = crate::periodic::Periodic<Handoff>;
 
 /// The hinted handoff job: one delivery round per run.
-pub struct Handoff {
+pub struct Handoff<T: ReplicaTransport = Peers> {
     /// How other nodes are reached; its context holds the hint store.
-    pub peers: Peers,
+    pub peers: T,
 }
 
-impl crate::periodic::PeriodicJob for Handoff {
+impl<T: ReplicaTransport> crate::periodic::PeriodicJob for Handoff<T> {
     const NAME: &'static str = "hinted handoff";
 
     async fn run(self: Arc<Self>) {
@@ -52,12 +52,12 @@ impl crate::periodic::PeriodicJob for Handoff {
 ///
 /// # Errors
 /// A storage error of the hint store.
-pub async fn deliver_all(peers: &Peers) -> Result<u64, StorageError> {
-    let hints = peers.ctx.hints.clone();
+pub async fn deliver_all<T: ReplicaTransport>(peers: &T) -> Result<u64, StorageError> {
+    let hints = peers.context().hints.clone();
     let owners = blocking(move || hints.owners()).await?;
     let mut delivered = 0;
     for (owner, pending) in owners {
-        if peers.ctx.view.read().is_removed(&owner) || !peers.reachable(&owner) {
+        if peers.context().view.read().is_removed(&owner) || !peers.reachable(&owner) {
             continue;
         }
         let started = Instant::now();
@@ -70,10 +70,10 @@ pub async fn deliver_all(peers: &Peers) -> Result<u64, StorageError> {
     Ok(delivered)
 }
 
-async fn deliver_to(peers: &Peers, owner: &str) -> Result<u64, StorageError> {
+async fn deliver_to<T: ReplicaTransport>(peers: &T, owner: &str) -> Result<u64, StorageError> {
     let mut delivered = 0;
     loop {
-        let (hints, o) = (peers.ctx.hints.clone(), owner.to_string());
+        let (hints, o) = (peers.context().hints.clone(), owner.to_string());
         let batch = blocking(move || hints.batch(&o, BATCH)).await?;
         if batch.is_empty() {
             return Ok(delivered);
@@ -99,7 +99,7 @@ async fn deliver_to(peers: &Peers, owner: &str) -> Result<u64, StorageError> {
         }
         let mut tasks = JoinSet::new();
         for (partition, hints) in by_partition {
-            let budget = peers.ctx.max_batch_bytes;
+            let budget = peers.context().max_batch_bytes;
             for chunk in crate::repair::by_size(hints, budget, |(_, k, r)| (k.as_slice(), r)) {
                 let (chunk_ids, chunk): (Vec<HintId>, Vec<(ByteBuf, DvvSet)>) =
                     chunk.into_iter().map(|(id, k, r)| (id, (k, r))).unzip();
@@ -110,12 +110,11 @@ async fn deliver_to(peers: &Peers, owner: &str) -> Result<u64, StorageError> {
                 }
                 let (peers, owner) = (peers.clone(), owner.to_string());
                 tasks.spawn(async move {
-                    let merge = ReplicaRequest::MergeStored {
+                    let merge = MergeStored {
                         partition,
                         entries: chunk,
                     };
-                    let r: Result<usize, _> = peers.call_as(&owner, merge, CALL_TIMEOUT).await;
-                    match r {
+                    match peers.call(&owner, merge, CALL_TIMEOUT).await {
                         Ok(_) => Some(chunk_ids),
                         Err(e) => {
                             tracing::warn!(%owner, partition, error = %e, "hinted handoff: a merge failed; retrying next round");
@@ -133,7 +132,7 @@ async fn deliver_to(peers: &Peers, owner: &str) -> Result<u64, StorageError> {
         let n = acked.len();
         acked.extend(malformed);
         if !acked.is_empty() {
-            let hints = peers.ctx.hints.clone();
+            let hints = peers.context().hints.clone();
             let (tx, rx) = tokio::sync::oneshot::channel();
             hints.remove(
                 acked,
@@ -143,7 +142,7 @@ async fn deliver_to(peers: &Peers, owner: &str) -> Result<u64, StorageError> {
             );
             rx.await
                 .unwrap_or_else(|_| Err(StorageError::Io("the hint writer stopped".into())))?;
-            add(&peers.ctx.stats.hints.delivered, n as u64);
+            add(&peers.context().stats.hints.delivered, n as u64);
             delivered += n as u64;
         }
         if n < total {

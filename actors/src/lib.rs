@@ -31,6 +31,11 @@
 //!                           the same bound socket; past it the node stops (exit status 3)
 //! ```
 //!
+//! Replica operations between nodes are typed calls ([`rpc`]: one request type per operation,
+//! bound to its answer type) over a [`rpc::ReplicaTransport`]: [`replica::Peers`]
+//! (ractor_cluster) in a node, [`sim::SimNetwork`] (in-process nodes with real storage and
+//! injected cut, drop, delay and pause) in tests of the coordinator, handoff and repair.
+//!
 //! Every restart decision is `supervision::Restarts::admit` (one budget per actor type), and
 //! the tasks an actor spawns are held in its state (`supervision::OwnedTasks`), so they are
 //! aborted when it stops or fails.
@@ -39,6 +44,7 @@
 //! issue.
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod cluster_view;
 pub mod context;
 pub mod coordinator;
@@ -49,6 +55,8 @@ pub mod node;
 pub mod periodic;
 pub mod repair;
 pub mod replica;
+pub mod rpc;
+pub mod sim;
 pub mod stats;
 pub mod supervision;
 pub mod transport;

@@ -2,14 +2,14 @@
 //! service) uses a running node.
 
 use crate::cluster_view::ClusterView;
-use crate::coordinator::{CoordinatorArgs, KvError, KvRequest, Placement};
+use crate::coordinator::{KvError, KvRequest, Placement};
 use crate::directory::VNodeDirectory;
 use crate::gossip::{Gossip, GossipArgs};
 use crate::handoff::{Handoff, HintedHandoff};
 use crate::periodic::{PeriodicArgs, PeriodicMsg};
 use crate::repair::{AntiEntropy, Repair};
 use crate::replica::{Peers, Replica, ReplicaContext};
-use crate::stats::{NodeStats, StatsSnapshot};
+use crate::stats::StatsSnapshot;
 use crate::supervision::{RestartBudget, Restarts};
 use crate::vnode::VNodeMsg;
 use crate::vnode_supervisor::{VNodeSupervisor, VNodeSupervisorArgs};
@@ -132,6 +132,18 @@ pub fn config_budget(config: &NodeConfig) -> RestartBudget {
         config.restart_max,
         Duration::from_millis(config.restart_window_ms),
     )
+}
+
+/// The storage options of a node's partitions, from its configuration.
+pub fn partition_options(config: &NodeConfig) -> PartitionOptions {
+    PartitionOptions {
+        initial_map_bytes: config.initial_map_bytes,
+        max_map_bytes: config.max_map_bytes,
+        max_batch: config.max_batch,
+        max_siblings: config.max_siblings,
+        max_record_bytes: config.record_limit(),
+        ..PartitionOptions::default()
+    }
 }
 
 /// Root of a node's supervision tree.
@@ -375,6 +387,9 @@ pub struct ClusterStatus {
     pub repair: std::collections::BTreeMap<&'static str, u64>,
     /// Restarts per supervised actor type since start.
     pub restarts: std::collections::BTreeMap<&'static str, u64>,
+    /// Replica calls: `batches` of merges and reads sent to other nodes (one cluster message
+    /// each) and the `batched_calls` they carried, since start.
+    pub replica: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Per-request settings.
@@ -432,14 +447,7 @@ impl Node {
     /// an actor does not start.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         config.validate()?;
-        let options = PartitionOptions {
-            initial_map_bytes: config.initial_map_bytes,
-            max_map_bytes: config.max_map_bytes,
-            max_batch: config.max_batch,
-            max_siblings: config.max_siblings,
-            max_record_bytes: config.record_limit(),
-            ..PartitionOptions::default()
-        };
+        let options = partition_options(&config);
         let (path, q) = (config.data_dir.clone(), config.partitions);
         let data = tokio::task::spawn_blocking(move || DataDir::open(&path, q, &options))
             .await
@@ -480,23 +488,15 @@ impl Node {
             }
             None => (None, None),
         };
-        let stats = Arc::new(NodeStats::default());
         let peers = Peers {
             local: name.clone(),
-            ctx: Arc::new(ReplicaContext {
-                name: name.clone(),
-                directory: directory.clone(),
-                partitions: data.partitions.clone(),
-                hints: data.hints.clone(),
-                view: view.clone(),
-                stats: stats.clone(),
-                fault_injection: config.fault_injection,
-                timeout: Duration::from_millis(config.request_timeout_ms),
-                max_message_bytes: config.max_cluster_frame_bytes,
-                max_batch_bytes: config.record_limit(),
-                serving: Arc::new(tokio::sync::Semaphore::new(crate::replica::MAX_SERVING)),
-                in_flight: crate::replica::PeerBudgets::new(2 * config.max_cluster_frame_bytes),
-            }),
+            ctx: Arc::new(ReplicaContext::new(
+                name.clone(),
+                &data,
+                directory.clone(),
+                view.clone(),
+                &config,
+            )),
         };
         let (supervisor, join) = Actor::spawn(
             None,
@@ -827,16 +827,9 @@ impl Node {
             return Err(KvError::ShuttingDown);
         }
         let (placement, timeout) = self.placement(bucket, key, opts)?;
-        let args = CoordinatorArgs {
-            request,
-            placement,
-            peers: self.peers.clone(),
-            timeout,
-        };
-        // Boxed: the coordinator's state is about 2.8 KB, and every future that awaits it
-        // inline (the client listener's task per request) would be moved and copied whole
-        // when spawned.
-        Box::pin(crate::coordinator::execute(args)).await
+        // Boxed inside `coordinate`: the coordinator's state is about 2.8 KB, and the client
+        // listener's task per request would otherwise be moved and copied whole when spawned.
+        crate::coordinator::coordinate(request, placement, self.peers.clone(), timeout).await
     }
 
     /// This node's cluster view.
@@ -882,6 +875,7 @@ impl Node {
         let StatsSnapshot {
             mut hints,
             repair,
+            replica,
             restarts,
         } = self.peers.ctx.stats.snapshot();
         hints.insert("pending", self.data.hints.len().unwrap_or(0));
@@ -896,6 +890,7 @@ impl Node {
             hints,
             repair,
             restarts,
+            replica,
         }
     }
 

@@ -30,8 +30,11 @@
 //! to hold it, never by a timer alone; the grace period bounds how long a hint or a paused
 //! node may still carry an older version of the key.
 
-use crate::replica::blocking;
-use crate::replica::{Peers, ReplicaError, ReplicaRequest};
+use crate::replica::{blocking, Peers};
+use crate::rpc::{
+    CheckEntries, Fetch, MergeStored, MerkleChildren, Purge, ReplicaError, ReplicaTransport,
+    SegmentEntries,
+};
 use crate::stats::add;
 use ringkv_storage::merkle::{diff_entries, differing_children, DEPTH};
 use ringkv_storage::{DvvSet, Partition, StorageError};
@@ -39,9 +42,6 @@ use serde_bytes::ByteBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-
-/// `(segment, stored key, entry hash)` as a replica lists them.
-type Entries = Vec<(u32, ByteBuf, u64)>;
 
 /// Keys fetched per request.
 pub const FETCH_BATCH: usize = 64;
@@ -56,14 +56,14 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub type Repair = crate::periodic::Periodic<AntiEntropy>;
 
 /// The anti-entropy job: one sweep over the partitions held per run.
-pub struct AntiEntropy {
+pub struct AntiEntropy<T: ReplicaTransport = Peers> {
     /// How other replicas are reached; its context holds the partitions.
-    pub peers: Peers,
+    pub peers: T,
     /// Tombstones younger than this are not purged.
     pub tombstone_grace: Duration,
 }
 
-impl crate::periodic::PeriodicJob for AntiEntropy {
+impl<T: ReplicaTransport> crate::periodic::PeriodicJob for AntiEntropy<T> {
     const NAME: &'static str = "repair";
 
     async fn run(self: Arc<Self>) {
@@ -98,10 +98,10 @@ pub struct ExchangeReport {
 }
 
 /// One sweep over every partition this node holds.
-pub async fn sweep(peers: &Peers, grace: Duration) {
-    let state = peers.view().snapshot();
-    let local = peers.local.clone();
-    for p in 0..peers.ctx.partitions.len() as u32 {
+pub async fn sweep<T: ReplicaTransport>(peers: &T, grace: Duration) {
+    let state = peers.context().view.snapshot();
+    let local = peers.local().to_string();
+    for p in 0..peers.context().partitions.len() as u32 {
         let Some(prefs) = state.preference_list(p) else {
             return;
         };
@@ -116,7 +116,7 @@ pub async fn sweep(peers: &Peers, grace: Duration) {
             }
             match exchange(peers, p, other).await {
                 Ok(report) => {
-                    let r = &peers.ctx.stats.repair;
+                    let r = &peers.context().stats.repair;
                     add(&r.exchanges, 1);
                     add(&r.hashes_sent, report.hashes);
                     add(&r.bytes_sent, report.bytes);
@@ -141,13 +141,8 @@ pub async fn sweep(peers: &Peers, grace: Duration) {
     }
 }
 
-fn partition(peers: &Peers, p: u32) -> Result<Arc<Partition>, StorageError> {
-    peers
-        .ctx
-        .partitions
-        .get(p as usize)
-        .cloned()
-        .ok_or_else(|| StorageError::InvalidArgument(format!("partition {p} out of range")))
+fn partition<T: ReplicaTransport>(peers: &T, p: u32) -> Result<Arc<Partition>, StorageError> {
+    peers.context().partition(p).cloned()
 }
 
 /// Compares partition `p` here with its replica on `other` and repairs both sides.
@@ -155,22 +150,26 @@ fn partition(peers: &Peers, p: u32) -> Result<Arc<Partition>, StorageError> {
 /// # Errors
 /// [`ExchangeError`] if `other` does not answer or storage fails; keys already merged stay
 /// merged.
-pub async fn exchange(peers: &Peers, p: u32, other: &str) -> Result<ExchangeReport, ExchangeError> {
+pub async fn exchange<T: ReplicaTransport>(
+    peers: &T,
+    p: u32,
+    other: &str,
+) -> Result<ExchangeReport, ExchangeError> {
     let part = partition(peers, p)?;
     let mut report = ExchangeReport::default();
     let mut parents = vec![0u32];
     for level in 0..=DEPTH {
         let ours = part.merkle_children(level, &parents)?;
-        let request = ReplicaRequest::MerkleChildren {
+        let request = MerkleChildren {
             partition: p,
             level,
             parents: parents.clone(),
         };
-        let (theirs, sent, got): (Vec<u64>, _, _) =
-            peers.call_sized(other, request, CALL_TIMEOUT).await?;
+        let answer = peers.call_sized(other, request, CALL_TIMEOUT).await?;
+        let theirs = answer.answer;
         report.round_trips += 1;
         report.hashes += theirs.len() as u64;
-        report.bytes += (sent + got) as u64;
+        report.bytes += (answer.sent + answer.received) as u64;
         // Level 0 compares the roots; below, only the children of differing branches.
         if level > 0 {
             parents = differing_children(level, &parents, &ours, &theirs);
@@ -182,16 +181,20 @@ pub async fn exchange(peers: &Peers, p: u32, other: &str) -> Result<ExchangeRepo
     // `parents` now lists the differing segments.
     let mut theirs: Vec<(u32, Vec<u8>, u64)> = Vec::new();
     for chunk in parents.chunks(SEGMENTS_PER_REQUEST) {
-        let request = ReplicaRequest::SegmentEntries {
+        let request = SegmentEntries {
             partition: p,
             segments: chunk.to_vec(),
         };
-        let (entries, sent, got): (Entries, _, _) =
-            peers.call_sized(other, request, CALL_TIMEOUT).await?;
+        let answer = peers.call_sized(other, request, CALL_TIMEOUT).await?;
         report.round_trips += 1;
-        report.hashes += entries.len() as u64;
-        report.bytes += (sent + got) as u64;
-        theirs.extend(entries.into_iter().map(|(s, k, h)| (s, k.into_vec(), h)));
+        report.hashes += answer.answer.len() as u64;
+        report.bytes += (answer.sent + answer.received) as u64;
+        theirs.extend(
+            answer
+                .answer
+                .into_iter()
+                .map(|(s, k, h)| (s, k.into_vec(), h)),
+        );
     }
     let ours = {
         let part = part.clone();
@@ -199,27 +202,27 @@ pub async fn exchange(peers: &Peers, p: u32, other: &str) -> Result<ExchangeRepo
     };
     // Only keys whose bucket keeps a replica on both nodes (its `n` first nodes of the
     // preference list) are exchanged: a bucket with n=1 or n=2 is never copied further.
-    let state = peers.view().snapshot();
+    let state = peers.context().view.snapshot();
     let prefs = state.preference_list(p).unwrap_or_default();
     let keys: Vec<Vec<u8>> = diff_entries(&ours, &theirs)
         .into_iter()
         .filter(|k| {
             let replicas = key_replicas(&state, &prefs, k);
-            replicas.contains(&peers.local) && replicas.iter().any(|r| r == other)
+            replicas.iter().any(|r| r == peers.local()) && replicas.iter().any(|r| r == other)
         })
         .collect();
     report.differing = keys.len() as u64;
     let mut next = 0;
     while next < keys.len() {
         let chunk = &keys[next..(next + FETCH_BATCH).min(keys.len())];
-        let request = ReplicaRequest::Fetch {
+        let request = Fetch {
             partition: p,
             keys: chunk.iter().cloned().map(ByteBuf::from).collect(),
         };
-        let (records, sent, got): (Vec<Option<DvvSet>>, _, _) =
-            peers.call_sized(other, request, CALL_TIMEOUT).await?;
+        let answer = peers.call_sized(other, request, CALL_TIMEOUT).await?;
+        let records: Vec<Option<DvvSet>> = answer.answer;
         report.round_trips += 1;
-        report.bytes += (sent + got) as u64;
+        report.bytes += (answer.sent + answer.received) as u64;
         if records.is_empty() {
             return Err(StorageError::InvalidArgument("empty fetch answer".into()).into());
         }
@@ -244,15 +247,15 @@ pub async fn exchange(peers: &Peers, p: u32, other: &str) -> Result<ExchangeRepo
         if !pull.is_empty() {
             crate::replica::merge_stored(&part, pull).await?;
         }
-        for batch in by_size(push, peers.ctx.max_batch_bytes, |(k, r)| (k.as_slice(), r)) {
-            let request = ReplicaRequest::MergeStored {
+        let budget = peers.context().max_batch_bytes;
+        for batch in by_size(push, budget, |(k, r)| (k.as_slice(), r)) {
+            let request = MergeStored {
                 partition: p,
                 entries: batch,
             };
-            let (_merged, sent, got): (usize, _, _) =
-                peers.call_sized(other, request, CALL_TIMEOUT).await?;
+            let answer = peers.call_sized(other, request, CALL_TIMEOUT).await?;
             report.round_trips += 1;
-            report.bytes += (sent + got) as u64;
+            report.bytes += (answer.sent + answer.received) as u64;
         }
     }
     Ok(report)
@@ -315,16 +318,16 @@ pub fn key_replicas<'a>(
 ///
 /// # Errors
 /// [`ExchangeError`] if a replica does not answer (then nothing more is purged this round).
-pub async fn purge(
-    peers: &Peers,
+pub async fn purge<T: ReplicaTransport>(
+    peers: &T,
     p: u32,
     prefs: &[String],
     grace: Duration,
 ) -> Result<usize, ExchangeError> {
     let part = partition(peers, p)?;
     let older_than = crate::coordinator::now_ms().saturating_sub(grace.as_millis() as u64);
-    let state = peers.view().snapshot();
-    let local = peers.local.clone();
+    let state = peers.context().view.snapshot();
+    let local = peers.local().to_string();
     // This node purges the tombstones of the keys whose first replica (by name) it is.
     let mut candidates: Vec<(Vec<u8>, u64)> =
         blocking(move || part.tombstones(older_than, PURGE_BATCH))
@@ -342,19 +345,19 @@ pub async fn purge(
             .cloned()
             .collect()
     };
-    for node in prefs.iter().filter(|n| **n != peers.local) {
+    for node in prefs.iter().filter(|n| **n != local) {
         let asked = entries_for(node, &candidates);
         if asked.is_empty() {
             continue;
         }
-        let request = ReplicaRequest::CheckEntries {
+        let request = CheckEntries {
             partition: p,
             entries: asked
                 .iter()
                 .map(|(k, h)| (ByteBuf::from(k.clone()), *h))
                 .collect(),
         };
-        let held: Vec<bool> = peers.call_as(node, request, CALL_TIMEOUT).await?;
+        let held = peers.call(node, request, CALL_TIMEOUT).await?;
         let missing: Vec<&Vec<u8>> = asked
             .iter()
             .zip(held)
@@ -371,15 +374,15 @@ pub async fn purge(
         if entries.is_empty() {
             continue;
         }
-        let request = ReplicaRequest::Purge {
+        let request = Purge {
             partition: p,
             entries: entries
                 .iter()
                 .map(|(k, h)| (ByteBuf::from(k.clone()), *h))
                 .collect(),
         };
-        let n: usize = peers.call_as(node, request, CALL_TIMEOUT).await?;
-        if *node == peers.local {
+        let n = peers.call(node, request, CALL_TIMEOUT).await?;
+        if *node == local {
             purged_here = n;
         }
     }

@@ -1,15 +1,20 @@
-//! Replica operations between nodes.
+//! Replica operations between nodes: the serving side (the Replica actor) and the sending side
+//! ([`Peers`]).
 //!
 //! A coordinator reaches the vnode of partition `p` on node `X` through `X`'s **Replica**
 //! actor, which joins the process group `ringkv.replica.{X}` (our own node name, never a
-//! ractor NodeId: those change on reconnect). Requests and answers travel as `Vec<u8>`: a
-//! version byte and named msgpack of [`ReplicaRequest`] / [`ReplicaResponse`], so that the
-//! format can grow and a frame that does not decode becomes an error answer instead of a
-//! panic or a silent drop. The Replica actor hands each request to a task, so one slow write
-//! does not hold up the others.
+//! ractor NodeId: those change on reconnect). Requests are the typed operations of
+//! [`crate::rpc`]; between nodes they travel as `Vec<u8>`: a version byte and named msgpack of
+//! an [`Envelope`] holding the [`ReplicaRequest`], and the answer likewise, so that the format
+//! can grow and a frame that does not decode becomes an error answer
+//! ([`ReplicaFailure::Malformed`]) instead of a panic or a silent drop. The Replica actor hands
+//! each request to a task, so one slow write does not hold up the others; it serves at most
+//! [`MAX_SERVING`] at once and answers the rest [`ReplicaFailure::Overloaded`].
 //!
-//! [`Peers`] is the sending side: it calls the local vnode directly when the target is this
-//! node and the remote Replica actor otherwise.
+//! [`Peers`] is the sending side over ractor_cluster: a call to this node runs the typed
+//! request on the local vnode or partition without encoding it; a call to another node is
+//! refused before it is sent if it is over the cluster message limit, and waits for room in
+//! the per-peer byte budget ([`PeerBudgets`]).
 
 use crate::cluster_view::ClusterView;
 use crate::directory::VNodeDirectory;
@@ -19,238 +24,26 @@ use crate::wire::{decode, encode};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
-use ringkv_storage::{DvvSet, Hint, HintStore, Partition, StorageError, VersionVector};
-use serde::{Deserialize, Serialize};
+use ringkv_storage::{DataDir, DvvSet, HintStore, Partition, StorageError};
 use serde_bytes::ByteBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use thiserror::Error;
 
-/// One operation on one replica of a partition (or on a node's hint store).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum ReplicaRequest {
-    /// Read the replica's state of a key. Answer: [`ReplicaResponse`].
-    Get {
-        /// Partition of the key.
-        partition: u32,
-        /// Bucket.
-        bucket: ByteBuf,
-        /// Key.
-        key: ByteBuf,
-    },
-    /// Coordinate a client write here: this replica creates the new dot. Answer:
-    /// [`ReplicaResponse`].
-    Update {
-        /// Partition of the key.
-        partition: u32,
-        /// Bucket.
-        bucket: ByteBuf,
-        /// Key.
-        key: ByteBuf,
-        /// The client's causal context.
-        context: VersionVector,
-        /// New value, or `None` for a tombstone.
-        value: Option<ByteBuf>,
-        /// Coordinator's wall clock, ms since the Unix epoch.
-        timestamp_ms: u64,
-    },
-    /// Merge a state made elsewhere (replication, read repair, hinted handoff). Answer:
-    /// [`ReplicaResponse`].
-    Merge {
-        /// Partition of the key.
-        partition: u32,
-        /// Bucket.
-        bucket: ByteBuf,
-        /// Key.
-        key: ByteBuf,
-        /// The state to merge.
-        record: DvvSet,
-    },
-    /// Sloppy quorum: keep `record` durably as a hint for `owner`, a replica that could not
-    /// be reached, until hinted handoff delivers it. Answer: `Result<(), StorageError>`.
-    Hint {
-        /// The replica the write was meant for.
-        owner: String,
-        /// Partition of the key.
-        partition: u32,
-        /// Bucket.
-        bucket: ByteBuf,
-        /// Key.
-        key: ByteBuf,
-        /// The state to deliver.
-        record: DvvSet,
-    },
-    /// Sloppy read on a fallback node: the merge of the hints it holds for the key (`None` if
-    /// none). Answer: [`ReplicaResponse`].
-    GetHinted {
-        /// Partition of the key.
-        partition: u32,
-        /// Bucket.
-        bucket: ByteBuf,
-        /// Key.
-        key: ByteBuf,
-    },
-    /// Anti-entropy: hashes of the Merkle tree (see `ringkv_storage::merkle`). For level 0
-    /// the root; otherwise the children at `level` of each parent at `level - 1`, 16 per
-    /// parent. Answer: `Result<Vec<u64>, StorageError>`.
-    MerkleChildren {
-        /// Partition.
-        partition: u32,
-        /// Tree level, 0 (root) to 3 (segments).
-        level: u32,
-        /// Parent indices at `level - 1`.
-        parents: Vec<u32>,
-    },
-    /// Anti-entropy: `(segment, stored key, entry hash)` of every key in the segments.
-    /// Answer: `Result<Vec<(u32, ByteBuf, u64)>, StorageError>`.
-    SegmentEntries {
-        /// Partition.
-        partition: u32,
-        /// Segment (leaf) indices.
-        segments: Vec<u32>,
-    },
-    /// Anti-entropy: the states of stored keys (`None` where absent). Answer:
-    /// `Result<Vec<Option<DvvSet>>, StorageError>`.
-    Fetch {
-        /// Partition.
-        partition: u32,
-        /// Stored keys (`[bucket length][bucket][key]`).
-        keys: Vec<ByteBuf>,
-    },
-    /// Anti-entropy: merge these states of stored keys. Answer:
-    /// `Result<usize, StorageError>` (how many were merged).
-    MergeStored {
-        /// Partition.
-        partition: u32,
-        /// Stored keys and their states.
-        entries: Vec<(ByteBuf, DvvSet)>,
-    },
-    /// Tombstone purge, step 1: which of these stored keys hold exactly this entry hash
-    /// here. Answer: `Result<Vec<bool>, StorageError>`.
-    CheckEntries {
-        /// Partition.
-        partition: u32,
-        /// Stored keys and entry hashes.
-        entries: Vec<(ByteBuf, u64)>,
-    },
-    /// Tombstone purge, step 2: delete these tombstones if they are still unchanged. Answer:
-    /// `Result<usize, StorageError>` (how many were purged).
-    Purge {
-        /// Partition.
-        partition: u32,
-        /// Stored keys and the entry hashes every replica was seen to hold.
-        entries: Vec<(ByteBuf, u64)>,
-    },
-}
-
-/// A request and its sender's node name, as it travels between nodes.
-#[derive(Serialize, Deserialize)]
-struct Envelope {
-    from: String,
-    request: ReplicaRequest,
-}
-
-impl ReplicaRequest {
-    fn partition(&self) -> u32 {
-        match self {
-            ReplicaRequest::Get { partition, .. }
-            | ReplicaRequest::Update { partition, .. }
-            | ReplicaRequest::Merge { partition, .. }
-            | ReplicaRequest::Hint { partition, .. }
-            | ReplicaRequest::GetHinted { partition, .. }
-            | ReplicaRequest::MerkleChildren { partition, .. }
-            | ReplicaRequest::SegmentEntries { partition, .. }
-            | ReplicaRequest::Fetch { partition, .. }
-            | ReplicaRequest::MergeStored { partition, .. }
-            | ReplicaRequest::CheckEntries { partition, .. }
-            | ReplicaRequest::Purge { partition, .. } => *partition,
-        }
-    }
-}
-
-/// Why a replica operation failed on the replica's node: the wire error type of every
-/// replica answer (`Result<T, ReplicaFailure>`), so that the caller learns the cause (a full
-/// disk, a record over the limit, an overloaded node) and can answer its client with the
-/// most specific error code.
-#[derive(Clone, Debug, Error, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ReplicaFailure {
-    /// The replica's storage refused or failed the operation.
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    /// The vnode of the partition did not answer (or restart) within the request's time.
-    #[error("the vnode of partition {0} did not answer in time")]
-    VNodeTimeout(u32),
-    /// The node serves its maximum of replica requests at once.
-    #[error("the node serves its maximum of {0} replica requests at once")]
-    Overloaded(usize),
-    /// The request did not decode.
-    #[error("undecodable replica request: {0}")]
-    Malformed(String),
-    /// The answer would be a cluster message over the frame limit; it was not sent.
-    #[error("the answer would be {bytes} bytes, over the cluster message limit of {limit} bytes (max-cluster-frame-bytes)")]
-    TooLarge {
-        /// Encoded size, bytes.
-        bytes: usize,
-        /// The limit, bytes.
-        limit: usize,
-    },
-}
-
-/// The answer of a replica to a read or coordinated write: the key's state after the
-/// operation (`None`: never written here), or why it failed.
-pub type ReplicaResponse = Result<Option<DvvSet>, ReplicaFailure>;
-
-/// Why a replica operation did not succeed, as its caller sees it.
-#[derive(Clone, Debug, Error, PartialEq, Eq)]
-pub enum ReplicaError {
-    /// No session to that node, or its Replica actor is gone.
-    #[error("node {0} is unreachable")]
-    Unreachable(String),
-    /// No answer in time.
-    #[error("node {0} did not answer in time")]
-    Timeout(String),
-    /// The answer did not decode.
-    #[error("undecodable answer from node {0}: {1}")]
-    Garbled(String, String),
-    /// This node already has its maximum of request bytes in flight to that node.
-    #[error("node {node}: {limit} bytes of requests already in flight to it (the per-peer bound)")]
-    Overloaded {
-        /// The node.
-        node: String,
-        /// The per-peer bound, bytes.
-        limit: usize,
-    },
-    /// The request would be a cluster message over the frame limit; it was not sent.
-    #[error("node {node}: the request would be {bytes} bytes, over the cluster message limit of {limit} bytes (max-cluster-frame-bytes)")]
-    TooLarge {
-        /// The node.
-        node: String,
-        /// Encoded size, bytes.
-        bytes: usize,
-        /// The limit, bytes.
-        limit: usize,
-    },
-    /// The replica answered with a failure.
-    #[error("node {0}: {1}")]
-    Failed(String, ReplicaFailure),
-}
-
-impl ReplicaError {
-    /// The storage error behind this failure, if the replica's storage gave one.
-    pub fn storage(&self) -> Option<&StorageError> {
-        match self {
-            ReplicaError::Failed(_, ReplicaFailure::Storage(e)) => Some(e),
-            _ => None,
-        }
-    }
-}
+pub use crate::rpc::{Envelope, ReplicaError, ReplicaFailure, ReplicaRequest, ReplicaTransport};
+use crate::rpc::{Measured, Rpc};
 
 /// Messages of the Replica actor (they cross nodes).
 #[derive(RactorClusterMessage)]
 pub enum ReplicaMsg {
-    /// An encoded [`ReplicaRequest`]; the reply is an encoded [`ReplicaResponse`].
+    /// An encoded [`Envelope`]; the reply is the encoded `Result<R::Response,
+    /// ReplicaFailure>` of its request type `R` (see [`crate::rpc`]).
     #[rpc]
     Call(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    /// Several requests at once ([`crate::batch`]): an encoded list of [`Envelope`] frames;
+    /// the reply is the encoded list of their answer frames, in order (`None` for an answer
+    /// left out because the batch's answer would pass the cluster message limit).
+    #[rpc]
+    Batch(Vec<u8>, RpcReplyPort<Vec<u8>>),
     /// Fault injection: panic (ignored unless the node runs with `fault-injection`).
     InjectPanic,
 }
@@ -290,6 +83,57 @@ pub struct ReplicaContext {
     pub serving: Arc<tokio::sync::Semaphore>,
     /// Request bytes in flight to each other node.
     pub in_flight: PeerBudgets,
+    /// The per-peer sender tasks that batch merges and reads ([`crate::batch`]).
+    pub senders: crate::batch::PeerSenders,
+}
+
+impl ReplicaContext {
+    /// The context of node `name` serving the partitions and hints of `data`, with the limits
+    /// of `config` (`request-timeout-ms`, `max-cluster-frame-bytes`, `max-record-bytes`,
+    /// `fault-injection`).
+    pub fn new(
+        name: String,
+        data: &DataDir,
+        directory: Arc<VNodeDirectory>,
+        view: Arc<ClusterView>,
+        config: &ringkv_cluster::NodeConfig,
+    ) -> Self {
+        let stats = Arc::new(NodeStats::default());
+        ReplicaContext {
+            name,
+            directory,
+            partitions: data.partitions.clone(),
+            hints: data.hints.clone(),
+            view,
+            stats: stats.clone(),
+            fault_injection: config.fault_injection,
+            timeout: Duration::from_millis(config.request_timeout_ms),
+            max_message_bytes: config.max_cluster_frame_bytes,
+            max_batch_bytes: config.record_limit(),
+            serving: Arc::new(tokio::sync::Semaphore::new(MAX_SERVING)),
+            in_flight: PeerBudgets::new(2 * config.max_cluster_frame_bytes),
+            // No more frames than the byte budget admits calls (each counts at least
+            // MIN_CALL_BYTES), so a caller that got budget finds room in the queue.
+            senders: crate::batch::PeerSenders::new(
+                2 * config.max_cluster_frame_bytes / MIN_CALL_BYTES,
+                config.max_cluster_frame_bytes,
+                stats,
+            ),
+        }
+    }
+
+    /// Partition `p` of this node.
+    ///
+    /// # Errors
+    /// [`StorageError::InvalidArgument`] if `p` is not below the partition count.
+    pub fn partition(&self, p: u32) -> Result<&Arc<Partition>, StorageError> {
+        self.partitions.get(p as usize).ok_or_else(|| {
+            StorageError::InvalidArgument(format!(
+                "partition {p} out of range (the node has {})",
+                self.partitions.len()
+            ))
+        })
+    }
 }
 
 /// Most replica requests from other nodes one node serves at once.
@@ -376,6 +220,10 @@ impl Actor for Replica {
         let ctx = &state.ctx;
         let (bytes, reply) = match message {
             ReplicaMsg::Call(bytes, reply) => (bytes, reply),
+            ReplicaMsg::Batch(bytes, reply) => {
+                Self::batch(state, bytes, reply);
+                return Ok(());
+            }
             ReplicaMsg::InjectPanic if ctx.fault_injection => panic!("replica: injected panic"),
             ReplicaMsg::InjectPanic => return Ok(()),
         };
@@ -387,41 +235,118 @@ impl Actor for Replica {
         };
         let ctx = ctx.clone();
         state.tasks.spawn(async move {
-            let answer = match decode::<Envelope>(&bytes) {
-                // An injected network partition: drop the request, as a cut link would.
-                Ok(envelope) if ctx.view.is_isolated(&envelope.from) => return,
-                Ok(envelope) => serve(&ctx, envelope.request).await,
-                Err(e) => encode(&Err::<(), _>(ReplicaFailure::Malformed(e))),
-            };
-            // Never send a message over the cluster frame limit: ractor_cluster would close
-            // the session between the two nodes.
-            let answer = if answer.len() > ctx.max_message_bytes {
-                tracing::error!(
-                    bytes = answer.len(),
-                    limit = ctx.max_message_bytes,
-                    "replica answer over the cluster message limit; answering an error instead"
-                );
-                encode(&Err::<(), _>(ReplicaFailure::TooLarge {
-                    bytes: answer.len(),
-                    limit: ctx.max_message_bytes,
-                }))
-            } else {
-                answer
-            };
-            let _ = reply.send(answer);
+            // None: an injected network partition drops the request, as a cut link would.
+            if let Some(answer) = serve_frame(&ctx, &bytes).await {
+                let _ = reply.send(answer);
+            }
             drop(permit);
         });
         Ok(())
     }
 }
 
-fn partition_of(ctx: &ReplicaContext, p: u32) -> Result<&Arc<Partition>, StorageError> {
-    ctx.partitions.get(p as usize).ok_or_else(|| {
-        StorageError::InvalidArgument(format!(
-            "partition {p} out of range (the node has {})",
-            ctx.partitions.len()
-        ))
-    })
+impl Replica {
+    /// Serves a batch of requests ([`crate::batch::serve_batch`]) in a task, holding one
+    /// serving permit per request.
+    fn batch(state: &mut ReplicaState, bytes: Vec<u8>, reply: RpcReplyPort<Vec<u8>>) {
+        let frames: Vec<ByteBuf> = match decode(&bytes) {
+            Ok(frames) => frames,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable batch of replica requests");
+                // No answer per request can be made: the callers see a garbled answer.
+                let _ = reply.send(encode(&Vec::<Option<ByteBuf>>::new()));
+                return;
+            }
+        };
+        let n = frames.len();
+        let Ok(permit) = state
+            .ctx
+            .serving
+            .clone()
+            .try_acquire_many_owned(n.min(MAX_SERVING) as u32)
+        else {
+            let _ = reply.send(crate::batch::overloaded(n, MAX_SERVING));
+            return;
+        };
+        let ctx = state.ctx.clone();
+        state.tasks.spawn(async move {
+            // None: an injected network partition drops the batch, as a cut link would.
+            if let Some(answer) = crate::batch::serve_batch(&ctx, frames).await {
+                let _ = reply.send(answer);
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Serves one frame from another node: decodes its [`Envelope`], runs the request here and
+/// encodes the answer. A frame that does not decode is answered
+/// [`ReplicaFailure::Malformed`]; an answer over the cluster message limit is replaced by
+/// [`ReplicaFailure::TooLarge`] (ractor_cluster would close the session between the two
+/// nodes). `None`: the sender is cut off by injected isolation and the request is dropped.
+pub(crate) async fn serve_frame(ctx: &Arc<ReplicaContext>, frame: &[u8]) -> Option<Vec<u8>> {
+    let answer = match decode::<Envelope>(frame) {
+        Ok(envelope) if ctx.view.is_isolated(&envelope.from) => return None,
+        Ok(envelope) => envelope.request.serve_encoded(ctx, ctx.timeout).await,
+        Err(e) => encode(&Err::<(), _>(ReplicaFailure::Malformed(e))),
+    };
+    if answer.len() > ctx.max_message_bytes {
+        tracing::error!(
+            bytes = answer.len(),
+            limit = ctx.max_message_bytes,
+            "replica answer over the cluster message limit; answering an error instead"
+        );
+        return Some(encode(&Err::<(), _>(ReplicaFailure::TooLarge {
+            bytes: answer.len(),
+            limit: ctx.max_message_bytes,
+        })));
+    }
+    Some(answer)
+}
+
+/// The frame of `request` from this node to node `node`.
+///
+/// # Errors
+/// [`ReplicaError::TooLarge`] if it is over the cluster message limit: it must not be sent
+/// (the receiving side would close the whole session between the two nodes).
+pub(crate) fn request_frame<R: Rpc>(
+    ctx: &ReplicaContext,
+    node: &str,
+    request: R,
+) -> Result<Vec<u8>, ReplicaError> {
+    let frame = encode(&Envelope {
+        from: ctx.name.clone(),
+        request: request.into_request(),
+    });
+    if frame.len() > ctx.max_message_bytes {
+        return Err(ReplicaError::TooLarge {
+            node: node.to_string(),
+            bytes: frame.len(),
+            limit: ctx.max_message_bytes,
+        });
+    }
+    Ok(frame)
+}
+
+/// Decodes node `node`'s answer `frame` to a request of type `R` that was `sent` bytes.
+///
+/// # Errors
+/// [`ReplicaError::Garbled`] if it does not decode; [`ReplicaError::Failed`] with the
+/// replica's failure.
+pub(crate) fn answer_of<R: Rpc>(
+    node: &str,
+    frame: &[u8],
+    sent: usize,
+) -> Result<Measured<R::Response>, ReplicaError> {
+    let decoded: Result<R::Response, ReplicaFailure> =
+        decode(frame).map_err(|e| ReplicaError::Garbled(node.to_string(), e))?;
+    decoded
+        .map(|answer| Measured {
+            answer,
+            sent,
+            received: frame.len(),
+        })
+        .map_err(|e| ReplicaError::Failed(node.to_string(), e))
 }
 
 /// Runs a blocking storage call off the async workers.
@@ -434,7 +359,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 /// Waits for a writer-thread callback.
-async fn written<T: Send + 'static>(
+pub(crate) async fn written<T: Send + 'static>(
     start: impl FnOnce(Box<dyn FnOnce(Result<T, StorageError>) + Send>),
 ) -> Result<T, StorageError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -443,108 +368,6 @@ async fn written<T: Send + 'static>(
     }));
     rx.await
         .unwrap_or_else(|_| Err(StorageError::Io("the writer stopped".into())))
-}
-
-/// Runs `request` on this node and encodes the answer (its type depends on the request; see
-/// [`ReplicaRequest`]; every failure is a [`ReplicaFailure`]).
-async fn serve(ctx: &Arc<ReplicaContext>, request: ReplicaRequest) -> Vec<u8> {
-    let p = request.partition();
-    fn enc<T: Serialize>(r: Result<T, impl Into<ReplicaFailure>>) -> Vec<u8> {
-        encode(&r.map_err(Into::into))
-    }
-    match request {
-        r @ (ReplicaRequest::Get { .. } | ReplicaRequest::Update { .. }) => {
-            encode(&local_call(&ctx.directory, r, ctx.timeout).await)
-        }
-        // A merge is answered with an acknowledgement, never with the merged record: the
-        // caller already has what it sent.
-        r @ ReplicaRequest::Merge { .. } => {
-            encode(&local_call(&ctx.directory, r, ctx.timeout).await.map(|_| ()))
-        }
-        ReplicaRequest::Hint {
-            owner,
-            partition,
-            bucket,
-            key,
-            record,
-        } => {
-            let hint = Hint {
-                partition,
-                bucket,
-                key,
-                record,
-            };
-            let hints = ctx.hints.clone();
-            let r = written(move |reply| hints.put(&owner, hint, reply)).await;
-            if r.is_ok() {
-                crate::stats::add(&ctx.stats.hints.stored, 1);
-            }
-            enc(r)
-        }
-        ReplicaRequest::GetHinted {
-            partition,
-            bucket,
-            key,
-        } => {
-            let hints = ctx.hints.clone();
-            enc(blocking(move || hints.get_hinted(partition, &bucket, &key)).await)
-        }
-        ReplicaRequest::MerkleChildren { level, parents, .. } => enc(match partition_of(ctx, p) {
-            Ok(part) => part.merkle_children(level, &parents),
-            Err(e) => Err(e),
-        }),
-        ReplicaRequest::SegmentEntries { segments, .. } => {
-            enc(match partition_of(ctx, p).cloned() {
-                Ok(part) => blocking(move || part.segment_entries(&segments))
-                    .await
-                    .map(|v| {
-                        v.into_iter()
-                            .map(|(s, k, h)| (s, ByteBuf::from(k), h))
-                            .collect::<Vec<_>>()
-                    }),
-                Err(e) => Err(e),
-            })
-        }
-        ReplicaRequest::Fetch { keys, .. } => {
-            let budget = ctx.max_batch_bytes;
-            enc(match partition_of(ctx, p).cloned() {
-                Ok(part) => blocking(move || fetch_bounded(&part, &keys, budget)).await,
-                Err(e) => Err(e),
-            })
-        }
-        ReplicaRequest::MergeStored { entries, .. } => enc(match partition_of(ctx, p).cloned() {
-            Ok(part) => merge_stored(&part, entries).await,
-            Err(e) => Err(e),
-        }),
-        ReplicaRequest::CheckEntries { entries, .. } => enc(match partition_of(ctx, p).cloned() {
-            Ok(part) => {
-                blocking(move || {
-                    entries
-                        .iter()
-                        .map(|(k, h)| Ok(entry_hash_of(&part, k)? == Some(*h)))
-                        .collect::<Result<Vec<bool>, StorageError>>()
-                })
-                .await
-            }
-            Err(e) => Err(e),
-        }),
-        ReplicaRequest::Purge { entries, .. } => {
-            let r = match partition_of(ctx, p).cloned() {
-                Ok(part) => {
-                    let entries = entries
-                        .into_iter()
-                        .map(|(k, h)| (k.into_vec(), h))
-                        .collect();
-                    written(move |reply| part.purge_tombstones(entries, reply)).await
-                }
-                Err(e) => Err(e),
-            };
-            if let Ok(n) = r {
-                crate::stats::add(&ctx.stats.repair.tombstones_purged, n as u64);
-            }
-            enc(r)
-        }
-    }
 }
 
 /// Encoded size of one `(stored key, record)` entry in a batch, bytes (an upper bound of
@@ -557,7 +380,7 @@ pub fn entry_bytes(key: &[u8], record: &DvvSet) -> usize {
 /// (`max-record-bytes`): the caller asks again for the rest. A record that alone is over
 /// the budget (stored before the record limit existed) is answered `None` and logged: it
 /// cannot travel.
-fn fetch_bounded(
+pub(crate) fn fetch_bounded(
     part: &Partition,
     keys: &[ByteBuf],
     budget: usize,
@@ -634,98 +457,34 @@ pub fn entry_hash_of(part: &Partition, stored_key: &[u8]) -> Result<Option<u64>,
     }))
 }
 
-/// Runs a vnode operation (`Get`, `Update`, `Merge`) on this node's vnode, waiting up to
-/// `timeout` for it to be up; the key's state after it.
-async fn local_call(
+/// Runs a vnode operation on this node's vnode of `partition`, waiting up to `timeout` for it
+/// to be up. `message` makes the vnode message around a reply port; it is called again if the
+/// vnode died holding the request before handing it to the writer (nothing was applied), to
+/// send it to the vnode's successor.
+pub(crate) async fn vnode_call<T: Send + 'static>(
     directory: &VNodeDirectory,
-    request: ReplicaRequest,
+    partition: u32,
     timeout: Duration,
-) -> ReplicaResponse {
+    message: impl Fn(RpcReplyPort<Result<T, StorageError>>) -> VNodeMsg,
+) -> Result<T, ReplicaFailure> {
     let deadline = Instant::now() + timeout;
-    let p = request.partition();
     let mut stale: Option<ActorRef<VNodeMsg>> = None;
     loop {
         let vnode = directory
-            .wait_for(p, stale.as_ref(), deadline)
+            .wait_for(partition, stale.as_ref(), deadline)
             .await
-            .ok_or(ReplicaFailure::VNodeTimeout(p))?;
+            .ok_or(ReplicaFailure::VNodeTimeout(partition))?;
         let left = deadline.saturating_duration_since(Instant::now());
-        let r = request.clone();
-        let answer = match r {
-            ReplicaRequest::Get { bucket, key, .. } => {
-                vnode
-                    .call(
-                        |reply| VNodeMsg::Get {
-                            bucket: bucket.into_vec(),
-                            key: key.into_vec(),
-                            reply,
-                        },
-                        Some(left),
-                    )
-                    .await
-            }
-            ReplicaRequest::Update {
-                bucket,
-                key,
-                context,
-                value,
-                timestamp_ms,
-                ..
-            } => vnode
-                .call(
-                    |reply| VNodeMsg::Update {
-                        bucket: bucket.into_vec(),
-                        key: key.into_vec(),
-                        context,
-                        value: value.map(ByteBuf::into_vec),
-                        timestamp_ms,
-                        reply,
-                    },
-                    Some(left),
-                )
-                .await
-                .map(|c| map_call(c, Some)),
-            ReplicaRequest::Merge {
-                bucket,
-                key,
-                record,
-                ..
-            } => vnode
-                .call(
-                    |reply| VNodeMsg::Merge {
-                        bucket: bucket.into_vec(),
-                        key: key.into_vec(),
-                        record,
-                        reply,
-                    },
-                    Some(left),
-                )
-                .await
-                .map(|c| map_call(c, Some)),
-            _ => return Err(ReplicaFailure::Malformed("not a vnode operation".into())),
-        };
-        match answer {
+        match vnode.call(&message, Some(left)).await {
             Ok(CallResult::Success(r)) => return r.map_err(ReplicaFailure::Storage),
-            Ok(CallResult::Timeout) => return Err(ReplicaFailure::VNodeTimeout(p)),
-            // The vnode died holding the request before handing it to the writer: nothing
-            // was applied, so wait for its successor and try again.
+            Ok(CallResult::Timeout) => return Err(ReplicaFailure::VNodeTimeout(partition)),
             Ok(CallResult::SenderError) | Err(_) => stale = Some(vnode),
         }
     }
 }
 
-fn map_call<T, U>(
-    c: CallResult<Result<T, StorageError>>,
-    f: impl Fn(T) -> U,
-) -> CallResult<Result<U, StorageError>> {
-    match c {
-        CallResult::Success(r) => CallResult::Success(r.map(f)),
-        CallResult::Timeout => CallResult::Timeout,
-        CallResult::SenderError => CallResult::SenderError,
-    }
-}
-
-/// Sends replica operations to any node of the cluster, this one included.
+/// Sends replica operations to any node of the cluster over ractor_cluster, this one included:
+/// the [`ReplicaTransport`] of a running node.
 #[derive(Clone)]
 pub struct Peers {
     /// This node's name.
@@ -735,85 +494,12 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// The cluster view.
-    pub fn view(&self) -> &Arc<ClusterView> {
-        &self.ctx.view
-    }
-
-    /// Runs a read or coordinated write (`Get`, `Update`) on node `node`'s replica, within
-    /// `timeout`: the key's state after it.
-    ///
-    /// # Errors
-    /// [`ReplicaError`]: unreachable, no answer in time, or [`ReplicaError::Failed`] with
-    /// the replica's [`ReplicaFailure`].
-    pub async fn call(
+    async fn call_remote<R: Rpc>(
         &self,
         node: &str,
-        request: ReplicaRequest,
+        request: R,
         timeout: Duration,
-    ) -> Result<Option<DvvSet>, ReplicaError> {
-        if node == self.local {
-            return local_call(&self.ctx.directory, request, timeout)
-                .await
-                .map_err(|e| ReplicaError::Failed(node.to_string(), e));
-        }
-        self.call_as(node, request, timeout).await
-    }
-
-    /// Merges `record` into node `node`'s replica of a key (replication, read repair),
-    /// within `timeout`; the answer is an acknowledgement once the merge is durable.
-    ///
-    /// # Errors
-    /// As [`Peers::call`].
-    pub async fn merge(
-        &self,
-        node: &str,
-        request: ReplicaRequest,
-        timeout: Duration,
-    ) -> Result<(), ReplicaError> {
-        if node == self.local {
-            return local_call(&self.ctx.directory, request, timeout)
-                .await
-                .map(|_| ())
-                .map_err(|e| ReplicaError::Failed(node.to_string(), e));
-        }
-        self.call_as(node, request, timeout).await
-    }
-
-    /// Runs any operation on node `node` (this one included) and decodes its answer as
-    /// `Result<T, ReplicaFailure>` (`T` is the answer type each [`ReplicaRequest`] variant
-    /// names).
-    ///
-    /// # Errors
-    /// [`ReplicaError`] if the node cannot be reached, does not answer in time, answers
-    /// something that does not decode, or answers a [`ReplicaFailure`].
-    pub async fn call_as<T: for<'de> Deserialize<'de>>(
-        &self,
-        node: &str,
-        request: ReplicaRequest,
-        timeout: Duration,
-    ) -> Result<T, ReplicaError> {
-        Ok(self.call_sized(node, request, timeout).await?.0)
-    }
-
-    /// As [`Peers::call_as`], also giving the encoded sizes of the request and the answer,
-    /// bytes (0 for calls to this node, which do not travel).
-    ///
-    /// # Errors
-    /// As [`Peers::call_as`].
-    pub async fn call_sized<T: for<'de> Deserialize<'de>>(
-        &self,
-        node: &str,
-        request: ReplicaRequest,
-        timeout: Duration,
-    ) -> Result<(T, usize, usize), ReplicaError> {
-        let garbled = |e| ReplicaError::Garbled(node.to_string(), e);
-        let failed = |e| ReplicaError::Failed(node.to_string(), e);
-        if node == self.local {
-            let bytes = serve(&self.ctx, request).await;
-            let answer: Result<T, ReplicaFailure> = decode(&bytes).map_err(garbled)?;
-            return answer.map(|t| (t, 0, 0)).map_err(failed);
-        }
+    ) -> Result<Measured<R::Response>, ReplicaError> {
         if self.ctx.view.is_isolated(node) {
             return Err(ReplicaError::Unreachable(node.to_string()));
         }
@@ -821,26 +507,32 @@ impl Peers {
             .into_iter()
             .next()
             .ok_or_else(|| ReplicaError::Unreachable(node.to_string()))?;
-        let actor: ActorRef<ReplicaMsg> = member.into();
-        let bytes = encode(&Envelope {
-            from: self.local.clone(),
-            request,
-        });
-        let sent = bytes.len();
-        // Never send a message over the cluster frame limit: the receiving side would close
-        // the whole session between the two nodes.
-        if sent > self.ctx.max_message_bytes {
-            return Err(ReplicaError::TooLarge {
-                node: node.to_string(),
-                bytes: sent,
-                limit: self.ctx.max_message_bytes,
-            });
-        }
+        let frame = request_frame(&self.ctx, node, request)?;
+        let sent = frame.len();
         let started = Instant::now();
         let permit = self.ctx.in_flight.acquire(node, sent, timeout).await?;
-        let left = timeout.saturating_sub(started.elapsed());
+        let deadline = tokio::time::Instant::from_std(started + timeout);
+        // Small frequent requests share a cluster message with the others queued for that
+        // node; one whose answer did not fit in the batch's answer comes back to go alone.
+        let frame = if R::BATCHED && sent <= crate::batch::MAX_BATCHED_FRAME {
+            let batched = self.ctx.senders.submit(node, frame, deadline)?;
+            match tokio::time::timeout_at(deadline, batched).await {
+                Ok(Ok(crate::batch::Batched::Answer(answer))) => {
+                    drop(permit);
+                    return answer_of::<R>(node, &answer, sent);
+                }
+                Ok(Ok(crate::batch::Batched::Alone(frame))) => frame,
+                Ok(Ok(crate::batch::Batched::Failed(e))) => return Err(e),
+                Ok(Err(_)) => return Err(ReplicaError::Unreachable(node.to_string())),
+                Err(_) => return Err(ReplicaError::Timeout(node.to_string())),
+            }
+        } else {
+            frame
+        };
+        let actor: ActorRef<ReplicaMsg> = member.into();
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let answer = match actor
-            .call(|reply| ReplicaMsg::Call(bytes, reply), Some(left))
+            .call(|reply| ReplicaMsg::Call(frame, reply), Some(left))
             .await
         {
             Ok(CallResult::Success(answer)) => answer,
@@ -850,15 +542,45 @@ impl Peers {
             }
         };
         drop(permit);
-        let decoded: Result<T, ReplicaFailure> = decode(&answer).map_err(garbled)?;
-        decoded.map(|t| (t, sent, answer.len())).map_err(failed)
+        answer_of::<R>(node, &answer, sent)
+    }
+}
+
+impl ReplicaTransport for Peers {
+    fn local(&self) -> &str {
+        &self.local
+    }
+
+    fn context(&self) -> &Arc<ReplicaContext> {
+        &self.ctx
     }
 
     /// True if `node` is this node, or has a live session with it, is not suspected by the
     /// failure detector and is not cut off by injected isolation.
-    pub fn reachable(&self, node: &str) -> bool {
+    fn reachable(&self, node: &str) -> bool {
         node == self.local
             || (!ractor::pg::get_members(&replica_group(node)).is_empty()
                 && self.ctx.view.is_up(node))
+    }
+
+    async fn call_sized<R: Rpc>(
+        &self,
+        node: &str,
+        request: R,
+        timeout: Duration,
+    ) -> Result<Measured<R::Response>, ReplicaError> {
+        if node == self.local {
+            // This node: the typed request runs on the local vnode or partition, unencoded.
+            return request
+                .serve(&self.ctx, timeout)
+                .await
+                .map(|answer| Measured {
+                    answer,
+                    sent: 0,
+                    received: 0,
+                })
+                .map_err(|e| ReplicaError::Failed(node.to_string(), e));
+        }
+        self.call_remote(node, request, timeout).await
     }
 }

@@ -31,6 +31,16 @@ pub struct RepairStats {
     pub tombstones_purged: AtomicU64,
 }
 
+/// Replica call counters (since start).
+#[derive(Debug, Default)]
+pub struct ReplicaStats {
+    /// Batches of merges and reads sent to other nodes, one cluster message each
+    /// ([`crate::batch`]).
+    pub batches: AtomicU64,
+    /// Calls those batches carried.
+    pub batched_calls: AtomicU64,
+}
+
 /// All counters of a node.
 #[derive(Debug, Default)]
 pub struct NodeStats {
@@ -38,6 +48,8 @@ pub struct NodeStats {
     pub hints: HintStats,
     /// Anti-entropy.
     pub repair: RepairStats,
+    /// Replica calls.
+    pub replica: ReplicaStats,
     restarts: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -57,6 +69,8 @@ pub struct StatsSnapshot {
     pub hints: BTreeMap<&'static str, u64>,
     /// `exchanges`, `keys_repaired`, `hashes_sent`, `bytes_sent`, `tombstones_purged`.
     pub repair: BTreeMap<&'static str, u64>,
+    /// `batches`, `batched_calls`.
+    pub replica: BTreeMap<&'static str, u64>,
     /// Restarts per actor type: `vnodes`, `vnode`, `replica`, `gossip`, `handoff`, `repair`,
     /// `listener`.
     pub restarts: BTreeMap<&'static str, u64>,
@@ -102,6 +116,12 @@ impl NodeStats {
                 ("hashes_sent", get(&r.hashes_sent)),
                 ("bytes_sent", get(&r.bytes_sent)),
                 ("tombstones_purged", get(&r.tombstones_purged)),
+            ]
+            .into_iter()
+            .collect(),
+            replica: [
+                ("batches", get(&self.replica.batches)),
+                ("batched_calls", get(&self.replica.batched_calls)),
             ]
             .into_iter()
             .collect(),

@@ -358,6 +358,7 @@ fn cli_round_trip() {
     for line in [
         "hints: delivered 0, pending 0, stored 0",
         "repair: ",
+        "replica: batched_calls 0, batches 0",
         "restarts: ",
     ] {
         assert!(status.contains(line), "{line:?} missing from:\n{status}");

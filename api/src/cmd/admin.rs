@@ -195,7 +195,7 @@ pub fn print_admin(op: &str, info: &serde_json::Value) {
                 println!("removed: {}", removed.join(", "));
             }
             // Counters of the answering node: `group: name value, ...`.
-            for group in ["gossip", "hints", "repair", "restarts"] {
+            for group in ["gossip", "hints", "repair", "replica", "restarts"] {
                 if let Some(counters) = info[group].as_object() {
                     let fields: Vec<String> =
                         counters.iter().map(|(k, v)| format!("{k} {v}")).collect();

@@ -1,0 +1,581 @@
+//! The coordinator's quorum rules over a simulated network (`ringkv_actors::sim`): nodes in
+//! this process with real storage, faults injected per node. Every scenario runs the real
+//! coordinator (`coordinator::coordinate`), hinted handoff, read repair and anti-entropy, in
+//! seconds.
+
+use ringkv_actors::coordinator::{coordinate, KvRequest, Placement, QuorumCause};
+use ringkv_actors::handoff::deliver_all;
+use ringkv_actors::repair::sweep;
+use ringkv_actors::rpc::{Get, MergeStored, ReplicaError, ReplicaTransport};
+use ringkv_actors::sim::SimNetwork;
+use ringkv_actors::{KvError, NodeConfig};
+use ringkv_cluster::membership::{ClusterState, Member, MemberStatus};
+use ringkv_storage::{DvvSet, VersionVector};
+use serde_bytes::ByteBuf;
+use std::time::{Duration, Instant};
+
+const PARTITIONS: u32 = 8;
+const BUCKET: &[u8] = b"carts";
+/// A request limit that no scenario reaches unless it means to.
+const LONG: Duration = Duration::from_secs(30);
+
+/// Nodes `n1..=n{count}` on a simulated network; their data directories go with it.
+struct Cluster {
+    net: SimNetwork,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    async fn start(count: usize) -> Cluster {
+        let net = SimNetwork::new();
+        let mut dirs = Vec::new();
+        for i in 1..=count {
+            let dir = tempfile::tempdir().unwrap();
+            let config = NodeConfig {
+                data_dir: dir.path().to_path_buf(),
+                partitions: PARTITIONS,
+                initial_map_bytes: 1 << 20,
+                ..Default::default()
+            };
+            net.start_node(&format!("n{i}"), config).await.unwrap();
+            dirs.push(dir);
+        }
+        Cluster { net, _dirs: dirs }
+    }
+
+    /// Writes `value` to `key` through a coordinator on node `at`, with the context `context`.
+    async fn put(
+        &self,
+        at: &str,
+        placement: Placement,
+        key: &str,
+        value: &str,
+        context: VersionVector,
+        timeout: Duration,
+    ) -> Result<Option<DvvSet>, KvError> {
+        let request = KvRequest::Update {
+            bucket: BUCKET.to_vec(),
+            key: key.as_bytes().to_vec(),
+            context,
+            value: Some(value.as_bytes().to_vec()),
+        };
+        coordinate(request, placement, self.net.peer(at), timeout).await
+    }
+
+    /// Reads `key` through a coordinator on node `at`.
+    async fn get(
+        &self,
+        at: &str,
+        placement: Placement,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<Option<DvvSet>, KvError> {
+        let request = KvRequest::Get {
+            bucket: BUCKET.to_vec(),
+            key: key.as_bytes().to_vec(),
+        };
+        coordinate(request, placement, self.net.peer(at), timeout).await
+    }
+
+    /// The values node `node` stores for `key`, sorted.
+    fn stored(&self, node: &str, key: &str) -> Vec<String> {
+        self.net
+            .peer(node)
+            .stored(BUCKET, key.as_bytes())
+            .unwrap()
+            .map(|d| values(&d))
+            .unwrap_or_default()
+    }
+
+    /// Waits (up to 10 s) until `node` stores exactly `want` for `key`.
+    async fn until_stored(&self, node: &str, key: &str, want: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.stored(node, key);
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{node} stores {got:?} for {key}, not {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits (up to 10 s) until `node` holds `want` hints.
+    async fn until_hints(&self, node: &str, want: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let held = self.net.peer(node).hints_held().unwrap();
+            if held == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{node} holds {held} hints, not {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn shutdown(self) {
+        self.net.shutdown().await;
+    }
+}
+
+/// The live values of a key state, sorted.
+fn values(d: &DvvSet) -> Vec<String> {
+    let mut v: Vec<String> = d
+        .values()
+        .map(|v| String::from_utf8(v.to_vec()).unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `key` on replicas n1, n2, n3 (preference list order), the other nodes of `nodes` as
+/// fallbacks in order.
+fn placement(key: &str, nodes: usize, r: usize, w: usize, sloppy: bool) -> Placement {
+    Placement {
+        partition: ringkv_cluster::partition_for(BUCKET, key.as_bytes(), PARTITIONS),
+        replicas: vec!["n1".into(), "n2".into(), "n3".into()],
+        r,
+        w,
+        sloppy,
+        fallbacks: (4..=nodes).map(|i| format!("n{i}")).collect(),
+        max_siblings: 100,
+    }
+}
+
+fn quorum_error(e: KvError) -> (&'static str, usize, usize, usize, QuorumCause) {
+    match e {
+        KvError::Quorum {
+            op,
+            answered,
+            needed,
+            n,
+            cause,
+            ..
+        } => (op, answered, needed, n, cause),
+        other => panic!("not a quorum error: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_write_reaches_its_w_quorum_with_one_of_three_replicas_cut() {
+    let c = Cluster::start(3).await;
+    c.net.cut("n3");
+    let written = c
+        .put(
+            "n1",
+            placement("k", 3, 2, 2, false),
+            "k",
+            "milk",
+            VersionVector::new(),
+            LONG,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(values(&written), ["milk"]);
+    // w = 2: both reachable replicas hold it durably when the write is answered.
+    assert_eq!(c.stored("n1", "k"), ["milk"]);
+    assert_eq!(c.stored("n2", "k"), ["milk"]);
+    assert!(c.stored("n3", "k").is_empty());
+    assert_eq!(c.net.received("n3"), 0, "nothing is sent to a cut replica");
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_strict_write_misses_its_quorum_with_two_replicas_cut_and_hints_nothing() {
+    let c = Cluster::start(4).await;
+    c.net.cut("n2");
+    c.net.cut("n3");
+    let e = c
+        .put(
+            "n1",
+            placement("k", 4, 2, 2, false),
+            "k",
+            "milk",
+            VersionVector::new(),
+            LONG,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        quorum_error(e),
+        ("write", 1, 2, 3, QuorumCause::Unreachable),
+        "only the coordinating replica holds it"
+    );
+    for node in ["n1", "n4"] {
+        assert_eq!(c.net.peer(node).hints_held().unwrap(), 0, "{node}");
+    }
+    assert_eq!(c.net.received("n4"), 0, "the fallback is not used");
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sloppy_write_hints_on_fallbacks_counts_each_holder_once_and_handoff_delivers() {
+    let c = Cluster::start(4).await;
+    c.net.cut("n2");
+    c.net.cut("n3");
+    // w = 2: n1 holds its replica, the fallback n4 a hint for one cut replica; the hint for
+    // the other goes to n1 (no other fallback), which already counts.
+    c.put(
+        "n1",
+        placement("k", 4, 2, 2, true),
+        "k",
+        "milk",
+        VersionVector::new(),
+        LONG,
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.net.peer("n4").hints_held().unwrap(), 1);
+    // n1's hint does not count toward w, so the write may be answered before it is stored.
+    c.until_hints("n1", 1).await;
+    assert!(c.stored("n4", "k").is_empty(), "a hint is not a replica");
+
+    // w = 3 cannot be met by two distinct nodes, however many hints they hold.
+    let e = c
+        .put(
+            "n1",
+            placement("j", 4, 2, 3, true),
+            "j",
+            "eggs",
+            VersionVector::new(),
+            LONG,
+        )
+        .await
+        .unwrap_err();
+    let (op, answered, needed, n, _) = quorum_error(e);
+    assert_eq!((op, answered, needed, n), ("write", 2, 3, 3));
+    c.until_hints("n4", 2).await;
+    c.until_hints("n1", 2).await;
+
+    // Healed, the replicas get every hint from both holders, which then hold none.
+    c.net.heal_all();
+    for holder in ["n1", "n4"] {
+        assert_eq!(deliver_all(&c.net.peer(holder)).await.unwrap(), 2);
+        assert_eq!(c.net.peer(holder).hints_held().unwrap(), 0);
+    }
+    for node in ["n2", "n3"] {
+        assert_eq!(c.stored(node, "k"), ["milk"], "{node}");
+        assert_eq!(c.stored(node, "j"), ["eggs"], "{node}");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_read_merges_concurrent_siblings_from_replicas_and_repairs_each_one() {
+    let c = Cluster::start(3).await;
+    let strict = |r, w| placement("cart", 3, r, w, false);
+    // "a" is written on n1 alone, "b" on n2 and n3 while n1 is cut: concurrent versions.
+    c.net.cut("n2");
+    c.net.cut("n3");
+    c.put("n1", strict(1, 1), "cart", "a", VersionVector::new(), LONG)
+        .await
+        .unwrap();
+    c.net.heal_all();
+    c.net.cut("n1");
+    c.put("n2", strict(1, 2), "cart", "b", VersionVector::new(), LONG)
+        .await
+        .unwrap();
+    c.net.heal_all();
+    assert_eq!(c.stored("n1", "cart"), ["a"]);
+    assert_eq!(c.stored("n3", "cart"), ["b"]);
+
+    let read = c
+        .get("n1", strict(3, 1), "cart", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(values(&read), ["a", "b"], "both siblings");
+    // Read repair brings every replica to the merge.
+    for node in ["n1", "n2", "n3"] {
+        c.until_stored(node, "cart", &["a", "b"]).await;
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_read_answers_the_newest_version_and_repairs_a_stale_replica() {
+    let c = Cluster::start(3).await;
+    let first = c
+        .put(
+            "n1",
+            placement("k", 3, 2, 3, false),
+            "k",
+            "v1",
+            VersionVector::new(),
+            LONG,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    c.net.cut("n2");
+    c.put(
+        "n1",
+        placement("k", 3, 2, 2, false),
+        "k",
+        "v2",
+        first.context().clone(),
+        LONG,
+    )
+    .await
+    .unwrap();
+    c.net.heal("n2");
+    assert_eq!(c.stored("n2", "k"), ["v1"], "n2 missed the second write");
+
+    // r = 2 asks n1 (this node) and n2 (the next replica): v2 supersedes v1.
+    let read = c
+        .get("n1", placement("k", 3, 2, 2, false), "k", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(values(&read), ["v2"]);
+    c.until_stored("n2", "k", &["v2"]).await;
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_paused_replica_does_not_hold_up_a_write_quorum_already_met() {
+    let c = Cluster::start(3).await;
+    c.net.pause("n3");
+    let started = Instant::now();
+    c.put(
+        "n1",
+        placement("k", 3, 2, 2, false),
+        "k",
+        "milk",
+        VersionVector::new(),
+        LONG,
+    )
+    .await
+    .unwrap();
+    assert!(
+        started.elapsed() < LONG / 3,
+        "the write waited {:?} for the paused replica",
+        started.elapsed()
+    );
+    assert!(c.stored("n3", "k").is_empty(), "n3 is still paused");
+    // Resumed, n3 serves the merge that waited for it.
+    c.net.heal("n3");
+    c.until_stored("n3", "k", &["milk"]).await;
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_delayed_replica_is_waited_for_only_when_the_quorum_needs_it() {
+    let c = Cluster::start(3).await;
+    let delay = Duration::from_millis(300);
+    c.net.delay("n3", delay);
+    let started = Instant::now();
+    c.put(
+        "n1",
+        placement("k", 3, 2, 3, false),
+        "k",
+        "v",
+        VersionVector::new(),
+        LONG,
+    )
+    .await
+    .unwrap();
+    assert!(
+        started.elapsed() >= delay,
+        "w = 3 needs the delayed replica"
+    );
+
+    c.net.delay("n3", LONG);
+    let started = Instant::now();
+    c.put(
+        "n1",
+        placement("j", 3, 2, 2, false),
+        "j",
+        "v",
+        VersionVector::new(),
+        LONG,
+    )
+    .await
+    .unwrap();
+    assert!(
+        started.elapsed() < LONG / 3,
+        "w = 2 waited {:?} for the delayed replica",
+        started.elapsed()
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_read_asks_another_replica_when_one_is_slow() {
+    let c = Cluster::start(3).await;
+    c.put(
+        "n1",
+        placement("k", 3, 2, 3, false),
+        "k",
+        "v",
+        VersionVector::new(),
+        LONG,
+    )
+    .await
+    .unwrap();
+    // r = 2 asks n1 and n2 first; n2 is paused, so the speculative retry asks n3.
+    c.net.pause("n2");
+    let before = c.net.received("n3");
+    let started = Instant::now();
+    let read = c
+        .get("n1", placement("k", 3, 2, 2, false), "k", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(values(&read), ["v"]);
+    assert!(started.elapsed() < LONG / 3);
+    assert_eq!(c.net.received("n3"), before + 1, "n3 was asked");
+    c.net.heal("n2");
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn dropped_requests_time_out_with_a_timeout_error() {
+    let c = Cluster::start(3).await;
+    c.net.drop_requests("n2");
+    c.net.drop_requests("n3");
+    let timeout = Duration::from_millis(300);
+
+    let started = Instant::now();
+    let e = c
+        .put(
+            "n1",
+            placement("k", 3, 2, 2, false),
+            "k",
+            "v",
+            VersionVector::new(),
+            timeout,
+        )
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() >= timeout);
+    assert_eq!(quorum_error(e), ("write", 1, 2, 3, QuorumCause::Timeout));
+
+    let started = Instant::now();
+    let e = c
+        .get("n1", placement("k", 3, 2, 2, false), "k", timeout)
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() >= timeout);
+    let (op, answered, needed, _, cause) = quorum_error(e);
+    assert_eq!(
+        (op, answered, needed, cause),
+        ("read", 1, 2, QuorumCause::Timeout)
+    );
+
+    // One call on its own: the typed answer is a timeout naming the node.
+    let get = Get {
+        partition: 0,
+        bucket: ByteBuf::from(BUCKET.to_vec()),
+        key: ByteBuf::from(b"k".to_vec()),
+    };
+    let r = c.net.peer("n1").call("n2", get, timeout).await;
+    assert_eq!(r, Err(ReplicaError::Timeout("n2".into())));
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_over_the_cluster_message_limit_is_refused_before_it_is_sent() {
+    let c = Cluster::start(2).await;
+    let limit = c.net.peer("n1").context().max_message_bytes;
+    let mut record = DvvSet::new();
+    record
+        .update(&VersionVector::new(), 1, Some(vec![7; limit]), 1, 10)
+        .unwrap();
+    let merge = MergeStored {
+        partition: 0,
+        entries: vec![(ByteBuf::from(b"\x01bk".to_vec()), record)],
+    };
+    let r = c.net.peer("n1").call("n2", merge, LONG).await;
+    assert!(
+        matches!(&r, Err(ReplicaError::TooLarge { node, limit: l, bytes }) if node == "n2" && *l == limit && *bytes > limit),
+        "{r:?}"
+    );
+    assert_eq!(c.net.received("n2"), 0);
+    c.shutdown().await;
+}
+
+/// A committed layout of n1, n2 and n3 (each partition's preference list holds all three),
+/// given to every node's cluster view: anti-entropy sweeps the partitions it lists.
+fn commit_layout(c: &Cluster) {
+    let mut state = ClusterState::new(PARTITIONS);
+    for i in 1..=3 {
+        state.upsert_member(Member {
+            name: format!("n{i}"),
+            cluster_addr: format!("127.0.0.{i}:7411"),
+            client_addr: format!("127.0.0.{i}:7392"),
+            zone: format!("z{i}"),
+            capacity: 1,
+            status: MemberStatus::Joining,
+            version: 0,
+            incarnation: 1,
+        });
+    }
+    state.commit().unwrap();
+    for node in ["n1", "n2", "n3"] {
+        c.net.peer(node).context().view.merge(&state);
+    }
+}
+
+#[tokio::test]
+async fn anti_entropy_brings_every_replica_the_keys_it_missed() {
+    let c = Cluster::start(3).await;
+    commit_layout(&c);
+    // "a" is written on n1 alone, "b" on n2 alone.
+    c.net.cut("n2");
+    c.net.cut("n3");
+    c.put(
+        "n1",
+        placement("a", 3, 1, 1, false),
+        "a",
+        "A",
+        VersionVector::new(),
+        LONG,
+    )
+    .await
+    .unwrap();
+    c.net.heal_all();
+    c.net.cut("n1");
+    c.net.cut("n3");
+    c.put(
+        "n2",
+        placement("b", 3, 1, 1, false),
+        "b",
+        "B",
+        VersionVector::new(),
+        LONG,
+    )
+    .await
+    .unwrap();
+    c.net.heal_all();
+    assert!(c.stored("n3", "a").is_empty() && c.stored("n3", "b").is_empty());
+
+    // n1 exchanges with n2 and n3 (the replicas named after it), then n2 with n3.
+    let grace = Duration::from_secs(3600);
+    sweep(&c.net.peer("n1"), grace).await;
+    sweep(&c.net.peer("n2"), grace).await;
+    for node in ["n1", "n2", "n3"] {
+        assert_eq!(c.stored(node, "a"), ["A"], "{node}");
+        assert_eq!(c.stored(node, "b"), ["B"], "{node}");
+    }
+    let repaired = |node: &str| {
+        c.net
+            .peer(node)
+            .context()
+            .stats
+            .repair
+            .keys_repaired
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // Four copies were missing (b on n1, a on n2, both on n3); each was made once, by
+    // whichever exchange found it first (the order follows each partition's preference list).
+    assert_eq!(repaired("n1") + repaired("n2"), 4);
+    c.shutdown().await;
+}
