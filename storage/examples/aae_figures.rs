@@ -36,6 +36,8 @@ const MISSING: u32 = 5;
 const CHANGED: u32 = 5;
 /// Bucket of every key.
 const BUCKET: &[u8] = b"bench";
+/// Merges in flight while loading a side.
+const MERGE_WINDOW: usize = 8192;
 
 /// A's request for B's hashes of the children of `parents` at `level`.
 #[derive(Serialize)]
@@ -105,11 +107,17 @@ fn state(i: u32, replica: u64, salt: u8) -> Result<DvvSet, Box<dyn Error>> {
     Ok(d)
 }
 
-/// Merges every `(stored key, state)` into `p`, all queued at once, and waits for them.
+/// Merges every `(stored key, state)` into `p`, [`MERGE_WINDOW`] at a time in flight, and
+/// waits for them.
 fn merge_all(p: &Partition, states: Vec<(Vec<u8>, DvvSet)>) -> Result<(), Box<dyn Error>> {
-    let n = states.len();
     let (tx, rx) = mpsc::channel();
+    let mut in_flight = 0;
     for (key, record) in states {
+        // Stay under the writer's queue bound (`PartitionOptions::max_queue`).
+        if in_flight == MERGE_WINDOW {
+            rx.recv()??;
+            in_flight -= 1;
+        }
         let tx = tx.clone();
         p.merge_stored(
             key,
@@ -118,15 +126,10 @@ fn merge_all(p: &Partition, states: Vec<(Vec<u8>, DvvSet)>) -> Result<(), Box<dy
                 let _ = tx.send(r.map(|_| ()));
             }),
         );
+        in_flight += 1;
     }
-    drop(tx);
-    let mut done = 0;
-    for r in rx {
-        r?;
-        done += 1;
-    }
-    if done != n {
-        return Err(format!("{done} of {n} merges answered").into());
+    for _ in 0..in_flight {
+        rx.recv()??;
     }
     Ok(())
 }
