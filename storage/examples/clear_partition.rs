@@ -103,7 +103,10 @@ fn print_latencies(what: &str, h: &Histogram<u64>) {
 
 fn main() -> Result<(), Box<dyn Error>> {
     let keys: u64 = env_or("CLEAR_PARTITION_KEYS", KEYS)?;
-    let chunk: usize = env_or("CLEAR_PARTITION_CHUNK", PartitionOptions::default().clear_chunk_keys)?;
+    let chunk: usize = env_or(
+        "CLEAR_PARTITION_CHUNK",
+        PartitionOptions::default().clear_chunk_keys,
+    )?;
     let base = std::env::var_os("CLEAR_PARTITION_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
@@ -145,8 +148,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     let writer = {
         let (other, done) = (other.clone(), done.clone());
         std::thread::spawn(move || -> Result<Histogram<u64>, String> {
-            let mut during = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                .map_err(|e| e.to_string())?;
+            let mut during =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
             let mut i = BASELINE_WRITES;
             while !done.load(Ordering::Acquire) {
                 let us = timed_write(&other, i).map_err(|e| e.to_string())?;

@@ -245,7 +245,10 @@ mod tests {
         let e = DataDir::open(dir.path(), 2, &opts).err().unwrap();
         assert!(matches!(e, StorageError::UnsupportedFormat(_)), "{e}");
         let msg = e.to_string();
-        assert!(msg.contains("format 1 (") && msg.contains("`merkle` database"), "{msg}");
+        assert!(
+            msg.contains("format 1 (") && msg.contains("`merkle` database"),
+            "{msg}"
+        );
         assert!(msg.contains("reads format 2 only"), "{msg}");
         assert!(msg.contains("empty data directory"), "{msg}");
         // A refused directory is left as it was: refused again.

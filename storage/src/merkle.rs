@@ -296,7 +296,10 @@ mod tests {
         assert_eq!(t.root(), 0);
         t.toggle(5, 0);
         t.toggle(SEGMENTS, 9);
-        assert!(!t.is_allocated(), "a zero hash or a segment out of range allocates nothing");
+        assert!(
+            !t.is_allocated(),
+            "a zero hash or a segment out of range allocates nothing"
+        );
         assert_eq!(t, MerkleTree::new());
         t.toggle(5, 9);
         assert!(t.is_allocated());
@@ -305,10 +308,16 @@ mod tests {
         assert_eq!(copy, t);
         t.toggle(5, 9);
         assert!(t.is_allocated());
-        assert_eq!(t, MerkleTree::new(), "equality compares hashes, not allocation");
+        assert_eq!(
+            t,
+            MerkleTree::new(),
+            "equality compares hashes, not allocation"
+        );
         t.clear();
         assert!(!t.is_allocated());
-        assert!(!MerkleTree::from_leaves(&[0; SEGMENTS as usize]).unwrap().is_allocated());
+        assert!(!MerkleTree::from_leaves(&[0; SEGMENTS as usize])
+            .unwrap()
+            .is_allocated());
         assert!(matches!(
             MerkleTree::from_leaves(&[1; 3]),
             Err(StorageError::Corrupt(_))

@@ -855,7 +855,11 @@ mod tests {
         let opts = PartitionOptions::default();
         let all: Vec<u32> = (0..merkle::SEGMENTS).collect();
         let p = Partition::open(dir.path(), 0, 7, &opts).unwrap();
-        assert_eq!(p.store.open_report().scanned, 1, "a new partition is scanned");
+        assert_eq!(
+            p.store.open_report().scanned,
+            1,
+            "a new partition is scanned"
+        );
         fill(&p, 0, 5000);
         let (tree, stats) = (p.merkle_tree(), p.stats().unwrap());
         assert_eq!(stats.keys, 5000);
@@ -878,7 +882,10 @@ mod tests {
         drop(p);
         let p = Partition::open(dir.path(), 0, 7, &opts).unwrap();
         let report = p.store.open_report();
-        assert_eq!((report.from_checkpoint, report.scanned, report.keys_scanned), (0, 1, 5100));
+        assert_eq!(
+            (report.from_checkpoint, report.scanned, report.keys_scanned),
+            (0, 1, 5100)
+        );
         assert_eq!((p.merkle_tree(), p.stats().unwrap()), (tree.clone(), stats));
         assert_eq!(tree, rebuilt(&p));
         p.shutdown();
@@ -938,7 +945,10 @@ mod tests {
             &opts,
         )
         .unwrap();
-        let (p0, p1) = (Partition::of(&store, 0).unwrap(), Partition::of(&store, 1).unwrap());
+        let (p0, p1) = (
+            Partition::of(&store, 0).unwrap(),
+            Partition::of(&store, 1).unwrap(),
+        );
         fill(&p0, 0, 1000);
         fill(&p1, 0, 10);
         let replica_before = p0.replica();
@@ -976,13 +986,22 @@ mod tests {
         let seen: Vec<u64> = seen_rx.iter().collect();
         let stats = store.commit_stats();
         let chunks = stats.clear_chunks() - chunks_before;
-        assert!(chunks >= 10, "1000 keys in chunks of 100 took {chunks} commits");
+        assert!(
+            chunks >= 10,
+            "1000 keys in chunks of 100 took {chunks} commits"
+        );
         assert!(stats.most_cleared_per_commit() <= 100);
         // Partition 1's writes were answered while partition 0 still held keys, at several
         // stages of the clear.
         let between: Vec<&u64> = seen.iter().filter(|&&n| n > 0 && n < 1000).collect();
-        assert!(between.len() >= 5, "partition 0's key counts seen by partition 1's writes: {seen:?}");
-        assert!(seen.windows(2).all(|w| w[0] >= w[1] && w[0] - w[1] <= 100), "{seen:?}");
+        assert!(
+            between.len() >= 5,
+            "partition 0's key counts seen by partition 1's writes: {seen:?}"
+        );
+        assert!(
+            seen.windows(2).all(|w| w[0] >= w[1] && w[0] - w[1] <= 100),
+            "{seen:?}"
+        );
 
         assert_eq!(p0.stats().unwrap(), PartitionStats::default());
         assert!(!p0.merkle_tree().is_allocated());
@@ -990,7 +1009,10 @@ mod tests {
         assert_eq!(p1.len().unwrap(), 11 + seen.len() as u64);
         assert_eq!(p1.stats().unwrap(), counted(&p1));
         let fresh = p0.replica();
-        assert_ne!(fresh, replica_before, "a cleared partition gets a fresh replica id");
+        assert_ne!(
+            fresh, replica_before,
+            "a cleared partition gets a fresh replica id"
+        );
         // Joins the writer thread: the chain's replies, which hold handles, are done.
         store.shutdown();
         drop((p0, p1));
@@ -1061,7 +1083,11 @@ mod tests {
             }
         };
         assert!(p.get(b"b", b"k").unwrap().is_some());
-        assert_eq!(p.store.open_report().scanned, 1, "no checkpoint was written");
+        assert_eq!(
+            p.store.open_report().scanned,
+            1,
+            "no checkpoint was written"
+        );
     }
 
     #[test]

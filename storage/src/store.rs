@@ -525,7 +525,9 @@ impl DataStore {
                 ms = started.elapsed().as_millis() as u64,
                 "checkpointed the partitions' hash trees"
             ),
-            Err(e) => tracing::warn!(error = %e, "could not checkpoint the partitions' hash trees; the next start rebuilds them from the data"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not checkpoint the partitions' hash trees; the next start rebuilds them from the data")
+            }
         }
     }
 
@@ -914,7 +916,10 @@ impl Writer {
         let mut current: Option<(u32, std::sync::RwLockWriteGuard<'_, PartMem>)> = None;
         for d in deltas {
             if current.as_ref().is_none_or(|(p, _)| *p != d.partition) {
-                current = self.parts.get(&d.partition).map(|part| (d.partition, part.write()));
+                current = self
+                    .parts
+                    .get(&d.partition)
+                    .map(|part| (d.partition, part.write()));
             }
             let Some((_, mem)) = current.as_mut() else {
                 continue;
@@ -1134,7 +1139,10 @@ impl Writer {
         }
         if let Some(last) = &last {
             // Exactly the keys just read: the range starts before the partition's first key.
-            let range = (Bound::Included(&prefix[..]), Bound::Included(last.as_slice()));
+            let range = (
+                Bound::Included(&prefix[..]),
+                Bound::Included(last.as_slice()),
+            );
             self.dbs.kv.delete_range(wtxn, &range)?;
         }
         let finished = if deleted < self.clear_chunk {
@@ -1230,7 +1238,11 @@ mod tests {
             ..Default::default()
         };
         let empty = encode_checkpoint(&PartMem::default());
-        assert_eq!(empty.len(), 1 + 8 + CHECKPOINT_COUNTS, "no leaves when none allocated");
+        assert_eq!(
+            empty.len(),
+            1 + 8 + CHECKPOINT_COUNTS,
+            "no leaves when none allocated"
+        );
         let back = decode_checkpoint(&empty).unwrap();
         assert!(!back.tree.is_allocated());
         mem.tree.toggle(7, 99);
