@@ -26,9 +26,9 @@
 //! the data env (`kv` key `[partition: u16 BE][segment: u16 BE][stored key]`, see
 //! [`crate::store`]), so a segment is one contiguous key range of the data and its entries are
 //! one range scan of it, hashing each record as it is read
-//! ([`crate::Partition::segment_entries`]). The leaf hashes live in memory only: the data
-//! env's writer updates them after each commit, a clean shutdown checkpoints them, and an
-//! open without a checkpoint rebuilds them by one scan of the partition's keys.
+//! ([`crate::Partition::segment_entries`]). The leaf hashes live in memory: the data env's
+//! writer updates them after each commit, a clean shutdown checkpoints them, and an open
+//! without a checkpoint rebuilds them by one scan of the partition's keys.
 //!
 //! A tree with no key allocates no leaves ([`MerkleTree::is_allocated`]): an idle node holds
 //! no 32 KiB leaf array per empty partition.

@@ -112,6 +112,14 @@ pub(crate) fn data_key(partition: u16, stored: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The segment of a key made by [`data_key`] (its bytes 2 and 3).
+fn segment_in(data_key: &[u8]) -> u32 {
+    match data_key {
+        [_, _, hi, lo, ..] => u32::from(u16::from_be_bytes([*hi, *lo])),
+        _ => 0,
+    }
+}
+
 /// `[partition][segment]`, the prefix of every `kv` key of one segment of a partition.
 fn segment_prefix(partition: u16, segment: u32) -> [u8; PREFIX_LEN] {
     let mut out = [0u8; PREFIX_LEN];
@@ -1060,7 +1068,7 @@ impl Writer {
         let new_bytes = dkey.len() + bytes.len();
         deltas.push(LeafDelta {
             partition: p,
-            segment: merkle::segment_of(merkle::key_hash(key)),
+            segment: segment_in(&dkey),
             delta: old_hash ^ new_hash,
             keys: if old_bytes.is_some() { 0 } else { 1 },
             bytes: new_bytes as i64 - old_bytes.unwrap_or(0) as i64,
@@ -1095,7 +1103,7 @@ impl Writer {
             self.dbs.kv.delete(wtxn, &dkey)?;
             deltas.push(LeafDelta {
                 partition: p,
-                segment: merkle::segment_of(merkle::key_hash(key)),
+                segment: segment_in(&dkey),
                 delta: *expected,
                 keys: -1,
                 bytes: -(size as i64),
@@ -1227,6 +1235,7 @@ mod tests {
         assert_eq!(&key[..2], &[1, 2]);
         assert_eq!(&key[2..4], &(segment as u16).to_be_bytes());
         assert_eq!(split_key(&key).unwrap(), (0x0102, segment, &stored[..]));
+        assert_eq!(segment_in(&key), segment);
         assert!(split_key(&key[..4]).is_err());
     }
 
