@@ -253,7 +253,7 @@ impl HintStore {
             "ringkv-hints".into(),
             HINTS_MAX_BATCH,
             HINTS_MAX_QUEUE,
-            move |batch| writer.commit_batch(batch),
+            move |batch, _joiners| writer.commit_batch(batch),
         )?;
         Ok(Arc::new(Self {
             path: dir.to_path_buf(),
@@ -455,8 +455,8 @@ struct HintWriter {
 }
 
 impl HintWriter {
-    /// Commits and answers `batch`; the hint store keeps no work across batches, so it
-    /// always returns `false` (see [`WriterThread::spawn`]).
+    /// Commits and answers `batch` (without joiners); the hint store keeps no work across
+    /// batches, so it always returns `false` (see [`WriterThread::spawn`]).
     fn commit_batch(&mut self, batch: &mut Vec<HintOp>) -> bool {
         let outcomes = match self.genv.write(|| self.try_commit(batch)) {
             Ok((outcomes, next_seq)) => {

@@ -592,6 +592,65 @@ mod tests {
         assert!(p.get(b"b", b"k").unwrap().is_some());
     }
 
+    /// A write queued after the writer took its batch, while that batch waits for its
+    /// transaction, joins that transaction instead of waiting for the next commit.
+    #[test]
+    fn a_write_queued_during_a_commit_joins_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // A queue of one: a second write is accepted only once the writer took the first.
+        let opts = PartitionOptions {
+            max_queue: 1,
+            ..Default::default()
+        };
+        let p = Partition::open(dir.path(), 0, 7, &opts).unwrap();
+        let blocker = p.store.genv().env().write_txn().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let write = |i: u32| {
+            let tx = tx.clone();
+            p.update(
+                b"b",
+                &i.to_be_bytes(),
+                VersionVector::new(),
+                Some(b"v".to_vec()),
+                0,
+                Box::new(move |r| {
+                    let _ = tx.send((i, r));
+                }),
+            );
+        };
+        write(1);
+        // Poll, with a deadline, until the queue takes write 2: the writer has taken write 1
+        // and waits for the env's write lock, which this test holds.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            write(2);
+            match rx.try_recv() {
+                Ok((2, Err(StorageError::Overloaded { .. }))) => {
+                    assert!(std::time::Instant::now() < deadline, "write 1 never taken");
+                    std::thread::yield_now();
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+        drop(blocker);
+        let mut answered: Vec<u32> = (0..2)
+            .map(|_| rx.recv().unwrap())
+            .map(|(i, r)| {
+                r.unwrap();
+                i
+            })
+            .collect();
+        answered.sort();
+        assert_eq!(answered, vec![1, 2]);
+        let stats = p.store.commit_stats();
+        assert_eq!(
+            (stats.commits(), stats.writes()),
+            (1, 2),
+            "one commit held both"
+        );
+    }
+
     #[test]
     fn map_grows_on_map_full_and_stops_at_the_limit() {
         let dir = tempfile::tempdir().unwrap();

@@ -64,7 +64,7 @@ use crate::dvv::{DvvSet, ReplicaId, VersionVector};
 use crate::env::{Abort, GrowableEnv};
 use crate::merkle::{self, MerkleTree};
 use crate::partition::{Identity, PartitionOptions, PartitionStats, PurgeReply, WriteReply};
-use crate::writer::WriterThread;
+use crate::writer::{Joiners, WriterThread};
 use crate::{record, StorageError};
 use heed::types::Bytes;
 use heed::{Database, RoTxn, RwTxn, WithoutTls};
@@ -477,7 +477,7 @@ impl DataStore {
             "ringkv-writer".into(),
             options.max_batch,
             options.max_queue,
-            move |batch| writer.commit_batch(batch),
+            move |batch, joiners| writer.commit_batch(batch, joiners),
         )?;
         Ok(Arc::new(Self {
             path: dir.to_path_buf(),
@@ -861,29 +861,34 @@ struct LeafDelta {
 }
 
 impl Writer {
-    /// Applies and commits `batch` (draining it) with one chunk of the oldest clear under way,
-    /// updates the in-memory trees and counts, then answers each operation (and the clear if
-    /// this chunk finished it). Returns true while a clear is under way.
-    fn commit_batch(&mut self, batch: &mut Vec<WriteOp>) -> bool {
+    /// Applies and commits `batch` (draining it) and the joiners that arrive while it is
+    /// applied, with one chunk of the oldest clear under way, updates the in-memory trees and
+    /// counts, then answers each operation (and the clear if this chunk finished it). Returns
+    /// true while a clear is under way.
+    fn commit_batch(
+        &mut self,
+        batch: &mut Vec<WriteOp>,
+        joiners: &mut Joiners<'_, WriteOp>,
+    ) -> bool {
         let mut ops = Vec::with_capacity(batch.len());
+        let mut clears = Vec::new();
         for op in batch.drain(..) {
             match op {
-                WriteOp::Clear { partition, reply } if self.parts.contains_key(&partition) => {
-                    self.clears.push_back(ClearJob {
-                        partition,
-                        deleted: 0,
-                        reply,
-                    })
-                }
-                WriteOp::Clear { partition, reply } => reply(Err(StorageError::Closed(partition))),
+                WriteOp::Clear { .. } => clears.push(op),
                 op => ops.push(op),
             }
         }
+        self.start_clears(clears);
         let clearing = self.clears.front().map(|job| job.partition);
         if ops.is_empty() && clearing.is_none() {
             return false;
         }
-        let outcomes = match self.genv.write(|| self.try_commit(&ops, clearing)) {
+        // Clears among the joiners start with the next commit.
+        let mut late_clears = Vec::new();
+        let committed = self
+            .genv
+            .write(|| self.try_commit(&mut ops, joiners, &mut late_clears, clearing));
+        let outcomes = match committed {
             Ok((outcomes, deltas, chunk)) => {
                 self.apply_deltas(&deltas);
                 let mut partitions: Vec<u32> = ops.iter().map(WriteOp::partition).collect();
@@ -915,7 +920,28 @@ impl Writer {
         for (op, outcome) in ops.into_iter().zip(outcomes) {
             op.answer(outcome);
         }
+        self.start_clears(late_clears);
         !self.clears.is_empty()
+    }
+
+    /// Queues clear operations as clears under way (answering those of partitions that are
+    /// not open).
+    fn start_clears(&mut self, ops: Vec<WriteOp>) {
+        for op in ops {
+            match op {
+                WriteOp::Clear { partition, reply } if self.parts.contains_key(&partition) => {
+                    self.clears.push_back(ClearJob {
+                        partition,
+                        deleted: 0,
+                        reply,
+                    })
+                }
+                op => {
+                    let p = op.partition();
+                    op.refuse(StorageError::Closed(p))
+                }
+            }
+        }
     }
 
     /// Applies a committed transaction's deltas to the partitions' trees and counts; a
@@ -963,40 +989,33 @@ impl Writer {
         }
     }
 
+    /// One attempt at the transaction: applies `batch`, then the joiners queued meanwhile
+    /// (appended to `batch`, so that a retry after a map resize applies them again; clears
+    /// among them go to `late_clears`), then one chunk of partition `clearing`'s clear, and
+    /// commits.
     #[allow(clippy::type_complexity)]
     fn try_commit(
         &self,
-        batch: &[WriteOp],
+        batch: &mut Vec<WriteOp>,
+        joiners: &mut Joiners<'_, WriteOp>,
+        late_clears: &mut Vec<WriteOp>,
         clearing: Option<u32>,
     ) -> Result<(Vec<Outcome>, Vec<LeafDelta>, Option<Chunk>), Abort> {
         let mut wtxn = self.genv.env().write_txn()?;
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut deltas = Vec::with_capacity(batch.len());
-        for op in batch {
-            outcomes.push(match op {
-                WriteOp::Record {
-                    partition,
-                    key,
-                    change,
-                    ..
-                } => {
-                    Outcome::Record(self.apply(&mut wtxn, *partition, key, change, &mut deltas)?)
-                }
-                WriteOp::Purge {
-                    partition,
-                    candidates,
-                    ..
-                } => Outcome::Purged(Ok(self.purge(
-                    &mut wtxn,
-                    *partition,
-                    candidates,
-                    &mut deltas,
-                )?)),
-                // Taken out of the batch by `commit_batch`.
-                WriteOp::Clear { partition, .. } => Outcome::Purged(Err(StorageError::Io(
-                    format!("internal error: a clear of partition {partition} in a batch"),
-                ))),
-            });
+        for op in batch.iter() {
+            outcomes.push(self.apply_op(&mut wtxn, op, &mut deltas)?);
+        }
+        while let Some(op) = joiners.next() {
+            if matches!(op, WriteOp::Clear { .. }) {
+                late_clears.push(op);
+                continue;
+            }
+            batch.push(op);
+            if let Some(op) = batch.last() {
+                outcomes.push(self.apply_op(&mut wtxn, op, &mut deltas)?);
+            }
         }
         // After the batch's writes, so that a clear's last chunk leaves the partition empty.
         let chunk = match clearing {
@@ -1005,6 +1024,32 @@ impl Writer {
         };
         wtxn.commit()?;
         Ok((outcomes, deltas, chunk))
+    }
+
+    /// Applies one operation of a batch in `wtxn`.
+    fn apply_op(
+        &self,
+        wtxn: &mut RwTxn,
+        op: &WriteOp,
+        deltas: &mut Vec<LeafDelta>,
+    ) -> Result<Outcome, Abort> {
+        Ok(match op {
+            WriteOp::Record {
+                partition,
+                key,
+                change,
+                ..
+            } => Outcome::Record(self.apply(wtxn, *partition, key, change, deltas)?),
+            WriteOp::Purge {
+                partition,
+                candidates,
+                ..
+            } => Outcome::Purged(Ok(self.purge(wtxn, *partition, candidates, deltas)?)),
+            // Taken out of the batch by `commit_batch`.
+            WriteOp::Clear { partition, .. } => Outcome::Purged(Err(StorageError::Io(format!(
+                "internal error: a clear of partition {partition} in a batch"
+            )))),
+        })
     }
 
     /// Applies one change to `key` of partition `p` in `wtxn`; records the leaf change.
