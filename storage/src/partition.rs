@@ -2,9 +2,10 @@
 //! env ([`crate::store`]), with a hash tree of its keys for anti-entropy ([`crate::merkle`]).
 //!
 //! Every partition of a node lives in the same LMDB env, its keys prefixed by the partition
-//! number (big-endian), and every write goes to the env's one writer thread. That thread takes
-//! every queued write of every partition (up to [`PartitionOptions::max_batch`]), applies them
-//! in order inside one write transaction, commits it (with LMDB's default sync: data and
+//! number and the key's Merkle segment (big-endian), and every write goes to the env's one
+//! writer thread. That thread takes every queued write of every partition (up to
+//! [`PartitionOptions::max_batch`]), applies them in order inside one write transaction (with
+//! the writes queued meanwhile, up to `max_batch` in all), commits it (with LMDB's default sync: data and
 //! metadata are on disk when `commit` returns) and only then answers each write. Write
 //! transactions never leave that thread, so no write transaction crosses an `.await` or a
 //! thread, as LMDB requires. Sharing the commit between partitions is what makes it pay: with
