@@ -117,7 +117,8 @@ pub struct NodeConfig {
     pub request_timeout_ms: u64,
     /// Most siblings one key may hold. Default 100.
     pub max_siblings: usize,
-    /// Most writes one partition commits in one LMDB transaction. Default 1024.
+    /// Most writes (of all partitions) the data env's writer commits in one LMDB transaction.
+    /// Default 1024.
     pub max_batch: usize,
     /// LMDB map size the node's data env (every partition) starts with, bytes. Default 64 MiB.
     pub initial_map_bytes: usize,

@@ -16,9 +16,13 @@
 //!
 //! # Layouts (the `ROW` names)
 //!
-//! * `1`: today's layout and code path: one [`Partition`] per partition (its own env and
-//!   writer thread that group-commits what is queued), with everything the real write path
-//!   does (DVV record, `merkle` entry in a second database, in-memory tree).
+//! * `node`: the real write path as a node runs it: one [`DataStore`] (one env, one writer
+//!   thread) holding the `Q` partitions, written through [`Partition::update`] (DVV record,
+//!   the key's Merkle segment in its data key, in-memory tree and counts; data format 2).
+//! * `1`: the layout before one env per node, with today's code path: one [`Partition`] per
+//!   partition, each opened alone (its own env and writer thread that group-commits what is
+//!   queued). Until data format 2 this path also wrote a `merkle` entry in a second database;
+//!   the figures for `1` under "Measured here" were taken with it.
 //! * `1raw`: the same layout with nothing but the put: one env per partition, one writer
 //!   thread per env committing what is queued, with LMDB's default sync. Compare it with `2`
 //!   to see the layout alone.
@@ -53,7 +57,8 @@
 //!
 //! # Measured here (2-core VM, virtio disk, ext4, another engineer's tests running)
 //!
-//! Three runs, puts/s at Q=64: today's partitions (`1`) 8.4-9.4k, the layout alone
+//! (Before the `node` row existed, with data format 1.) Three runs, puts/s at Q=64: the
+//! partitions of then (`1`) 8.4-9.4k, the layout alone
 //! (`1raw`) 11-13k, one env (`2`) 16-21k, with a key prefix (`2pfx`) 18-24k, with
 //! `MDB_NOMETASYNC` (`3`) 18-23.5k, `2` plus the `merkle` database (`4`) 14.6-15.5k. With
 //! 200 clients: `1` 17.8k, `2`/`2pfx`/`3` 31-32.5k, `4` 28k. One env's commits are page-write
@@ -103,7 +108,7 @@ use hdrhistogram::Histogram;
 use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, WithoutTls};
 use rand::Rng;
-use ringkv_storage::{merkle, Partition, PartitionOptions, VersionVector};
+use ringkv_storage::{merkle, DataStore, Identity, Partition, PartitionOptions, VersionVector};
 use std::error::Error;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -130,6 +135,9 @@ const MAX_BATCH: usize = 1024;
 /// Layout 3: how long the writer waits for a next write before it forces a sync to answer
 /// the committed batch.
 const SYNC_WAIT: Duration = Duration::from_millis(1);
+/// Layout 4: length of a `merkle` key after the partition, bytes (segment `u16` and key hash
+/// `u128`, as data format 1 stored them).
+const MERKLE_KEY_LEN: usize = 18;
 /// LMDB map size of the envs this program opens itself, bytes (address space only).
 const MAP_BYTES: usize = 4 << 30;
 /// Partition counts measured.
@@ -141,7 +149,9 @@ static VALUE: [u8; VALUE_BYTES] = [0x5a; VALUE_BYTES];
 /// A commit layout (a row of the table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Layout {
-    /// (1) today's [`Partition`]s.
+    /// The node's [`DataStore`] with every partition, the real write path.
+    Node,
+    /// (1) a [`Partition`] opened alone per partition (an env each), the real write path.
     Today,
     /// (1) the layout alone: an env and a writer per partition, plain puts.
     EnvPerPartition,
@@ -156,7 +166,8 @@ enum Layout {
 }
 
 impl Layout {
-    const ALL: [Layout; 6] = [
+    const ALL: [Layout; 7] = [
+        Layout::Node,
         Layout::Today,
         Layout::EnvPerPartition,
         Layout::NodeNamed,
@@ -167,6 +178,7 @@ impl Layout {
 
     fn name(self) -> &'static str {
         match self {
+            Layout::Node => "node",
             Layout::Today => "1",
             Layout::EnvPerPartition => "1raw",
             Layout::NodeNamed => "2",
@@ -178,7 +190,8 @@ impl Layout {
 
     fn describe(self) -> &'static str {
         match self {
-            Layout::Today => "Partition per p (today, +merkle)",
+            Layout::Node => "DataStore, real path (format 2)",
+            Layout::Today => "Partition per p, env each, real path",
             Layout::EnvPerPartition => "env+writer per p, plain put",
             Layout::NodeNamed => "1 env, named db per p",
             Layout::NodePrefix => "1 env, p as key prefix",
@@ -291,7 +304,7 @@ impl EnvTarget {
         }
         if let Some(m) = self.merkle {
             let key_hash = merkle::key_hash(&op.key);
-            let mut mk = [0u8; 2 + merkle::MERKLE_KEY_LEN];
+            let mut mk = [0u8; 2 + MERKLE_KEY_LEN];
             mk[..2].copy_from_slice(&part);
             mk[2..4].copy_from_slice(&(merkle::segment_of(key_hash) as u16).to_be_bytes());
             mk[4..].copy_from_slice(&key_hash.to_be_bytes());
@@ -364,7 +377,8 @@ impl EnvTarget {
 
 /// The stores of one row, as the clients see them.
 enum Target {
-    /// Today's partitions.
+    /// Partition handles (on one node's [`DataStore`], or each on its own), and the env
+    /// directories whose commits are counted.
     Partitions(Vec<Arc<Partition>>, Vec<PathBuf>),
     /// Queues of our writer threads: one per partition, or one for all.
     Writers(Vec<Sender<Op>>),
@@ -531,6 +545,15 @@ fn run_row(
     };
     let names = |n: u32| (0..n).map(|p| format!("p{p:05}")).collect::<Vec<_>>();
     let target = match layout {
+        Layout::Node => {
+            let options = PartitionOptions::default();
+            let ids: Vec<(u32, Identity)> = (0..q).map(|p| (p, Identity::fixed(1))).collect();
+            let store = DataStore::open(dir, &ids, &options)?;
+            let parts = (0..q)
+                .map(|p| Partition::of(&store, p))
+                .collect::<Result<Vec<_>, _>>()?;
+            Target::Partitions(parts, vec![dir.to_path_buf()])
+        }
         Layout::Today => {
             let options = PartitionOptions::default();
             let mut parts = Vec::new();
@@ -638,7 +661,7 @@ fn run_row(
         w.join().expect("writer thread");
     }
     let puts = end.puts - start.puts;
-    let writes = if layout == Layout::Today {
+    let writes = if matches!(layout, Layout::Today | Layout::Node) {
         puts
     } else {
         end.writes - start.writes

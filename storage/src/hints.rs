@@ -253,7 +253,7 @@ impl HintStore {
             "ringkv-hints".into(),
             HINTS_MAX_BATCH,
             HINTS_MAX_QUEUE,
-            move |batch| writer.commit_batch(batch),
+            move |batch, _joiners| writer.commit_batch(batch),
         )?;
         Ok(Arc::new(Self {
             path: dir.to_path_buf(),
@@ -455,7 +455,9 @@ struct HintWriter {
 }
 
 impl HintWriter {
-    fn commit_batch(&mut self, batch: &mut Vec<HintOp>) {
+    /// Commits and answers `batch` (without joiners); the hint store keeps no work across
+    /// batches, so it always returns `false` (see [`WriterThread::spawn`]).
+    fn commit_batch(&mut self, batch: &mut Vec<HintOp>) -> bool {
         let outcomes = match self.genv.write(|| self.try_commit(batch)) {
             Ok((outcomes, next_seq)) => {
                 self.next_seq = next_seq;
@@ -466,6 +468,7 @@ impl HintWriter {
         for (op, outcome) in batch.drain(..).zip(outcomes) {
             op.answer(outcome);
         }
+        false
     }
 
     /// Applies `batch` in one transaction; returns the outcomes and the next free seq.

@@ -1,9 +1,9 @@
 //! Bucket and key validation and the on-disk key layout.
 //!
 //! A stored key is `[bucket length: u8][bucket][key]`, so that every bucket's keys are
-//! contiguous in LMDB's key order. The data env puts the partition number (4 bytes) before
-//! it ([`crate::store`]) and LMDB allows at most 511 bytes per key, hence
-//! 4 + 1 + [`MAX_BUCKET_LEN`] + [`MAX_KEY_LEN`] = 511.
+//! contiguous in LMDB's key order. The data env puts the partition number and the key's Merkle
+//! segment (2 bytes each) before it ([`crate::store`]) and LMDB allows at most 511 bytes per
+//! key, hence 4 + 1 + [`MAX_BUCKET_LEN`] + [`MAX_KEY_LEN`] = 511.
 
 use crate::StorageError;
 
@@ -97,7 +97,7 @@ mod tests {
     #[test]
     fn stored_key_round_trips_and_fits_lmdb() {
         let k = storage_key(&[1; MAX_BUCKET_LEN], &[2; MAX_KEY_LEN]).unwrap();
-        assert_eq!(crate::store::data_key(u32::MAX, &k).len(), 511);
+        assert_eq!(crate::store::data_key(u16::MAX, &k).len(), 511);
         let (b, key) = split_storage_key(&k).unwrap();
         assert_eq!((b.len(), key.len()), (MAX_BUCKET_LEN, MAX_KEY_LEN));
         assert_eq!(split_storage_key(b"\x05ab"), None);

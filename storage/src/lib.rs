@@ -3,12 +3,13 @@
 //! * [`dvv`]: dotted version vectors with siblings ([`DvvSet`]), the causality of every key;
 //! * [`record`]: the persisted form of a key's state (version byte + named msgpack);
 //! * [`keys`]: bucket and key limits and the on-disk key layout;
-//! * [`store`]: the node's ONE data env holding every partition (the partition number is a
-//!   big-endian prefix of every key), written by ONE group-committing writer thread whose
-//!   commits hold the writes of all partitions ([`DataStore`]);
+//! * [`store`]: the node's ONE data env holding every partition (the partition number and
+//!   the key's Merkle segment are a big-endian prefix of every key), written by ONE
+//!   group-committing writer thread whose commits hold the writes of all partitions
+//!   ([`DataStore`]);
 //! * [`partition`]: a cheap handle on one partition of that env ([`Partition`]);
-//! * [`merkle`]: each partition's hash tree of its keys (4096 segments, fanout 16), updated in
-//!   the same transaction as every write, for active anti-entropy exchanges;
+//! * [`merkle`]: each partition's hash tree of its keys (4096 segments, fanout 16), kept in
+//!   memory and updated by the writer after each commit, for active anti-entropy exchanges;
 //! * [`hints`]: the node's durable hint store for hinted handoff ([`HintStore`]), an LMDB env
 //!   of its own with a group-committing writer thread;
 //! * [`system`]: the node's system env (replica id, partition count, partition epochs);
@@ -36,8 +37,10 @@ pub use dvv::{Dot, DvvSet, ReplicaId, Sibling, VersionVector};
 pub use error::StorageError;
 pub use hints::{Hint, HintId, HintStore};
 pub use merkle::MerkleTree;
-pub use partition::{Identity, Partition, PartitionOptions, PurgeReply, WriteReply};
-pub use store::{CommitStats, DataStore};
+pub use partition::{
+    Identity, Partition, PartitionOptions, PartitionStats, PurgeReply, WriteReply,
+};
+pub use store::{CommitStats, DataStore, OpenReport};
 pub use system::SystemStore;
 
 use std::path::{Path, PathBuf};
@@ -69,7 +72,8 @@ impl DataDir {
     /// # Errors
     /// [`StorageError::Locked`] if another process holds the directory,
     /// [`StorageError::UnsupportedFormat`] if it holds data of the env-per-partition format
-    /// (a `partitions/` directory) or of an unknown format version,
+    /// (a `partitions/` directory) or of another format version than
+    /// [`store::FORMAT_VERSION`] (see [`DataStore::open`]),
     /// [`StorageError::Mismatch`] if it was created with another partition count,
     /// [`StorageError::Io`] on file or LMDB errors.
     pub fn open(
@@ -83,10 +87,11 @@ impl DataDir {
             return Err(StorageError::UnsupportedFormat(format!(
                 "{} holds the env-per-partition format (format 0: one LMDB env per partition \
                  under partitions/NNNNN/), which this version does not read; it keeps every \
-                 partition in one env under data/. Start the node with an empty data \
-                 directory (its replicas refill it through anti-entropy), or run the older \
-                 release on this directory",
-                old.display()
+                 partition in one env under data/ (format {}). Start the node with an empty \
+                 data directory (its replicas refill it through anti-entropy), or run the \
+                 older release on this directory",
+                old.display(),
+                store::FORMAT_VERSION
             )));
         }
         let system = Arc::new(SystemStore::open(&path.join("system"), partitions)?);
@@ -228,7 +233,52 @@ mod tests {
         store::set_format_for_test(&DataDir::data_dir(dir.path()), 9);
         let e = DataDir::open(dir.path(), 2, &opts).err().unwrap();
         assert!(matches!(e, StorageError::UnsupportedFormat(_)), "{e}");
-        assert!(e.to_string().contains("[9]"), "{e}");
+        assert!(e.to_string().contains("format 9"), "{e}");
+    }
+
+    #[test]
+    fn the_format_with_a_merkle_database_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = PartitionOptions::default();
+        DataDir::open(dir.path(), 2, &opts).unwrap().shutdown();
+        store::set_format_for_test(&DataDir::data_dir(dir.path()), 1);
+        let e = DataDir::open(dir.path(), 2, &opts).err().unwrap();
+        assert!(matches!(e, StorageError::UnsupportedFormat(_)), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("format 1 (") && msg.contains("`merkle` database"),
+            "{msg}"
+        );
+        assert!(msg.contains("reads format 2 only"), "{msg}");
+        assert!(msg.contains("empty data directory"), "{msg}");
+        // A refused directory is left as it was: refused again.
+        assert!(DataDir::open(dir.path(), 2, &opts).is_err());
+    }
+
+    /// An idle node allocates no hash tree leaves, whatever its partition count.
+    #[test]
+    fn empty_partitions_allocate_no_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DataDir::open(dir.path(), 1024, &PartitionOptions::default()).unwrap();
+        assert!(d.partitions.iter().all(|p| !p.merkle_tree().is_allocated()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        d.partitions[3].update(
+            b"b",
+            b"k",
+            VersionVector::new(),
+            Some(b"v".to_vec()),
+            0,
+            Box::new(move |r| drop(tx.send(r))),
+        );
+        rx.recv().unwrap().unwrap();
+        let allocated: Vec<u32> = d
+            .partitions
+            .iter()
+            .filter(|p| p.merkle_tree().is_allocated())
+            .map(|p| p.id())
+            .collect();
+        assert_eq!(allocated, vec![3]);
+        d.shutdown();
     }
 
     /// The point of one env per node: writes to many partitions share commits.

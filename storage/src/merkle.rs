@@ -22,11 +22,16 @@
 //!   leaf by `old_entry_hash ^ new_entry_hash`, in O(1), and the result does not depend on the
 //!   order of the writes. An empty subtree hashes to 0.
 //!
-//! On disk each partition keeps a second LMDB database, `merkle`, written in the same
-//! transaction as the data: key `[segment: u16 BE][key_hash: u128 BE]` (18 bytes, well under
-//! LMDB's 511-byte key limit whatever the stored key's length), value
-//! `[entry_hash: u64 BE][stored key]`. A segment's keys are one range scan of it
-//! ([`crate::Partition::segment_entries`]); the in-memory leaves are rebuilt from it at open.
+//! Nothing of the tree is written by the write path: a key's segment is part of its key in
+//! the data env (`kv` key `[partition: u16 BE][segment: u16 BE][stored key]`, see
+//! [`crate::store`]), so a segment is one contiguous key range of the data and its entries are
+//! one range scan of it, hashing each record as it is read
+//! ([`crate::Partition::segment_entries`]). The leaf hashes live in memory: the data env's
+//! writer updates them after each commit, a clean shutdown checkpoints them, and an open
+//! without a checkpoint rebuilds them by one scan of the partition's keys.
+//!
+//! A tree with no key allocates no leaves ([`MerkleTree::is_allocated`]): an idle node holds
+//! no 32 KiB leaf array per empty partition.
 //!
 //! [`differing_children`] and [`diff_entries`] are the two steps of an exchange, shared by the
 //! vnode and the `aae_figures` example.
@@ -43,11 +48,8 @@ pub const DEPTH: u32 = 3;
 pub const SEGMENTS: u32 = FANOUT.pow(DEPTH);
 /// Bits of the key hash that name the segment: log2([`SEGMENTS`]) = 12.
 pub const SEGMENT_BITS: u32 = SEGMENTS.trailing_zeros();
-/// Length of a key in the `merkle` database: 2 bytes of segment and 16 of key hash.
-pub const MERKLE_KEY_LEN: usize = 18;
-
 /// Hash of a stored key (`[bucket length][bucket][key]`, see [`crate::keys::storage_key`]):
-/// xxh3-128. Orders the key in the `merkle` database and picks its segment.
+/// xxh3-128. Its top bits pick the key's segment ([`segment_of`]).
 pub fn key_hash(storage_key: &[u8]) -> u128 {
     xxh3_128(storage_key)
 }
@@ -73,67 +75,46 @@ pub fn nodes_at(level: u32) -> Option<u32> {
     (level <= DEPTH).then(|| FANOUT.pow(level))
 }
 
-/// Key of a stored key's entry in the `merkle` database: `[segment: u16 BE][key_hash: u128
-/// BE]`.
-pub(crate) fn merkle_key(key_hash: u128) -> [u8; MERKLE_KEY_LEN] {
-    let mut out = [0u8; MERKLE_KEY_LEN];
-    out[..2].copy_from_slice(&(segment_of(key_hash) as u16).to_be_bytes());
-    out[2..].copy_from_slice(&key_hash.to_be_bytes());
-    out
-}
-
-/// Value of an entry in the `merkle` database: `[entry_hash: u64 BE][stored key]`.
-pub(crate) fn merkle_value(entry_hash: u64, storage_key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + storage_key.len());
-    out.extend_from_slice(&entry_hash.to_be_bytes());
-    out.extend_from_slice(storage_key);
-    out
-}
-
-/// Decodes an entry of the `merkle` database into `(segment, entry_hash, stored key)`.
-///
-/// # Errors
-/// [`StorageError::Corrupt`] if the key is not 18 bytes or the value is shorter than 8.
-pub(crate) fn decode_entry<'a>(
-    key: &[u8],
-    value: &'a [u8],
-) -> Result<(u32, u64, &'a [u8]), StorageError> {
-    let segment: [u8; 2] = key
-        .get(..2)
-        .filter(|_| key.len() == MERKLE_KEY_LEN)
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| {
-            StorageError::Corrupt(format!("merkle key is {} bytes, not 18", key.len()))
-        })?;
-    let (hash, stored) = value
-        .split_first_chunk::<8>()
-        .ok_or_else(|| StorageError::Corrupt("merkle value is shorter than 8 bytes".into()))?;
-    Ok((
-        u32::from(u16::from_be_bytes(segment)),
-        u64::from_be_bytes(*hash),
-        stored,
-    ))
-}
-
-/// The in-memory hash tree of one partition: the [`SEGMENTS`] leaf hashes. Interior nodes
+/// The in-memory hash tree of one partition: the [`SEGMENTS`] leaf hashes, allocated on the
+/// first non-zero toggle (an empty tree holds none and reads as all zeros). Interior nodes
 /// are computed from the leaves when asked (at most 4096 XORs per request).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct MerkleTree {
-    leaves: Vec<u64>,
+    /// `None` while every leaf is 0; else [`SEGMENTS`] hashes.
+    leaves: Option<Box<[u64]>>,
 }
 
-impl Default for MerkleTree {
-    fn default() -> Self {
-        Self::new()
+/// The leaves of a tree that has none allocated.
+static ZERO_LEAVES: [u64; SEGMENTS as usize] = [0; SEGMENTS as usize];
+
+impl PartialEq for MerkleTree {
+    fn eq(&self, other: &Self) -> bool {
+        self.leaves() == other.leaves()
     }
 }
 
+impl Eq for MerkleTree {}
+
 impl MerkleTree {
-    /// The tree of an empty partition: every hash 0.
+    /// The tree of an empty partition: every hash 0, nothing allocated.
     pub fn new() -> Self {
-        Self {
-            leaves: vec![0; SEGMENTS as usize],
+        Self { leaves: None }
+    }
+
+    /// A tree with these leaf hashes (an all-zero slice allocates nothing).
+    ///
+    /// # Errors
+    /// [`StorageError::Corrupt`] if `leaves` does not hold exactly [`SEGMENTS`] hashes.
+    pub fn from_leaves(leaves: &[u64]) -> Result<Self, StorageError> {
+        if leaves.len() != SEGMENTS as usize {
+            return Err(StorageError::Corrupt(format!(
+                "a hash tree has {SEGMENTS} leaves, not {}",
+                leaves.len()
+            )));
         }
+        Ok(Self {
+            leaves: leaves.iter().any(|&h| h != 0).then(|| leaves.into()),
+        })
     }
 
     /// Builds a tree from `(stored key, record bytes)` pairs.
@@ -146,21 +127,37 @@ impl MerkleTree {
     }
 
     /// XORs `hash` into leaf `segment` (adds or removes one entry hash; `old ^ new` replaces
-    /// one). Segments past the last are ignored.
+    /// one), allocating the leaves on the first non-zero hash. Segments past the last are
+    /// ignored.
     pub fn toggle(&mut self, segment: u32, hash: u64) {
-        if let Some(leaf) = self.leaves.get_mut(segment as usize) {
-            *leaf ^= hash;
+        if hash == 0 || segment >= SEGMENTS {
+            return;
         }
+        let leaves = self
+            .leaves
+            .get_or_insert_with(|| vec![0; SEGMENTS as usize].into_boxed_slice());
+        leaves[segment as usize] ^= hash;
     }
 
-    /// The [`SEGMENTS`] leaf hashes, in segment order.
+    /// Makes this the tree of an empty partition, freeing its leaves.
+    pub fn clear(&mut self) {
+        self.leaves = None;
+    }
+
+    /// True if the leaves are allocated ([`SEGMENTS`] x 8 bytes = 32 KiB); false for a tree
+    /// that never held a non-zero hash since it was made or cleared.
+    pub fn is_allocated(&self) -> bool {
+        self.leaves.is_some()
+    }
+
+    /// The [`SEGMENTS`] leaf hashes, in segment order (all zeros if none are allocated).
     pub fn leaves(&self) -> &[u64] {
-        &self.leaves
+        self.leaves.as_deref().unwrap_or(&ZERO_LEAVES)
     }
 
     /// The root hash: the XOR of every entry hash.
     pub fn root(&self) -> u64 {
-        self.leaves.iter().fold(0, |acc, h| acc ^ h)
+        self.leaves().iter().fold(0, |acc, h| acc ^ h)
     }
 
     /// Hash of node `index` at `level` (XOR of the leaves it covers); `None` if there is no
@@ -172,7 +169,7 @@ impl MerkleTree {
         let width = FANOUT.pow(DEPTH - level) as usize;
         let start = index as usize * width;
         Some(
-            self.leaves[start..start + width]
+            self.leaves()[start..start + width]
                 .iter()
                 .fold(0, |acc, h| acc ^ h),
         )
@@ -289,12 +286,42 @@ mod tests {
         assert_eq!(segment_of(1 << 116), 1);
         assert_eq!(nodes_at(3), Some(4096));
         assert_eq!(nodes_at(4), None);
-        let k = merkle_key(u128::MAX);
-        assert_eq!(&k[..2], &4095u16.to_be_bytes());
-        let v = merkle_value(7, b"\x01bk");
-        assert_eq!(decode_entry(&k, &v).unwrap(), (4095, 7, &b"\x01bk"[..]));
-        assert!(decode_entry(&k[..17], &v).is_err());
-        assert!(decode_entry(&k, &v[..7]).is_err());
+    }
+
+    #[test]
+    fn leaves_are_allocated_on_the_first_nonzero_toggle_only() {
+        let mut t = MerkleTree::new();
+        assert!(!t.is_allocated());
+        assert_eq!(t.leaves().len(), SEGMENTS as usize);
+        assert_eq!(t.root(), 0);
+        t.toggle(5, 0);
+        t.toggle(SEGMENTS, 9);
+        assert!(
+            !t.is_allocated(),
+            "a zero hash or a segment out of range allocates nothing"
+        );
+        assert_eq!(t, MerkleTree::new());
+        t.toggle(5, 9);
+        assert!(t.is_allocated());
+        assert_eq!(t.leaves()[5], 9);
+        let copy = MerkleTree::from_leaves(t.leaves()).unwrap();
+        assert_eq!(copy, t);
+        t.toggle(5, 9);
+        assert!(t.is_allocated());
+        assert_eq!(
+            t,
+            MerkleTree::new(),
+            "equality compares hashes, not allocation"
+        );
+        t.clear();
+        assert!(!t.is_allocated());
+        assert!(!MerkleTree::from_leaves(&[0; SEGMENTS as usize])
+            .unwrap()
+            .is_allocated());
+        assert!(matches!(
+            MerkleTree::from_leaves(&[1; 3]),
+            Err(StorageError::Corrupt(_))
+        ));
     }
 
     #[test]

@@ -2,19 +2,21 @@
 //! env ([`crate::store`]), with a hash tree of its keys for anti-entropy ([`crate::merkle`]).
 //!
 //! Every partition of a node lives in the same LMDB env, its keys prefixed by the partition
-//! number (big-endian), and every write goes to the env's one writer thread. That thread takes
-//! every queued write of every partition (up to [`PartitionOptions::max_batch`]), applies them
-//! in order inside one write transaction, commits it (with LMDB's default sync: data and
+//! number and the key's Merkle segment (big-endian), and every write goes to the env's one
+//! writer thread. That thread takes every queued write of every partition (up to
+//! [`PartitionOptions::max_batch`]), applies them in order inside one write transaction (with
+//! the writes queued meanwhile, up to `max_batch` in all), commits it (with LMDB's default sync: data and
 //! metadata are on disk when `commit` returns) and only then answers each write. Write
 //! transactions never leave that thread, so no write transaction crosses an `.await` or a
 //! thread, as LMDB requires. Sharing the commit between partitions is what makes it pay: with
 //! an env per partition (the format before) a commit at Q=64 held 1.2 writes.
 //!
-//! Every write updates the partition's `kv` entry and its `merkle` entry in the same
-//! transaction, so the hash tree is always consistent with the data and as durable. The
-//! tree's 4096 leaf hashes are kept in memory, loaded at open and updated by the writer after
-//! each commit, before the writes are answered. A data env whose `merkle` database does not
-//! hold one entry per key gets it rebuilt from `kv` at open, in one write transaction.
+//! A write changes one `kv` entry, nothing else: the key's Merkle segment is part of its LMDB
+//! key, so the hash tree needs no second B-tree insert. The tree's 4096 leaf hashes (allocated
+//! once the partition holds a key), its key count and its bytes are kept in memory and updated
+//! by the writer after each commit, before the writes are answered; at open they come from the
+//! checkpoint a clean shutdown left, or from one scan of the partition's keys (see
+//! [`crate::store`]).
 //!
 //! Reads open a read transaction on the caller's thread (`heed::WithoutTls`, so the
 //! transaction is `Send` and needs no thread-local slot); they are not blocked by the writer.
@@ -29,16 +31,15 @@ use crate::merkle::{self, MerkleTree};
 use crate::store::{Change, DataStore, WriteOp};
 use crate::{keys, record, StorageError};
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Callback that receives the result of a queued write, after its transaction committed
 /// (or failed). Called on the node's writer thread: it must not block.
 pub type WriteReply = Box<dyn FnOnce(Result<DvvSet, StorageError>) + Send>;
 
-/// Callback that receives the number of keys a [`Partition::purge_tombstones`] deleted, after
-/// its transaction committed (or the error). Called on the node's writer thread: it must
-/// not block.
+/// Callback that receives the number of keys a [`Partition::purge_tombstones`] or a
+/// [`Partition::clear`] deleted, after its (last) transaction committed, or the error. Called
+/// on the node's writer thread: it must not block.
 pub type PurgeReply = Box<dyn FnOnce(Result<usize, StorageError>) + Send>;
 
 /// Tuning of the data env and its partitions. Every field has a default
@@ -63,6 +64,10 @@ pub struct PartitionOptions {
     /// Most writes waiting for the writer thread; more are refused with
     /// [`StorageError::Overloaded`]. Default 16384.
     pub max_queue: usize,
+    /// Most keys one commit deletes for a [`Partition::clear`]; each commit also holds the
+    /// writes queued meanwhile, so this bounds how long a clear holds other writes.
+    /// Default 4096.
+    pub clear_chunk_keys: usize,
 }
 
 impl Default for PartitionOptions {
@@ -74,6 +79,7 @@ impl Default for PartitionOptions {
             max_siblings: 100,
             max_record_bytes: 6 << 20,
             max_queue: 16 * 1024,
+            clear_chunk_keys: 4096,
         }
     }
 }
@@ -118,11 +124,21 @@ fn check_storage_key(storage_key: &[u8]) -> Result<(), StorageError> {
     keys::validate(bucket, key)
 }
 
+/// What a partition holds, counted by the writer at each commit (and rebuilt at open with
+/// the hash tree), so reading it costs no scan.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionStats {
+    /// Keys stored, tombstones included.
+    pub keys: u64,
+    /// Bytes of those keys as LMDB stores them: each key's LMDB key (4-byte prefix plus
+    /// stored key) plus its record bytes. LMDB's page and B-tree overhead is not counted.
+    pub bytes: u64,
+}
+
 /// One partition of the node's data env: its number and the shared [`DataStore`]. Shared as
 /// `Arc<Partition>`: the vnode that serves the partition holds one, its supervisor another.
 pub struct Partition {
     id: u32,
-    replica: ReplicaId,
     store: Arc<DataStore>,
 }
 
@@ -137,8 +153,8 @@ impl std::fmt::Debug for Partition {
 
 impl Partition {
     /// Opens (creating if needed) a data env in directory `dir` holding partition `id` alone,
-    /// loads its hash tree (rebuilding the `merkle` database from the data first if it does
-    /// not hold one entry per key) and starts its writer thread. `replica` names the dots that
+    /// loads its hash tree and counts (from its checkpoint, or by a scan of its keys) and
+    /// starts its writer thread. `replica` names the dots that
     /// writes coordinated here create. For tests and benchmarks: a node opens all its
     /// partitions at once through [`crate::DataDir::open`].
     ///
@@ -179,10 +195,9 @@ impl Partition {
     /// # Errors
     /// [`StorageError::InvalidArgument`] if `store` was not opened with partition `id`.
     pub fn of(store: &Arc<DataStore>, id: u32) -> Result<Arc<Self>, StorageError> {
-        let replica = store.part(id)?.replica;
+        store.part(id)?;
         Ok(Arc::new(Self {
             id,
-            replica,
             store: store.clone(),
         }))
     }
@@ -192,9 +207,10 @@ impl Partition {
         self.id
     }
 
-    /// Replica id used for dots created here.
+    /// Replica id used for dots created here (a completed [`Partition::clear`] gives the
+    /// partition a fresh one).
     pub fn replica(&self) -> ReplicaId {
-        self.replica
+        self.store.part(self.id).map_or(0, |part| part.replica())
     }
 
     /// The data env this partition lives in.
@@ -308,7 +324,8 @@ impl Partition {
 
     /// Up to `limit` deleted keys (every sibling a tombstone) whose newest sibling was written
     /// before `older_than_ms` (milliseconds since the Unix epoch, [`crate::Sibling`]'s
-    /// `timestamp_ms`), as `(stored key, entry hash)` in stored-key order: the candidates for
+    /// `timestamp_ms`), as `(stored key, entry hash)` in the partition's key order (by
+    /// segment, then stored key; see [`crate::store`]): the candidates for
     /// [`Partition::purge_tombstones`]. Scans (and decodes) every record of the partition; a
     /// record that does not decode is logged and skipped.
     ///
@@ -357,27 +374,28 @@ impl Partition {
     pub fn merkle_children(&self, level: u32, parents: &[u32]) -> Result<Vec<u64>, StorageError> {
         self.store
             .part(self.id)?
-            .tree
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .tree
             .children(level, parents)
     }
 
-    /// A copy of the whole hash tree (4096 leaf hashes, 32 KiB).
+    /// A copy of the whole hash tree (4096 leaf hashes, 32 KiB; nothing allocated for an
+    /// empty partition).
     pub fn merkle_tree(&self) -> MerkleTree {
         self.store
             .part(self.id)
-            .map(|part| part.tree.read().unwrap_or_else(|p| p.into_inner()).clone())
+            .map(|part| part.read().tree.clone())
             .unwrap_or_default()
     }
 
     /// Every key of the given segments (leaf indices `0..4096`), as `(segment, stored key,
-    /// entry hash)`, segment by segment in the order given and, within one, in key-hash order.
-    /// One range scan of the `merkle` database per segment.
+    /// entry hash)`, segment by segment in the order given and, within one, in stored-key
+    /// order. One range scan of the data per segment (a segment is a contiguous key range),
+    /// computing each [`merkle::entry_hash`] from the record read.
     ///
     /// # Errors
     /// [`StorageError::InvalidArgument`] if a segment is 4096 or more,
-    /// [`StorageError::Corrupt`] if an entry does not decode, [`StorageError::Io`].
+    /// [`StorageError::Corrupt`] if a key is malformed, [`StorageError::Io`].
     pub fn segment_entries(
         &self,
         segments: &[u32],
@@ -391,12 +409,40 @@ impl Partition {
         self.store.segment_entries(self.id, segments)
     }
 
-    /// Number of keys stored (tombstones included), counted at open and kept by the writer.
+    /// Number of keys stored (tombstones included), counted at open and kept by the writer:
+    /// [`PartitionStats::keys`].
     ///
     /// # Errors
     /// [`StorageError::InvalidArgument`] if the partition is not open in its store.
     pub fn len(&self) -> Result<u64, StorageError> {
-        Ok(self.store.part(self.id)?.keys.load(Ordering::Relaxed))
+        Ok(self.stats()?.keys)
+    }
+
+    /// Keys and bytes the partition holds ([`PartitionStats`]), counted at open and kept by
+    /// the writer after each commit; they reflect every answered write.
+    ///
+    /// # Errors
+    /// [`StorageError::InvalidArgument`] if the partition is not open in its store.
+    pub fn stats(&self) -> Result<PartitionStats, StorageError> {
+        Ok(self.store.part(self.id)?.read().stats())
+    }
+
+    /// Queues the deletion of every key of the partition (records and hash tree), done by the
+    /// writer thread in chunks of at most [`PartitionOptions::clear_chunk_keys`] keys, one
+    /// chunk per commit, each commit also holding the other writes queued meanwhile (so they
+    /// wait for at most one chunk). `reply` receives how many keys were deleted once the
+    /// partition is empty and that is durable; the partition then has a fresh replica id
+    /// (stored in the same commit), so that no dot made before the clear is made again.
+    ///
+    /// Writes to the partition that are answered before the clear are concurrent with it:
+    /// they may or may not be deleted. Writes queued after `reply` was called are kept. A
+    /// failed commit answers the error and stops the clear (the keys already deleted stay
+    /// deleted). [`Partition::shutdown`] finishes a clear under way before it returns.
+    pub fn clear(&self, reply: PurgeReply) {
+        self.store.enqueue(WriteOp::Clear {
+            partition: self.id,
+            reply,
+        });
     }
 
     /// True if no key is stored.
@@ -547,6 +593,65 @@ mod tests {
         assert!(p.get(b"b", b"k").unwrap().is_some());
     }
 
+    /// A write queued after the writer took its batch, while that batch waits for its
+    /// transaction, joins that transaction instead of waiting for the next commit.
+    #[test]
+    fn a_write_queued_during_a_commit_joins_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // A queue of one: a second write is accepted only once the writer took the first.
+        let opts = PartitionOptions {
+            max_queue: 1,
+            ..Default::default()
+        };
+        let p = Partition::open(dir.path(), 0, 7, &opts).unwrap();
+        let blocker = p.store.genv().env().write_txn().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let write = |i: u32| {
+            let tx = tx.clone();
+            p.update(
+                b"b",
+                &i.to_be_bytes(),
+                VersionVector::new(),
+                Some(b"v".to_vec()),
+                0,
+                Box::new(move |r| {
+                    let _ = tx.send((i, r));
+                }),
+            );
+        };
+        write(1);
+        // Poll, with a deadline, until the queue takes write 2: the writer has taken write 1
+        // and waits for the env's write lock, which this test holds.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            write(2);
+            match rx.try_recv() {
+                Ok((2, Err(StorageError::Overloaded { .. }))) => {
+                    assert!(std::time::Instant::now() < deadline, "write 1 never taken");
+                    std::thread::yield_now();
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+        drop(blocker);
+        let mut answered: Vec<u32> = (0..2)
+            .map(|_| rx.recv().unwrap())
+            .map(|(i, r)| {
+                r.unwrap();
+                i
+            })
+            .collect();
+        answered.sort();
+        assert_eq!(answered, vec![1, 2]);
+        let stats = p.store.commit_stats();
+        assert_eq!(
+            (stats.commits(), stats.writes()),
+            (1, 2),
+            "one commit held both"
+        );
+    }
+
     #[test]
     fn map_grows_on_map_full_and_stops_at_the_limit() {
         let dir = tempfile::tempdir().unwrap();
@@ -686,6 +791,19 @@ mod tests {
         MerkleTree::from_records(records.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
     }
 
+    /// The counts computed from scratch from the partition's `kv` entries.
+    fn counted(p: &Partition) -> PartitionStats {
+        let mut stats = PartitionStats::default();
+        p.store
+            .scan(p.id, |k, v| {
+                stats.keys += 1;
+                stats.bytes += (crate::store::PREFIX_LEN + k.len() + v.len()) as u64;
+                true
+            })
+            .unwrap();
+        stats
+    }
+
     /// Root-to-leaves walk between two partitions, as an exchange does it.
     fn differing_segments(a: &Partition, b: &Partition) -> Vec<u32> {
         let mut parents = vec![0];
@@ -747,39 +865,321 @@ mod tests {
         ) {
             let dir = tempfile::tempdir().unwrap();
             let opts = PartitionOptions::default();
-            let tree = {
+            let (tree, stats) = {
                 let p = Partition::open(dir.path(), 0, 7, &opts).unwrap();
                 apply_ops(&p, &ops);
                 let tree = p.merkle_tree();
                 prop_assert_eq!(&tree, &rebuilt(&p));
-                tree
+                prop_assert_eq!(p.stats().unwrap(), counted(&p));
+                prop_assert_eq!(tree.is_allocated(), p.stats().unwrap().keys > 0);
+                (tree, p.stats().unwrap())
             };
+            // Reopened after a clean shutdown (from the checkpoint), then after a crash (by a
+            // scan): the same tree and counts.
             let p = Partition::open(dir.path(), 0, 7, &opts).unwrap();
+            prop_assert_eq!(p.store.open_report().from_checkpoint, 1);
+            prop_assert_eq!(p.merkle_tree(), tree.clone());
+            prop_assert_eq!(p.stats().unwrap(), stats);
+            p.store.stop_without_checkpoint();
+            drop(p);
+            let p = Partition::open(dir.path(), 0, 7, &opts).unwrap();
+            prop_assert_eq!(p.store.open_report().scanned, 1);
             prop_assert_eq!(p.merkle_tree(), tree);
+            prop_assert_eq!(p.stats().unwrap(), stats);
         }
     }
 
+    /// Writes `n` keys `from..from + n` to `p`, all queued at once (group commit).
+    fn fill(p: &Partition, from: u32, n: u32) {
+        let (tx, rx) = mpsc::channel();
+        for i in from..from + n {
+            let tx = tx.clone();
+            p.update(
+                b"b",
+                &i.to_be_bytes(),
+                VersionVector::new(),
+                Some(vec![7; 32]),
+                0,
+                Box::new(move |r| {
+                    let _ = tx.send(r.is_ok());
+                }),
+            );
+        }
+        drop(tx);
+        assert_eq!(rx.iter().filter(|ok| *ok).count(), n as usize);
+    }
+
     #[test]
-    fn merkle_db_is_rebuilt_when_missing() {
+    fn a_clean_shutdown_checkpoints_the_trees_and_a_crash_makes_the_next_open_scan() {
         let dir = tempfile::tempdir().unwrap();
         let opts = PartitionOptions::default();
-        let tree = {
-            let p = Partition::open(dir.path(), 0, 7, &opts).unwrap();
-            for i in 0..5000u32 {
-                put(&p, &i.to_be_bytes(), VersionVector::new(), Some(b"v")).unwrap();
-            }
-            // Drop the merkle database, as in a data directory made before it existed.
-            p.shutdown();
-            let mut wtxn = p.store.genv().env().write_txn().unwrap();
-            p.store.merkle_db().clear(&mut wtxn).unwrap();
-            wtxn.commit().unwrap();
-            p.merkle_tree()
-        };
-        assert_ne!(tree.root(), 0);
-        let p = Partition::open(dir.path(), 0, 7, &opts).unwrap();
-        assert_eq!(p.merkle_tree(), tree);
         let all: Vec<u32> = (0..merkle::SEGMENTS).collect();
+        let p = Partition::open(dir.path(), 0, 7, &opts).unwrap();
+        assert_eq!(
+            p.store.open_report().scanned,
+            1,
+            "a new partition is scanned"
+        );
+        fill(&p, 0, 5000);
+        let (tree, stats) = (p.merkle_tree(), p.stats().unwrap());
+        assert_eq!(stats.keys, 5000);
+        assert_eq!(stats, counted(&p));
+        p.shutdown();
+        drop(p);
+
+        // A clean restart loads the checkpoint and scans nothing.
+        let p = Partition::open(dir.path(), 0, 7, &opts).unwrap();
+        let report = p.store.open_report();
+        assert_eq!((report.from_checkpoint, report.scanned), (1, 0));
+        assert_eq!((p.merkle_tree(), p.stats().unwrap()), (tree, stats));
         assert_eq!(p.segment_entries(&all).unwrap().len(), 5000);
+
+        // Opening took the checkpoint: writes after it, then a crash, leave none behind, and
+        // the next open rebuilds the tree by a scan.
+        fill(&p, 5000, 100);
+        let (tree, stats) = (p.merkle_tree(), p.stats().unwrap());
+        p.store.stop_without_checkpoint();
+        drop(p);
+        let p = Partition::open(dir.path(), 0, 7, &opts).unwrap();
+        let report = p.store.open_report();
+        assert_eq!(
+            (report.from_checkpoint, report.scanned, report.keys_scanned),
+            (0, 1, 5100)
+        );
+        assert_eq!((p.merkle_tree(), p.stats().unwrap()), (tree.clone(), stats));
+        assert_eq!(tree, rebuilt(&p));
+        p.shutdown();
+        drop(p);
+
+        // A damaged checkpoint is not trusted: the partition is scanned.
+        crate::store::damage_checkpoint_for_test(dir.path(), 0, &[1, 2, 3]);
+        let p = Partition::open(dir.path(), 0, 7, &opts).unwrap();
+        assert_eq!(p.store.open_report().scanned, 1);
+        assert_eq!((p.merkle_tree(), p.stats().unwrap()), (tree, stats));
+    }
+
+    #[test]
+    fn a_partition_keeps_its_checkpoint_while_another_session_leaves_it_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = PartitionOptions::default();
+        let open = |ps: &[u32]| {
+            let ids: Vec<(u32, Identity)> = ps.iter().map(|p| (*p, Identity::fixed(7))).collect();
+            DataStore::open(dir.path(), &ids, &opts).unwrap()
+        };
+        let store = open(&[0, 1]);
+        fill(&Partition::of(&store, 0).unwrap(), 0, 300);
+        fill(&Partition::of(&store, 1).unwrap(), 0, 200);
+        let tree0 = Partition::of(&store, 0).unwrap().merkle_tree();
+        drop(store);
+        // A session with partition 1 only, which crashes: partition 0's checkpoint stays
+        // valid (nothing could write it), partition 1 is scanned next time.
+        let store = open(&[1]);
+        fill(&Partition::of(&store, 1).unwrap(), 200, 10);
+        store.stop_without_checkpoint();
+        drop(store);
+        let store = open(&[0, 1]);
+        let report = store.open_report();
+        assert_eq!((report.from_checkpoint, report.scanned), (1, 1));
+        assert_eq!(Partition::of(&store, 0).unwrap().merkle_tree(), tree0);
+        assert_eq!(Partition::of(&store, 1).unwrap().len().unwrap(), 210);
+        assert!(matches!(
+            DataStore::open(dir.path(), &[(70_000, Identity::fixed(1))], &opts),
+            Err(StorageError::InvalidArgument(_))
+        ));
+    }
+
+    /// The clear of a partition runs in chunks of a bounded number of deletes, one per commit,
+    /// and another partition's writes are answered between them. A chain of writes to
+    /// partition 1, each queued by the answer of the one before, sees partition 0 shrink
+    /// chunk by chunk.
+    #[test]
+    fn a_clear_runs_in_bounded_chunks_between_other_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = PartitionOptions {
+            clear_chunk_keys: 100,
+            ..Default::default()
+        };
+        let store = DataStore::open(
+            dir.path(),
+            &[(0, Identity::fixed(7)), (1, Identity::fixed(8))],
+            &opts,
+        )
+        .unwrap();
+        let (p0, p1) = (
+            Partition::of(&store, 0).unwrap(),
+            Partition::of(&store, 1).unwrap(),
+        );
+        fill(&p0, 0, 1000);
+        fill(&p1, 0, 10);
+        let replica_before = p0.replica();
+        let chunks_before = store.commit_stats().clear_chunks();
+
+        // Hold the writer thread (inside a reply) while the clear and the first write of the
+        // chain are queued, so that they start in the same commit.
+        let (held_tx, held_rx) = mpsc::channel::<()>();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        p1.update(
+            b"b",
+            b"hold",
+            VersionVector::new(),
+            Some(vec![1]),
+            0,
+            Box::new(move |r| {
+                r.unwrap();
+                held_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+            }),
+        );
+        held_rx.recv().unwrap();
+        let cleared = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (clear_tx, clear_rx) = mpsc::channel();
+        let flag = cleared.clone();
+        p0.clear(Box::new(move |r| {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = clear_tx.send(r);
+        }));
+        let (seen_tx, seen_rx) = mpsc::channel();
+        chain_write(p0.clone(), p1.clone(), 0, cleared.clone(), seen_tx);
+        release_tx.send(()).unwrap();
+
+        assert_eq!(clear_rx.recv().unwrap().unwrap(), 1000);
+        let seen: Vec<u64> = seen_rx.iter().collect();
+        let stats = store.commit_stats();
+        let chunks = stats.clear_chunks() - chunks_before;
+        assert!(
+            chunks >= 10,
+            "1000 keys in chunks of 100 took {chunks} commits"
+        );
+        assert!(stats.most_cleared_per_commit() <= 100);
+        // Partition 1's writes were answered while partition 0 still held keys, at several
+        // stages of the clear.
+        let between: Vec<&u64> = seen.iter().filter(|&&n| n > 0 && n < 1000).collect();
+        assert!(
+            between.len() >= 5,
+            "partition 0's key counts seen by partition 1's writes: {seen:?}"
+        );
+        assert!(
+            seen.windows(2).all(|w| w[0] >= w[1] && w[0] - w[1] <= 100),
+            "{seen:?}"
+        );
+
+        assert_eq!(p0.stats().unwrap(), PartitionStats::default());
+        assert!(!p0.merkle_tree().is_allocated());
+        assert_eq!(p0.get(b"b", &5u32.to_be_bytes()).unwrap(), None);
+        assert_eq!(p1.len().unwrap(), 11 + seen.len() as u64);
+        assert_eq!(p1.stats().unwrap(), counted(&p1));
+        let fresh = p0.replica();
+        assert_ne!(
+            fresh, replica_before,
+            "a cleared partition gets a fresh replica id"
+        );
+        // Joins the writer thread: the chain's replies, which hold handles, are done.
+        store.shutdown();
+        drop((p0, p1));
+        drop(store);
+        let p0 = Partition::open(dir.path(), 0, 7, &opts).unwrap();
+        assert_eq!(p0.replica(), fresh, "the fresh id is durable");
+        assert_eq!(p0.len().unwrap(), 0);
+    }
+
+    /// Writes key `i` to `p1` and, once it is answered, sends what partition `p0` holds then
+    /// and queues key `i + 1`, until `cleared` is set.
+    fn chain_write(
+        p0: Arc<Partition>,
+        p1: Arc<Partition>,
+        i: u32,
+        cleared: Arc<std::sync::atomic::AtomicBool>,
+        seen: mpsc::Sender<u64>,
+    ) {
+        let next = p1.clone();
+        p1.update(
+            b"chain",
+            &i.to_be_bytes(),
+            VersionVector::new(),
+            Some(vec![2; 16]),
+            0,
+            Box::new(move |r| {
+                r.unwrap();
+                let _ = seen.send(p0.len().unwrap());
+                if !cleared.load(std::sync::atomic::Ordering::SeqCst) && i < 10_000 {
+                    chain_write(p0, next, i + 1, cleared, seen);
+                }
+            }),
+        );
+    }
+
+    /// A reply callback that drops the store's last handle runs on the writer thread, which
+    /// cannot join itself: the store closes once that thread ends, without a panic.
+    #[test]
+    fn the_last_handle_may_be_dropped_by_a_reply() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = PartitionOptions::default();
+        let p = Partition::open(dir.path(), 0, 7, &opts).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let held = p.clone();
+        p.update(
+            b"b",
+            b"k",
+            VersionVector::new(),
+            Some(b"v".to_vec()),
+            0,
+            Box::new(move |r| {
+                let _ = tx.send(r.is_ok());
+                drop(held);
+            }),
+        );
+        drop(p);
+        assert!(rx.recv().unwrap());
+        // Poll (with a deadline) until the env is closed and can be opened again.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let p = loop {
+            match Partition::open(dir.path(), 0, 7, &opts) {
+                Ok(p) => break p,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.to_string().contains("already open"), "{e}");
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("the env was never closed: {e}"),
+            }
+        };
+        assert!(p.get(b"b", b"k").unwrap().is_some());
+        assert_eq!(
+            p.store.open_report().scanned,
+            1,
+            "no checkpoint was written"
+        );
+    }
+
+    #[test]
+    fn a_shutdown_finishes_a_clear_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = PartitionOptions {
+            clear_chunk_keys: 50,
+            ..Default::default()
+        };
+        let p = Partition::open(dir.path(), 0, 7, &opts).unwrap();
+        fill(&p, 0, 500);
+        let (tx, rx) = mpsc::channel();
+        p.clear(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        p.shutdown();
+        assert_eq!(rx.recv().unwrap().unwrap(), 500);
+        let (tx, rx) = mpsc::channel();
+        p.clear(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        assert_eq!(rx.recv().unwrap().unwrap_err(), StorageError::Closed(0));
+        drop(p);
+        let p = Partition::open(dir.path(), 0, 7, &opts).unwrap();
+        assert_eq!(p.len().unwrap(), 0);
+        assert_eq!(p.store.open_report().from_checkpoint, 1);
+        // Clearing an empty partition answers at once.
+        let (tx, rx) = mpsc::channel();
+        p.clear(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        assert_eq!(rx.recv().unwrap().unwrap(), 0);
     }
 
     #[test]
@@ -941,7 +1341,12 @@ mod tests {
         write(b"new1", None, 500);
 
         let candidates = p.tombstones(200, 10).unwrap();
-        let keys_of = |c: &[(Vec<u8>, u64)]| c.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        // Listed in the partition's key order (segment, then stored key): sorted here.
+        let keys_of = |c: &[(Vec<u8>, u64)]| {
+            let mut keys = c.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+            keys.sort();
+            keys
+        };
         assert_eq!(
             keys_of(&candidates),
             vec![
@@ -951,7 +1356,7 @@ mod tests {
         );
         assert_eq!(p.tombstones(200, 1).unwrap().len(), 1);
         assert_eq!(p.tombstones(1000, 10).unwrap().len(), 3);
-        // The tombstones' entry hashes are the ones the merkle database holds.
+        // The tombstones' entry hashes are the ones the segment scans compute.
         let all: Vec<u32> = (0..merkle::SEGMENTS).collect();
         let entries = p.segment_entries(&all).unwrap();
         for (k, h) in &candidates {
@@ -974,5 +1379,12 @@ mod tests {
         assert_eq!(p.merkle_tree(), with_live);
         assert_ne!(with_live, empty);
         assert_eq!(p.len().unwrap(), 1);
+        assert_eq!(p.stats().unwrap(), counted(&p));
+        // Purging the last key frees the leaves.
+        write(b"live", None, 300);
+        let last = p.tombstones(u64::MAX, 10).unwrap();
+        assert_eq!(purge(&p, last).unwrap(), 1);
+        assert_eq!(p.stats().unwrap(), PartitionStats::default());
+        assert!(!p.merkle_tree().is_allocated());
     }
 }
