@@ -675,9 +675,9 @@ async fn read<T: ReplicaTransport>(
         })
     };
     let settled = calls.is_empty()
-        && merged
+        && !merged
             .as_ref()
-            .map_or(true, |merged| !stale(&answers, merged));
+            .is_some_and(|merged| stale(&answers, merged));
     if settled {
         return Ok(merged);
     }

@@ -439,6 +439,21 @@ pub struct Node {
     stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// Validates `config` and opens its data directory (off the tokio workers: opening rebuilds
+/// Merkle leaves by a scan after an unclean stop).
+///
+/// # Errors
+/// [`NodeError`] if the configuration is invalid or the directory does not open.
+pub(crate) async fn open_data(config: &NodeConfig) -> Result<Arc<DataDir>, NodeError> {
+    config.validate()?;
+    let options = partition_options(config);
+    let (path, q) = (config.data_dir.clone(), config.partitions);
+    let data = tokio::task::spawn_blocking(move || DataDir::open(&path, q, &options))
+        .await
+        .map_err(|e| NodeError::Spawn(e.to_string()))??;
+    Ok(Arc::new(data))
+}
+
 impl Node {
     /// Validates `config`, opens its data directory and starts the supervision tree.
     ///
@@ -446,13 +461,7 @@ impl Node {
     /// [`NodeError`] if the configuration is invalid, the data directory cannot be opened, or
     /// an actor does not start.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
-        config.validate()?;
-        let options = partition_options(&config);
-        let (path, q) = (config.data_dir.clone(), config.partitions);
-        let data = tokio::task::spawn_blocking(move || DataDir::open(&path, q, &options))
-            .await
-            .map_err(|e| NodeError::Spawn(e.to_string()))??;
-        let data = Arc::new(data);
+        let data = open_data(&config).await?;
         let directory = Arc::new(VNodeDirectory::new(config.partitions));
         let name = config.node_name();
         let view = Arc::new(Self::load_view(&config, &name, &data)?);

@@ -570,16 +570,7 @@ impl ReplicaTransport for Peers {
         timeout: Duration,
     ) -> Result<Measured<R::Response>, ReplicaError> {
         if node == self.local {
-            // This node: the typed request runs on the local vnode or partition, unencoded.
-            return request
-                .serve(&self.ctx, timeout)
-                .await
-                .map(|answer| Measured {
-                    answer,
-                    sent: 0,
-                    received: 0,
-                })
-                .map_err(|e| ReplicaError::Failed(node.to_string(), e));
+            return crate::rpc::serve_local(&self.ctx, node, request, timeout).await;
         }
         self.call_remote(node, request, timeout).await
     }

@@ -577,6 +577,29 @@ impl ReplicaError {
     }
 }
 
+/// Runs `request` on this node (`node` is this node's name, for errors): the typed request
+/// goes to the local vnode or partition unencoded and its [`Measured`] sizes are 0. The
+/// local-call path of every [`ReplicaTransport`].
+///
+/// # Errors
+/// [`ReplicaError::Failed`] with the operation's [`ReplicaFailure`].
+pub(crate) async fn serve_local<R: Rpc>(
+    ctx: &Arc<ReplicaContext>,
+    node: &str,
+    request: R,
+    timeout: Duration,
+) -> Result<Measured<R::Response>, ReplicaError> {
+    request
+        .serve(ctx, timeout)
+        .await
+        .map(|answer| Measured {
+            answer,
+            sent: 0,
+            received: 0,
+        })
+        .map_err(|e| ReplicaError::Failed(node.to_string(), e))
+}
+
 /// An answer and the encoded sizes of the request and the answer, bytes (0 for calls that did
 /// not travel: to this node, or over a simulated network).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -30,7 +30,7 @@
 
 use crate::cluster_view::ClusterView;
 use crate::directory::VNodeDirectory;
-use crate::node::{config_budget, partition_options, NodeError};
+use crate::node::{config_budget, open_data, NodeError};
 use crate::replica::{answer_of, request_frame, serve_frame, ReplicaContext};
 use crate::rpc::{Measured, ReplicaError, ReplicaTransport, Rpc};
 use crate::supervision::Restarts;
@@ -152,13 +152,8 @@ impl SimNetwork {
     /// [`NodeError`] if the configuration is invalid, the directory does not open or the
     /// vnodes do not start.
     pub async fn start_node(&self, name: &str, config: NodeConfig) -> Result<SimPeer, NodeError> {
-        config.validate()?;
-        let options = partition_options(&config);
-        let (path, q) = (config.data_dir.clone(), config.partitions);
-        let data = tokio::task::spawn_blocking(move || DataDir::open(&path, q, &options))
-            .await
-            .map_err(|e| NodeError::Spawn(e.to_string()))??;
-        let data = Arc::new(data);
+        let data = open_data(&config).await?;
+        let q = config.partitions;
         let view = ClusterView::load(
             name.to_string(),
             || ClusterState::new(q),
@@ -338,15 +333,7 @@ impl ReplicaTransport for SimPeer {
         timeout: Duration,
     ) -> Result<Measured<R::Response>, ReplicaError> {
         if node == self.local {
-            return request
-                .serve(&self.ctx, timeout)
-                .await
-                .map(|answer| Measured {
-                    answer,
-                    sent: 0,
-                    received: 0,
-                })
-                .map_err(|e| ReplicaError::Failed(node.to_string(), e));
+            return crate::rpc::serve_local(&self.ctx, node, request, timeout).await;
         }
         let unreachable = || ReplicaError::Unreachable(node.to_string());
         let target = self.net.context(node).ok_or_else(unreachable)?;

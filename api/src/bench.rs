@@ -168,7 +168,9 @@ enum Driver {
     Ringkv {
         client: Client,
         opts: CallOptions,
-        contexts: HashMap<Vec<u8>, Vec<u8>>,
+        /// The context of the last answer about each key, kept only when the workload updates
+        /// (a read-only workload never uses it).
+        contexts: Option<HashMap<Vec<u8>, Vec<u8>>>,
     },
     Redis(redis::aio::MultiplexedConnection),
     Etcd {
@@ -185,7 +187,7 @@ impl Driver {
             Target::Ringkv => Driver::Ringkv {
                 client: Client::connect(spec.addr.as_str()).await?,
                 opts: spec.quorum.clone(),
-                contexts: HashMap::new(),
+                contexts: (spec.workload.read_fraction() < 1.0).then(HashMap::new),
             },
             Target::Redis => {
                 let client = redis::Client::open(format!("redis://{}/", spec.addr))?;
@@ -208,7 +210,9 @@ impl Driver {
                 contexts,
             } => {
                 let got = client.get_with(BUCKET, key, opts).await?;
-                contexts.insert(key.to_vec(), got.context);
+                if let Some(contexts) = contexts {
+                    contexts.insert(key.to_vec(), got.context);
+                }
             }
             Driver::Redis(c) => {
                 let _: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(c).await?;
@@ -227,7 +231,10 @@ impl Driver {
                 opts,
                 contexts,
             } => {
-                let context = contexts.get(key).cloned().unwrap_or_default();
+                let context = contexts
+                    .as_ref()
+                    .and_then(|c| c.get(key).cloned())
+                    .unwrap_or_default();
                 let mut frame = crate::protocol::RequestFrame {
                     op: "put".into(),
                     bucket: Some(BUCKET.to_vec().into()),
@@ -249,7 +256,7 @@ impl Driver {
                         answer.message.unwrap_or_default()
                     )));
                 }
-                if let Some(ctx) = answer.context {
+                if let (Some(contexts), Some(ctx)) = (contexts, answer.context) {
                     contexts.insert(key.to_vec(), ctx.into_vec());
                 }
             }
