@@ -431,10 +431,10 @@ const ID_PREFIX: usize = 256;
 /// Writes queued answers to the client until the queue closes; every answer already
 /// queued is written before a flush, so pipelined answers share syscalls. Dropping each
 /// answer after it is written releases its permit and its budget.
-async fn write_answers(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Answer>, conn: Arc<ConnState>) {
-    let mut w = tokio::io::BufWriter::with_capacity(64 << 10, wr);
+async fn write_answers(wr: SharedWriter, mut rx: mpsc::Receiver<Answer>, conn: Arc<ConnState>) {
     let mut written: Vec<Answer> = Vec::new();
     while let Some(answer) = rx.recv().await {
+        let mut w = wr.lock().await;
         if w.write_all(&answer.bytes).await.is_err() {
             break;
         }
@@ -448,12 +448,44 @@ async fn write_answers(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Answer>, conn:
         if w.flush().await.is_err() {
             break;
         }
+        drop(w);
         let bytes: usize = written.iter().map(|a| a.bytes.len()).sum();
         written.clear();
         conn.pending.fetch_sub(bytes, Ordering::AcqRel);
         conn.changed.notify_waiters();
     }
-    let _ = w.shutdown().await;
+    let _ = wr.lock().await.shutdown().await;
+}
+
+/// The write half of a client connection, shared by the writer task and the request tasks.
+/// Its buffer is empty whenever the lock is free (whoever writes, flushes before unlocking).
+type SharedWriter = Arc<tokio::sync::Mutex<tokio::io::BufWriter<OwnedWriteHalf>>>;
+
+/// Writes `answer` from the request's own task when nobody else is writing to the connection
+/// and the socket takes it without waiting (the common case with one request in flight): no
+/// queue, no wake of the writer task. False if the answer must be queued instead; true if it
+/// was written, or if the connection failed while writing it (the reader then ends).
+async fn write_directly(wr: &SharedWriter, answer: &[u8]) -> bool {
+    let Ok(mut w) = wr.try_lock() else {
+        return false;
+    };
+    if !w.buffer().is_empty() {
+        return false;
+    }
+    match w.get_ref().try_write(answer) {
+        Ok(n) if n == answer.len() => true,
+        // The socket took part of it: write the rest now, holding the connection.
+        Ok(n) => {
+            let _ = async {
+                w.write_all(&answer[n..]).await?;
+                w.flush().await
+            }
+            .await;
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(_) => true,
+    }
 }
 
 /// Reads the next frame of a client connection into `buf`.
@@ -576,7 +608,10 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     });
     let max_in_flight = config.max_in_flight;
     let (tx, rx) = mpsc::channel::<Answer>(max_in_flight + 1);
-    let writer = tokio::spawn(write_answers(wr, rx, conn.clone()));
+    let wr: SharedWriter = Arc::new(tokio::sync::Mutex::new(
+        tokio::io::BufWriter::with_capacity(64 << 10, wr),
+    ));
+    let writer = tokio::spawn(write_answers(wr.clone(), rx, conn.clone()));
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
     let idle_timeout =
         (config.idle_timeout_ms > 0).then(|| Duration::from_millis(config.idle_timeout_ms));
@@ -737,11 +772,12 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
                 queue(answer.encode(), Some(permit)).await;
             }
             Ok((id, request)) => {
-                let (node, tx, conn, budget) = (
+                let (node, tx, conn, budget, wr) = (
                     node.clone(),
                     tx.clone(),
                     conn.clone(),
                     shared.budget.clone(),
+                    wr.clone(),
                 );
                 let max_frame = config.max_frame_bytes;
                 conn.executing.fetch_add(1, Ordering::AcqRel);
@@ -757,6 +793,12 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
                         answer
                     };
                     conn.answered(answer.len());
+                    if write_directly(&wr, &answer).await {
+                        conn.executing.fetch_sub(1, Ordering::AcqRel);
+                        conn.changed.notify_waiters();
+                        drop((permit, reserved));
+                        return;
+                    }
                     let answer_reserved = budget.force(answer.len());
                     conn.pending.fetch_add(answer.len(), Ordering::AcqRel);
                     conn.executing.fetch_sub(1, Ordering::AcqRel);
