@@ -290,8 +290,9 @@ pub struct SimPeer {
 }
 
 impl SimPeer {
-    /// This node's replica of `(bucket, key)`, read from its storage directly (`None`: never
-    /// written here).
+    /// This node's replica of `(bucket, key)`, read from its storage directly, not through
+    /// its vnode, so that a test can look at what is stored while the vnode is down or
+    /// restarting (`None`: never written here).
     ///
     /// # Errors
     /// Storage errors, an invalid bucket or key.
