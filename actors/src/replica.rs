@@ -126,7 +126,7 @@ impl ReplicaContext {
 
     /// Partition `p` of this node, bypassing its vnode: only for tests and inspection that
     /// look at storage while the vnode may be down. Operations go through
-    /// [`vnode_call`] instead.
+    /// the vnode (`vnode_call`) instead.
     ///
     /// # Errors
     /// [`StorageError::InvalidArgument`] if `p` is not below the partition count.

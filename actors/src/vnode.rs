@@ -4,7 +4,7 @@
 //! replication merges, the batched merges and reads of [`crate::batch`], and the anti-entropy,
 //! hinted-handoff and tombstone-purge operations of [`crate::rpc`] and [`crate::repair`]. So
 //! while a vnode restarts, every operation on its partition waits for the successor (up to
-//! its caller's time limit, [`crate::replica::vnode_call`]) instead of going around it.
+//! its caller's time limit, `replica::vnode_call`) instead of going around it.
 //!
 //! How each message is served, so that the actor's mailbox keeps moving:
 //!
@@ -119,7 +119,7 @@ pub enum VNodeMsg {
         reply: Reply<Vec<(u32, Vec<u8>, u64)>>,
     },
     /// Anti-entropy: the states of stored keys (`None` where absent), in order, stopping
-    /// before the answer would pass `budget` bytes (see [`crate::replica::fetch_bounded`]):
+    /// before the answer would pass `budget` bytes (see `replica::fetch_bounded`):
     /// the caller asks again for the rest. Read on a blocking thread.
     Fetch {
         /// Stored keys.
