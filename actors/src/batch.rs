@@ -11,10 +11,10 @@
 //! wait for the answer before sending the next batch. Each caller still has its own answer,
 //! timeout and per-peer byte budget.
 //!
-//! The receiving node (`serve_batch`) hands every merge of the batch to the writer thread
-//! before waiting for any (so they land in the same group commit), answers reads from the
-//! partitions, serves any other request as it would alone, and answers with one frame holding
-//! each request's own answer frame, in order. An answer that would take the batch's answer
+//! The receiving node (`serve_batch`) sends every request of the batch to its partition's
+//! vnode before waiting for any answer (so the vnodes hand all its merges to the writer
+//! together and they land in the same group commit; reads are answered by the vnodes), and
+//! answers with one frame holding each request's own answer frame, in order. An answer that would take the batch's answer
 //! over the cluster message limit is left out and its caller sends the request again alone.
 //!
 //! Bounds: each peer's queue holds at most as many frames as its byte budget admits calls
@@ -25,12 +25,11 @@
 //! free.
 
 use crate::replica::{replica_group, ReplicaContext, ReplicaMsg};
-use crate::rpc::{Envelope, ReplicaError, ReplicaFailure, ReplicaRequest};
+use crate::rpc::{Envelope, ReplicaError, ReplicaFailure};
 use crate::stats::NodeStats;
 use crate::wire::{decode, encode};
 use ractor::rpc::CallResult;
 use ractor::ActorRef;
-use ringkv_storage::{DvvSet, StorageError};
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -233,72 +232,37 @@ pub(crate) async fn serve_batch(
     ctx: &Arc<ReplicaContext>,
     frames: Vec<ByteBuf>,
 ) -> Option<Vec<u8>> {
-    enum Pending {
-        Ready(Vec<u8>),
-        Merge(oneshot::Receiver<Result<DvvSet, StorageError>>),
-        Other(ReplicaRequest),
-    }
-    fn failure(e: impl Into<ReplicaFailure>) -> Vec<u8> {
-        encode(&Err::<(), ReplicaFailure>(e.into()))
-    }
-    let mut pending = Vec::with_capacity(frames.len());
-    // First every merge goes to the writer, so they share a commit; reads are answered here.
+    let mut requests = Vec::with_capacity(frames.len());
     for frame in frames {
-        let envelope = match decode::<Envelope>(&frame) {
-            Ok(envelope) => envelope,
-            Err(e) => {
-                pending.push(Pending::Ready(failure(ReplicaFailure::Malformed(e))));
-                continue;
-            }
-        };
-        if ctx.view.is_isolated(&envelope.from) {
-            return None;
+        match decode::<Envelope>(&frame) {
+            Ok(envelope) if ctx.view.is_isolated(&envelope.from) => return None,
+            Ok(envelope) => requests.push(Ok(envelope.request)),
+            Err(e) => requests.push(Err(ReplicaFailure::Malformed(e))),
         }
-        pending.push(match envelope.request {
-            ReplicaRequest::Merge(m) => match ctx.partition(m.partition) {
-                Ok(part) => {
-                    let (tx, rx) = oneshot::channel();
-                    part.merge(
-                        &m.bucket,
-                        &m.key,
-                        m.record,
-                        Box::new(move |r| {
-                            let _ = tx.send(r);
-                        }),
-                    );
-                    Pending::Merge(rx)
-                }
-                Err(e) => Pending::Ready(failure(e)),
-            },
-            ReplicaRequest::Get(g) => Pending::Ready(encode(
-                &ctx.partition(g.partition)
-                    .and_then(|part| part.get(&g.bucket, &g.key))
-                    .map_err(ReplicaFailure::from),
-            )),
-            other => Pending::Other(other),
-        });
     }
-    let mut answers: Vec<Option<ByteBuf>> = Vec::with_capacity(pending.len());
+    // Every request goes to its vnode in the first poll of its call, before any answer is
+    // awaited: the vnodes hand every merge of the batch to the writer together, so they share
+    // a commit.
+    let answers = futures::future::join_all(requests.into_iter().map(|request| async move {
+        match request {
+            Ok(request) => request.serve_encoded(ctx, ctx.timeout).await,
+            Err(e) => encode(&Err::<(), ReplicaFailure>(e)),
+        }
+    }))
+    .await;
     let mut bytes = 16;
-    for p in pending {
-        let answer = match p {
-            Pending::Ready(answer) => answer,
-            Pending::Merge(rx) => {
-                let r = rx
-                    .await
-                    .unwrap_or_else(|_| Err(StorageError::Io("the writer stopped".into())));
-                encode(&r.map(|_| ()).map_err(ReplicaFailure::from))
+    let answers: Vec<Option<ByteBuf>> = answers
+        .into_iter()
+        .map(|answer| {
+            let size = answer.len() + PER_FRAME_BYTES;
+            if bytes + size > ctx.max_message_bytes {
+                None
+            } else {
+                bytes += size;
+                Some(ByteBuf::from(answer))
             }
-            Pending::Other(request) => request.serve_encoded(ctx, ctx.timeout).await,
-        };
-        let size = answer.len() + PER_FRAME_BYTES;
-        if bytes + size > ctx.max_message_bytes {
-            answers.push(None);
-        } else {
-            bytes += size;
-            answers.push(Some(ByteBuf::from(answer)));
-        }
-    }
+        })
+        .collect();
     Some(encode(&answers))
 }
 
@@ -315,7 +279,7 @@ mod tests {
     use crate::rpc::{Get, Merge, MerkleChildren, Rpc};
     use crate::sim::SimNetwork;
     use ringkv_cluster::NodeConfig;
-    use ringkv_storage::VersionVector;
+    use ringkv_storage::{DvvSet, VersionVector};
 
     fn b(s: &str) -> ByteBuf {
         ByteBuf::from(s.as_bytes().to_vec())

@@ -26,6 +26,11 @@ impl VNodeDirectory {
         }
     }
 
+    /// Number of partitions: valid partitions are `0..partitions()`.
+    pub fn partitions(&self) -> u32 {
+        self.entries.read().unwrap_or_else(|p| p.into_inner()).len() as u32
+    }
+
     /// The vnode serving `partition`, if one is up.
     pub fn get(&self, partition: u32) -> Option<ActorRef<VNodeMsg>> {
         self.entries

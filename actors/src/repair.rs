@@ -30,14 +30,15 @@
 //! to hold it, never by a timer alone; the grace period bounds how long a hint or a paused
 //! node may still carry an older version of the key.
 
-use crate::replica::{blocking, Peers};
+use crate::replica::{vnode_call, Peers};
 use crate::rpc::{
     CheckEntries, Fetch, MergeStored, MerkleChildren, Purge, ReplicaError, ReplicaTransport,
     SegmentEntries,
 };
 use crate::stats::add;
+use crate::vnode::{Reply, VNodeMsg};
 use ringkv_storage::merkle::{diff_entries, differing_children, DEPTH};
-use ringkv_storage::{DvvSet, Partition, StorageError};
+use ringkv_storage::{DvvSet, StorageError};
 use serde_bytes::ByteBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,8 +142,19 @@ pub async fn sweep<T: ReplicaTransport>(peers: &T, grace: Duration) {
     }
 }
 
-fn partition<T: ReplicaTransport>(peers: &T, p: u32) -> Result<Arc<Partition>, StorageError> {
-    peers.context().partition(p).cloned()
+/// Runs `message` on this node's vnode of partition `p`, the local side of an exchange or a
+/// purge, within [`CALL_TIMEOUT`] ([`vnode_call`]).
+///
+/// # Errors
+/// [`ExchangeError::Replica`] with this node's [`crate::rpc::ReplicaFailure`].
+async fn on_local_vnode<T: Send + 'static, P: ReplicaTransport>(
+    peers: &P,
+    p: u32,
+    message: impl Fn(Reply<T>) -> VNodeMsg,
+) -> Result<T, ExchangeError> {
+    vnode_call(&peers.context().directory, p, CALL_TIMEOUT, message)
+        .await
+        .map_err(|e| ReplicaError::Failed(peers.local().to_string(), e).into())
 }
 
 /// Compares partition `p` here with its replica on `other` and repairs both sides.
@@ -155,11 +167,15 @@ pub async fn exchange<T: ReplicaTransport>(
     p: u32,
     other: &str,
 ) -> Result<ExchangeReport, ExchangeError> {
-    let part = partition(peers, p)?;
     let mut report = ExchangeReport::default();
     let mut parents = vec![0u32];
     for level in 0..=DEPTH {
-        let ours = part.merkle_children(level, &parents)?;
+        let ours = on_local_vnode(peers, p, |reply| VNodeMsg::MerkleChildren {
+            level,
+            parents: parents.clone(),
+            reply,
+        })
+        .await?;
         let request = MerkleChildren {
             partition: p,
             level,
@@ -196,10 +212,11 @@ pub async fn exchange<T: ReplicaTransport>(
                 .map(|(s, k, h)| (s, k.into_vec(), h)),
         );
     }
-    let ours = {
-        let part = part.clone();
-        blocking(move || part.segment_entries(&parents)).await?
-    };
+    let ours = on_local_vnode(peers, p, |reply| VNodeMsg::SegmentEntries {
+        segments: parents.clone(),
+        reply,
+    })
+    .await?;
     // Only keys whose bucket keeps a replica on both nodes (its `n` first nodes of the
     // preference list) are exchanged: a bucket with n=1 or n=2 is never copied further.
     let state = peers.context().view.snapshot();
@@ -228,13 +245,25 @@ pub async fn exchange<T: ReplicaTransport>(
         }
         // The answer may stop early (its size is bounded); go on from where it stopped.
         next += records.len();
+        let asked: Vec<ByteBuf> = chunk
+            .iter()
+            .take(records.len())
+            .cloned()
+            .map(ByteBuf::from)
+            .collect();
+        // Unbounded: the local records do not travel.
+        let local_records = on_local_vnode(peers, p, |reply| VNodeMsg::Fetch {
+            keys: asked.clone(),
+            budget: usize::MAX,
+            reply,
+        })
+        .await?;
         let mut pull = Vec::new();
         let mut push = Vec::new();
-        for (key, theirs) in chunk.iter().zip(records) {
-            let ours = part.get_stored(key)?;
+        for ((key, theirs), ours) in chunk.iter().zip(records).zip(local_records) {
             if let Some(t) = &theirs {
                 if !ours.as_ref().is_some_and(|o| o.descends(t)) {
-                    pull.push((ByteBuf::from(key.clone()), t.clone()));
+                    pull.push((key.clone(), t.clone()));
                 }
             }
             if let Some(o) = ours {
@@ -245,7 +274,11 @@ pub async fn exchange<T: ReplicaTransport>(
         }
         report.repaired += (pull.len() + push.len()) as u64;
         if !pull.is_empty() {
-            crate::replica::merge_stored(&part, pull).await?;
+            on_local_vnode(peers, p, |reply| VNodeMsg::MergeMany {
+                entries: pull.clone(),
+                reply,
+            })
+            .await?;
         }
         let budget = peers.context().max_batch_bytes;
         for batch in by_size(push, budget, |(k, r)| (k.as_slice(), r)) {
@@ -324,17 +357,20 @@ pub async fn purge<T: ReplicaTransport>(
     prefs: &[String],
     grace: Duration,
 ) -> Result<usize, ExchangeError> {
-    let part = partition(peers, p)?;
     let older_than = crate::coordinator::now_ms().saturating_sub(grace.as_millis() as u64);
     let state = peers.context().view.snapshot();
     let local = peers.local().to_string();
     // This node purges the tombstones of the keys whose first replica (by name) it is.
     let mut candidates: Vec<(Vec<u8>, u64)> =
-        blocking(move || part.tombstones(older_than, PURGE_BATCH))
-            .await?
-            .into_iter()
-            .filter(|(k, _)| key_replicas(&state, prefs, k).iter().min() == Some(&local))
-            .collect();
+        on_local_vnode(peers, p, |reply| VNodeMsg::Tombstones {
+            older_than_ms: older_than,
+            limit: PURGE_BATCH,
+            reply,
+        })
+        .await?
+        .into_iter()
+        .filter(|(k, _)| key_replicas(&state, prefs, k).iter().min() == Some(&local))
+        .collect();
     if candidates.is_empty() {
         return Ok(0);
     }

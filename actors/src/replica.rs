@@ -12,7 +12,7 @@
 //! [`MAX_SERVING`] at once and answers the rest [`ReplicaFailure::Overloaded`].
 //!
 //! [`Peers`] is the sending side over ractor_cluster: a call to this node runs the typed
-//! request on the local vnode or partition without encoding it; a call to another node is
+//! request on the local vnode or hint store without encoding it; a call to another node is
 //! refused before it is sent if it is over the cluster message limit, and waits for room in
 //! the per-peer byte budget ([`PeerBudgets`]).
 
@@ -60,7 +60,9 @@ pub struct ReplicaContext {
     pub name: String,
     /// Where the local vnodes are.
     pub directory: Arc<VNodeDirectory>,
-    /// Partition `i` at index `i` (anti-entropy reads and merges go to them directly).
+    /// Partition `i` at index `i`. Every operation on a partition's data goes through its
+    /// vnode ([`Self::directory`]); this is for the partition count and for tests that look
+    /// at storage without a vnode.
     pub partitions: Vec<Arc<Partition>>,
     /// Hints this node keeps for unreachable replicas.
     pub hints: Arc<HintStore>,
@@ -122,7 +124,9 @@ impl ReplicaContext {
         }
     }
 
-    /// Partition `p` of this node.
+    /// Partition `p` of this node, bypassing its vnode: only for tests and inspection that
+    /// look at storage while the vnode may be down. Operations go through
+    /// the vnode (`vnode_call`) instead.
     ///
     /// # Errors
     /// [`StorageError::InvalidArgument`] if `p` is not below the partition count.
@@ -409,44 +413,6 @@ pub(crate) fn fetch_bounded(
     Ok(out)
 }
 
-/// Merges states of stored keys into `part`, durably; how many were written. A key whose
-/// merge would pass `max-record-bytes` (siblings made concurrently on two replicas) is
-/// logged and left as it is here: no retry can make it fit.
-///
-/// # Errors
-/// The first other storage error.
-pub async fn merge_stored(
-    part: &Arc<Partition>,
-    entries: Vec<(ByteBuf, DvvSet)>,
-) -> Result<usize, StorageError> {
-    let mut waits = Vec::with_capacity(entries.len());
-    for (key, record) in entries {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        part.merge_stored(
-            key.into_vec(),
-            record,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        waits.push(rx);
-    }
-    let mut n = 0;
-    for rx in waits {
-        match rx
-            .await
-            .unwrap_or_else(|_| Err(StorageError::Io("the writer stopped".into())))
-        {
-            Ok(_) => n += 1,
-            Err(e @ StorageError::RecordTooLarge { .. }) => {
-                tracing::warn!(partition = part.id(), error = %e, "cannot merge a key: its replicas hold siblings that together pass the record limit");
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 /// The Merkle entry hash of a stored key here (`None` if absent).
 ///
 /// # Errors
@@ -459,14 +425,27 @@ pub fn entry_hash_of(part: &Partition, stored_key: &[u8]) -> Result<Option<u64>,
 
 /// Runs a vnode operation on this node's vnode of `partition`, waiting up to `timeout` for it
 /// to be up. `message` makes the vnode message around a reply port; it is called again if the
-/// vnode died holding the request before handing it to the writer (nothing was applied), to
-/// send it to the vnode's successor.
+/// vnode died holding the request before handing it to a blocking thread or the writer
+/// (nothing was applied), to send it to the vnode's successor.
+///
+/// # Errors
+/// [`ReplicaFailure::Storage`] with the operation's storage error, or
+/// [`StorageError::InvalidArgument`] for a partition out of range;
+/// [`ReplicaFailure::VNodeTimeout`] if no vnode answered (or came back up) within `timeout`.
 pub(crate) async fn vnode_call<T: Send + 'static>(
     directory: &VNodeDirectory,
     partition: u32,
     timeout: Duration,
     message: impl Fn(RpcReplyPort<Result<T, StorageError>>) -> VNodeMsg,
 ) -> Result<T, ReplicaFailure> {
+    if partition >= directory.partitions() {
+        return Err(ReplicaFailure::Storage(StorageError::InvalidArgument(
+            format!(
+                "partition {partition} out of range (the node has {})",
+                directory.partitions()
+            ),
+        )));
+    }
     let deadline = Instant::now() + timeout;
     let mut stale: Option<ActorRef<VNodeMsg>> = None;
     loop {

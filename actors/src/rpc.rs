@@ -39,7 +39,7 @@
 //!
 //! [`ReplicaTransport`] is how the coordinator, hinted handoff and anti-entropy reach replicas:
 //! [`crate::replica::Peers`] over ractor_cluster for a running node (calls to the node itself
-//! go straight to its vnode or partition, never encoded), and [`crate::sim::SimNetwork`], a
+//! go straight to its vnode or hint store, never encoded), and [`crate::sim::SimNetwork`], a
 //! simulated network of in-process nodes with real storage on which tests cut, delay, pause
 //! and drop.
 
@@ -69,8 +69,8 @@ pub trait Rpc: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     /// The wire form of the request (the [`ReplicaRequest`] variant that holds it).
     fn into_request(self) -> ReplicaRequest;
 
-    /// Runs the request on this node: vnode operations go to the partition's vnode (waiting up
-    /// to `timeout` for one that is restarting), the others to the partition or the hint store.
+    /// Runs the request on this node: operations on a partition go to the partition's vnode
+    /// (waiting up to `timeout` for one that is restarting), hint operations to the hint store.
     fn serve(
         self,
         ctx: &Arc<ReplicaContext>,
@@ -289,11 +289,16 @@ impl Rpc for MerkleChildren {
     async fn serve(
         self,
         ctx: &Arc<ReplicaContext>,
-        _: Duration,
+        timeout: Duration,
     ) -> Result<Vec<u64>, ReplicaFailure> {
-        Ok(ctx
-            .partition(self.partition)?
-            .merkle_children(self.level, &self.parents)?)
+        replica::vnode_call(&ctx.directory, self.partition, timeout, |reply| {
+            VNodeMsg::MerkleChildren {
+                level: self.level,
+                parents: self.parents.clone(),
+                reply,
+            }
+        })
+        .await
     }
 }
 
@@ -316,10 +321,15 @@ impl Rpc for SegmentEntries {
     async fn serve(
         self,
         ctx: &Arc<ReplicaContext>,
-        _: Duration,
+        timeout: Duration,
     ) -> Result<Self::Response, ReplicaFailure> {
-        let part = ctx.partition(self.partition)?.clone();
-        let entries = replica::blocking(move || part.segment_entries(&self.segments)).await?;
+        let entries = replica::vnode_call(&ctx.directory, self.partition, timeout, |reply| {
+            VNodeMsg::SegmentEntries {
+                segments: self.segments.clone(),
+                reply,
+            }
+        })
+        .await?;
         Ok(entries
             .into_iter()
             .map(|(s, k, h)| (s, ByteBuf::from(k), h))
@@ -347,11 +357,16 @@ impl Rpc for Fetch {
     async fn serve(
         self,
         ctx: &Arc<ReplicaContext>,
-        _: Duration,
+        timeout: Duration,
     ) -> Result<Self::Response, ReplicaFailure> {
-        let part = ctx.partition(self.partition)?.clone();
-        let budget = ctx.max_batch_bytes;
-        Ok(replica::blocking(move || replica::fetch_bounded(&part, &self.keys, budget)).await?)
+        replica::vnode_call(&ctx.directory, self.partition, timeout, |reply| {
+            VNodeMsg::Fetch {
+                keys: self.keys.clone(),
+                budget: ctx.max_batch_bytes,
+                reply,
+            }
+        })
+        .await
     }
 }
 
@@ -372,9 +387,23 @@ impl Rpc for MergeStored {
         ReplicaRequest::MergeStored(self)
     }
 
-    async fn serve(self, ctx: &Arc<ReplicaContext>, _: Duration) -> Result<usize, ReplicaFailure> {
-        let part = ctx.partition(self.partition)?.clone();
-        Ok(replica::merge_stored(&part, self.entries).await?)
+    async fn serve(
+        self,
+        ctx: &Arc<ReplicaContext>,
+        timeout: Duration,
+    ) -> Result<usize, ReplicaFailure> {
+        let entries: Vec<(Vec<u8>, DvvSet)> = self
+            .entries
+            .into_iter()
+            .map(|(k, r)| (k.into_vec(), r))
+            .collect();
+        replica::vnode_call(&ctx.directory, self.partition, timeout, |reply| {
+            VNodeMsg::MergeMany {
+                entries: entries.clone(),
+                reply,
+            }
+        })
+        .await
     }
 }
 
@@ -397,16 +426,15 @@ impl Rpc for CheckEntries {
     async fn serve(
         self,
         ctx: &Arc<ReplicaContext>,
-        _: Duration,
+        timeout: Duration,
     ) -> Result<Vec<bool>, ReplicaFailure> {
-        let part = ctx.partition(self.partition)?.clone();
-        Ok(replica::blocking(move || {
-            self.entries
-                .iter()
-                .map(|(k, h)| Ok(replica::entry_hash_of(&part, k)? == Some(*h)))
-                .collect::<Result<Vec<bool>, StorageError>>()
+        replica::vnode_call(&ctx.directory, self.partition, timeout, |reply| {
+            VNodeMsg::CheckEntries {
+                entries: self.entries.clone(),
+                reply,
+            }
         })
-        .await?)
+        .await
     }
 }
 
@@ -427,14 +455,23 @@ impl Rpc for Purge {
         ReplicaRequest::Purge(self)
     }
 
-    async fn serve(self, ctx: &Arc<ReplicaContext>, _: Duration) -> Result<usize, ReplicaFailure> {
-        let part = ctx.partition(self.partition)?.clone();
-        let entries = self
+    async fn serve(
+        self,
+        ctx: &Arc<ReplicaContext>,
+        timeout: Duration,
+    ) -> Result<usize, ReplicaFailure> {
+        let entries: Vec<(Vec<u8>, u64)> = self
             .entries
             .into_iter()
             .map(|(k, h)| (k.into_vec(), h))
             .collect();
-        let n = replica::written(move |reply| part.purge_tombstones(entries, reply)).await?;
+        let n = replica::vnode_call(&ctx.directory, self.partition, timeout, |reply| {
+            VNodeMsg::Purge {
+                entries: entries.clone(),
+                reply,
+            }
+        })
+        .await?;
         crate::stats::add(&ctx.stats.repair.tombstones_purged, n as u64);
         Ok(n)
     }
@@ -578,7 +615,7 @@ impl ReplicaError {
 }
 
 /// Runs `request` on this node (`node` is this node's name, for errors): the typed request
-/// goes to the local vnode or partition unencoded and its [`Measured`] sizes are 0. The
+/// goes to the local vnode or hint store unencoded and its [`Measured`] sizes are 0. The
 /// local-call path of every [`ReplicaTransport`].
 ///
 /// # Errors

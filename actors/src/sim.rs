@@ -290,8 +290,9 @@ pub struct SimPeer {
 }
 
 impl SimPeer {
-    /// This node's replica of `(bucket, key)`, read from its storage directly (`None`: never
-    /// written here).
+    /// This node's replica of `(bucket, key)`, read from its storage directly, not through
+    /// its vnode, so that a test can look at what is stored while the vnode is down or
+    /// restarting (`None`: never written here).
     ///
     /// # Errors
     /// Storage errors, an invalid bucket or key.
@@ -431,6 +432,154 @@ mod tests {
         n2.context().view.set_isolated(["n1".to_string()]);
         let r = n1.call("n2", get, Duration::from_millis(100)).await;
         assert_eq!(r, Err(ReplicaError::Timeout("n2".into())));
+        net.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod vnode_door {
+    //! Anti-entropy and hint operations go through the partition's vnode, as client requests do.
+    use super::*;
+    use crate::rpc::{Fetch, MergeStored, ReplicaFailure};
+    use crate::vnode::VNodeMsg;
+    use ringkv_storage::VersionVector;
+    use serde_bytes::ByteBuf;
+    use std::time::Instant;
+
+    const Q: u32 = 4;
+
+    async fn node(
+        net: &SimNetwork,
+        name: &str,
+        dir: &tempfile::TempDir,
+        restarts: usize,
+    ) -> SimPeer {
+        let config = NodeConfig {
+            data_dir: dir.path().to_path_buf(),
+            partitions: Q,
+            initial_map_bytes: 1 << 20,
+            restart_max: restarts,
+            request_timeout_ms: 300,
+            ..Default::default()
+        };
+        net.start_node(name, config).await.unwrap()
+    }
+
+    fn record(value: &[u8]) -> DvvSet {
+        let mut d = DvvSet::new();
+        d.update(&VersionVector::new(), 7, Some(value.to_vec()), 1, 10)
+            .unwrap();
+        d
+    }
+
+    /// Partition and stored key of `(b, key)`.
+    fn stored_key(key: &[u8]) -> (u32, ByteBuf) {
+        let p = ringkv_cluster::partition_for(b"b", key, Q);
+        let k = ringkv_storage::keys::storage_key(b"b", key).unwrap();
+        (p, ByteBuf::from(k))
+    }
+
+    /// Panics the vnode of `p` on `peer` and returns the one that was running.
+    fn panic_vnode(peer: &SimPeer, p: u32) -> ActorRef<VNodeMsg> {
+        let vnode = peer.context().directory.get(p).expect("a vnode is up");
+        vnode.send_message(VNodeMsg::InjectPanic).unwrap();
+        vnode
+    }
+
+    async fn stats(peer: &SimPeer, p: u32) -> ringkv_storage::PartitionStats {
+        crate::replica::vnode_call(
+            &peer.context().directory,
+            p,
+            Duration::from_secs(5),
+            |reply| VNodeMsg::Stats { reply },
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_fetch_and_a_merge_sent_as_the_vnode_panics_are_served_by_its_successor() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let net = SimNetwork::new();
+        let n1 = node(&net, "n1", &d1, 5).await;
+        let n2 = node(&net, "n2", &d2, 5).await;
+        let (p, k1) = stored_key(b"k1");
+        let k2 = (1..)
+            .map(|i| stored_key(format!("k{i}").as_bytes()))
+            .find(|(q, k)| *q == p && *k != k1)
+            .unwrap()
+            .1;
+        let merge = |key: &ByteBuf, value: &[u8]| MergeStored {
+            partition: p,
+            entries: vec![(key.clone(), record(value))],
+        };
+        let limit = Duration::from_secs(5);
+        assert_eq!(n1.call("n2", merge(&k1, b"one"), limit).await, Ok(1));
+
+        let before = panic_vnode(&n2, p);
+        // Both reach n2 while its vnode dies: they wait for the restarted one.
+        let fetch = Fetch {
+            partition: p,
+            keys: vec![k1.clone()],
+        };
+        let (fetched, merged) = tokio::join!(
+            n1.call("n2", fetch, limit),
+            n1.call("n2", merge(&k2, b"two"), limit)
+        );
+        assert_eq!(fetched, Ok(vec![Some(record(b"one"))]));
+        assert_eq!(merged, Ok(1));
+        let after = n2
+            .context()
+            .directory
+            .get(p)
+            .expect("the vnode was restarted");
+        assert_ne!(before.get_id(), after.get_id());
+        assert_eq!(stats(&n2, p).await.keys, 2);
+        net.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn with_the_vnode_restart_budget_spent_a_fetch_fails_with_a_vnode_timeout_in_its_time() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let net = SimNetwork::new();
+        let n1 = node(&net, "n1", &d1, 1).await;
+        let n2 = node(&net, "n2", &d2, 1).await;
+        let (p, k) = stored_key(b"k");
+        let limit = Duration::from_secs(5);
+        let merge = MergeStored {
+            partition: p,
+            entries: vec![(k.clone(), record(b"v"))],
+        };
+        assert_eq!(n1.call("n2", merge, limit).await, Ok(1));
+
+        // The first panic is restarted (budget 1), the second one is not.
+        let first = panic_vnode(&n2, p);
+        let deadline = Instant::now() + limit;
+        let second = n2
+            .context()
+            .directory
+            .wait_for(p, Some(&first), deadline)
+            .await
+            .expect("the vnode was restarted once");
+        second.send_message(VNodeMsg::InjectPanic).unwrap();
+
+        // The partition's data is still on disk, but nothing reaches it without its vnode:
+        // n2 answers VNodeTimeout once its request time (300 ms) has passed.
+        let started = Instant::now();
+        let fetch = Fetch {
+            partition: p,
+            keys: vec![k],
+        };
+        let r = n1.call("n2", fetch, limit).await;
+        assert_eq!(
+            r,
+            Err(ReplicaError::Failed(
+                "n2".into(),
+                ReplicaFailure::VNodeTimeout(p)
+            ))
+        );
+        assert!(started.elapsed() < limit, "took {:?}", started.elapsed());
+        assert!(n2.stored(b"b", b"k").unwrap().is_some());
         net.shutdown().await;
     }
 }

@@ -1,18 +1,45 @@
-//! The VNode actor: serves one partition.
+//! The VNode actor: the only door to one partition.
 //!
-//! Reads run on the actor (an LMDB read transaction takes microseconds and never waits for
-//! the writer); writes are handed to the partition's writer thread together with the reply
-//! port, so the vnode never waits for a commit and keeps serving while a batch is being made
-//! durable. The partition (its LMDB env and writer) is owned by the
+//! Every operation on a partition's data goes through its vnode: client reads and writes,
+//! replication merges, the batched merges and reads of [`crate::batch`], and the anti-entropy,
+//! hinted-handoff and tombstone-purge operations of [`crate::rpc`] and [`crate::repair`]. So
+//! while a vnode restarts, every operation on its partition waits for the successor (up to
+//! its caller's time limit, `replica::vnode_call`) instead of going around it.
+//!
+//! How each message is served, so that the actor's mailbox keeps moving:
+//!
+//! - **Inline on the actor**: [`VNodeMsg::Get`] (one LMDB read transaction from the page cache
+//!   takes microseconds and never waits for the writer; handing it to another thread would
+//!   cost more than the read), and [`VNodeMsg::MerkleChildren`] and [`VNodeMsg::Stats`]
+//!   (in-memory state kept by the writer, no LMDB access).
+//! - **On a blocking thread** ([`tokio::task::spawn_blocking`], the reply port moved into the
+//!   closure): the operations that scan or touch many keys, [`VNodeMsg::SegmentEntries`],
+//!   [`VNodeMsg::Fetch`], [`VNodeMsg::CheckEntries`] and [`VNodeMsg::Tombstones`]. The vnode
+//!   goes on serving while they run and no tokio worker blocks on a scan.
+//! - **On the partition's writer thread**, with the reply in the writer's callback:
+//!   [`VNodeMsg::Update`], [`VNodeMsg::Merge`], [`VNodeMsg::MergeMany`] and
+//!   [`VNodeMsg::Purge`]. The vnode never waits for a commit, and the writes handed over
+//!   while one commit runs land together in the next (group commit).
+//!
+//! The partition (its LMDB env and writer) is owned by the
 //! [`VNodeSupervisor`](crate::vnode_supervisor::VNodeSupervisor), so a restarted vnode serves
-//! the same env.
+//! the same env. Work already handed to a blocking thread or the writer finishes and is
+//! answered even if the vnode dies meanwhile.
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
-use ringkv_storage::{DvvSet, Partition, StorageError, VersionVector};
-use std::sync::Arc;
+use ringkv_storage::{DvvSet, Partition, PartitionStats, StorageError, VersionVector};
+use serde_bytes::ByteBuf;
+use std::sync::{Arc, Mutex};
+
+/// Where a vnode's answer goes: the answer, or the storage error that stopped it.
+pub type Reply<T> = RpcReplyPort<Result<T, StorageError>>;
 
 /// Messages of a vnode.
+///
+/// "Stored key" means a key as the partition stores it, `[bucket length][bucket][key]`
+/// (`ringkv_storage::keys::storage_key`); an ill-formed one is answered
+/// [`StorageError::InvalidArgument`] or [`StorageError::Corrupt`].
 #[derive(RactorMessage)]
 pub enum VNodeMsg {
     /// Read a key's state; `None` if never written here.
@@ -22,7 +49,7 @@ pub enum VNodeMsg {
         /// Key, 1 to 442 bytes.
         key: Vec<u8>,
         /// Where the state goes.
-        reply: RpcReplyPort<Result<Option<DvvSet>, StorageError>>,
+        reply: Reply<Option<DvvSet>>,
     },
     /// A client write coordinated by this vnode: `value` (`None` deletes) replaces what
     /// `context` covers. The reply comes once the write is durable.
@@ -38,7 +65,7 @@ pub enum VNodeMsg {
         /// Coordinator's wall clock, ms since the Unix epoch.
         timestamp_ms: u64,
         /// Where the key's new state goes.
-        reply: RpcReplyPort<Result<DvvSet, StorageError>>,
+        reply: Reply<DvvSet>,
     },
     /// Merge another replica's state of a key (replication, read repair). Replies with the
     /// merged state once durable.
@@ -50,7 +77,94 @@ pub enum VNodeMsg {
         /// The other replica's state.
         record: DvvSet,
         /// Where the merged state goes.
-        reply: RpcReplyPort<Result<DvvSet, StorageError>>,
+        reply: Reply<DvvSet>,
+    },
+    /// Merge other replicas' states of stored keys (anti-entropy, hinted handoff): all of
+    /// them are handed to the writer at once, so they share a group commit. Replies, once
+    /// every merge is durable, with how many keys were written. A key whose merge would pass
+    /// `max-record-bytes` (siblings made concurrently on two replicas) is logged, left as it
+    /// is here and not counted: no retry can make it fit.
+    ///
+    /// # Errors
+    /// The first other storage error of any merge (the others stay merged).
+    MergeMany {
+        /// Stored keys and the states to merge into them.
+        entries: Vec<(Vec<u8>, DvvSet)>,
+        /// Where the count goes.
+        reply: Reply<usize>,
+    },
+    /// Anti-entropy: hashes of the partition's Merkle tree (`ringkv_storage::merkle`). For
+    /// `level` 0 (`parents` = `[0]`) the root; otherwise the 16 children at `level` of each
+    /// parent at `level - 1`, concatenated (`16 * parents.len()` hashes).
+    ///
+    /// # Errors
+    /// [`StorageError::InvalidArgument`] for a level over 3 or a parent out of range.
+    MerkleChildren {
+        /// Tree level, 0 (root) to 3 (segments).
+        level: u32,
+        /// Parent indices at `level - 1`.
+        parents: Vec<u32>,
+        /// Where the hashes go.
+        reply: Reply<Vec<u64>>,
+    },
+    /// Anti-entropy: `(segment, stored key, entry hash)` of every key of the segments, segment
+    /// by segment in the order given. One range scan per segment, on a blocking thread.
+    ///
+    /// # Errors
+    /// [`StorageError::InvalidArgument`] for a segment of 4096 or more.
+    SegmentEntries {
+        /// Segment (leaf) indices, `0..4096`.
+        segments: Vec<u32>,
+        /// Where the entries go.
+        reply: Reply<Vec<(u32, Vec<u8>, u64)>>,
+    },
+    /// Anti-entropy: the states of stored keys (`None` where absent), in order, stopping
+    /// before the answer would pass `budget` bytes (see `replica::fetch_bounded`):
+    /// the caller asks again for the rest. Read on a blocking thread.
+    Fetch {
+        /// Stored keys.
+        keys: Vec<ByteBuf>,
+        /// Most bytes of records in the answer (`max-record-bytes` for an answer that
+        /// travels; `usize::MAX` for none).
+        budget: usize,
+        /// Where the states go.
+        reply: Reply<Vec<Option<DvvSet>>>,
+    },
+    /// Tombstone purge, step 1: for each `(stored key, entry hash)`, whether the key holds
+    /// exactly that entry hash here. Read on a blocking thread.
+    CheckEntries {
+        /// Stored keys and entry hashes.
+        entries: Vec<(ByteBuf, u64)>,
+        /// One answer per entry, in order.
+        reply: Reply<Vec<bool>>,
+    },
+    /// Tombstone purge: up to `limit` deleted keys whose newest sibling is older than
+    /// `older_than_ms`, as `(stored key, entry hash)` ([`Partition::tombstones`]). Scans the
+    /// partition on a blocking thread.
+    Tombstones {
+        /// Milliseconds since the Unix epoch.
+        older_than_ms: u64,
+        /// Most keys listed.
+        limit: usize,
+        /// Where the candidates go.
+        reply: Reply<Vec<(Vec<u8>, u64)>>,
+    },
+    /// Tombstone purge, step 2: delete these tombstones if their entry hash is still the
+    /// given one ([`Partition::purge_tombstones`]). Replies with how many were deleted, once
+    /// durable.
+    ///
+    /// # Errors
+    /// [`StorageError::InvalidArgument`] if a key is not a stored key (nothing is deleted).
+    Purge {
+        /// Stored keys and the entry hashes every replica was seen to hold.
+        entries: Vec<(Vec<u8>, u64)>,
+        /// Where the count goes.
+        reply: Reply<usize>,
+    },
+    /// Keys and bytes the partition holds ([`Partition::stats`]).
+    Stats {
+        /// Where the counts go.
+        reply: Reply<PartitionStats>,
     },
     /// Fault injection: the vnode panics while handling this message, so that supervision
     /// can be tested. Never sent by ringkv itself.
@@ -113,10 +227,116 @@ impl Actor for VNode {
                     let _ = reply.send(r);
                 }),
             ),
+            VNodeMsg::MergeMany { entries, reply } => merge_many(partition, entries, reply),
+            VNodeMsg::MerkleChildren {
+                level,
+                parents,
+                reply,
+            } => {
+                let _ = reply.send(partition.merkle_children(level, &parents));
+            }
+            VNodeMsg::SegmentEntries { segments, reply } => scan(partition, reply, move |part| {
+                part.segment_entries(&segments)
+            }),
+            VNodeMsg::Fetch {
+                keys,
+                budget,
+                reply,
+            } => scan(partition, reply, move |part| {
+                crate::replica::fetch_bounded(part, &keys, budget)
+            }),
+            VNodeMsg::CheckEntries { entries, reply } => scan(partition, reply, move |part| {
+                entries
+                    .iter()
+                    .map(|(k, h)| Ok(crate::replica::entry_hash_of(part, k)? == Some(*h)))
+                    .collect()
+            }),
+            VNodeMsg::Tombstones {
+                older_than_ms,
+                limit,
+                reply,
+            } => scan(partition, reply, move |part| {
+                part.tombstones(older_than_ms, limit)
+            }),
+            VNodeMsg::Purge { entries, reply } => partition.purge_tombstones(
+                entries,
+                Box::new(move |r| {
+                    let _ = reply.send(r);
+                }),
+            ),
+            VNodeMsg::Stats { reply } => {
+                let _ = reply.send(partition.stats());
+            }
             VNodeMsg::InjectPanic => {
                 panic!("vnode {}: injected panic", partition.id())
             }
         }
         Ok(())
+    }
+}
+
+/// Runs the read `f` on a blocking thread and sends its result to `reply` from there. A panic
+/// in `f` is answered [`StorageError::Io`] (the vnode is not involved any more).
+fn scan<T: Send + 'static>(
+    partition: &Arc<Partition>,
+    reply: Reply<T>,
+    f: impl FnOnce(&Partition) -> Result<T, StorageError> + Send + 'static,
+) {
+    let part = partition.clone();
+    tokio::task::spawn_blocking(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&part)))
+            .unwrap_or_else(|_| Err(StorageError::Io("a storage scan panicked".into())));
+        let _ = reply.send(r);
+    });
+}
+
+/// Hands every merge of `entries` to the writer, then answers `reply` from the callback of
+/// the last one to finish (see [`VNodeMsg::MergeMany`]).
+fn merge_many(partition: &Arc<Partition>, entries: Vec<(Vec<u8>, DvvSet)>, reply: Reply<usize>) {
+    struct Tally {
+        left: usize,
+        merged: usize,
+        error: Option<StorageError>,
+        reply: Option<Reply<usize>>,
+    }
+    if entries.is_empty() {
+        let _ = reply.send(Ok(0));
+        return;
+    }
+    let id = partition.id();
+    let tally = Arc::new(Mutex::new(Tally {
+        left: entries.len(),
+        merged: 0,
+        error: None,
+        reply: Some(reply),
+    }));
+    for (key, record) in entries {
+        let tally = tally.clone();
+        partition.merge_stored(
+            key,
+            record,
+            Box::new(move |r| {
+                let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+                match r {
+                    Ok(_) => t.merged += 1,
+                    Err(e @ StorageError::RecordTooLarge { .. }) => {
+                        tracing::warn!(partition = id, error = %e, "cannot merge a key: its replicas hold siblings that together pass the record limit");
+                    }
+                    Err(e) => {
+                        t.error.get_or_insert(e);
+                    }
+                }
+                t.left -= 1;
+                if t.left == 0 {
+                    let answer = match t.error.take() {
+                        Some(e) => Err(e),
+                        None => Ok(t.merged),
+                    };
+                    if let Some(reply) = t.reply.take() {
+                        let _ = reply.send(answer);
+                    }
+                }
+            }),
+        );
     }
 }
