@@ -7,8 +7,9 @@
 //!  |- VNodeSupervisor       holds every partition's handle (one data env per node);
 //!  |   |                    restarts failed vnodes within the vnode budget, handing each its
 //!  |   |                    existing handle; then escalates
-//!  |   `- VNode{p}          one per partition: reads inline, writes through the node's
-//!  |                        group-committing writer thread
+//!  |   `- VNode{p}          one per partition and the only door to it: single-key reads
+//!  |                        inline, scans (anti-entropy, fetch, purge) on blocking threads,
+//!  |                        writes through the node's group-committing writer thread
 //!  |- Replica               (with --cluster-addr) endpoint of replica operations from other
 //!  |                        nodes: vnode reads and writes, hints, Merkle tree exchanges;
 //!  |                        process group `ringkv.replica.{name}`
