@@ -315,17 +315,23 @@ mod tests {
         decode(a.as_ref().expect("an answer")).unwrap()
     }
 
-    #[tokio::test]
-    async fn a_batch_gets_one_answer_per_request_in_order_and_drops_isolated_senders() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A simulated network with one node, `n1`, of 4 partitions stored under `dir`.
+    async fn one_node(dir: &std::path::Path) -> (SimNetwork, crate::sim::SimPeer) {
         let net = SimNetwork::new();
         let config = NodeConfig {
-            data_dir: dir.path().to_path_buf(),
+            data_dir: dir.to_path_buf(),
             partitions: 4,
             initial_map_bytes: 1 << 20,
             ..Default::default()
         };
         let node = net.start_node("n1", config).await.unwrap();
+        (net, node)
+    }
+
+    #[tokio::test]
+    async fn a_batch_gets_one_answer_per_request_in_order_and_drops_isolated_senders() {
+        let dir = tempfile::tempdir().unwrap();
+        let (net, node) = one_node(dir.path()).await;
         let ctx = crate::rpc::ReplicaTransport::context(&node).clone();
         let merge = |key: &str, value: &[u8]| Merge {
             partition: 1,
@@ -374,14 +380,7 @@ mod tests {
     #[tokio::test]
     async fn answers_that_would_pass_the_message_limit_are_left_out_to_go_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let net = SimNetwork::new();
-        let config = NodeConfig {
-            data_dir: dir.path().to_path_buf(),
-            partitions: 4,
-            initial_map_bytes: 1 << 20,
-            ..Default::default()
-        };
-        let node = net.start_node("n1", config).await.unwrap();
+        let (net, node) = one_node(dir.path()).await;
         let full = crate::rpc::ReplicaTransport::context(&node).clone();
         let value = vec![7u8; 3000];
         let merged = answers(

@@ -89,34 +89,24 @@ impl Cluster {
 
     /// Waits (up to 10 s) until `node` stores exactly `want` for `key`.
     async fn until_stored(&self, node: &str, key: &str, want: &[&str]) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        until(|| {
             let got = self.stored(node, key);
-            if got == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{node} stores {got:?} for {key}, not {want:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+            (got == want)
+                .then_some(())
+                .ok_or_else(|| format!("{node} stores {got:?} for {key}, not {want:?}"))
+        })
+        .await
     }
 
     /// Waits (up to 10 s) until `node` holds `want` hints.
     async fn until_hints(&self, node: &str, want: u64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        until(|| {
             let held = self.net.peer(node).hints_held().unwrap();
-            if held == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{node} holds {held} hints, not {want}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+            (held == want)
+                .then_some(())
+                .ok_or_else(|| format!("{node} holds {held} hints, not {want}"))
+        })
+        .await
     }
 
     async fn shutdown(self) {
@@ -136,6 +126,18 @@ fn values(d: &DvvSet) -> Vec<String> {
 
 /// `key` on replicas n1, n2, n3 (preference list order), the other nodes of `nodes` as
 /// fallbacks in order.
+/// Polls `check` every 5 ms until it is `Ok`; fails the test with its last `Err` after 10 s.
+async fn until(mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(why) => assert!(Instant::now() < deadline, "{why}"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn placement(key: &str, nodes: usize, r: usize, w: usize, sloppy: bool) -> Placement {
     Placement {
         partition: ringkv_cluster::partition_for(BUCKET, key.as_bytes(), PARTITIONS),
