@@ -16,6 +16,7 @@ pub mod layout;
 pub mod membership;
 pub mod phi;
 pub mod ring;
+pub mod transition;
 
 pub use config::{ConfigError, NodeConfig};
 pub use ring::partition_for;

@@ -9,13 +9,16 @@
 //!
 //! Layout changes are staged and then applied by the operator, as in Riak (`cluster plan`,
 //! `cluster commit`) and Garage. A node that joins is `joining` until a commit places it in the
-//! layout, when it becomes `active`. A node leaving is `leaving` until the next commit removes
-//! it.
+//! layout, when it becomes `active`. A node leaving is `leaving` until the commit that takes it
+//! out of the layout has moved everything it held to the new replicas ([`crate::transition`]:
+//! a commit adds a layout version and the older ones stay live meanwhile); it then becomes
+//! `removed` and may be stopped.
 //!
 //! # Removed members are tombstones
 //!
-//! A commit never deletes a member: it turns a leaving member into a `removed` entry (a
-//! tombstone) with a higher version, and that entry is gossiped like any other. Deleting it
+//! The state never deletes a member: the end of a transition turns a leaving member into a
+//! `removed` entry (a tombstone) with a higher version, and that entry is gossiped like any
+//! other. Deleting it
 //! would let gossip from any node that had not seen the commit put the member back. Members
 //! are ordered by the key `(incarnation, removed, version)`, then by the content hash:
 //!
@@ -34,6 +37,7 @@
 //! stays commutative, associative and idempotent.
 
 use crate::layout::{Layout, LayoutError, NodeSpec};
+use crate::transition::Trackers;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use std::collections::BTreeMap;
@@ -200,7 +204,14 @@ pub enum MembershipError {
     /// Invalid bucket properties.
     #[error("invalid bucket properties: {0}")]
     BadBucketProps(String),
+    /// Too many layout versions are live: earlier changes have not finished moving data.
+    #[error("{0} layout versions are live already: wait for the transfers of the earlier changes (`ringkv cluster transfers`) before committing another")]
+    TooManyVersions(usize),
 }
+
+/// The most layout versions live at once (the newest and the older ones whose data is still
+/// moving); a commit beyond it is refused.
+pub const MAX_LIVE_LAYOUTS: usize = 8;
 
 impl From<LayoutError> for MembershipError {
     fn from(e: LayoutError) -> Self {
@@ -230,8 +241,15 @@ pub struct ClusterState {
     pub partitions: u32,
     /// Members by name.
     pub members: BTreeMap<String, Member>,
-    /// The committed layout; `None` until the first commit.
+    /// The newest committed layout; `None` until the first commit.
     pub layout: Option<CommittedLayout>,
+    /// Older layout versions still live during a transition, oldest first, all older than
+    /// `layout` (see [`crate::transition`]).
+    #[serde(default)]
+    pub history: Vec<CommittedLayout>,
+    /// Each node's progress through the transition (see [`crate::transition`]).
+    #[serde(default)]
+    pub trackers: Trackers,
     /// Bucket properties by bucket name; buckets absent use [`BucketProps::default`].
     #[serde(default)]
     pub buckets: BTreeMap<ByteBuf, Versioned<BucketProps>>,
@@ -254,6 +272,8 @@ impl ClusterState {
             partitions,
             members: BTreeMap::new(),
             layout: None,
+            history: Vec::new(),
+            trackers: Trackers::default(),
             buckets: BTreeMap::new(),
         }
     }
@@ -274,15 +294,26 @@ impl ClusterState {
                 }
             }
         }
-        match (&self.layout, &other.layout) {
-            (_, None) => {}
-            (None, Some(theirs)) => self.layout = Some(theirs.clone()),
-            (Some(ours), Some(theirs)) => {
-                if wins(ours, ours.version, theirs, theirs.version) {
-                    self.layout = Some(theirs.clone());
+        self.trackers.merge(&other.trackers);
+        // Layout versions: the union, one winner per version number (concurrent commits of
+        // the same number are ordered by content hash), versions below `pruned_below`
+        // dropped unless newest.
+        let mut versions: BTreeMap<u64, CommittedLayout> = BTreeMap::new();
+        for c in self.live_layouts().chain(other.live_layouts()) {
+            match versions.get(&c.version) {
+                Some(ours) if !wins(ours, ours.version, c, c.version) => {}
+                _ => {
+                    versions.insert(c.version, c.clone());
                 }
             }
         }
+        let newest = versions.pop_last().map(|(_, c)| c);
+        let pruned_below = self.trackers.pruned_below;
+        self.history = versions
+            .into_values()
+            .filter(|c| c.version >= pruned_below)
+            .collect();
+        self.layout = newest;
         for (bucket, theirs) in &other.buckets {
             match self.buckets.get(bucket) {
                 Some(ours) if !wins(ours, ours.version, theirs, theirs.version) => {}
@@ -394,20 +425,29 @@ impl ClusterState {
                 .members
                 .values()
                 .filter(|m| m.status == MemberStatus::Leaving)
+                .filter(|m| {
+                    previous.is_some_and(|l| l.nodes().iter().any(|n| n.name == m.name))
+                })
                 .map(|m| m.name.clone())
                 .collect(),
             layout,
         })
     }
 
-    /// Installs the plan's layout: joining members become active, leaving ones become
-    /// tombstones (`removed`, with a higher version; they stay in the state).
+    /// Installs the plan's layout as the newest version: joining members become active;
+    /// leaving ones stay `leaving` until the transition is over (every partition they held
+    /// copied to its new replicas), when [`ClusterState::advance`] turns them into tombstones.
+    /// The previous version stays live meanwhile ([`crate::transition`]).
     ///
     /// # Errors
     /// As [`ClusterState::plan`]; [`MembershipError::NothingToCommit`] if the layout would
-    /// not change.
+    /// not change; [`MembershipError::TooManyVersions`] if [`MAX_LIVE_LAYOUTS`] versions are
+    /// live already.
     pub fn commit(&mut self) -> Result<Plan, MembershipError> {
         let plan = self.plan()?;
+        if self.history.len() + 1 >= MAX_LIVE_LAYOUTS {
+            return Err(MembershipError::TooManyVersions(MAX_LIVE_LAYOUTS));
+        }
         if self
             .layout
             .as_ref()
@@ -424,17 +464,11 @@ impl ClusterState {
                 ..m
             });
         }
-        for name in &plan.leaving {
-            let m = self.members[name].clone();
-            self.upsert_member(Member {
-                status: MemberStatus::Removed,
-                ..m
-            });
-        }
-        self.layout = Some(CommittedLayout {
+        let previous = self.layout.replace(CommittedLayout {
             version: plan.version,
             layout: plan.layout.clone(),
         });
+        self.history.extend(previous);
         Ok(plan)
     }
 
@@ -618,6 +652,26 @@ mod tests {
         assert_eq!(s.bucket_props(b"other"), BucketProps::default());
     }
 
+    /// Runs [`ClusterState::advance`] for every live member as if all were up, had no write
+    /// in flight and had finished every transfer, until nothing changes: the end of a
+    /// transition. Returns the members that left.
+    pub(crate) fn finish_transition(s: &mut ClusterState) -> Vec<String> {
+        let mut left = Vec::new();
+        for _ in 0..10 {
+            let names: Vec<String> = s.live_members().map(|m| m.name.clone()).collect();
+            let mut changed = false;
+            for n in names {
+                let a = s.advance(&n, &|_| true, false, &|_, _| true);
+                changed |= a.changed();
+                left.extend(a.left);
+            }
+            if !changed {
+                break;
+            }
+        }
+        left
+    }
+
     fn four_active() -> ClusterState {
         let mut s = ClusterState::new(16);
         for (n, z) in [("a", "z1"), ("b", "z2"), ("c", "z3"), ("d", "z4")] {
@@ -635,7 +689,14 @@ mod tests {
         let leaving = s.clone();
         let plan = s.commit().unwrap();
         assert_eq!(plan.leaving, ["d"]);
+        // d stays leaving (and a replica in the old version) until the transition is over.
+        assert_eq!(s.members["d"].status, MemberStatus::Leaving);
+        assert!(s.in_transition());
+        let committed = s.clone();
+        assert_eq!(finish_transition(&mut s), ["d"]);
+        assert!(!s.in_transition());
         assert_eq!(s.members["d"].status, MemberStatus::Removed);
+        assert!(!s.merge(&committed));
         assert!(s.is_removed("d"));
         assert_eq!(s.live_members().count(), 3);
         // Nodes that had not seen the leave, or the commit, cannot bring it back.
@@ -678,6 +739,7 @@ mod tests {
         let mut b = a.clone();
         a.mark_leaving("d").unwrap();
         a.commit().unwrap();
+        finish_transition(&mut a);
         // b, which has not heard of the leave, commits two layouts of its own with d in them:
         // its layout has the higher version and wins.
         b.upsert_member(member("e", "z5"));
@@ -737,6 +799,8 @@ mod tests {
         Leave(usize, u8),
         Bucket(usize, u8),
         Commit(usize),
+        /// Every member known at a node finishes its part of the transition there.
+        Advance(usize),
         Gossip(usize, usize),
     }
 
@@ -747,6 +811,7 @@ mod tests {
             2 => (0..3usize, 0..5u8).prop_map(|(a, b)| Op::Leave(a, b)),
             1 => (0..3usize, 1..4u8).prop_map(|(a, b)| Op::Bucket(a, b)),
             2 => (0..3usize).prop_map(Op::Commit),
+            2 => (0..3usize).prop_map(Op::Advance),
             4 => (0..3usize, 0..3usize).prop_map(|(a, b)| Op::Gossip(a, b)),
         ]
     }
@@ -802,14 +867,16 @@ mod tests {
                     at
                 }
                 Op::Commit(at) => {
+                    let _ = s[at].commit();
+                    at
+                }
+                Op::Advance(at) => {
                     let before = s[at].clone();
-                    if let Ok(plan) = s[at].commit() {
-                        seen[at].extend(
-                            plan.leaving
-                                .iter()
-                                .map(|n| (n.clone(), before.members[n].incarnation)),
-                        );
-                    }
+                    let left = finish_transition(&mut s[at]);
+                    seen[at].extend(
+                        left.iter()
+                            .map(|n| (n.clone(), before.members[n].incarnation)),
+                    );
                     at
                 }
                 Op::Gossip(from, to) => {
