@@ -27,17 +27,28 @@ pub struct ClusterView {
     exchanges: AtomicU64,
     /// Bumped (under the state's write lock) by every change of the state.
     generation: AtomicU64,
-    /// The placements of the state of one generation.
+    /// The placements of one generation.
     placements: RwLock<(u64, Option<Arc<Placements>>)>,
+    /// Writes in flight per layout version.
+    inflight: Arc<Mutex<InFlight>>,
+    /// Transfers done (`(version, partition)`), as the Transfer actor reported them.
+    transfers_done: Mutex<BTreeSet<(u64, u32)>>,
 }
 
 /// Where the replicas of every partition are, computed once per change of the cluster
-/// state rather than per request: index `p` holds partition `p`'s preference list (empty
-/// without a committed layout) and its fallback order ([`ClusterState::fallback_list`]).
+/// state rather than per request: index `p` holds partition `p`'s preference list in the read
+/// version (empty without a committed layout), the preference lists of the other live layout
+/// versions that writes must also reach during a transition
+/// ([`ringkv_cluster::transition`]), and its fallback order ([`ClusterState::fallback_list`]).
 #[derive(Debug, Default)]
 pub struct Placements {
-    /// Preference list of each partition.
+    /// The newest layout version these were computed from (0: none).
+    pub version: u64,
+    /// Preference list of each partition in the read version.
     pub prefs: Vec<Vec<String>>,
+    /// Per partition, the other live versions' preference lists that differ from `prefs`
+    /// (writes need their quorum in each); empty outside a transition.
+    pub also_write: Vec<Vec<Vec<String>>>,
     /// Fallback order of each partition (sloppy quorum's hint holders).
     pub fallbacks: Vec<Vec<String>>,
 }
@@ -46,11 +57,42 @@ impl Placements {
     /// Computes them from `state`.
     pub fn of(state: &ClusterState) -> Self {
         let q = state.partitions;
+        let (prefs, also_write) = (0..q)
+            .map(|p| {
+                let sets = state.replica_sets(p);
+                (sets.read, sets.also_write)
+            })
+            .unzip();
         Placements {
-            prefs: (0..q)
-                .map(|p| state.preference_list(p).unwrap_or_default())
-                .collect(),
+            version: state.layout_version(),
+            prefs,
+            also_write,
             fallbacks: (0..q).map(|p| state.fallback_list(p)).collect(),
+        }
+    }
+}
+
+/// Writes in flight on this node, counted by the layout version they were placed under, so
+/// that this node acknowledges a new version only once the writes it placed under older ones
+/// have finished (the `ack` tracker of [`ringkv_cluster::transition`]).
+#[derive(Debug, Default)]
+struct InFlight(std::collections::BTreeMap<u64, usize>);
+
+/// One write in flight under a layout version; dropping it ends the write.
+#[derive(Debug)]
+pub struct WriteGuard {
+    inflight: Arc<Mutex<InFlight>>,
+    version: u64,
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = inflight.0.get_mut(&self.version) {
+            *n -= 1;
+            if *n == 0 {
+                inflight.0.remove(&self.version);
+            }
         }
     }
 }
@@ -82,6 +124,8 @@ impl ClusterView {
             exchanges: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             placements: RwLock::new((0, None)),
+            inflight: Arc::default(),
+            transfers_done: Mutex::default(),
         };
         view.persist();
         Ok(view)
@@ -148,6 +192,71 @@ impl ClusterView {
             *cached = (generation, Some(fresh.clone()));
         }
         fresh
+    }
+
+    /// The placements for a write, and the guard that counts the write as in flight under
+    /// their layout version until dropped.
+    pub fn placements_for_write(&self) -> (Arc<Placements>, WriteGuard) {
+        // Under the in-flight lock, so that [`ClusterView::advance`] sees either this write
+        // counted or its placements of the newest version.
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let placements = self.placements();
+        *inflight.0.entry(placements.version).or_insert(0) += 1;
+        drop(inflight);
+        let guard = WriteGuard {
+            inflight: self.inflight.clone(),
+            version: placements.version,
+        };
+        (placements, guard)
+    }
+
+    /// Records that the transfer of `partition` for layout `version` is done and verified.
+    pub fn transfer_done(&self, version: u64, partition: u32) {
+        self.transfers_done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((version, partition));
+    }
+
+    /// True if [`ClusterView::transfer_done`] was called for `(version, partition)`.
+    pub fn is_transfer_done(&self, version: u64, partition: u32) -> bool {
+        self.transfers_done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(version, partition))
+    }
+
+    /// Moves the layout transition forward as far as this node can
+    /// ([`ClusterState::advance`]), persisting the state if it changed.
+    pub fn advance(&self) -> ringkv_cluster::transition::Advanced {
+        let out = {
+            let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            let newest = state.layout_version();
+            let older = inflight.0.range(..newest).any(|(_, n)| *n > 0);
+            drop(inflight);
+            let done = self
+                .transfers_done
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let out = state.advance(&self.local, &|n| self.is_up(n), older, &|v, p| {
+                done.contains(&(v, p))
+            });
+            if out.changed() {
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            out
+        };
+        if out.changed() {
+            self.persist();
+        }
+        out
+    }
+
+    /// The transfers this node must run now ([`ClusterState::transfer_tasks`]).
+    pub fn transfer_tasks(&self) -> Vec<ringkv_cluster::transition::Task> {
+        self.read().transfer_tasks(&self.local, &|n| self.is_up(n))
     }
 
     /// Gossip exchanges this node made or answered since start (states of peers merged).
@@ -305,12 +414,32 @@ mod tests {
         .unwrap();
         let second = view.placements();
         assert!(!Arc::ptr_eq(&first, &second));
-        let state = view.snapshot();
+        let mut state = view.snapshot();
+        // During the transition reads use the old set and writes reach both.
+        for p in 0..8 {
+            let sets = state.replica_sets(p);
+            assert_eq!(second.prefs[p as usize], sets.read);
+            assert_eq!(second.prefs[p as usize], vec!["n1".to_string()]);
+            assert_eq!(second.also_write[p as usize], sets.also_write);
+            assert_eq!(second.fallbacks[p as usize], state.fallback_list(p));
+        }
+        for _ in 0..3 {
+            for n in ["n1", "n2", "n3"] {
+                state.advance(n, &|_| true, false, &|_, _| true);
+            }
+        }
+        view.update(|s| {
+            *s = state.clone();
+            Ok(())
+        })
+        .unwrap();
+        let second = view.placements();
         for p in 0..8 {
             assert_eq!(
                 Some(second.prefs[p as usize].clone()),
                 state.preference_list(p)
             );
+            assert!(second.also_write[p as usize].is_empty());
             assert_eq!(second.fallbacks[p as usize], state.fallback_list(p));
         }
         assert_eq!(second.prefs[3].len(), 3);

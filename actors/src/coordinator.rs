@@ -235,6 +235,48 @@ pub struct Placement {
     pub fallbacks: Vec<String>,
     /// Most siblings per key (for a write no replica can coordinate).
     pub max_siblings: usize,
+    /// During a layout transition, the other live versions' replica sets of the partition,
+    /// each with its write quorum: a write goes to the union of `replicas` and these sets and
+    /// is acknowledged only once it holds its quorum in every one of them
+    /// ([`ringkv_cluster::transition`], as Garage's multi-version layouts). Empty outside a
+    /// transition and for reads.
+    pub also: Vec<(Vec<String>, usize)>,
+}
+
+impl Placement {
+    /// Every set a write must reach its quorum in, `replicas` first.
+    fn quorum_sets(&self) -> impl Iterator<Item = (&[String], usize)> {
+        std::iter::once((self.replicas.as_slice(), self.w))
+            .chain(self.also.iter().map(|(set, w)| (set.as_slice(), *w)))
+    }
+
+    /// The union of the quorum sets, `replicas` first, each node once.
+    fn write_targets(&self) -> Vec<String> {
+        let mut all = self.replicas.clone();
+        for (set, _) in &self.also {
+            for n in set {
+                if !all.contains(n) {
+                    all.push(n.clone());
+                }
+            }
+        }
+        all
+    }
+
+    /// True once, for every quorum set, the distinct nodes holding the write for one of its
+    /// replicas (`stands`: replica, holder) reach its quorum.
+    fn write_quorum_met(&self, stands: &[(String, String)]) -> bool {
+        self.quorum_sets().all(|(set, w)| {
+            let mut holders: Vec<&String> = stands
+                .iter()
+                .filter(|(replica, _)| set.contains(replica))
+                .map(|(_, holder)| holder)
+                .collect();
+            holders.sort();
+            holders.dedup();
+            holders.len() >= w
+        })
+    }
 }
 
 /// Arguments of a [`Coordinator`].
@@ -330,11 +372,11 @@ async fn write<T: ReplicaTransport>(
 ) -> Result<Option<DvvSet>, KvError> {
     let Placement {
         partition,
-        replicas,
         w,
         sloppy,
         ..
     } = &args.placement;
+    let replicas = &args.placement.write_targets();
     let (n, w, sloppy) = (replicas.len(), *w, *sloppy);
     let mut failures = Failures::default();
     // The coordinating replica: this node if it is one, else the first reachable one.
@@ -381,12 +423,15 @@ async fn write<T: ReplicaTransport>(
     // extended preference list, distinct nodes; a node holding hints for several replicas
     // counts once).
     let mut holders: std::collections::HashSet<String> = std::collections::HashSet::new();
+    // (replica, the node holding the write for it): what each quorum set counts.
+    let mut stands: Vec<(String, String)> = Vec::new();
     let (coordinator, record) = match coordinated {
         // Every other replica now gets a merge, whose outcome replaces what the coordinating
         // attempts found.
         Some((node, record)) => {
             failures = Failures::default();
             holders.insert(node.clone());
+            stands.push((node.clone(), node.clone()));
             (Some(node), record)
         }
         // No replica is reachable. A sloppy write still goes through: the new version gets a
@@ -499,13 +544,17 @@ async fn write<T: ReplicaTransport>(
     // Replicas whose write went only to a node that already held it: their own failure is
     // what the client should hear about if the quorum is missed.
     let mut stood_in: Vec<(String, Option<ReplicaError>)> = Vec::new();
-    while holders.len() < w {
+    while !args.placement.write_quorum_met(&stands) {
         match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
             Ok(Some((node, outcome))) => {
                 pending.retain(|p| *p != node);
                 match outcome {
-                    Ok((holder, _)) if holders.insert(holder.clone()) => {}
-                    Ok((_, failure)) => stood_in.push((node, failure)),
+                    Ok((holder, failure)) => {
+                        stands.push((node.clone(), holder.clone()));
+                        if !holders.insert(holder) {
+                            stood_in.push((node, failure));
+                        }
+                    }
                     Err(e) => failures.push(&node, e),
                 }
             }
@@ -516,7 +565,7 @@ async fn write<T: ReplicaTransport>(
             Err(_) => break,
         }
     }
-    if holders.len() >= w {
+    if args.placement.write_quorum_met(&stands) {
         Ok(Some(record))
     } else {
         for (node, failure) in stood_in {

@@ -1,13 +1,14 @@
 //! The HintedHandoff actor: delivers the hints this node keeps for unreachable replicas
 //! (Dynamo, section 4.6).
 //!
-//! Every `handoff-interval-ms` it lists the owners this node holds hints for. Hints for an
-//! owner that a commit removed are never sent to it: they stay pending (moving them to the
-//! partition's new replicas belongs to the transfer after a layout change). For each owner
+//! Every `handoff-interval-ms` it lists the owners this node holds hints for. For each owner
 //! that is reachable again it reads hints in batches of [`BATCH`], oldest first, sends them to
 //! the owner as one merge request per partition (the owner answers only once the records are
 //! durable, in one group commit), and then deletes, durably, exactly the hints the owner
-//! acknowledged. A hint stored while a
+//! acknowledged. Hints for an owner that no live layout version places any more (it left, or
+//! was replaced or removed) are never sent to it: they are re-routed to the partition's current
+//! replicas (every reachable node of its read set and of the other live versions' sets; a hint
+//! is deleted once all of those that are reachable, and at least one, merged it). A hint stored while a
 //! batch is in flight has another id and is never deleted by mistake. A round that is still
 //! running when the next tick comes is left to finish.
 
@@ -57,11 +58,33 @@ pub async fn deliver_all<T: ReplicaTransport>(peers: &T) -> Result<u64, StorageE
     let owners = blocking(move || hints.owners()).await?;
     let mut delivered = 0;
     for (owner, pending) in owners {
-        if peers.context().view.read().is_removed(&owner) || !peers.reachable(&owner) {
-            continue;
-        }
+        let state = peers.context().view.snapshot();
+        let placed = state
+            .live_layouts()
+            .any(|c| c.layout.nodes().iter().any(|n| n.name == owner));
         let started = Instant::now();
-        let n = deliver_to(peers, &owner).await?;
+        let n = if state.is_removed(&owner) || (state.layout.is_some() && !placed) {
+            // The owner left the layout: the hints go to the partition's current replicas
+            // (every reachable one of its read set, and the other live versions' sets).
+            let route = move |p: u32| -> Vec<String> {
+                let sets = state.replica_sets(p);
+                let mut all = sets.read;
+                for set in sets.also_write {
+                    all.extend(
+                        set.into_iter()
+                            .filter(|n| !all.contains(n))
+                            .collect::<Vec<_>>(),
+                    );
+                }
+                all
+            };
+            deliver_to(peers, &owner, &route).await?
+        } else if peers.reachable(&owner) {
+            let o = owner.clone();
+            deliver_to(peers, &owner, &move |_| vec![o.clone()]).await?
+        } else {
+            continue;
+        };
         delivered += n;
         if n > 0 {
             tracing::info!(%owner, delivered = n, pending_before = pending, elapsed_ms = started.elapsed().as_millis() as u64, "hinted handoff");
@@ -70,7 +93,14 @@ pub async fn deliver_all<T: ReplicaTransport>(peers: &T) -> Result<u64, StorageE
     Ok(delivered)
 }
 
-async fn deliver_to<T: ReplicaTransport>(peers: &T, owner: &str) -> Result<u64, StorageError> {
+/// Delivers the hints kept for `owner`, each to the nodes `route` names for its partition
+/// (`owner` itself, or a departed owner's successors); a hint is deleted once every reachable
+/// node of its route, and at least one, merged it.
+async fn deliver_to<T: ReplicaTransport>(
+    peers: &T,
+    owner: &str,
+    route: &(dyn Fn(u32) -> Vec<String> + Send + Sync),
+) -> Result<u64, StorageError> {
     let mut delivered = 0;
     loop {
         let (hints, o) = (peers.context().hints.clone(), owner.to_string());
@@ -109,18 +139,25 @@ async fn deliver_to<T: ReplicaTransport>(peers: &T, owner: &str) -> Result<u64, 
                     }
                 }
                 let (peers, owner) = (peers.clone(), owner.to_string());
+                let targets: Vec<String> = route(partition)
+                    .into_iter()
+                    .filter(|t| peers.reachable(t))
+                    .collect();
                 tasks.spawn(async move {
-                    let merge = MergeStored {
-                        partition,
-                        entries: chunk,
-                    };
-                    match peers.call(&owner, merge, CALL_TIMEOUT).await {
-                        Ok(_) => Some(chunk_ids),
-                        Err(e) => {
-                            tracing::warn!(%owner, partition, error = %e, "hinted handoff: a merge failed; retrying next round");
-                            None
+                    if targets.is_empty() {
+                        return None;
+                    }
+                    for target in targets {
+                        let merge = MergeStored {
+                            partition,
+                            entries: chunk.clone(),
+                        };
+                        if let Err(e) = peers.call(&target, merge, CALL_TIMEOUT).await {
+                            tracing::warn!(%owner, %target, partition, error = %e, "hinted handoff: a merge failed; retrying next round");
+                            return None;
                         }
                     }
+                    Some(chunk_ids)
                 });
             }
         }

@@ -60,6 +60,7 @@ pub mod rpc;
 pub mod sim;
 pub mod stats;
 pub mod supervision;
+pub mod transition;
 pub mod transport;
 mod transport_events;
 pub mod vnode;

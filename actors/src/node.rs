@@ -104,6 +104,7 @@ enum Child {
     Gossip,
     Handoff,
     Repair,
+    Transition,
 }
 
 impl Child {
@@ -114,6 +115,7 @@ impl Child {
             Child::Gossip => "gossip",
             Child::Handoff => "handoff",
             Child::Repair => "repair",
+            Child::Transition => "transition",
         }
     }
 }
@@ -227,6 +229,24 @@ impl NodeSupervisor {
             .await?
             .0
             .get_cell(),
+            Child::Transition => {
+                let interval = a
+                    .transport
+                    .as_ref()
+                    .map_or(Duration::from_millis(500), |t| t.interval);
+                Actor::spawn_linked(
+                    None,
+                    crate::transition::TransitionActor::new(),
+                    PeriodicArgs {
+                        job: Arc::new(crate::transition::Transition::new(a.peers.clone(), None)),
+                        interval,
+                    },
+                    sup,
+                )
+                .await?
+                .0
+                .get_cell()
+            }
         };
         state.children.push((cell, child));
         Ok(())
@@ -255,6 +275,7 @@ impl Actor for NodeSupervisor {
             Self::start_child(&myself, &mut state, Child::Replica).await?;
             Self::start_child(&myself, &mut state, Child::Gossip).await?;
             Self::start_child(&myself, &mut state, Child::Handoff).await?;
+            Self::start_child(&myself, &mut state, Child::Transition).await?;
             if repair {
                 Self::start_child(&myself, &mut state, Child::Repair).await?;
             }
@@ -303,7 +324,7 @@ impl Actor for NodeSupervisor {
                 r.send_message(crate::gossip::GossipMsg::InjectPanic)
                     .is_ok()
             }
-            Some((cell, Child::Handoff | Child::Repair)) => {
+            Some((cell, Child::Handoff | Child::Repair | Child::Transition)) => {
                 let r: ActorRef<PeriodicMsg> = cell.clone().into();
                 r.send_message(PeriodicMsg::InjectPanic).is_ok()
             }
@@ -760,9 +781,20 @@ impl Node {
         key: &[u8],
         opts: &RequestOptions,
     ) -> Result<(Placement, Duration), KvError> {
+        self.placement_in(&self.view.placements(), false, bucket, key, opts)
+    }
+
+    /// [`Node::placement`] from `placements`; for a write (`write`), with the quorum sets of
+    /// the other live layout versions during a transition ([`Placement::also`]).
+    fn placement_in(
+        &self,
+        placements: &crate::cluster_view::Placements,
+        write: bool,
+        bucket: &[u8],
+        key: &[u8],
+        opts: &RequestOptions,
+    ) -> Result<(Placement, Duration), KvError> {
         let partition = self.partition_of(bucket, key);
-        // Computed once per change of the cluster state, not per request.
-        let placements = self.view.placements();
         let props = self.view.read().bucket_props(bucket);
         let timeout = opts.timeout.unwrap_or_else(|| {
             Duration::from_millis(match props.timeout_ms {
@@ -779,6 +811,7 @@ impl Node {
                 sloppy: false,
                 fallbacks: Vec::new(),
                 max_siblings: self.config.max_siblings,
+                also: Vec::new(),
             };
             return Ok((placement, timeout));
         }
@@ -803,15 +836,35 @@ impl Node {
             .ok_or(KvError::NoLayout)?;
         // A cluster smaller than n keeps as many replicas as it has nodes.
         let n = want_n.min(prefs.len());
-        // Preference-list nodes past `n` come first among the fallbacks.
-        let mut fallbacks = prefs[n..].to_vec();
+        let also: Vec<(Vec<String>, usize)> = if write {
+            placements
+                .also_write
+                .get(partition as usize)
+                .into_iter()
+                .flatten()
+                .map(|set| {
+                    let n = want_n.min(set.len());
+                    (set[..n].to_vec(), w.min(n))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let targets =
+            |node: &String| prefs[..n].contains(node) || also.iter().any(|(s, _)| s.contains(node));
+        // Preference-list nodes past `n` come first among the fallbacks; nodes a write
+        // reaches anyway are no fallbacks.
+        let mut fallbacks: Vec<String> =
+            prefs[n..].iter().filter(|x| !targets(x)).cloned().collect();
         fallbacks.extend(
             placements
                 .fallbacks
                 .get(partition as usize)
                 .into_iter()
                 .flatten()
-                .cloned(),
+                .filter(|x| !targets(x) && !fallbacks.contains(x))
+                .cloned()
+                .collect::<Vec<_>>(),
         );
         let placement = Placement {
             partition,
@@ -821,6 +874,7 @@ impl Node {
             sloppy: props.sloppy_quorum,
             fallbacks,
             max_siblings: self.config.max_siblings,
+            also,
         };
         Ok((placement, timeout))
     }
@@ -835,7 +889,19 @@ impl Node {
         if *self.stopped.borrow() {
             return Err(KvError::ShuttingDown);
         }
-        let (placement, timeout) = self.placement(bucket, key, opts)?;
+        // A write counts as in flight under its layout version until it returns (the `ack`
+        // tracker of a layout transition).
+        let (placement, timeout, _guard) = match request {
+            KvRequest::Update { .. } => {
+                let (placements, guard) = self.view.placements_for_write();
+                let (p, t) = self.placement_in(&placements, true, bucket, key, opts)?;
+                (p, t, Some(guard))
+            }
+            KvRequest::Get { .. } => {
+                let (p, t) = self.placement(bucket, key, opts)?;
+                (p, t, None)
+            }
+        };
         // Boxed inside `coordinate`: the coordinator's state is about 2.8 KB, and the client
         // listener's task per request would otherwise be moved and copied whole when spawned.
         crate::coordinator::coordinate(request, placement, self.peers.clone(), timeout).await

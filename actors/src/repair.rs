@@ -98,15 +98,20 @@ pub struct ExchangeReport {
     pub repaired: u64,
 }
 
-/// One sweep over every partition this node holds.
+/// One sweep over every partition this node holds. A partition whose replicas are changing
+/// (a layout transition gives it other nodes) is left to the transfer, which copies it and
+/// verifies it with exchanges of its own; the sweep takes it up again once the newest version
+/// is the only one.
 pub async fn sweep<T: ReplicaTransport>(peers: &T, grace: Duration) {
     let state = peers.context().view.snapshot();
+    if state.layout.is_none() {
+        return;
+    }
     let local = peers.local().to_string();
     for p in 0..peers.context().partitions.len() as u32 {
-        let Some(prefs) = state.preference_list(p) else {
-            return;
-        };
-        if !prefs.contains(&local) {
+        let sets = state.replica_sets(p);
+        let prefs = sets.read;
+        if !prefs.contains(&local) || !sets.also_write.is_empty() {
             continue;
         }
         let mut complete = true;
@@ -218,14 +223,24 @@ pub async fn exchange<T: ReplicaTransport>(
     })
     .await?;
     // Only keys whose bucket keeps a replica on both nodes (its `n` first nodes of the
-    // preference list) are exchanged: a bucket with n=1 or n=2 is never copied further.
+    // preference list, in some live layout version: a transfer verifies a new replica against
+    // an old one) are exchanged: a bucket with n=1 or n=2 is never copied further.
     let state = peers.context().view.snapshot();
-    let prefs = state.preference_list(p).unwrap_or_default();
+    let all_prefs: Vec<Vec<String>> = state
+        .live_layouts()
+        .map(|c| state.preference_list_in(c, p))
+        .collect();
     let keys: Vec<Vec<u8>> = diff_entries(&ours, &theirs)
         .into_iter()
         .filter(|k| {
-            let replicas = key_replicas(&state, &prefs, k);
-            replicas.iter().any(|r| r == peers.local()) && replicas.iter().any(|r| r == other)
+            let mut here = false;
+            let mut there = false;
+            for prefs in &all_prefs {
+                let replicas = key_replicas(&state, prefs, k);
+                here |= replicas.iter().any(|r| r == peers.local());
+                there |= replicas.iter().any(|r| r == other);
+            }
+            here && there
         })
         .collect();
     report.differing = keys.len() as u64;

@@ -166,6 +166,13 @@ pub enum VNodeMsg {
         /// Where the counts go.
         reply: Reply<PartitionStats>,
     },
+    /// Drops every key of the partition ([`Partition::clear`], in chunks that never hold
+    /// other partitions' writes for long), when a layout transition moved it away from this
+    /// node. Replies with how many keys were deleted, once durable.
+    Clear {
+        /// Where the count goes.
+        reply: Reply<usize>,
+    },
     /// Fault injection: the vnode panics while handling this message, so that supervision
     /// can be tested. Never sent by ringkv itself.
     InjectPanic,
@@ -267,6 +274,9 @@ impl Actor for VNode {
             VNodeMsg::Stats { reply } => {
                 let _ = reply.send(partition.stats());
             }
+            VNodeMsg::Clear { reply } => partition.clear(Box::new(move |r| {
+                let _ = reply.send(r);
+            })),
             VNodeMsg::InjectPanic => {
                 panic!("vnode {}: injected panic", partition.id())
             }

@@ -147,6 +147,7 @@ fn placement(key: &str, nodes: usize, r: usize, w: usize, sloppy: bool) -> Place
         sloppy,
         fallbacks: (4..=nodes).map(|i| format!("n{i}")).collect(),
         max_siblings: 100,
+        also: Vec::new(),
     }
 }
 
@@ -568,5 +569,62 @@ async fn anti_entropy_brings_every_replica_the_keys_it_missed() {
     // Four copies were missing (b on n1, a on n2, both on n3); each was made once, by
     // whichever exchange found it first (the order follows each partition's preference list).
     assert_eq!(repaired("n1") + repaired("n2"), 4);
+    c.shutdown().await;
+}
+
+/// During a layout transition a write must hold its quorum in the old replica set AND in the
+/// new one (`Placement::also`): with the new set's other members cut, w=2 in the old set is not
+/// enough.
+#[tokio::test]
+async fn a_write_during_a_transition_needs_its_quorum_in_every_live_replica_set() {
+    let c = Cluster::start(5).await;
+    // Old set n1 n2 n3; new set n1 n4 n5 (n2 and n3 leave).
+    let during = |w: usize| Placement {
+        also: vec![(vec!["n1".into(), "n4".into(), "n5".into()], w)],
+        ..placement("k", 3, 2, w, false)
+    };
+    c.net.cut("n4");
+    c.net.cut("n5");
+    let e = c
+        .put("n1", during(2), "k", "milk", VersionVector::new(), LONG)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, KvError::Quorum { op: "write", .. }),
+        "w=2 in the old set but only n1 in the new one: {e:?}"
+    );
+    c.net.heal("n5");
+    let written = c
+        .put("n1", during(2), "k", "bread", VersionVector::new(), LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(values(&written).contains(&"bread".to_string()));
+    // Acknowledged: held by 2 of the old set and by 2 of the new one (n1 counts in both).
+    assert!(c.stored("n5", "k").contains(&"bread".to_string()));
+    let old_holders = ["n2", "n3"]
+        .iter()
+        .filter(|n| c.stored(n, "k").contains(&"bread".to_string()))
+        .count();
+    assert!(old_holders >= 1, "a second old replica holds it");
+    c.shutdown().await;
+}
+
+/// A node in both sets counts in each, once per set: w=1 in both is met by the coordinator
+/// alone when it is in both sets.
+#[tokio::test]
+async fn a_node_in_two_live_replica_sets_counts_in_each() {
+    let c = Cluster::start(5).await;
+    for n in ["n2", "n3", "n4", "n5"] {
+        c.net.cut(n);
+    }
+    let p = Placement {
+        also: vec![(vec!["n1".into(), "n4".into(), "n5".into()], 1)],
+        ..placement("k", 3, 1, 1, false)
+    };
+    c.put("n1", p, "k", "milk", VersionVector::new(), LONG)
+        .await
+        .unwrap();
+    assert_eq!(c.stored("n1", "k"), ["milk"]);
     c.shutdown().await;
 }

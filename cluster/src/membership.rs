@@ -425,9 +425,7 @@ impl ClusterState {
                 .members
                 .values()
                 .filter(|m| m.status == MemberStatus::Leaving)
-                .filter(|m| {
-                    previous.is_some_and(|l| l.nodes().iter().any(|n| n.name == m.name))
-                })
+                .filter(|m| previous.is_some_and(|l| l.nodes().iter().any(|n| n.name == m.name)))
                 .map(|m| m.name.clone())
                 .collect(),
             layout,

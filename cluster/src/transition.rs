@@ -208,7 +208,11 @@ impl ClusterState {
     /// version places, plus every other live member that `is_up` (this node's failure
     /// detector) says is up.
     pub fn required_nodes(&self, is_up: &dyn Fn(&str) -> bool) -> Vec<String> {
-        let placed = self.layout.as_ref().map(|c| self.placed(c)).unwrap_or_default();
+        let placed = self
+            .layout
+            .as_ref()
+            .map(|c| self.placed(c))
+            .unwrap_or_default();
         self.live_members()
             .filter(|m| placed.contains(&m.name) || is_up(&m.name))
             .map(|m| m.name.clone())
