@@ -380,8 +380,15 @@ pub struct MemberRow {
     pub up: bool,
     /// Current phi of the peer (0 for this node and for peers never heard from).
     pub phi: f64,
-    /// Partition replicas the committed layout gives it.
+    /// Partition replicas the newest committed layout gives it.
     pub partitions: usize,
+    /// Layout transition trackers ([`ringkv_cluster::transition`]): the newest version it
+    /// coordinates writes under (`ack`), fully holds (`sync`) and reads from (`sync_ack`).
+    pub ack: u64,
+    /// See `ack`.
+    pub sync: u64,
+    /// See `ack`.
+    pub sync_ack: u64,
 }
 
 /// The cluster as one node sees it.
@@ -391,8 +398,14 @@ pub struct ClusterStatus {
     pub node: String,
     /// Partition count Q.
     pub partitions: u32,
-    /// Committed layout version (0: none).
+    /// Newest committed layout version (0: none).
     pub layout_version: u64,
+    /// Live layout versions, oldest first: more than one while a layout change moves data
+    /// ([`ringkv_cluster::transition`]).
+    pub live_versions: Vec<u64>,
+    /// The layout version reads use (the oldest live one until every new replica is
+    /// complete).
+    pub read_version: u64,
     /// Hash of the whole cluster state: equal on nodes that agree.
     pub digest: String,
     /// Members by name: every node that joined and was not removed.
@@ -944,6 +957,9 @@ impl Node {
                     up,
                     phi: (phi * 100.0).round() / 100.0,
                     partitions: held.get(&m.name).copied().unwrap_or(0) as usize,
+                    ack: state.trackers.ack.get(&m.name).copied().unwrap_or(0),
+                    sync: state.trackers.sync.get(&m.name).copied().unwrap_or(0),
+                    sync_ack: state.trackers.sync_ack.get(&m.name).copied().unwrap_or(0),
                 }
             })
             .collect();
@@ -957,7 +973,9 @@ impl Node {
         ClusterStatus {
             node: self.peers.local.clone(),
             partitions: state.partitions,
-            layout_version: state.layout.as_ref().map_or(0, |c| c.version),
+            layout_version: state.layout_version(),
+            live_versions: state.live_layouts().map(|c| c.version).collect(),
+            read_version: state.read_layout().map_or(0, |c| c.version),
             digest: format!("{:016x}", state.digest()),
             members,
             removed: state.removed_members().map(|m| m.name.clone()).collect(),

@@ -15,6 +15,7 @@
 //! own ([`netns`]); there [`Cluster::partition`] / [`Cluster::heal`] set and lift iptables DROP
 //! rules, so packets are lost as on a real network and TCP sessions stall.
 
+pub mod churn;
 pub mod netns;
 pub mod workload;
 
