@@ -34,6 +34,7 @@
 //! stays commutative, associative and idempotent.
 
 use crate::layout::{Layout, LayoutError, NodeSpec};
+use crate::staging::{Staged, StagingError};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use std::collections::BTreeMap;
@@ -164,7 +165,7 @@ impl BucketProps {
 }
 
 /// A value with the version that orders it among concurrent updates.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Versioned<T> {
     /// Higher wins.
     pub version: u64,
@@ -200,6 +201,9 @@ pub enum MembershipError {
     /// Invalid bucket properties.
     #[error("invalid bucket properties: {0}")]
     BadBucketProps(String),
+    /// A staged change or a plan was refused (see [`crate::staging`]).
+    #[error(transparent)]
+    Staging(#[from] StagingError),
 }
 
 impl From<LayoutError> for MembershipError {
@@ -235,6 +239,10 @@ pub struct ClusterState {
     /// Bucket properties by bucket name; buckets absent use [`BucketProps::default`].
     #[serde(default)]
     pub buckets: BTreeMap<ByteBuf, Versioned<BucketProps>>,
+    /// Role changes and replacements staged for the next commit (see [`crate::staging`]);
+    /// empty in states written before staging existed.
+    #[serde(default)]
+    pub staged: Versioned<Staged>,
 }
 
 fn content_hash<T: Serialize>(v: &T) -> u64 {
@@ -255,6 +263,7 @@ impl ClusterState {
             members: BTreeMap::new(),
             layout: None,
             buckets: BTreeMap::new(),
+            staged: Versioned::default(),
         }
     }
 
@@ -290,6 +299,10 @@ impl ClusterState {
                     self.buckets.insert(bucket.clone(), theirs.clone());
                 }
             }
+        }
+        let (ours, theirs) = (&self.staged, &other.staged);
+        if wins(&ours.value, ours.version, &theirs.value, theirs.version) {
+            self.staged = theirs.clone();
         }
         self.digest() != before
     }
@@ -363,23 +376,24 @@ impl ClusterState {
         }
     }
 
-    /// The layout the next commit would install.
+    /// The layout the next commit would install, with the staged changes (role changes and
+    /// replacements, see [`crate::staging`]).
     ///
     /// # Errors
-    /// [`MembershipError::Layout`] if no layout fits (for instance, no members).
+    /// [`MembershipError::Layout`] if no layout fits (for instance, no members);
+    /// [`StagingError::TooFewNodes`] if it would place fewer nodes than the replicas each
+    /// partition has in the committed layout.
     pub fn plan(&self) -> Result<Plan, MembershipError> {
         let nodes: Vec<NodeSpec> = self
             .live_members()
             .filter(|m| m.status != MemberStatus::Leaving)
-            .map(|m| NodeSpec {
-                name: m.name.clone(),
-                zone: m.zone.clone(),
-                capacity: m.capacity,
-            })
+            .map(|m| self.staged.value.spec_of(m))
             .collect();
+        crate::staging::check_enough_nodes(self, nodes.len())?;
         let n = LAYOUT_REPLICAS.min(nodes.len()).max(1);
         let previous = self.layout.as_ref().map(|c| &c.layout);
-        let layout = Layout::compute(&nodes, self.partitions, n as u32, previous)?;
+        let seed = crate::staging::seed(self);
+        let layout = Layout::compute(&nodes, self.partitions, n as u32, seed.as_deref())?;
         let moved = previous.map_or(0, |p| crate::layout::diff(p, &layout));
         Ok(Plan {
             version: self.layout.as_ref().map_or(1, |c| c.version + 1),
@@ -400,12 +414,14 @@ impl ClusterState {
         })
     }
 
-    /// Installs the plan's layout: joining members become active, leaving ones become
-    /// tombstones (`removed`, with a higher version; they stay in the state).
+    /// Installs the plan's layout: staged role changes are written into the members and
+    /// the staged changes emptied ([`crate::staging`]), joining members become active,
+    /// leaving ones become tombstones (`removed`, with a higher version; they stay in the
+    /// state).
     ///
     /// # Errors
     /// As [`ClusterState::plan`]; [`MembershipError::NothingToCommit`] if the layout would
-    /// not change.
+    /// not change and nothing is staged.
     pub fn commit(&mut self) -> Result<Plan, MembershipError> {
         let plan = self.plan()?;
         if self
@@ -414,9 +430,11 @@ impl ClusterState {
             .is_some_and(|c| c.layout == plan.layout)
             && plan.joining.is_empty()
             && plan.leaving.is_empty()
+            && self.staged.value.is_empty()
         {
             return Err(MembershipError::NothingToCommit);
         }
+        crate::staging::apply_at_commit(self);
         for name in &plan.joining {
             let m = self.members[name].clone();
             self.upsert_member(Member {
