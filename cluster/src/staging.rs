@@ -381,13 +381,15 @@ impl ClusterState {
         let staged = &self.staged.value;
         match staged.replaces.get(old) {
             Some(n) if n == new => return Ok(()),
-            Some(n) => return Err(StagingError::BadOld {
-                old: old.into(),
-                why: format!(
+            Some(n) => {
+                return Err(StagingError::BadOld {
+                    old: old.into(),
+                    why: format!(
                     "it is already being replaced by {n:?} (`ringkv cluster revert` drops that)"
                 ),
+                }
+                .into())
             }
-            .into()),
             None => {}
         }
         if let Some((o, _)) = staged.replaces.iter().find(|(_, n)| *n == new) {
