@@ -9,6 +9,7 @@ use crate::handoff::{Handoff, HintedHandoff};
 use crate::periodic::{PeriodicArgs, PeriodicMsg};
 use crate::repair::{AntiEntropy, Repair};
 use crate::replica::{Peers, Replica, ReplicaContext};
+use crate::rpc::{PartitionSizes, ReplicaTransport};
 use crate::stats::StatsSnapshot;
 use crate::supervision::{RestartBudget, Restarts};
 use crate::vnode::VNodeMsg;
@@ -20,6 +21,7 @@ use ringkv_cluster::membership::{
     BucketProps, ClusterState, Member, MemberStatus, Plan, LAYOUT_REPLICAS,
 };
 use ringkv_cluster::phi::PhiConfig;
+use ringkv_cluster::staging::{self, MoveEstimate, Reverted, Staged};
 use ringkv_cluster::{partition_for, NodeConfig};
 use ringkv_storage::{keys, DataDir, DvvSet, Partition, PartitionOptions, StorageError};
 use std::sync::Arc;
@@ -451,6 +453,24 @@ pub struct Fetched {
     /// Opaque causal context, sealed (see [`crate::context`]; empty for a key never written).
     /// A write that passes it back unchanged replaces exactly the versions returned here.
     pub context: Vec<u8>,
+}
+
+/// Longest `cluster plan` waits for one member's partition sizes.
+pub const PLAN_SIZES_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What [`Node::cluster_plan`] answers.
+#[derive(Clone, Debug)]
+pub struct PlanReport {
+    /// The plan: new layout, moves, joining and leaving members.
+    pub plan: Plan,
+    /// Per node: replicas gained and lost, estimated bytes in and out; the total.
+    pub moves: MoveEstimate,
+    /// The staged role changes and replacements the plan includes.
+    pub staged: Staged,
+    /// Members asked for their partition sizes (the live members of the committed layout).
+    pub asked: usize,
+    /// Those that did not answer in time: the byte estimate leaves out what only they hold.
+    pub not_answered: Vec<String>,
 }
 
 /// A running node: its data, its supervision tree, and the operations on it.
@@ -987,14 +1007,103 @@ impl Node {
         }
     }
 
-    /// The layout the next commit would install (`ringkv cluster plan`).
+    /// The layout the next commit would install, with the staged changes, and what it moves
+    /// (`ringkv cluster plan`): per node the replicas gained and lost and the estimated bytes
+    /// in and out. The sizes come from every live member placed in the committed layout,
+    /// asked in parallel ([`PartitionSizes`], [`PLAN_SIZES_TIMEOUT`] each); per partition the
+    /// largest size a replica reported counts. Members that did not answer (down,
+    /// unreachable, slow) are listed, and the estimate is then partial.
     ///
     /// # Errors
-    /// [`KvError::Admin`] if no layout fits.
-    pub fn cluster_plan(&self) -> Result<Plan, KvError> {
+    /// [`KvError::Admin`] if no layout fits or the plan is refused (see
+    /// [`ringkv_cluster::staging`]).
+    pub async fn cluster_plan(&self) -> Result<PlanReport, KvError> {
+        let state = self.view.snapshot();
+        let plan = state.plan().map_err(|e| KvError::Admin(e.to_string()))?;
+        let committed = state.layout.as_ref().map(|c| &c.layout);
+        let asked: Vec<&str> = state
+            .live_members()
+            .filter(|m| committed.is_some_and(|l| l.index_of(&m.name).is_some()))
+            .map(|m| m.name.as_str())
+            .collect();
+        let answers = futures::future::join_all(asked.iter().map(|&name| async move {
+            let answer = if self.peers.reachable(name) {
+                self.peers
+                    .call(name, PartitionSizes {}, PLAN_SIZES_TIMEOUT)
+                    .await
+                    .ok()
+            } else {
+                None
+            };
+            (name, answer)
+        }))
+        .await;
+        let mut sizes = std::collections::BTreeMap::<u32, u64>::new();
+        let mut not_answered = Vec::new();
+        for (name, answer) in answers {
+            match answer {
+                Some(held) => {
+                    for (p, bytes) in held {
+                        let size = sizes.entry(p).or_default();
+                        *size = (*size).max(bytes);
+                    }
+                }
+                None => not_answered.push(name.to_string()),
+            }
+        }
+        Ok(PlanReport {
+            moves: staging::estimate(committed, &plan.layout, &sizes),
+            plan,
+            staged: state.staged.value.clone(),
+            asked: asked.len(),
+            not_answered,
+        })
+    }
+
+    /// Stages a role change of `node` (`ringkv cluster set NODE capacity=C zone=Z`): the plan
+    /// uses it, the next commit writes it into the member. Returns everything staged.
+    ///
+    /// # Errors
+    /// [`KvError::Admin`] for an unknown or removed node, a capacity of 0, an empty zone,
+    /// nothing to set, or if this node was removed.
+    pub fn cluster_set(
+        &self,
+        node: &str,
+        zone: Option<String>,
+        capacity: Option<u64>,
+    ) -> Result<Staged, KvError> {
+        self.check_not_removed()?;
         self.view
-            .read()
-            .plan()
+            .update(|s| {
+                s.stage_role(node, zone, capacity)
+                    .map(|()| s.staged.value.clone())
+            })
+            .map_err(|e| KvError::Admin(e.to_string()))
+    }
+
+    /// Stages the replacement of `old` by `new` (`ringkv cluster replace OLD NEW`): `old`
+    /// becomes leaving, and the plan gives `new` (a joining member) exactly `old`'s partition
+    /// slots. `old` need not be reachable. Returns everything staged.
+    ///
+    /// # Errors
+    /// [`KvError::Admin`] as [`ClusterState::stage_replace`] refuses, or if this node was
+    /// removed.
+    pub fn cluster_replace(&self, old: &str, new: &str) -> Result<Staged, KvError> {
+        self.check_not_removed()?;
+        self.view
+            .update(|s| s.stage_replace(old, new).map(|()| s.staged.value.clone()))
+            .map_err(|e| KvError::Admin(e.to_string()))
+    }
+
+    /// Drops everything staged (`ringkv cluster revert`) and sets leaving members still
+    /// placed in the layout back to active. Returns what was dropped.
+    ///
+    /// # Errors
+    /// [`KvError::Admin`] if this node was removed.
+    pub fn cluster_revert(&self) -> Result<Reverted, KvError> {
+        self.check_not_removed()?;
+        self.view
+            .update(|s| Ok(s.revert_staged()))
             .map_err(|e| KvError::Admin(e.to_string()))
     }
 

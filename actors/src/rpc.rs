@@ -477,6 +477,39 @@ impl Rpc for Purge {
     }
 }
 
+/// `cluster plan`'s size estimate: the bytes of every partition this node holds that is not
+/// empty, as `(partition, bytes)` in partition order ([`ringkv_storage::PartitionStats`]
+/// from each vnode: counters kept in memory, no scan). A vnode that does not answer within
+/// the request's time is left out, so the answer may undercount.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionSizes {}
+
+impl Rpc for PartitionSizes {
+    type Response = Vec<(u32, u64)>;
+
+    fn into_request(self) -> ReplicaRequest {
+        ReplicaRequest::PartitionSizes(self)
+    }
+
+    async fn serve(
+        self,
+        ctx: &Arc<ReplicaContext>,
+        timeout: Duration,
+    ) -> Result<Vec<(u32, u64)>, ReplicaFailure> {
+        let directory = &ctx.directory;
+        let stats = futures::future::join_all((0..directory.partitions()).map(|p| async move {
+            let stats =
+                replica::vnode_call(directory, p, timeout, |reply| VNodeMsg::Stats { reply }).await;
+            (p, stats)
+        }))
+        .await;
+        Ok(stats
+            .into_iter()
+            .filter_map(|(p, s)| s.ok().filter(|s| s.bytes > 0).map(|s| (p, s.bytes)))
+            .collect())
+    }
+}
+
 /// The wire form of every replica operation: it only dispatches, each variant holding the
 /// request struct of that operation (see the module docs for the format).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -503,6 +536,8 @@ pub enum ReplicaRequest {
     CheckEntries(CheckEntries),
     /// [`Purge`].
     Purge(Purge),
+    /// [`PartitionSizes`].
+    PartitionSizes(PartitionSizes),
 }
 
 impl ReplicaRequest {
@@ -528,6 +563,7 @@ impl ReplicaRequest {
             ReplicaRequest::MergeStored(r) => answer(r, ctx, timeout).await,
             ReplicaRequest::CheckEntries(r) => answer(r, ctx, timeout).await,
             ReplicaRequest::Purge(r) => answer(r, ctx, timeout).await,
+            ReplicaRequest::PartitionSizes(r) => answer(r, ctx, timeout).await,
         }
     }
 }
@@ -778,6 +814,23 @@ mod tests {
             assert_eq!(legacy, encode(&typed));
             assert_eq!(decode::<ReplicaRequest>(&legacy).unwrap(), typed);
         }
+    }
+
+    #[test]
+    fn partition_sizes_round_trip_on_the_wire() {
+        let request = Envelope {
+            from: "n1".into(),
+            request: PartitionSizes {}.into_request(),
+        };
+        let back: Envelope = decode(&encode(&request)).unwrap();
+        assert_eq!(
+            back.request,
+            ReplicaRequest::PartitionSizes(PartitionSizes {})
+        );
+        let answer: Result<Vec<(u32, u64)>, ReplicaFailure> = Ok(vec![(0, 10), (63, u64::MAX)]);
+        let back: Result<<PartitionSizes as Rpc>::Response, ReplicaFailure> =
+            decode(&encode(&answer)).unwrap();
+        assert_eq!(back, answer);
     }
 
     #[test]

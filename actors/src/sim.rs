@@ -539,6 +539,32 @@ mod vnode_door {
     }
 
     #[tokio::test]
+    async fn partition_sizes_lists_the_non_empty_partitions_of_a_node_with_their_bytes() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let net = SimNetwork::new();
+        let n1 = node(&net, "n1", &d1, 5).await;
+        let n2 = node(&net, "n2", &d2, 5).await;
+        let limit = Duration::from_secs(5);
+        let sizes = crate::rpc::PartitionSizes {};
+        assert_eq!(n1.call("n2", sizes.clone(), limit).await, Ok(vec![]));
+        let (p, k) = stored_key(b"k1");
+        let merge = MergeStored {
+            partition: p,
+            entries: vec![(k, record(b"some value"))],
+        };
+        assert_eq!(n1.call("n2", merge, limit).await, Ok(1));
+        let bytes = stats(&n2, p).await.bytes;
+        assert!(bytes > 0);
+        // Through the simulated wire (encoded both ways) and locally.
+        assert_eq!(
+            n1.call("n2", sizes.clone(), limit).await,
+            Ok(vec![(p, bytes)])
+        );
+        assert_eq!(n2.call("n2", sizes, limit).await, Ok(vec![(p, bytes)]));
+        net.shutdown().await;
+    }
+
+    #[tokio::test]
     async fn with_the_vnode_restart_budget_spent_a_fetch_fails_with_a_vnode_timeout_in_its_time() {
         let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let net = SimNetwork::new();

@@ -110,6 +110,24 @@ pub enum Request {
         /// Its name.
         node: String,
     },
+    /// Stage a role change of a node (zone, capacity, or both).
+    ClusterSet {
+        /// Its name.
+        node: String,
+        /// New zone.
+        zone: Option<String>,
+        /// New capacity (checked by the node: 1 to `u32::MAX`).
+        capacity: Option<u64>,
+    },
+    /// Stage the replacement of a node by a joining one.
+    ClusterReplace {
+        /// The node replaced (OLD).
+        node: String,
+        /// The node taking its place (NEW).
+        replacement: String,
+    },
+    /// Drop everything staged.
+    ClusterRevert,
     /// A bucket's properties.
     BucketGet {
         /// Bucket.
@@ -139,6 +157,15 @@ pub enum Request {
 
 fn required(field: Option<ByteBuf>, name: &str, op: &str) -> Result<Vec<u8>, ProtocolError> {
     field.map(ByteBuf::into_vec).ok_or_else(|| {
+        ProtocolError::new(
+            ErrorCode::MalformedRequest,
+            format!("op {op} needs the field {name}"),
+        )
+    })
+}
+
+fn required_str(field: Option<String>, name: &str, op: &str) -> Result<String, ProtocolError> {
+    field.ok_or_else(|| {
         ProtocolError::new(
             ErrorCode::MalformedRequest,
             format!("op {op} needs the field {name}"),
@@ -212,10 +239,18 @@ impl Request {
             "cluster_plan" => Request::ClusterPlan,
             "cluster_commit" => Request::ClusterCommit,
             "cluster_leave" => Request::ClusterLeave {
-                node: f.node.ok_or_else(|| {
-                    ProtocolError::new(ErrorCode::MalformedRequest, "op cluster_leave needs the field node")
-                })?,
+                node: required_str(f.node, "node", op)?,
             },
+            "cluster_set" => Request::ClusterSet {
+                node: required_str(f.node, "node", op)?,
+                zone: f.zone,
+                capacity: f.capacity,
+            },
+            "cluster_replace" => Request::ClusterReplace {
+                node: required_str(f.node, "node", op)?,
+                replacement: required_str(f.replacement, "replacement", op)?,
+            },
+            "cluster_revert" => Request::ClusterRevert,
             "bucket_get" => Request::BucketGet {
                 bucket: required(f.bucket, "bucket", op)?,
             },
@@ -247,7 +282,7 @@ impl Request {
             other => {
                 return Err(ProtocolError::new(
                     ErrorCode::UnknownOp,
-                    format!("unknown op {other:?}; known ops: ping, get, put, delete, cluster_status, cluster_plan, cluster_commit, cluster_leave, bucket_get, bucket_set"),
+                    format!("unknown op {other:?}; known ops: ping, get, put, delete, cluster_status, cluster_plan, cluster_commit, cluster_leave, cluster_set, cluster_replace, cluster_revert, bucket_get, bucket_set"),
                 ))
             }
         })
@@ -302,6 +337,49 @@ mod tests {
         };
         let (id, e) = Request::decode(&body(&unknown)).unwrap_err();
         assert_eq!((id, e.code), (42, ErrorCode::UnknownOp));
+    }
+
+    #[test]
+    fn staging_ops_decode_and_name_missing_fields() {
+        let set = RequestFrame {
+            id: 1,
+            op: "cluster_set".into(),
+            node: Some("n2".into()),
+            capacity: Some(0),
+            ..Default::default()
+        };
+        let (_, req) = Request::decode(&body(&set)).unwrap();
+        assert!(matches!(
+            req,
+            Request::ClusterSet { node, zone: None, capacity: Some(0) } if node == "n2"
+        ));
+        let replace = RequestFrame {
+            id: 2,
+            op: "cluster_replace".into(),
+            node: Some("n3".into()),
+            ..Default::default()
+        };
+        let (id, e) = Request::decode(&body(&replace)).unwrap_err();
+        assert_eq!((id, e.code), (2, ErrorCode::MalformedRequest));
+        assert!(e.message.contains("replacement"), "{}", e.message);
+        let replace = RequestFrame {
+            replacement: Some("n4".into()),
+            ..replace
+        };
+        let (_, req) = Request::decode(&body(&replace)).unwrap();
+        assert!(matches!(
+            req,
+            Request::ClusterReplace { node, replacement } if node == "n3" && replacement == "n4"
+        ));
+        let revert = RequestFrame {
+            id: 3,
+            op: "cluster_revert".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Request::decode(&body(&revert)),
+            Ok((3, Request::ClusterRevert))
+        ));
     }
 
     #[test]

@@ -638,8 +638,8 @@ fn info<T: serde::Serialize>(id: u64, value: &T) -> ResponseFrame {
     }
 }
 
-/// What `cluster plan` and `cluster commit` answer: the version, the moves, and each node's
-/// replica count in the new layout.
+/// What `cluster commit` answers (and `cluster plan` starts with): the version, the moves,
+/// and each node's replica count in the new layout.
 fn plan_summary(plan: &ringkv_cluster::membership::Plan) -> serde_json::Value {
     serde_json::json!({
         "version": plan.version,
@@ -648,6 +648,26 @@ fn plan_summary(plan: &ringkv_cluster::membership::Plan) -> serde_json::Value {
         "leaving": plan.leaving,
         "replicas_per_node": plan.layout.replicas_by_name(),
     })
+}
+
+/// What `cluster plan` answers: [`plan_summary`], plus per node the replicas gained and lost
+/// and the estimated bytes in and out (`nodes`), the estimated total (`bytes_to_move`), the
+/// members asked for partition sizes and those that did not answer (the estimate is then
+/// partial: `estimate_complete` false), and what is staged.
+fn plan_report(report: &ringkv_actors::node::PlanReport) -> serde_json::Value {
+    let mut out = plan_summary(&report.plan);
+    let extra = serde_json::json!({
+        "nodes": report.moves.nodes,
+        "bytes_to_move": report.moves.bytes_to_move,
+        "sizes_asked": report.asked,
+        "sizes_not_answered": report.not_answered,
+        "estimate_complete": report.not_answered.is_empty(),
+        "staged": report.staged,
+    });
+    if let (Some(out), serde_json::Value::Object(extra)) = (out.as_object_mut(), extra) {
+        out.extend(extra);
+    }
+    out
 }
 
 /// `current` with the fields `bucket_set` gave changed. `n`, `r` and `w` arrive as any
@@ -699,11 +719,28 @@ pub async fn execute(node: &Node, id: u64, request: Request) -> ResponseFrame {
                 }
             }),
         Request::ClusterStatus => Ok(info(id, &node.cluster_status())),
-        Request::ClusterPlan => node.cluster_plan().map(|p| info(id, &plan_summary(&p))),
+        Request::ClusterPlan => node
+            .cluster_plan()
+            .await
+            .map(|r| info(id, &plan_report(&r))),
         Request::ClusterCommit => node.cluster_commit().map(|p| info(id, &plan_summary(&p))),
         Request::ClusterLeave { node: name } => {
             node.cluster_leave(&name).map(|()| ResponseFrame::ok(id))
         }
+        Request::ClusterSet {
+            node: name,
+            zone,
+            capacity,
+        } => node
+            .cluster_set(&name, zone, capacity)
+            .map(|staged| info(id, &staged)),
+        Request::ClusterReplace {
+            node: old,
+            replacement,
+        } => node
+            .cluster_replace(&old, &replacement)
+            .map(|staged| info(id, &staged)),
+        Request::ClusterRevert => node.cluster_revert().map(|r| info(id, &r)),
         Request::BucketGet { bucket } => validate_bucket(&bucket)
             .map_err(KvError::from)
             .map(|()| info(id, &node.bucket_props(&bucket))),

@@ -399,6 +399,34 @@ impl Layout {
             .collect()
     }
 
+    /// This layout with node `old` renamed `new`: every replica `old` held, `new` holds, in
+    /// the same position of the same preference list; `new` keeps `old`'s zone and capacity.
+    /// Nodes stay sorted by name (indexes are renumbered). As the `previous` layout of
+    /// [`Layout::compute`] it makes `new` take exactly `old`'s slots (a replacement with the
+    /// fewest moves).
+    ///
+    /// `None` if `old` is not in the layout or `new` already is.
+    pub fn renamed(&self, old: &str, new: &str) -> Option<Layout> {
+        let from = self.index_of(old)?;
+        if self.index_of(new).is_some() {
+            return None;
+        }
+        let mut nodes = self.nodes.clone();
+        nodes[from as usize].name = new.to_string();
+        let mut order: Vec<NodeIndex> = (0..nodes.len() as NodeIndex).collect();
+        order.sort_by(|&a, &b| nodes[a as usize].name.cmp(&nodes[b as usize].name));
+        let mut to_new = vec![0; nodes.len()];
+        for (position, &i) in order.iter().enumerate() {
+            to_new[i as usize] = position as NodeIndex;
+        }
+        Some(Layout {
+            partitions: self.partitions,
+            replication: self.replication,
+            nodes: order.iter().map(|&i| nodes[i as usize].clone()).collect(),
+            replicas: self.replicas.iter().map(|&i| to_new[i as usize]).collect(),
+        })
+    }
+
     /// Number of partitions that break the zone rule of the module docs (0 for any layout this
     /// module computes from satisfiable inputs).
     pub fn zone_violations(&self) -> usize {
@@ -428,7 +456,7 @@ pub fn diff(old: &Layout, new: &Layout) -> usize {
 
 /// Partition of a ring of `to_q` partitions that holds the first key of partition `p` of a
 /// ring of `from_q` partitions (both powers of two).
-fn map_partition(p: u32, from_q: u32, to_q: u32) -> u32 {
+pub(crate) fn map_partition(p: u32, from_q: u32, to_q: u32) -> u32 {
     let (from_bits, to_bits) = (from_q.trailing_zeros(), to_q.trailing_zeros());
     if to_bits >= from_bits {
         p << (to_bits - from_bits)
@@ -1997,6 +2025,36 @@ mod tests {
                 "{load:?} is off target"
             );
         }
+    }
+
+    #[test]
+    fn a_renamed_previous_layout_gives_the_new_node_exactly_the_old_ones_slots() {
+        let nodes = cluster(6, 3);
+        let old = Layout::compute(&nodes, 64, 3, None).unwrap();
+        // node-002 is replaced by "a-new" (sorts first, so every index is renumbered).
+        assert_eq!(
+            old.renamed("node-002", "node-003"),
+            None,
+            "the new name is taken"
+        );
+        assert_eq!(old.renamed("absent", "a-new"), None);
+        let seed = old.renamed("node-002", "a-new").unwrap();
+        for p in 0..64 {
+            let before: Vec<&str> = old
+                .replica_names(p)
+                .map(|n| if n == "node-002" { "a-new" } else { n })
+                .collect();
+            assert_eq!(seed.replica_names(p).collect::<Vec<_>>(), before);
+        }
+        let mut next = nodes.clone();
+        next[2].name = "a-new".into();
+        let new = Layout::compute(&next, 64, 3, Some(&seed)).unwrap();
+        let held = old.replicas_by_name()["node-002"] as usize;
+        assert_eq!(diff(&old, &new), held);
+        assert_eq!(
+            new.partitions_of(new.index_of("a-new").unwrap()),
+            old.partitions_of(old.index_of("node-002").unwrap())
+        );
     }
 
     #[test]

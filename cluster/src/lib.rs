@@ -5,6 +5,8 @@
 //!   movement; deterministic);
 //! * [`membership`]: the gossiped cluster state and its merge rule, staged layout changes,
 //!   bucket properties;
+//! * [`staging`]: staged role changes and replacements, the plan's refusal rule and its
+//!   per-node move estimate;
 //! * [`phi`]: the phi-accrual failure detector;
 //! * [`config`]: [`NodeConfig`], every setting with unit, default and validation.
 //!
@@ -16,6 +18,7 @@ pub mod layout;
 pub mod membership;
 pub mod phi;
 pub mod ring;
+pub mod staging;
 pub mod transition;
 
 pub use config::{ConfigError, NodeConfig};

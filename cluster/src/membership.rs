@@ -37,6 +37,7 @@
 //! stays commutative, associative and idempotent.
 
 use crate::layout::{Layout, LayoutError, NodeSpec};
+use crate::staging::{Staged, StagingError};
 use crate::transition::Trackers;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -168,7 +169,7 @@ impl BucketProps {
 }
 
 /// A value with the version that orders it among concurrent updates.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Versioned<T> {
     /// Higher wins.
     pub version: u64,
@@ -207,6 +208,9 @@ pub enum MembershipError {
     /// Too many layout versions are live: earlier changes have not finished moving data.
     #[error("{0} layout versions are live already: wait for the transfers of the earlier changes (`ringkv cluster transfers`) before committing another")]
     TooManyVersions(usize),
+    /// A staged change or a plan was refused (see [`crate::staging`]).
+    #[error(transparent)]
+    Staging(#[from] StagingError),
 }
 
 /// The most layout versions live at once (the newest and the older ones whose data is still
@@ -253,6 +257,10 @@ pub struct ClusterState {
     /// Bucket properties by bucket name; buckets absent use [`BucketProps::default`].
     #[serde(default)]
     pub buckets: BTreeMap<ByteBuf, Versioned<BucketProps>>,
+    /// Role changes and replacements staged for the next commit (see [`crate::staging`]);
+    /// empty in states written before staging existed.
+    #[serde(default)]
+    pub staged: Versioned<Staged>,
 }
 
 fn content_hash<T: Serialize>(v: &T) -> u64 {
@@ -275,6 +283,7 @@ impl ClusterState {
             history: Vec::new(),
             trackers: Trackers::default(),
             buckets: BTreeMap::new(),
+            staged: Versioned::default(),
         }
     }
 
@@ -321,6 +330,10 @@ impl ClusterState {
                     self.buckets.insert(bucket.clone(), theirs.clone());
                 }
             }
+        }
+        let (ours, theirs) = (&self.staged, &other.staged);
+        if wins(&ours.value, ours.version, &theirs.value, theirs.version) {
+            self.staged = theirs.clone();
         }
         self.digest() != before
     }
@@ -394,23 +407,24 @@ impl ClusterState {
         }
     }
 
-    /// The layout the next commit would install.
+    /// The layout the next commit would install, with the staged changes (role changes and
+    /// replacements, see [`crate::staging`]).
     ///
     /// # Errors
-    /// [`MembershipError::Layout`] if no layout fits (for instance, no members).
+    /// [`MembershipError::Layout`] if no layout fits (for instance, no members);
+    /// [`StagingError::TooFewNodes`] if it would place fewer nodes than the replicas each
+    /// partition has in the committed layout.
     pub fn plan(&self) -> Result<Plan, MembershipError> {
         let nodes: Vec<NodeSpec> = self
             .live_members()
             .filter(|m| m.status != MemberStatus::Leaving)
-            .map(|m| NodeSpec {
-                name: m.name.clone(),
-                zone: m.zone.clone(),
-                capacity: m.capacity,
-            })
+            .map(|m| self.staged.value.spec_of(m))
             .collect();
+        crate::staging::check_enough_nodes(self, nodes.len())?;
         let n = LAYOUT_REPLICAS.min(nodes.len()).max(1);
         let previous = self.layout.as_ref().map(|c| &c.layout);
-        let layout = Layout::compute(&nodes, self.partitions, n as u32, previous)?;
+        let seed = crate::staging::seed(self);
+        let layout = Layout::compute(&nodes, self.partitions, n as u32, seed.as_deref())?;
         let moved = previous.map_or(0, |p| crate::layout::diff(p, &layout));
         Ok(Plan {
             version: self.layout.as_ref().map_or(1, |c| c.version + 1),
@@ -432,7 +446,8 @@ impl ClusterState {
         })
     }
 
-    /// Installs the plan's layout as the newest version: joining members become active;
+    /// Installs the plan's layout as the newest version: staged role changes are written into
+    /// the members and the staged changes emptied ([`crate::staging`]); joining members become active;
     /// leaving ones stay `leaving` until the transition is over (every partition they held
     /// copied to its new replicas), when [`ClusterState::advance`] turns them into tombstones.
     /// The previous version stays live meanwhile ([`crate::transition`]).
@@ -452,9 +467,11 @@ impl ClusterState {
             .is_some_and(|c| c.layout == plan.layout)
             && plan.joining.is_empty()
             && plan.leaving.is_empty()
+            && self.staged.value.is_empty()
         {
             return Err(MembershipError::NothingToCommit);
         }
+        crate::staging::apply_at_commit(self);
         for name in &plan.joining {
             let m = self.members[name].clone();
             self.upsert_member(Member {
@@ -650,26 +667,6 @@ mod tests {
         assert_eq!(s.bucket_props(b"other"), BucketProps::default());
     }
 
-    /// Runs [`ClusterState::advance`] for every live member as if all were up, had no write
-    /// in flight and had finished every transfer, until nothing changes: the end of a
-    /// transition. Returns the members that left.
-    pub(crate) fn finish_transition(s: &mut ClusterState) -> Vec<String> {
-        let mut left = Vec::new();
-        for _ in 0..10 {
-            let names: Vec<String> = s.live_members().map(|m| m.name.clone()).collect();
-            let mut changed = false;
-            for n in names {
-                let a = s.advance(&n, &|_| true, false, &|_, _| true);
-                changed |= a.changed();
-                left.extend(a.left);
-            }
-            if !changed {
-                break;
-            }
-        }
-        left
-    }
-
     fn four_active() -> ClusterState {
         let mut s = ClusterState::new(16);
         for (n, z) in [("a", "z1"), ("b", "z2"), ("c", "z3"), ("d", "z4")] {
@@ -691,7 +688,7 @@ mod tests {
         assert_eq!(s.members["d"].status, MemberStatus::Leaving);
         assert!(s.in_transition());
         let committed = s.clone();
-        assert_eq!(finish_transition(&mut s), ["d"]);
+        assert_eq!(crate::transition::finish_transition(&mut s), ["d"]);
         assert!(!s.in_transition());
         assert_eq!(s.members["d"].status, MemberStatus::Removed);
         assert!(!s.merge(&committed));
@@ -737,7 +734,7 @@ mod tests {
         let mut b = a.clone();
         a.mark_leaving("d").unwrap();
         a.commit().unwrap();
-        finish_transition(&mut a);
+        crate::transition::finish_transition(&mut a);
         // b, which has not heard of the leave, commits two layouts of its own with d in them:
         // its layout has the higher version and wins.
         b.upsert_member(member("e", "z5"));
@@ -870,7 +867,7 @@ mod tests {
                 }
                 Op::Advance(at) => {
                     let before = s[at].clone();
-                    let left = finish_transition(&mut s[at]);
+                    let left = crate::transition::finish_transition(&mut s[at]);
                     seen[at].extend(
                         left.iter()
                             .map(|n| (n.clone(), before.members[n].incarnation)),

@@ -145,7 +145,7 @@ impl ClusterState {
     }
 
     /// Names of the nodes `c` places, removed members left out.
-    fn placed(&self, c: &CommittedLayout) -> Vec<String> {
+    fn placed_in(&self, c: &CommittedLayout) -> Vec<String> {
         c.layout
             .nodes()
             .iter()
@@ -159,7 +159,7 @@ impl ClusterState {
         let Some(newest) = &self.layout else {
             return true;
         };
-        self.placed(newest)
+        self.placed_in(newest)
             .iter()
             .all(|n| self.trackers.sync.get(n).copied().unwrap_or(0) >= newest.version)
     }
@@ -211,7 +211,7 @@ impl ClusterState {
         let placed = self
             .layout
             .as_ref()
-            .map(|c| self.placed(c))
+            .map(|c| self.placed_in(c))
             .unwrap_or_default();
         self.live_members()
             .filter(|m| placed.contains(&m.name) || is_up(&m.name))
@@ -332,6 +332,27 @@ impl ClusterState {
         }
         out
     }
+}
+
+/// Runs [`ClusterState::advance`] for every live member as if all were up, had no write in
+/// flight and had finished every transfer, until nothing changes: the end of a transition in
+/// one state. Returns the members that left.
+#[cfg(test)]
+pub(crate) fn finish_transition(s: &mut ClusterState) -> Vec<String> {
+    let mut left = Vec::new();
+    for _ in 0..10 {
+        let names: Vec<String> = s.live_members().map(|m| m.name.clone()).collect();
+        let mut changed = false;
+        for n in names {
+            let a = s.advance(&n, &|_| true, false, &|_, _| true);
+            changed |= a.changed();
+            left.extend(a.left);
+        }
+        if !changed {
+            break;
+        }
+    }
+    left
 }
 
 #[cfg(test)]

@@ -405,3 +405,173 @@ fn a_member_that_leaves_is_gone_on_every_node_and_stays_gone() {
     );
     assert!(!names(&cluster.status(0), "removed").contains(&"n4".to_string()));
 }
+
+/// Runs `ringkv cluster ARGS --json` on node `i` (0-based) of `cluster` and parses the answer.
+fn admin_json(cluster: &Cluster, i: usize, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["cluster"];
+    all.extend(args);
+    all.push("--json");
+    let (code, out, err) = cluster.nodes[i].cli(&all, None);
+    assert_eq!(code, 0, "cluster {args:?}: {err}");
+    serde_json::from_slice(&out).expect("JSON answer")
+}
+
+/// Staged changes on 3 nodes with n4 joining: `cluster replace n3 n4` makes the plan give n4
+/// exactly n3's replicas and move nothing else, with bytes estimated from the partitions'
+/// sizes; with n3 killed the plan still works and says the estimate is partial; bad changes
+/// and a plan that would leave 2 nodes for 3 replicas are refused with clear errors;
+/// `cluster revert` drops everything staged and n3 is active again.
+#[test]
+fn a_staged_replace_plans_exactly_the_old_nodes_replicas_and_revert_drops_it() {
+    let mut cluster = Cluster::start(3, &["--partitions", "16"]);
+    rt().block_on(async {
+        let c = Client::connect(cluster.nodes[0].addr).await.unwrap();
+        for k in 0..200u32 {
+            c.put_with(
+                b"b",
+                format!("k{k}").as_bytes(),
+                vec![7u8; 100],
+                &[],
+                &q(3, 3, 3),
+            )
+            .await
+            .unwrap();
+        }
+    });
+    let seed = cluster.status(0)["members"][0]["cluster_addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let addr = format!("127.0.0.4:{}", ringkv_tests::free_port("127.0.0.4"));
+    let _n4 = NodeProcess::start_on(
+        "127.0.0.4",
+        &[
+            "--name",
+            "n4",
+            "--cluster-addr",
+            &addr,
+            "--zone",
+            "z4",
+            "--join",
+            &seed,
+            "--partitions",
+            "16",
+            "--heartbeat-ms",
+            "200",
+        ],
+        &[("RINGKV_COOKIE", TEST_COOKIE)],
+    );
+    cluster.wait_members(0, 4, Duration::from_secs(30));
+    let n3_held = cluster.status(0)["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "n3")
+        .unwrap()["partitions"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(n3_held, 16, "3 nodes at 3 replicas hold every partition");
+
+    // Refused changes name what is wrong.
+    for (args, expect) in [
+        (
+            &["cluster", "replace", "n3", "n2"][..],
+            "already holds partitions",
+        ),
+        (
+            &["cluster", "replace", "n3", "n9"],
+            "no member is named \"n9\"",
+        ),
+        (
+            &["cluster", "set", "n4", "capacity=0"],
+            "capacity must be 1",
+        ),
+        (
+            &["cluster", "set", "n9", "zone=z9"],
+            "no member is named \"n9\"",
+        ),
+    ] {
+        let (code, _, err) = cluster.nodes[0].cli(args, None);
+        assert_ne!(code, 0, "{args:?} was accepted");
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
+    // 3 replicas per partition, one node leaving and none joining in the plan: refused.
+    let (code, _, err) = cluster.nodes[0].cli(&["cluster", "leave", "n2"], None);
+    assert_eq!(code, 0, "cluster leave: {err}");
+    let (code, _, err) = cluster.nodes[0].cli(&["cluster", "replace", "n3", "n4"], None);
+    assert_eq!(code, 0, "cluster replace: {err}");
+    let (code, _, err) = cluster.nodes[0].cli(&["cluster", "plan"], None);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("leaves 2 node(s)") && err.contains("3 replicas") && err.contains("revert"),
+        "{err}"
+    );
+    let (code, _, err) = cluster.nodes[0].cli(&["cluster", "commit"], None);
+    assert_ne!(code, 0);
+    assert!(err.contains("leaves 2 node(s)"), "{err}");
+    admin_json(&cluster, 0, &["revert"]);
+
+    // The replace alone: n4 takes exactly n3's 16 replicas, nobody else moves.
+    let staged = admin_json(&cluster, 0, &["replace", "n3", "n4"]);
+    assert_eq!(staged["replaces"]["n3"], "n4", "{staged}");
+    assert_eq!(staged["roles"]["n4"]["zone"], "z3", "{staged}");
+    let plan = admin_json(&cluster, 0, &["plan"]);
+    assert_eq!(plan["moved"], n3_held, "{plan}");
+    assert_eq!(plan["joining"], serde_json::json!(["n4"]), "{plan}");
+    assert_eq!(plan["leaving"], serde_json::json!(["n3"]), "{plan}");
+    assert_eq!(plan["nodes"]["n4"]["gained"], n3_held, "{plan}");
+    assert_eq!(plan["nodes"]["n3"]["lost"], n3_held, "{plan}");
+    for n in ["n1", "n2"] {
+        assert_eq!(plan["nodes"][n]["gained"], 0, "{plan}");
+        assert_eq!(plan["nodes"][n]["lost"], 0, "{plan}");
+    }
+    let bytes_in = plan["nodes"]["n4"]["bytes_in"].as_u64().unwrap();
+    assert!(bytes_in > 200 * 100, "200 values of 100 bytes move: {plan}");
+    assert_eq!(plan["bytes_to_move"], bytes_in, "{plan}");
+    assert_eq!(plan["nodes"]["n3"]["bytes_out"], bytes_in, "{plan}");
+    assert_eq!(plan["estimate_complete"], true, "{plan}");
+    assert_eq!(plan["sizes_asked"], 3, "{plan}");
+    // Gossip carries the staged change: n2 plans the same.
+    cluster.wait_for("n2 to plan the replace", Duration::from_secs(10), || {
+        let (code, out, err) = cluster.nodes[1].cli(&["cluster", "plan"], None);
+        let text = String::from_utf8_lossy(&out);
+        if code == 0 && text.contains("to move") && text.contains("replace n3 by n4") {
+            Ok(())
+        } else {
+            Err(format!("{text}{err}"))
+        }
+    });
+
+    // n3 down: the plan still stands, from the other replicas' sizes, and says it is partial.
+    cluster.nodes[2].kill9();
+    let plan = admin_json(&cluster, 0, &["plan"]);
+    assert_eq!(plan["nodes"]["n4"]["gained"], n3_held, "{plan}");
+    assert_eq!(plan["estimate_complete"], false, "{plan}");
+    assert_eq!(
+        plan["sizes_not_answered"],
+        serde_json::json!(["n3"]),
+        "{plan}"
+    );
+    assert_eq!(plan["bytes_to_move"], bytes_in, "{plan}");
+
+    // Revert drops it all: nothing staged, n3 active again, n4 still joining.
+    let reverted = admin_json(&cluster, 0, &["revert"]);
+    assert_eq!(reverted["dropped"]["replaces"]["n3"], "n4", "{reverted}");
+    assert_eq!(reverted["active_again"], serde_json::json!(["n3"]));
+    let plan = admin_json(&cluster, 0, &["plan"]);
+    assert_eq!(plan["staged"]["replaces"], serde_json::json!({}), "{plan}");
+    assert_eq!(plan["staged"]["roles"], serde_json::json!({}), "{plan}");
+    assert_eq!(plan["leaving"], serde_json::json!([]), "{plan}");
+    let status = cluster.status(0);
+    let state_of = |n: &str| {
+        status["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == n)
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(state_of("n3"), "active");
+    assert_eq!(state_of("n4"), "joining");
+}

@@ -270,6 +270,91 @@ fn bucket_ops_check_the_bucket_length() {
     }
 }
 
+/// The staging ops (`cluster_set`, `cluster_replace`, `cluster_revert`) answer as
+/// PROTOCOL.md says: a missing field is `malformed_request` naming it; a refused change
+/// (unknown node, capacity 0, nothing to set, a node replacing itself) is `cluster_error`
+/// and stages nothing; so is a plan that would leave fewer nodes than replicas.
+#[test]
+fn staging_ops_refuse_bad_changes_with_the_documented_codes() {
+    let node = NodeProcess::start(&[]);
+    let mut c = Conn::open(&node);
+    let status = c.call(&map(&[("id", v(40u64)), ("op", v("cluster_status"))]));
+    let me = status.info.expect("status info")["node"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let set = |id: u64, extra: &[(&str, Vec<u8>)]| {
+        let mut fields = vec![("id", v(id)), ("op", v("cluster_set"))];
+        fields.extend(extra.iter().cloned());
+        map(&fields)
+    };
+    let msg = c.expect_error(&set(41, &[("capacity", v(2u8))]), 41, "malformed_request");
+    assert!(msg.contains("node"), "{msg}");
+    let msg = c.expect_error(
+        &set(42, &[("node", v(&me)), ("capacity", v(0u8))]),
+        42,
+        "cluster_error",
+    );
+    assert!(msg.contains("capacity must be 1"), "{msg}");
+    c.expect_error(
+        &set(43, &[("node", v(&me)), ("capacity", v(-1i8))]),
+        43,
+        "malformed_request",
+    );
+    let msg = c.expect_error(&set(44, &[("node", v(&me))]), 44, "cluster_error");
+    assert!(msg.contains("nothing to set"), "{msg}");
+    let msg = c.expect_error(
+        &set(45, &[("node", v("nobody")), ("zone", v("z9"))]),
+        45,
+        "cluster_error",
+    );
+    assert!(msg.contains("nobody"), "{msg}");
+    let replace = |id: u64, extra: &[(&str, Vec<u8>)]| {
+        let mut fields = vec![("id", v(id)), ("op", v("cluster_replace"))];
+        fields.extend(extra.iter().cloned());
+        map(&fields)
+    };
+    let msg = c.expect_error(&replace(46, &[("node", v(&me))]), 46, "malformed_request");
+    assert!(msg.contains("replacement"), "{msg}");
+    let msg = c.expect_error(
+        &replace(47, &[("node", v(&me)), ("replacement", v(&me))]),
+        47,
+        "cluster_error",
+    );
+    assert!(msg.contains("itself"), "{msg}");
+    let msg = c.expect_error(
+        &replace(48, &[("node", v(&me)), ("replacement", v("nobody"))]),
+        48,
+        "cluster_error",
+    );
+    assert!(msg.contains("nobody"), "{msg}");
+    // Nothing was staged by the refused changes.
+    let plan = c.call(&map(&[("id", v(49u64)), ("op", v("cluster_plan"))]));
+    assert!(plan.ok, "{plan:?}");
+    assert_eq!(plan.info.unwrap()["staged"]["roles"], serde_json::json!({}));
+    // A valid change is answered with everything staged; revert with what it dropped.
+    let a = c.call(&set(50, &[("node", v(&me)), ("capacity", v(2u8))]));
+    assert!(a.ok, "{a:?}");
+    assert_eq!(a.info.unwrap()["roles"][&me]["capacity"], 2);
+    // The only node leaving would leave 0 nodes for 1 replica: refused by plan and commit.
+    let a = c.call(&map(&[
+        ("id", v(51u64)),
+        ("op", v("cluster_leave")),
+        ("node", v(&me)),
+    ]));
+    assert!(a.ok, "{a:?}");
+    for (id, op) in [(52u64, "cluster_plan"), (53, "cluster_commit")] {
+        let msg = c.expect_error(&map(&[("id", v(id)), ("op", v(op))]), id, "cluster_error");
+        assert!(msg.contains("leaves 0 node(s)"), "{op}: {msg}");
+    }
+    let a = c.call(&map(&[("id", v(54u64)), ("op", v("cluster_revert"))]));
+    assert!(a.ok, "{a:?}");
+    let info = a.info.unwrap();
+    assert_eq!(info["dropped"]["roles"][&me]["capacity"], 2, "{info}");
+    assert_eq!(info["active_again"], serde_json::json!([me]), "{info}");
+    c.ping();
+}
+
 #[test]
 fn a_context_with_one_bit_flipped_is_bad_context_and_writes_nothing() {
     let node = NodeProcess::start(&[]);

@@ -265,7 +265,8 @@ impl Client {
     }
 
     /// Runs an administration op (`cluster_status`, `cluster_plan`, `cluster_commit`,
-    /// `cluster_leave`, `bucket_get`, `bucket_set`) and returns its `info` map.
+    /// `cluster_leave`, `cluster_set`, `cluster_replace`, `cluster_revert`, `bucket_get`,
+    /// `bucket_set`) and returns its `info` map.
     ///
     /// # Errors
     /// [`ClientError`]; server codes as in PROTOCOL.md.

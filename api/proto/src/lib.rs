@@ -159,9 +159,19 @@ pub struct RequestFrame {
     /// Get: read only the answering node's own replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<bool>,
-    /// cluster_leave: the node's name.
+    /// cluster_leave, cluster_set: the node's name; cluster_replace: the node replaced (OLD).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// cluster_replace: the joining node that takes `node`'s place (NEW).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<String>,
+    /// cluster_set: the node's new relative capacity. Any unsigned integer is read; the node
+    /// answers `cluster_error` unless it is 1 to 2^32-1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u64>,
+    /// cluster_set: the node's new zone (failure domain), not empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
     /// bucket_set: the properties to set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub props: Option<BucketPropsFrame>,

@@ -33,7 +33,8 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
-    /// The layout the next commit would install: replicas per node and moves.
+    /// The layout the next commit would install, with everything staged: replicas per node,
+    /// the replicas each node gains and loses, and the estimated bytes to move.
     Plan {
         /// Print JSON.
         #[arg(long)]
@@ -50,6 +51,37 @@ pub enum ClusterCommand {
     Leave {
         /// Node name.
         node: String,
+    },
+    /// Stage a role change, applied by the next commit: capacity=C (at least 1), zone=Z, or
+    /// both.
+    Set {
+        /// Node name.
+        node: String,
+        /// Settings, `name=value`: `capacity`, `zone`.
+        #[arg(required = true)]
+        settings: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stage the replacement of OLD (placed in the layout; it may be down) by NEW (a node
+    /// started with --join, not yet placed): NEW takes exactly OLD's partitions, and OLD's
+    /// zone and capacity unless `cluster set NEW` says otherwise; OLD becomes leaving.
+    Replace {
+        /// The node replaced.
+        old: String,
+        /// The node that takes its place.
+        new: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop everything staged (role changes, replacements) and make leaving nodes that are
+    /// still in the layout active again. Joining nodes stay joining.
+    Revert {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -74,25 +106,118 @@ pub enum BucketCommand {
 pub async fn cluster(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     let ClusterArgs { addr, command } = args;
     let client = connect(&addr).await?;
-    let (op, json, node) = match command {
-        ClusterCommand::Status { json } => ("cluster_status", json, None),
-        ClusterCommand::Plan { json } => ("cluster_plan", json, None),
-        ClusterCommand::Commit { json } => ("cluster_commit", json, None),
-        ClusterCommand::Leave { node } => ("cluster_leave", false, Some(node)),
+    let op = |op: &str| RequestFrame {
+        op: op.into(),
+        ..Default::default()
     };
-    let info = client
-        .admin(RequestFrame {
-            op: op.into(),
+    let (frame, json) = match command {
+        ClusterCommand::Status { json } => (op("cluster_status"), json),
+        ClusterCommand::Plan { json } => (op("cluster_plan"), json),
+        ClusterCommand::Commit { json } => (op("cluster_commit"), json),
+        ClusterCommand::Leave { node } => (
+            RequestFrame {
+                node: Some(node),
+                ..op("cluster_leave")
+            },
+            false,
+        ),
+        ClusterCommand::Set {
             node,
-            ..Default::default()
-        })
-        .await?;
+            settings,
+            json,
+        } => {
+            let (zone, capacity) = parse_role(&settings)?;
+            let frame = RequestFrame {
+                node: Some(node),
+                zone,
+                capacity,
+                ..op("cluster_set")
+            };
+            (frame, json)
+        }
+        ClusterCommand::Replace { old, new, json } => (
+            RequestFrame {
+                node: Some(old),
+                replacement: Some(new),
+                ..op("cluster_replace")
+            },
+            json,
+        ),
+        ClusterCommand::Revert { json } => (op("cluster_revert"), json),
+    };
+    let name = frame.op.clone();
+    let info = client.admin(frame).await?;
     if json {
         println!("{info}");
     } else {
-        print_admin(op, &info);
+        print_admin(&name, &info);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Parses `capacity=2 zone=z9` (either or both).
+pub fn parse_role(settings: &[String]) -> anyhow::Result<(Option<String>, Option<u64>)> {
+    let (mut zone, mut capacity) = (None, None);
+    for s in settings {
+        let (k, v) = s
+            .split_once('=')
+            .with_context(|| format!("{s:?} is not name=value"))?;
+        match k {
+            "capacity" => {
+                capacity = Some(
+                    v.parse()
+                        .with_context(|| format!("capacity={v}: use a whole number, at least 1"))?,
+                )
+            }
+            "zone" => zone = Some(v.to_string()),
+            other => bail!("unknown node setting {other:?}: use capacity or zone"),
+        }
+    }
+    Ok((zone, capacity))
+}
+
+/// `1234567` as `1.2 MB` (decimal units).
+fn human_bytes(bytes: u64) -> String {
+    let mut value = bytes as f64;
+    for unit in ["B", "kB", "MB", "GB", "TB"] {
+        if value < 1000.0 || unit == "TB" {
+            return if unit == "B" {
+                format!("{bytes} B")
+            } else {
+                format!("{value:.1} {unit}")
+            };
+        }
+        value /= 1000.0;
+    }
+    unreachable!()
+}
+
+/// Prints the staged changes of a `cluster_set`, `cluster_replace` or `cluster_plan` answer
+/// (`staged`: `{"roles": {node: {"zone", "capacity"}}, "replaces": {old: new}}`) under
+/// `title`.
+fn print_staged(title: &str, staged: &serde_json::Value) {
+    let mut lines = Vec::new();
+    for (old, new) in staged["replaces"].as_object().into_iter().flatten() {
+        lines.push(format!("replace {old} by {}", new.as_str().unwrap_or("?")));
+    }
+    for (node, role) in staged["roles"].as_object().into_iter().flatten() {
+        let mut fields = Vec::new();
+        if let Some(c) = role["capacity"].as_u64() {
+            fields.push(format!("capacity={c}"));
+        }
+        if let Some(z) = role["zone"].as_str() {
+            fields.push(format!("zone={z}"));
+        }
+        lines.push(format!("set {node} {}", fields.join(" ")));
+    }
+    if lines.is_empty() {
+        println!("{title}: nothing");
+    } else {
+        println!("{title}:");
+        for l in lines {
+            println!("  {l}");
+        }
+    }
 }
 
 /// Gets or sets a bucket's properties.
@@ -219,10 +344,63 @@ pub fn print_admin(op: &str, info: &serde_json::Value) {
                     println!("{label}: {}", names.join(", "));
                 }
             }
-            if let Some(map) = info["replicas_per_node"].as_object() {
-                for (node, count) in map {
-                    println!("  {node:<20} {count:>6} partition replicas");
+            match info["nodes"].as_object() {
+                Some(nodes) => {
+                    println!(
+                        "  {:<20} {:>8} {:>7} {:>7} {:>12} {:>12}",
+                        "NODE", "REPLICAS", "GAINED", "LOST", "BYTES IN", "BYTES OUT"
+                    );
+                    for (node, m) in nodes {
+                        let bytes = |k: &str| human_bytes(m[k].as_u64().unwrap_or(0));
+                        let count = |k: &str| m[k].as_u64().unwrap_or(0);
+                        println!(
+                            "  {node:<20} {:>8} {:>7} {:>7} {:>12} {:>12}",
+                            count("replicas"),
+                            count("gained"),
+                            count("lost"),
+                            bytes("bytes_in"),
+                            bytes("bytes_out")
+                        );
+                    }
+                    let total = human_bytes(info["bytes_to_move"].as_u64().unwrap_or(0));
+                    let missing: Vec<&str> = info["sizes_not_answered"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|n| n.as_str())
+                        .collect();
+                    if missing.is_empty() {
+                        println!("about {total} to move");
+                    } else {
+                        println!(
+                            "about {total} to move (partial estimate: {} of {} members did not report their partition sizes: {})",
+                            missing.len(),
+                            info["sizes_asked"],
+                            missing.join(", ")
+                        );
+                    }
+                    print_staged("staged", &info["staged"]);
                 }
+                None => {
+                    if let Some(map) = info["replicas_per_node"].as_object() {
+                        for (node, count) in map {
+                            println!("  {node:<20} {count:>6} partition replicas");
+                        }
+                    }
+                }
+            }
+        }
+        "cluster_set" | "cluster_replace" => print_staged("staged", info),
+        "cluster_revert" => {
+            print_staged("dropped", &info["dropped"]);
+            let back: Vec<&str> = info["active_again"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n.as_str())
+                .collect();
+            if !back.is_empty() {
+                println!("active again: {}", back.join(", "));
             }
         }
         _ => println!("ok"),
