@@ -11,6 +11,9 @@ use crate::repair::{AntiEntropy, Repair};
 use crate::replica::{Peers, Replica, ReplicaContext};
 use crate::stats::StatsSnapshot;
 use crate::supervision::{RestartBudget, Restarts};
+use crate::transfer::{
+    LogEvents, Transfer, TransferArgs, TransferConfig, TransferEvents, TransferHandle, TransferMsg,
+};
 use crate::vnode::VNodeMsg;
 use crate::vnode_supervisor::{VNodeSupervisor, VNodeSupervisorArgs};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -21,7 +24,9 @@ use ringkv_cluster::membership::{
 };
 use ringkv_cluster::phi::PhiConfig;
 use ringkv_cluster::{partition_for, NodeConfig};
-use ringkv_storage::{keys, DataDir, DvvSet, Partition, PartitionOptions, StorageError};
+use ringkv_storage::{
+    keys, DataDir, DvvSet, Partition, PartitionOptions, StorageError, SystemStore,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -58,7 +63,7 @@ impl From<StorageError> for NodeError {
 #[derive(RactorMessage)]
 pub enum NodeSupervisorMsg {
     /// Fault injection: make the child actor of this type (`vnodes`, `replica`, `gossip`,
-    /// `handoff`, `repair`) panic. Replies false if no such child runs.
+    /// `handoff`, `repair`, `transfer`) panic. Replies false if no such child runs.
     InjectPanic(String, ractor::RpcReplyPort<bool>),
     /// An [`NodeSupervisorMsg::InjectPanic`] that found its child not running (it has just
     /// failed and its restart is on the way): tried again shortly, `attempt` times so far.
@@ -83,6 +88,14 @@ pub struct NodeSupervisorArgs {
     pub repair_interval: Option<Duration>,
     /// Tombstones younger than this are not purged.
     pub tombstone_grace: Duration,
+    /// The system store (transfer progress).
+    pub system: Arc<SystemStore>,
+    /// The node's handle on its Transfer actor (outlives its restarts).
+    pub transfers: Arc<TransferHandle>,
+    /// Who hears of completed transfers.
+    pub transfer_events: Arc<dyn TransferEvents>,
+    /// Transfer limits (`transfer-concurrency`, `transfer-max-bytes-per-sec`).
+    pub transfer_config: TransferConfig,
 }
 
 /// What the cluster-facing children need.
@@ -104,6 +117,7 @@ enum Child {
     Gossip,
     Handoff,
     Repair,
+    Transfer,
 }
 
 impl Child {
@@ -114,6 +128,7 @@ impl Child {
             Child::Gossip => "gossip",
             Child::Handoff => "handoff",
             Child::Repair => "repair",
+            Child::Transfer => "transfer",
         }
     }
 }
@@ -227,6 +242,21 @@ impl NodeSupervisor {
             .await?
             .0
             .get_cell(),
+            Child::Transfer => Actor::spawn_linked(
+                None,
+                Transfer::<Peers>::new(),
+                TransferArgs {
+                    peers: a.peers.clone(),
+                    system: a.system.clone(),
+                    events: a.transfer_events.clone(),
+                    handle: a.transfers.clone(),
+                    config: a.transfer_config,
+                },
+                sup,
+            )
+            .await?
+            .0
+            .get_cell(),
         };
         state.children.push((cell, child));
         Ok(())
@@ -258,6 +288,7 @@ impl Actor for NodeSupervisor {
             if repair {
                 Self::start_child(&myself, &mut state, Child::Repair).await?;
             }
+            Self::start_child(&myself, &mut state, Child::Transfer).await?;
         }
         Ok(state)
     }
@@ -306,6 +337,10 @@ impl Actor for NodeSupervisor {
             Some((cell, Child::Handoff | Child::Repair)) => {
                 let r: ActorRef<PeriodicMsg> = cell.clone().into();
                 r.send_message(PeriodicMsg::InjectPanic).is_ok()
+            }
+            Some((cell, Child::Transfer)) => {
+                let r: ActorRef<TransferMsg> = cell.clone().into();
+                r.send_message(TransferMsg::InjectPanic).is_ok()
             }
             None => false,
         };
@@ -437,6 +472,8 @@ pub struct Node {
     stopped: watch::Receiver<bool>,
     /// Set when [`Node::shutdown`] begins (the transport's exit is then expected).
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// The way to the Transfer actor.
+    transfers: Arc<TransferHandle>,
 }
 
 /// Validates `config` and opens its data directory (off the tokio workers: opening rebuilds
@@ -507,6 +544,7 @@ impl Node {
                 &config,
             )),
         };
+        let transfers = TransferHandle::new();
         let (supervisor, join) = Actor::spawn(
             None,
             NodeSupervisor,
@@ -524,6 +562,10 @@ impl Node {
                 repair_interval: (config.repair_interval_ms > 0)
                     .then(|| Duration::from_millis(config.repair_interval_ms)),
                 tombstone_grace: Duration::from_millis(config.tombstone_grace_ms),
+                system: data.system.clone(),
+                transfers: transfers.clone(),
+                transfer_events: Arc::new(LogEvents),
+                transfer_config: TransferConfig::of(&config),
             },
         )
         .await
@@ -566,6 +608,7 @@ impl Node {
             cluster_listener,
             stopped,
             stopping,
+            transfers,
         })
     }
 
@@ -841,6 +884,13 @@ impl Node {
         crate::coordinator::coordinate(request, placement, self.peers.clone(), timeout).await
     }
 
+    /// The way to this node's Transfer actor (runs with a cluster address): tell it the
+    /// partitions to pull ([`TransferHandle::want`]) and ask where they stand
+    /// ([`TransferHandle::status`]).
+    pub fn transfers(&self) -> &Arc<TransferHandle> {
+        &self.transfers
+    }
+
     /// This node's cluster view.
     pub fn view(&self) -> &Arc<ClusterView> {
         &self.view
@@ -993,7 +1043,7 @@ impl Node {
     }
 
     /// Fault injection: makes the supervised actor of type `actor` (`vnodes`, `replica`,
-    /// `gossip`, `handoff`, `repair`) panic, so that tests can watch it being restarted.
+    /// `gossip`, `handoff`, `repair`, `transfer`) panic, so that tests can watch it being restarted.
     /// Refused unless the node runs with `fault-injection` on.
     ///
     /// # Errors
@@ -1022,7 +1072,7 @@ impl Node {
         match sent {
             Ok(ractor::rpc::CallResult::Success(true)) => Ok(()),
             Ok(ractor::rpc::CallResult::Success(false)) => Err(KvError::Admin(format!(
-                "no actor of type {actor:?} runs on this node (known: vnodes, replica, gossip, handoff, repair, listener, transport)"
+                "no actor of type {actor:?} runs on this node (known: vnodes, replica, gossip, handoff, repair, transfer, listener, transport)"
             ))),
             _ => Err(KvError::ShuttingDown),
         }
