@@ -41,16 +41,19 @@
 //! set of wanted tasks: no unbounded channel). Every record pulled, by every task, first takes
 //! its bytes from one token bucket of `transfer-max-bytes-per-sec` (bursts of a tenth of a
 //! second's worth), so the node's incoming transfer rate is bounded whatever the
-//! concurrency. Each task has one request in flight at a time.
+//! concurrency. Each task has at most one chunk being merged and one being fetched (the
+//! next one, asked for while the current one commits), so a task holds at most two chunks.
 //!
 //! # Who tells it what to do
 //!
 //! The node sends [`TransferMsg::Want`] with the full set of tasks it should run now, again on
 //! every change (idempotent), through its [`TransferHandle`], which remembers the last set for
 //! the next incarnation of the actor after a restart. A task absent from the latest set is
-//! cancelled (its runner is aborted; its resume point stays). A task already done is not
-//! redone, and [`TransferEvents::done`] is called for it again whenever it appears in a Want,
-//! so a restarted node reports it again.
+//! cancelled (its runner is aborted; its resume point stays). A running attempt keeps the
+//! sources it started with; the next attempt takes the new ones, and a failed task waiting
+//! for its retry is retried at once when its sources change. A task already done is not
+//! redone, and [`TransferEvents::done`] is called for it again whenever it appears in a
+//! Want, so a restarted node reports it again.
 
 use crate::repair::{self, ExchangeScope};
 use crate::replica::{blocking, vnode_call};
@@ -460,10 +463,14 @@ impl<T: ReplicaTransport> TransferActorState<T> {
         });
         for task in tasks {
             let key = (task.version, task.partition);
-            if let Some(entry) = self.entries.get(&key) {
+            if let Some(entry) = self.entries.get_mut(&key) {
+                let changed = *lock(&entry.sources) != task.sources;
                 *lock(&entry.sources) = task.sources;
-                if matches!(entry.phase, Phase::Done) {
-                    self.events.done(task.version, task.partition);
+                match entry.phase {
+                    Phase::Done => self.events.done(task.version, task.partition),
+                    // New sources (a dead one replaced): try them now, not after the backoff.
+                    Phase::Waiting { .. } if changed => entry.phase = Phase::Queued,
+                    _ => {}
                 }
                 continue;
             }
@@ -766,22 +773,23 @@ async fn stream<T: ReplicaTransport>(
             lock(row).bytes_total = stats.bytes;
         }
         tracing::info!(version, partition, %source, "streaming a partition");
+        // The chunk fetched while the previous one was being merged (at most one).
+        let mut prefetched: Option<rpc::Chunk> = None;
         loop {
             let Progress::Streaming { after, bytes, keys } = &progress else {
                 return Ok(progress);
             };
-            let request = rpc::ScanChunk {
-                partition,
-                after: after.clone().map(serde_bytes::ByteBuf::from),
-                max_bytes: shared.chunk_bytes,
-            };
-            let chunk = match shared.peers.call(source, request, CALL_TIMEOUT).await {
-                Ok(chunk) => chunk,
-                Err(e) => {
-                    tracing::warn!(version, partition, %source, error = %e, "a transfer source failed; trying the next one");
-                    errors.push(e.to_string());
-                    break;
-                }
+            let (bytes, keys) = (*bytes, *keys);
+            let chunk = match prefetched.take() {
+                Some(chunk) => chunk,
+                None => match fetch(shared, source, partition, after.clone()).await {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        tracing::warn!(version, partition, %source, error = %e, "a transfer source failed; trying the next one");
+                        errors.push(e.to_string());
+                        break;
+                    }
+                },
             };
             let n = chunk.entries.len() as u64;
             counters.chunks.fetch_add(1, Ordering::Relaxed);
@@ -789,36 +797,47 @@ async fn stream<T: ReplicaTransport>(
             counters.bytes.fetch_add(chunk.bytes, Ordering::Relaxed);
             // The throttle: every chunk's bytes come out of the node's one bucket.
             shared.bucket.take(chunk.bytes).await;
-            if n > 0 {
-                let entries: Vec<(Vec<u8>, DvvSet)> = chunk
-                    .entries
-                    .into_iter()
-                    .map(|(k, r)| (k.into_vec(), r))
-                    .collect();
-                let directory = &shared.peers.context().directory;
-                vnode_call(directory, partition, CALL_TIMEOUT, |reply| {
-                    VNodeMsg::MergeMany {
-                        entries: entries.clone(),
-                        reply,
-                    }
-                })
-                .await
-                .map_err(|e| format!("merging a chunk here: {e}"))?;
-            }
+            let next = chunk.next.clone().map(serde_bytes::ByteBuf::into_vec);
+            let entries: Vec<(Vec<u8>, DvvSet)> = chunk
+                .entries
+                .into_iter()
+                .map(|(k, r)| (k.into_vec(), r))
+                .collect();
+            // Merge this chunk while the next one is fetched (the source scans and encodes
+            // while this node commits).
+            let ahead = async {
+                match &next {
+                    Some(pos) => Some(fetch(shared, source, partition, Some(pos.clone())).await),
+                    None => None,
+                }
+            };
+            let (merged, ahead) = tokio::join!(merge(shared, partition, entries), ahead);
+            merged?;
             let (bytes, keys) = (bytes + chunk.bytes, keys + n);
             // Merged durably: only now does the resume point move past it.
-            progress = match chunk.next {
+            progress = match next {
                 Some(next) => Progress::Streaming {
-                    after: Some(next.into_vec()),
+                    after: Some(next),
                     bytes,
                     keys,
                 },
                 None => Progress::Streamed { bytes, keys },
             };
             save(shared, version, partition, &progress).await?;
-            let mut r = lock(row);
-            r.bytes_sent = bytes;
-            r.keys = keys;
+            {
+                let mut r = lock(row);
+                r.bytes_sent = bytes;
+                r.keys = keys;
+            }
+            match ahead {
+                Some(Ok(chunk)) => prefetched = Some(chunk),
+                Some(Err(e)) => {
+                    tracing::warn!(version, partition, %source, error = %e, "a transfer source failed; trying the next one");
+                    errors.push(e.to_string());
+                    break;
+                }
+                None => {}
+            }
         }
     }
     if errors.is_empty() {
@@ -828,6 +847,43 @@ async fn stream<T: ReplicaTransport>(
         "no source could stream the partition: {}",
         errors.join("; ")
     ))
+}
+
+/// Asks `source` for the chunk of `partition` after `after`.
+async fn fetch<T: ReplicaTransport>(
+    shared: &Shared<T>,
+    source: &str,
+    partition: u32,
+    after: Option<Vec<u8>>,
+) -> Result<rpc::Chunk, rpc::ReplicaError> {
+    let request = rpc::ScanChunk {
+        partition,
+        after: after.map(serde_bytes::ByteBuf::from),
+        max_bytes: shared.chunk_bytes,
+    };
+    shared.peers.call(source, request, CALL_TIMEOUT).await
+}
+
+/// Merges a chunk's records into the local vnode of `partition`, durably (one group commit
+/// per `max-batch` records).
+async fn merge<T: ReplicaTransport>(
+    shared: &Shared<T>,
+    partition: u32,
+    entries: Vec<(Vec<u8>, DvvSet)>,
+) -> Result<(), String> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let directory = &shared.peers.context().directory;
+    vnode_call(directory, partition, CALL_TIMEOUT, |reply| {
+        VNodeMsg::MergeMany {
+            entries: entries.clone(),
+            reply,
+        }
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| format!("merging a chunk here: {e}"))
 }
 
 /// Merkle exchanges with every reachable source, round after round, until a round in which

@@ -481,3 +481,34 @@ async fn a_task_left_out_of_want_stops() {
     actor.stop_and_wait(None, None).await.unwrap();
     c.net.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_task_with_no_reachable_source_shows_failed_and_takes_new_sources_at_once() {
+    let c = Cluster::start(&["a", "b", "c"]).await;
+    let p = 2;
+    c.load(&["a", "c"], p, &records(p, 0, 500)).await;
+    c.net.cut("a");
+    let (handle, events) = (TransferHandle::new(), Arc::new(Events::default()));
+    let (actor, _) = transfer(&c, "b", &handle, &events, 2, FAST).await;
+    handle.want(vec![task(1, p, &["a"])]);
+    let rows = until_status(&handle, |rows| {
+        rows.first()
+            .is_some_and(|r| matches!(r.state, TransferState::Failed { .. }))
+    })
+    .await;
+    let TransferState::Failed { reason } = &rows[0].state else {
+        unreachable!()
+    };
+    assert!(reason.contains("a is unreachable"), "{reason}");
+
+    // The node learns of another holder: the task is retried now, not after its backoff.
+    handle.want(vec![task(1, p, &["a", "c"])]);
+    until(|| match events.calls(1, p) {
+        0 => Err("not done".into()),
+        _ => Ok(()),
+    })
+    .await;
+    assert!(c.same_tree("c", "b", p));
+    actor.stop_and_wait(None, None).await.unwrap();
+    c.net.shutdown().await;
+}
