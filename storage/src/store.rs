@@ -644,10 +644,10 @@ impl DataStore {
         let range = (lower, Bound::Unbounded);
         self.read(|rtxn| {
             let mut chunk = ScanChunk::default();
-            // Position of the last record taken (`[segment][stored key]`), and how many.
+            // Position of the last record taken (`[segment][stored key]`).
             let mut last: Option<Vec<u8>> = None;
-            let mut taken = 0usize;
-            for entry in self.dbs.kv.range(rtxn, &range).map_err(StorageError::io)? {
+            let entries = self.dbs.kv.range(rtxn, &range).map_err(StorageError::io)?;
+            for (taken, entry) in entries.enumerate() {
                 let (key, bytes) = entry.map_err(StorageError::io)?;
                 if !key.starts_with(&prefix) {
                     // Past the partition: it is exhausted.
@@ -661,7 +661,6 @@ impl DataStore {
                     return Ok(chunk);
                 }
                 chunk.bytes += size;
-                taken += 1;
                 last = Some(key[prefix.len()..].to_vec());
                 match record::decode(bytes) {
                     Ok(record) => chunk.entries.push((stored.to_vec(), record)),
