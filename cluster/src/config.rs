@@ -177,7 +177,7 @@ pub struct NodeConfig {
     /// streams from one source at a time); the others wait, queued. Default 2.
     pub transfer_concurrency: usize,
     /// Bytes per second all of this node's incoming partition transfers together may pull
-    /// (a token bucket over the records' bytes; bursts of at most one second's worth). At
+    /// (a token bucket over the records' bytes; bursts of a tenth of a second's worth). At
     /// least 1: there is no unlimited setting, because an unthrottled transfer shares the
     /// node pair's one cluster connection and the data env's writer with client traffic.
     /// Default 67108864 (64 MiB/s: about half of a 1 Gb/s link, and well under what the
