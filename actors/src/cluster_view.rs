@@ -366,6 +366,12 @@ impl ClusterView {
     }
 }
 
+impl crate::transfer::TransferEvents for ClusterView {
+    fn done(&self, version: u64, partition: u32) {
+        self.transfer_done(version, partition);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,9 @@
 //!  |- Repair                (with --cluster-addr, repair-interval-ms > 0) Merkle tree
 //!  |                        anti-entropy with the other replicas of each partition held;
 //!  |                        tombstone purge once every replica holds a tombstone
+//!  |- Transfer              (with --cluster-addr) pulls the partition replicas this node
+//!  |                        gains in a layout change from their holders: bounded, resumable,
+//!  |                        throttled chunks, then Merkle verification (`transfer`)
 //!  `- (not an actor) Coordinator  one per client request, run in the request's own task
 //!                             (the client listener spawns one per request), never restarted:
 //!                             quorum reads and writes, sloppy quorum with hints, read repair
@@ -41,8 +44,8 @@
 //! the tasks an actor spawns are held in its state (`supervision::OwnedTasks`), so they are
 //! aborted when it stops or fails.
 //!
-//! Transfer (moving partitions after a layout change) joins the tree with the membership
-//! issue.
+//! The Transfer actor is told what to pull through its [`transfer::TransferHandle`]
+//! ([`Node::transfers`]); the layout history decides.
 #![warn(missing_docs)]
 
 pub mod batch;
@@ -60,6 +63,7 @@ pub mod rpc;
 pub mod sim;
 pub mod stats;
 pub mod supervision;
+pub mod transfer;
 pub mod transition;
 pub mod transport;
 mod transport_events;

@@ -12,6 +12,9 @@ use crate::replica::{Peers, Replica, ReplicaContext};
 use crate::rpc::{PartitionSizes, ReplicaTransport};
 use crate::stats::StatsSnapshot;
 use crate::supervision::{RestartBudget, Restarts};
+use crate::transfer::{
+    Transfer, TransferArgs, TransferConfig, TransferEvents, TransferHandle, TransferMsg,
+};
 use crate::vnode::VNodeMsg;
 use crate::vnode_supervisor::{VNodeSupervisor, VNodeSupervisorArgs};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -23,7 +26,9 @@ use ringkv_cluster::membership::{
 use ringkv_cluster::phi::PhiConfig;
 use ringkv_cluster::staging::{self, MoveEstimate, Reverted, Staged};
 use ringkv_cluster::{partition_for, NodeConfig};
-use ringkv_storage::{keys, DataDir, DvvSet, Partition, PartitionOptions, StorageError};
+use ringkv_storage::{
+    keys, DataDir, DvvSet, Partition, PartitionOptions, StorageError, SystemStore,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -60,7 +65,7 @@ impl From<StorageError> for NodeError {
 #[derive(RactorMessage)]
 pub enum NodeSupervisorMsg {
     /// Fault injection: make the child actor of this type (`vnodes`, `replica`, `gossip`,
-    /// `handoff`, `repair`) panic. Replies false if no such child runs.
+    /// `handoff`, `repair`, `transfer`) panic. Replies false if no such child runs.
     InjectPanic(String, ractor::RpcReplyPort<bool>),
     /// An [`NodeSupervisorMsg::InjectPanic`] that found its child not running (it has just
     /// failed and its restart is on the way): tried again shortly, `attempt` times so far.
@@ -85,6 +90,14 @@ pub struct NodeSupervisorArgs {
     pub repair_interval: Option<Duration>,
     /// Tombstones younger than this are not purged.
     pub tombstone_grace: Duration,
+    /// The system store (transfer progress).
+    pub system: Arc<SystemStore>,
+    /// The node's handle on its Transfer actor (outlives its restarts).
+    pub transfers: Arc<TransferHandle>,
+    /// Who hears of completed transfers.
+    pub transfer_events: Arc<dyn TransferEvents>,
+    /// Transfer limits (`transfer-concurrency`, `transfer-max-bytes-per-sec`).
+    pub transfer_config: TransferConfig,
 }
 
 /// What the cluster-facing children need.
@@ -107,6 +120,7 @@ enum Child {
     Handoff,
     Repair,
     Transition,
+    Transfer,
 }
 
 impl Child {
@@ -118,6 +132,7 @@ impl Child {
             Child::Handoff => "handoff",
             Child::Repair => "repair",
             Child::Transition => "transition",
+            Child::Transfer => "transfer",
         }
     }
 }
@@ -148,6 +163,23 @@ pub fn partition_options(config: &NodeConfig) -> PartitionOptions {
         max_record_bytes: config.record_limit(),
         ..PartitionOptions::default()
     }
+}
+
+/// The transition job's transfer tasks, handed to the Transfer actor (through its handle, which
+/// outlives restarts of the actor).
+fn transfer_sink(handle: Arc<TransferHandle>) -> crate::transition::TaskSink {
+    Arc::new(move |tasks: Vec<ringkv_cluster::transition::Task>| {
+        handle.want(
+            tasks
+                .into_iter()
+                .map(|t| crate::transfer::TransferTask {
+                    version: t.version,
+                    partition: t.partition,
+                    sources: t.sources,
+                })
+                .collect(),
+        )
+    })
 }
 
 /// Root of a node's supervision tree.
@@ -240,7 +272,10 @@ impl NodeSupervisor {
                     None,
                     crate::transition::TransitionActor::new(),
                     PeriodicArgs {
-                        job: Arc::new(crate::transition::Transition::new(a.peers.clone(), None)),
+                        job: Arc::new(crate::transition::Transition::new(
+                            a.peers.clone(),
+                            Some(transfer_sink(a.transfers.clone())),
+                        )),
                         interval,
                     },
                     sup,
@@ -249,6 +284,21 @@ impl NodeSupervisor {
                 .0
                 .get_cell()
             }
+            Child::Transfer => Actor::spawn_linked(
+                None,
+                Transfer::<Peers>::new(),
+                TransferArgs {
+                    peers: a.peers.clone(),
+                    system: a.system.clone(),
+                    events: a.transfer_events.clone(),
+                    handle: a.transfers.clone(),
+                    config: a.transfer_config,
+                },
+                sup,
+            )
+            .await?
+            .0
+            .get_cell(),
         };
         state.children.push((cell, child));
         Ok(())
@@ -277,10 +327,11 @@ impl Actor for NodeSupervisor {
             Self::start_child(&myself, &mut state, Child::Replica).await?;
             Self::start_child(&myself, &mut state, Child::Gossip).await?;
             Self::start_child(&myself, &mut state, Child::Handoff).await?;
-            Self::start_child(&myself, &mut state, Child::Transition).await?;
             if repair {
                 Self::start_child(&myself, &mut state, Child::Repair).await?;
             }
+            Self::start_child(&myself, &mut state, Child::Transfer).await?;
+            Self::start_child(&myself, &mut state, Child::Transition).await?;
         }
         Ok(state)
     }
@@ -329,6 +380,10 @@ impl Actor for NodeSupervisor {
             Some((cell, Child::Handoff | Child::Repair | Child::Transition)) => {
                 let r: ActorRef<PeriodicMsg> = cell.clone().into();
                 r.send_message(PeriodicMsg::InjectPanic).is_ok()
+            }
+            Some((cell, Child::Transfer)) => {
+                let r: ActorRef<TransferMsg> = cell.clone().into();
+                r.send_message(TransferMsg::InjectPanic).is_ok()
             }
             None => false,
         };
@@ -491,6 +546,8 @@ pub struct Node {
     stopped: watch::Receiver<bool>,
     /// Set when [`Node::shutdown`] begins (the transport's exit is then expected).
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// The way to the Transfer actor.
+    transfers: Arc<TransferHandle>,
 }
 
 /// Validates `config` and opens its data directory (off the tokio workers: opening rebuilds
@@ -561,6 +618,7 @@ impl Node {
                 &config,
             )),
         };
+        let transfers = TransferHandle::new();
         let (supervisor, join) = Actor::spawn(
             None,
             NodeSupervisor,
@@ -578,6 +636,10 @@ impl Node {
                 repair_interval: (config.repair_interval_ms > 0)
                     .then(|| Duration::from_millis(config.repair_interval_ms)),
                 tombstone_grace: Duration::from_millis(config.tombstone_grace_ms),
+                system: data.system.clone(),
+                transfers: transfers.clone(),
+                transfer_events: view.clone(),
+                transfer_config: TransferConfig::of(&config),
             },
         )
         .await
@@ -620,6 +682,7 @@ impl Node {
             cluster_listener,
             stopped,
             stopping,
+            transfers,
         })
     }
 
@@ -940,6 +1003,13 @@ impl Node {
         crate::coordinator::coordinate(request, placement, self.peers.clone(), timeout).await
     }
 
+    /// The way to this node's Transfer actor (runs with a cluster address): tell it the
+    /// partitions to pull ([`TransferHandle::want`]) and ask where they stand
+    /// ([`TransferHandle::status`]).
+    pub fn transfers(&self) -> &Arc<TransferHandle> {
+        &self.transfers
+    }
+
     /// This node's cluster view.
     pub fn view(&self) -> &Arc<ClusterView> {
         &self.view
@@ -1186,7 +1256,7 @@ impl Node {
     }
 
     /// Fault injection: makes the supervised actor of type `actor` (`vnodes`, `replica`,
-    /// `gossip`, `handoff`, `repair`) panic, so that tests can watch it being restarted.
+    /// `gossip`, `handoff`, `repair`, `transfer`) panic, so that tests can watch it being restarted.
     /// Refused unless the node runs with `fault-injection` on.
     ///
     /// # Errors
@@ -1215,7 +1285,7 @@ impl Node {
         match sent {
             Ok(ractor::rpc::CallResult::Success(true)) => Ok(()),
             Ok(ractor::rpc::CallResult::Success(false)) => Err(KvError::Admin(format!(
-                "no actor of type {actor:?} runs on this node (known: vnodes, replica, gossip, handoff, repair, listener, transport)"
+                "no actor of type {actor:?} runs on this node (known: vnodes, replica, gossip, handoff, repair, transfer, listener, transport)"
             ))),
             _ => Err(KvError::ShuttingDown),
         }

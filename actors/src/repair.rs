@@ -162,7 +162,20 @@ async fn on_local_vnode<T: Send + 'static, P: ReplicaTransport>(
         .map_err(|e| ReplicaError::Failed(peers.local().to_string(), e).into())
 }
 
-/// Compares partition `p` here with its replica on `other` and repairs both sides.
+/// Which differing keys an exchange repairs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExchangeScope {
+    /// Only keys whose bucket keeps a replica on both nodes (the first `n` nodes of the
+    /// partition's preference list, [`key_replicas`]): periodic anti-entropy.
+    BucketReplicas,
+    /// Every differing key, whatever its bucket's `n` or the current preference list: the
+    /// verification of a partition transfer ([`crate::transfer`]), which must end with equal
+    /// Merkle roots on both sides while layouts change.
+    AllKeys,
+}
+
+/// Compares partition `p` here with its replica on `other` and repairs both sides, for the
+/// keys whose bucket keeps a replica on both ([`ExchangeScope::BucketReplicas`]).
 ///
 /// # Errors
 /// [`ExchangeError`] if `other` does not answer or storage fails; keys already merged stay
@@ -171,6 +184,19 @@ pub async fn exchange<T: ReplicaTransport>(
     peers: &T,
     p: u32,
     other: &str,
+) -> Result<ExchangeReport, ExchangeError> {
+    exchange_scoped(peers, p, other, ExchangeScope::BucketReplicas).await
+}
+
+/// [`exchange`] with the choice of which differing keys are repaired (`scope`).
+///
+/// # Errors
+/// As [`exchange`].
+pub async fn exchange_scoped<T: ReplicaTransport>(
+    peers: &T,
+    p: u32,
+    other: &str,
+    scope: ExchangeScope,
 ) -> Result<ExchangeReport, ExchangeError> {
     let mut report = ExchangeReport::default();
     let mut parents = vec![0u32];
@@ -233,6 +259,9 @@ pub async fn exchange<T: ReplicaTransport>(
     let keys: Vec<Vec<u8>> = diff_entries(&ours, &theirs)
         .into_iter()
         .filter(|k| {
+            if scope == ExchangeScope::AllKeys {
+                return true;
+            }
             let mut here = false;
             let mut there = false;
             for prefs in &all_prefs {

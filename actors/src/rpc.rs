@@ -45,7 +45,7 @@
 
 use crate::replica::{self, ReplicaContext};
 use crate::vnode::VNodeMsg;
-use ringkv_storage::{DvvSet, Hint, StorageError, VersionVector};
+use ringkv_storage::{DvvSet, Hint, PartitionStats, StorageError, VersionVector};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -477,6 +477,68 @@ impl Rpc for Purge {
     }
 }
 
+/// Partition transfer: the replica's records of `partition` in key order strictly after
+/// position `after` (`None`: from the start), at most `max_bytes` of them (capped by the
+/// serving node at its `max-record-bytes` batch bound, so the answer always fits in one
+/// cluster message) unless one record alone is larger. Positions are stable across replicas
+/// (`ringkv_storage::ScanChunk`), so a transfer that loses its source resumes from another.
+/// Served on a blocking thread of the source's vnode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanChunk {
+    /// Partition.
+    pub partition: u32,
+    /// Resume position: `[segment: u16 BE][stored key]`, the `next` of the previous chunk.
+    pub after: Option<ByteBuf>,
+    /// Budget of the answer, bytes (LMDB key plus record bytes of each entry).
+    pub max_bytes: usize,
+}
+
+/// The answer to a [`ScanChunk`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// `(stored key, record)` in the partition's key order.
+    pub entries: Vec<(ByteBuf, DvvSet)>,
+    /// Position to resume after; `None` once the partition is exhausted.
+    pub next: Option<ByteBuf>,
+    /// Bytes the chunk counted (LMDB key plus record bytes of each entry).
+    #[serde(default)]
+    pub bytes: u64,
+}
+
+impl Rpc for ScanChunk {
+    type Response = Chunk;
+
+    fn into_request(self) -> ReplicaRequest {
+        ReplicaRequest::ScanChunk(self)
+    }
+
+    async fn serve(
+        self,
+        ctx: &Arc<ReplicaContext>,
+        timeout: Duration,
+    ) -> Result<Chunk, ReplicaFailure> {
+        let max_bytes = self.max_bytes.clamp(1, ctx.max_batch_bytes);
+        let after = self.after.map(ByteBuf::into_vec);
+        let chunk = replica::vnode_call(&ctx.directory, self.partition, timeout, |reply| {
+            VNodeMsg::ScanChunk {
+                after: after.clone(),
+                max_bytes,
+                reply,
+            }
+        })
+        .await?;
+        Ok(Chunk {
+            entries: chunk
+                .entries
+                .into_iter()
+                .map(|(k, r)| (ByteBuf::from(k), r))
+                .collect(),
+            next: chunk.next.map(ByteBuf::from),
+            bytes: chunk.bytes as u64,
+        })
+    }
+}
+
 /// `cluster plan`'s size estimate: the bytes of every partition this node holds that is not
 /// empty, as `(partition, bytes)` in partition order ([`ringkv_storage::PartitionStats`]
 /// from each vnode: counters kept in memory, no scan). A vnode that does not answer within
@@ -510,6 +572,33 @@ impl Rpc for PartitionSizes {
     }
 }
 
+/// Keys and bytes a replica of `partition` holds (`ringkv_storage::PartitionStats`, counted
+/// by its writer: no scan): what a transfer expects to move.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Partition.
+    pub partition: u32,
+}
+
+impl Rpc for Stats {
+    type Response = PartitionStats;
+
+    fn into_request(self) -> ReplicaRequest {
+        ReplicaRequest::Stats(self)
+    }
+
+    async fn serve(
+        self,
+        ctx: &Arc<ReplicaContext>,
+        timeout: Duration,
+    ) -> Result<PartitionStats, ReplicaFailure> {
+        replica::vnode_call(&ctx.directory, self.partition, timeout, |reply| {
+            VNodeMsg::Stats { reply }
+        })
+        .await
+    }
+}
+
 /// The wire form of every replica operation: it only dispatches, each variant holding the
 /// request struct of that operation (see the module docs for the format).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -538,6 +627,10 @@ pub enum ReplicaRequest {
     Purge(Purge),
     /// [`PartitionSizes`].
     PartitionSizes(PartitionSizes),
+    /// [`ScanChunk`].
+    ScanChunk(ScanChunk),
+    /// [`Stats`].
+    Stats(Stats),
 }
 
 impl ReplicaRequest {
@@ -564,6 +657,8 @@ impl ReplicaRequest {
             ReplicaRequest::CheckEntries(r) => answer(r, ctx, timeout).await,
             ReplicaRequest::Purge(r) => answer(r, ctx, timeout).await,
             ReplicaRequest::PartitionSizes(r) => answer(r, ctx, timeout).await,
+            ReplicaRequest::ScanChunk(r) => answer(r, ctx, timeout).await,
+            ReplicaRequest::Stats(r) => answer(r, ctx, timeout).await,
         }
     }
 }
@@ -842,6 +937,58 @@ mod tests {
         let old: Result<Option<DvvSet>, ReplicaFailure> = Ok(Some(record.clone()));
         let new: Result<DvvSet, ReplicaFailure> = decode(&encode(&old)).unwrap();
         assert_eq!(new, Ok(record));
+    }
+
+    #[test]
+    fn transfer_requests_and_answers_round_trip() {
+        let mut record = DvvSet::new();
+        record
+            .update(&VersionVector::new(), 7, Some(b"v".to_vec()), 1, 10)
+            .unwrap();
+        for request in [
+            ReplicaRequest::ScanChunk(ScanChunk {
+                partition: 5,
+                after: Some(b("\x00\x07\x01bk")),
+                max_bytes: 1 << 20,
+            }),
+            ReplicaRequest::ScanChunk(ScanChunk {
+                partition: 5,
+                after: None,
+                max_bytes: 1,
+            }),
+            ReplicaRequest::Stats(Stats { partition: 3 }),
+        ] {
+            let envelope = Envelope {
+                from: "n1".into(),
+                request: request.clone(),
+            };
+            let decoded: Envelope = decode(&encode(&envelope)).unwrap();
+            assert_eq!(decoded.request, request);
+        }
+        let chunk: Result<Chunk, ReplicaFailure> = Ok(Chunk {
+            entries: vec![(b("\x01bk"), record)],
+            next: Some(b("\x00\x07\x01bk")),
+            bytes: 42,
+        });
+        assert_eq!(
+            decode::<Result<Chunk, ReplicaFailure>>(&encode(&chunk)).unwrap(),
+            chunk
+        );
+        let stats: Result<PartitionStats, ReplicaFailure> = Ok(PartitionStats {
+            keys: 3,
+            bytes: 300,
+        });
+        assert_eq!(
+            decode::<Result<PartitionStats, ReplicaFailure>>(&encode(&stats)).unwrap(),
+            stats
+        );
+        // Byte strings travel as msgpack bin, not arrays of integers.
+        let frame = encode(&ScanChunk {
+            partition: 0,
+            after: Some(ByteBuf::from(vec![0xAB; 40])),
+            max_bytes: 1,
+        });
+        assert!(frame.len() < 80, "{} bytes", frame.len());
     }
 
     #[test]

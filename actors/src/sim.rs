@@ -301,6 +301,17 @@ impl SimPeer {
         self.ctx.partition(p)?.get(bucket, key)
     }
 
+    /// This node's system store (where a Transfer actor keeps its progress).
+    ///
+    /// # Panics
+    /// If the network was shut down.
+    pub fn system(&self) -> Arc<ringkv_storage::SystemStore> {
+        lock(&self.net.nodes)
+            .get(&self.local)
+            .map(|n| n.data.system.clone())
+            .expect("the simulated node runs")
+    }
+
     /// Hints this node holds for other nodes.
     ///
     /// # Errors

@@ -14,7 +14,8 @@
 //!   (in-memory state kept by the writer, no LMDB access).
 //! - **On a blocking thread** ([`tokio::task::spawn_blocking`], the reply port moved into the
 //!   closure): the operations that scan or touch many keys, [`VNodeMsg::SegmentEntries`],
-//!   [`VNodeMsg::Fetch`], [`VNodeMsg::CheckEntries`] and [`VNodeMsg::Tombstones`]. The vnode
+//!   [`VNodeMsg::Fetch`], [`VNodeMsg::CheckEntries`], [`VNodeMsg::Tombstones`] and
+//!   [`VNodeMsg::ScanChunk`] (partition transfer, [`crate::transfer`]). The vnode
 //!   goes on serving while they run and no tokio worker blocks on a scan.
 //! - **On the partition's writer thread**, with the reply in the writer's callback:
 //!   [`VNodeMsg::Update`], [`VNodeMsg::Merge`], [`VNodeMsg::MergeMany`] and
@@ -28,7 +29,7 @@
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
-use ringkv_storage::{DvvSet, Partition, PartitionStats, StorageError, VersionVector};
+use ringkv_storage::{DvvSet, Partition, PartitionStats, ScanChunk, StorageError, VersionVector};
 use serde_bytes::ByteBuf;
 use std::sync::{Arc, Mutex};
 
@@ -161,6 +162,17 @@ pub enum VNodeMsg {
         /// Where the count goes.
         reply: Reply<usize>,
     },
+    /// Partition transfer: the partition's records in key order strictly after position
+    /// `after` (`None`: from the start), at most `max_bytes` of them unless one record alone
+    /// is larger ([`Partition::scan_chunk`]). Read on a blocking thread.
+    ScanChunk {
+        /// Resume position (`[segment: u16 BE][stored key]`, a previous chunk's `next`).
+        after: Option<Vec<u8>>,
+        /// Budget of the chunk, bytes (LMDB key plus record bytes of each entry).
+        max_bytes: usize,
+        /// Where the chunk goes.
+        reply: Reply<ScanChunk>,
+    },
     /// Keys and bytes the partition holds ([`Partition::stats`]).
     Stats {
         /// Where the counts go.
@@ -264,6 +276,13 @@ impl Actor for VNode {
                 reply,
             } => scan(partition, reply, move |part| {
                 part.tombstones(older_than_ms, limit)
+            }),
+            VNodeMsg::ScanChunk {
+                after,
+                max_bytes,
+                reply,
+            } => scan(partition, reply, move |part| {
+                part.scan_chunk(after.as_deref(), max_bytes)
             }),
             VNodeMsg::Purge { entries, reply } => partition.purge_tombstones(
                 entries,

@@ -173,6 +173,17 @@ pub struct NodeConfig {
     /// It bounds how long a hint or a paused node may carry an older version of a deleted
     /// key. Default 3600000 (1 h).
     pub tombstone_grace_ms: u64,
+    /// Most partition transfers this node receives at once after a layout change (each
+    /// streams from one source at a time); the others wait, queued. Default 2.
+    pub transfer_concurrency: usize,
+    /// Bytes per second all of this node's incoming partition transfers together may pull
+    /// (a token bucket over the records' bytes; bursts of a tenth of a second's worth). At
+    /// least 1: there is no unlimited setting, because an unthrottled transfer shares the
+    /// node pair's one cluster connection and the data env's writer with client traffic.
+    /// Default 67108864 (64 MiB/s: about half of a 1 Gb/s link, and well under what the
+    /// group-committing writer absorbs, so client writes keep most of both; a 100 GB node
+    /// refills in about 27 minutes).
+    pub transfer_max_bytes_per_sec: u64,
 }
 
 impl Default for NodeConfig {
@@ -211,6 +222,8 @@ impl Default for NodeConfig {
             handoff_interval_ms: 1000,
             repair_interval_ms: 10_000,
             tombstone_grace_ms: 3_600_000,
+            transfer_concurrency: 2,
+            transfer_max_bytes_per_sec: 64 << 20,
         }
     }
 }
@@ -264,6 +277,11 @@ impl NodeConfig {
             ("max-cluster-frame-bytes", self.max_cluster_frame_bytes),
             ("max-in-flight-bytes", self.max_in_flight_bytes),
             ("frame-timeout-ms", self.frame_timeout_ms as usize),
+            ("transfer-concurrency", self.transfer_concurrency),
+            (
+                "transfer-max-bytes-per-sec",
+                self.transfer_max_bytes_per_sec.min(usize::MAX as u64) as usize,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero { name });

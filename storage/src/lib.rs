@@ -38,7 +38,7 @@ pub use error::StorageError;
 pub use hints::{Hint, HintId, HintStore};
 pub use merkle::MerkleTree;
 pub use partition::{
-    Identity, Partition, PartitionOptions, PartitionStats, PurgeReply, WriteReply,
+    Identity, Partition, PartitionOptions, PartitionStats, PurgeReply, ScanChunk, WriteReply,
 };
 pub use store::{CommitStats, DataStore, OpenReport};
 pub use system::SystemStore;

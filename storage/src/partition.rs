@@ -126,13 +126,36 @@ fn check_storage_key(storage_key: &[u8]) -> Result<(), StorageError> {
 
 /// What a partition holds, counted by the writer at each commit (and rebuilt at open with
 /// the hash tree), so reading it costs no scan.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartitionStats {
     /// Keys stored, tombstones included.
     pub keys: u64,
     /// Bytes of those keys as LMDB stores them: each key's LMDB key (4-byte prefix plus
     /// stored key) plus its record bytes. LMDB's page and B-tree overhead is not counted.
     pub bytes: u64,
+}
+
+/// One chunk of a partition's records in key order, as [`Partition::scan_chunk`] returns it:
+/// the unit a partition transfer streams (Riak's handoff folds, Cassandra's streaming
+/// sessions and Garage's table sync all walk a partition in its key order the same way).
+///
+/// Positions (`after` and [`ScanChunk::next`]) are the data env key without its 2-byte
+/// partition number: `[segment: u16 BE][stored key]`. The segment is derived from the stored
+/// key alone ([`merkle::segment_of`]), so every replica of a partition orders its keys the
+/// same way and a position taken from one replica resumes a scan of another: keys it lacks
+/// are simply skipped, keys it has in addition come in their place.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ScanChunk {
+    /// `(stored key, record)` in key order (a record that does not decode is logged and left
+    /// out, and the scan goes past it).
+    pub entries: Vec<(Vec<u8>, DvvSet)>,
+    /// Where the next chunk starts (strictly after this position), or `None` if the
+    /// partition holds nothing after this chunk.
+    pub next: Option<Vec<u8>>,
+    /// Bytes the chunk counts against its budget: for each entry its LMDB key (4-byte
+    /// prefix plus stored key) and its record bytes, as [`PartitionStats::bytes`] counts
+    /// them.
+    pub bytes: usize,
 }
 
 /// One partition of the node's data env: its number and the shared [`DataStore`]. Shared as
@@ -407,6 +430,26 @@ impl Partition {
             )));
         }
         self.store.segment_entries(self.id, segments)
+    }
+
+    /// The partition's records in key order strictly after position `after` (`None`: from
+    /// the first key), stopping before the chunk would pass `max_bytes` (counted as
+    /// [`ScanChunk::bytes`]); a chunk holds at least one record if any remains, however
+    /// large. [`ScanChunk::next`] is the position to pass as `after` for the next chunk,
+    /// `None` once the partition is exhausted. One read transaction per chunk: a write
+    /// answered before the call is seen, later ones may or may not be. Positions are stable
+    /// across replicas (see [`ScanChunk`]).
+    ///
+    /// # Errors
+    /// [`StorageError::InvalidArgument`] if the partition is not open in its store,
+    /// [`StorageError::Corrupt`] for a malformed data key, [`StorageError::Io`].
+    pub fn scan_chunk(
+        &self,
+        after: Option<&[u8]>,
+        max_bytes: usize,
+    ) -> Result<ScanChunk, StorageError> {
+        self.store.part(self.id)?;
+        self.store.scan_chunk(self.id, after, max_bytes)
     }
 
     /// Number of keys stored (tombstones included), counted at open and kept by the writer:
@@ -1264,6 +1307,99 @@ mod tests {
             }
         }
         assert!(differing_segments(&a, &b).is_empty());
+    }
+
+    /// Every chunk of partition `p` from `after` on, with budget `max_bytes`.
+    fn chunks(p: &Partition, max_bytes: usize) -> Vec<ScanChunk> {
+        let mut out = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let chunk = p.scan_chunk(after.as_deref(), max_bytes).unwrap();
+            after = chunk.next.clone();
+            out.push(chunk);
+            if after.is_none() {
+                return out;
+            }
+            assert!(out.len() < 10_000, "the scan does not end");
+        }
+    }
+
+    #[test]
+    fn scan_chunks_cover_a_partition_in_key_order_within_their_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = PartitionOptions::default();
+        let store = DataStore::open(
+            dir.path(),
+            &[(0, Identity::fixed(7)), (1, Identity::fixed(8))],
+            &opts,
+        )
+        .unwrap();
+        let (p0, p1) = (
+            Partition::of(&store, 0).unwrap(),
+            Partition::of(&store, 1).unwrap(),
+        );
+        // An empty partition is one empty chunk.
+        let empty = p0.scan_chunk(None, 1024).unwrap();
+        assert_eq!(empty, ScanChunk::default());
+        fill(&p0, 0, 1000);
+        fill(&p1, 0, 10);
+
+        let all = chunks(&p0, 4096);
+        assert!(all.len() > 10, "{} chunks", all.len());
+        let keys: Vec<Vec<u8>> = all
+            .iter()
+            .flat_map(|c| c.entries.iter().map(|(k, _)| k.clone()))
+            .collect();
+        assert_eq!(keys.len(), 1000, "partition 1's keys are not in it");
+        // In the partition's key order: by segment, then stored key.
+        let order = |k: &Vec<u8>| (merkle::segment_of(merkle::key_hash(k)), k.clone());
+        assert!(keys.windows(2).all(|w| order(&w[0]) < order(&w[1])));
+        for c in &all {
+            assert!(c.bytes <= 4096 && !c.entries.is_empty());
+            for (k, d) in &c.entries {
+                assert_eq!(&p0.get_stored(k).unwrap().unwrap(), d);
+            }
+        }
+        assert_eq!(all.last().unwrap().next, None);
+
+        // A record over the budget still comes, alone.
+        let one = p0.scan_chunk(None, 1).unwrap();
+        assert_eq!(one.entries.len(), 1);
+        assert!(one.next.is_some());
+
+        // A position taken on one replica resumes a scan of another that holds other keys:
+        // it gives exactly that replica's keys after the position.
+        let db = tempfile::tempdir().unwrap();
+        let other = Partition::open(db.path(), 0, 9, &opts).unwrap();
+        fill(&other, 500, 1000);
+        let at = all[all.len() / 2].next.clone().unwrap();
+        let rest: Vec<Vec<u8>> = chunks_from(&other, Some(at.clone()), 4096);
+        let mut expected: Vec<Vec<u8>> = (500..1500u32)
+            .map(|i| keys::storage_key(b"b", &i.to_be_bytes()).unwrap())
+            .filter(|k| {
+                let mut pos = (merkle::segment_of(merkle::key_hash(k)) as u16)
+                    .to_be_bytes()
+                    .to_vec();
+                pos.extend_from_slice(k);
+                pos > at
+            })
+            .collect();
+        expected.sort_by_key(order);
+        assert!(!expected.is_empty() && expected.len() < 1000);
+        assert_eq!(rest, expected);
+    }
+
+    /// The stored keys of every chunk of `p` after `after`.
+    fn chunks_from(p: &Partition, mut after: Option<Vec<u8>>, max_bytes: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            let chunk = p.scan_chunk(after.as_deref(), max_bytes).unwrap();
+            out.extend(chunk.entries.into_iter().map(|(k, _)| k));
+            after = chunk.next;
+            if after.is_none() {
+                return out;
+            }
+        }
     }
 
     #[test]

@@ -64,7 +64,9 @@
 use crate::dvv::{DvvSet, ReplicaId, VersionVector};
 use crate::env::{Abort, GrowableEnv};
 use crate::merkle::{self, MerkleTree};
-use crate::partition::{Identity, PartitionOptions, PartitionStats, PurgeReply, WriteReply};
+use crate::partition::{
+    Identity, PartitionOptions, PartitionStats, PurgeReply, ScanChunk, WriteReply,
+};
 use crate::writer::{Joiners, WriterThread};
 use crate::{record, StorageError};
 use heed::types::Bytes;
@@ -127,6 +129,14 @@ fn segment_prefix(partition: u16, segment: u32) -> [u8; PREFIX_LEN] {
     out[..2].copy_from_slice(&partition.to_be_bytes());
     out[2..].copy_from_slice(&(segment as u16).to_be_bytes());
     out
+}
+
+/// Bytes one `(stored key, record)` counts in a [`ScanChunk`]: its `kv` key and its record
+/// bytes, as [`PartitionStats::bytes`] counts them (so a transfer's bytes sent reach the
+/// source's byte count). Encoded between nodes an entry takes about as much: its stored key
+/// and record plus a few bytes of msgpack framing instead of the 4-byte prefix.
+fn scan_entry_bytes(stored: &[u8], record: &[u8]) -> usize {
+    PREFIX_LEN + stored.len() + record.len()
 }
 
 /// Splits a `kv` key into its partition, segment and stored key.
@@ -610,6 +620,56 @@ impl DataStore {
                 }
             }
             Ok(())
+        })
+    }
+
+    /// Partition `p`'s records in `kv` key order strictly after position `after` (see
+    /// [`crate::partition::ScanChunk`]), as [`crate::Partition::scan_chunk`] returns them, in
+    /// one read transaction.
+    pub(crate) fn scan_chunk(
+        &self,
+        p: u32,
+        after: Option<&[u8]>,
+        max_bytes: usize,
+    ) -> Result<ScanChunk, StorageError> {
+        let prefix = short(p).to_be_bytes();
+        let mut start = prefix.to_vec();
+        if let Some(after) = after {
+            start.extend_from_slice(after);
+        }
+        let lower = match after {
+            Some(_) => Bound::Excluded(start.as_slice()),
+            None => Bound::Included(start.as_slice()),
+        };
+        let range = (lower, Bound::Unbounded);
+        self.read(|rtxn| {
+            let mut chunk = ScanChunk::default();
+            // Position of the last record taken (`[segment][stored key]`).
+            let mut last: Option<Vec<u8>> = None;
+            let entries = self.dbs.kv.range(rtxn, &range).map_err(StorageError::io)?;
+            for (taken, entry) in entries.enumerate() {
+                let (key, bytes) = entry.map_err(StorageError::io)?;
+                if !key.starts_with(&prefix) {
+                    // Past the partition: it is exhausted.
+                    break;
+                }
+                let (_, _, stored) = split_key(key)?;
+                let size = scan_entry_bytes(stored, bytes);
+                if taken > 0 && chunk.bytes + size > max_bytes {
+                    // Another record remains: resume after the last one taken.
+                    chunk.next = last;
+                    return Ok(chunk);
+                }
+                chunk.bytes += size;
+                last = Some(key[prefix.len()..].to_vec());
+                match record::decode(bytes) {
+                    Ok(record) => chunk.entries.push((stored.to_vec(), record)),
+                    Err(e) => {
+                        tracing::warn!(partition = p, error = %e, "scan_chunk: skipping a corrupt record");
+                    }
+                }
+            }
+            Ok(chunk)
         })
     }
 

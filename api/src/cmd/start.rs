@@ -115,6 +115,13 @@ pub struct StartArgs {
     /// Tombstones younger than this are never purged, ms [default: 3600000].
     #[arg(long)]
     pub tombstone_grace_ms: Option<u64>,
+    /// Most partition transfers this node receives at once [default: 2].
+    #[arg(long)]
+    pub transfer_concurrency: Option<usize>,
+    /// Bytes per second all incoming partition transfers together may pull; at least 1
+    /// [default: 67108864 (64 MiB/s)].
+    #[arg(long)]
+    pub transfer_max_bytes_per_sec: Option<u64>,
 }
 
 impl StartArgs {
@@ -158,7 +165,9 @@ impl StartArgs {
             acceptable_pause_ms,
             handoff_interval_ms,
             repair_interval_ms,
-            tombstone_grace_ms
+            tombstone_grace_ms,
+            transfer_concurrency,
+            transfer_max_bytes_per_sec
         );
         if self.max_record_bytes.is_some() {
             c.max_record_bytes = self.max_record_bytes;
