@@ -324,14 +324,15 @@ impl Churn {
         let members = members.to_vec();
         self.rt.block_on(async move {
             let members = &members[..];
-            let r = record.lock().unwrap();
-            let acked: Vec<(Vec<u8>, Vec<u8>)> = r
-                .acked
-                .iter()
-                .map(|(k, v, _)| (k.clone(), v.clone()))
-                .collect();
-            let (missed, failures) = (r.missed.clone(), r.failures.clone());
-            drop(r);
+            let (acked, missed, failures) = {
+                let r = record.lock().unwrap();
+                let acked: Vec<(Vec<u8>, Vec<u8>)> = r
+                    .acked
+                    .iter()
+                    .map(|(k, v, _)| (k.clone(), v.clone()))
+                    .collect();
+                (acked, r.missed.clone(), r.failures.clone())
+            };
             let client = connect(check_via).await.expect("connect for the check");
             let all = Arc::new(acked.clone());
             let found = for_each_concurrent(all.len(), 64, move |i| {
