@@ -406,6 +406,7 @@ mod tests {
             partitions: full.partitions.clone(),
             hints: full.hints.clone(),
             view: full.view.clone(),
+            transfers: full.transfers.clone(),
             stats: full.stats.clone(),
             fault_injection: false,
             timeout: full.timeout,

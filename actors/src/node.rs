@@ -513,6 +513,15 @@ pub struct Fetched {
 /// Longest `cluster plan` waits for one member's partition sizes.
 pub const PLAN_SIZES_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What [`Node::cluster_transfers`] answers.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TransfersReport {
+    /// Every transfer the members answered with, by receiving node, version and partition.
+    pub transfers: Vec<crate::transfer::TransferRow>,
+    /// Members that did not answer within [`PLAN_SIZES_TIMEOUT`]: their transfers are missing.
+    pub not_answered: Vec<String>,
+}
+
 /// What [`Node::cluster_plan`] answers.
 #[derive(Clone, Debug)]
 pub struct PlanReport {
@@ -618,7 +627,7 @@ impl Node {
                 &config,
             )),
         };
-        let transfers = TransferHandle::new();
+        let transfers = peers.ctx.transfers.clone();
         let (supervisor, join) = Actor::spawn(
             None,
             NodeSupervisor,
@@ -1128,6 +1137,40 @@ impl Node {
             asked: asked.len(),
             not_answered,
         })
+    }
+
+    /// The partition transfers of every live member (`ringkv cluster transfers`): each
+    /// member is asked for its Transfer actor's rows (what it receives), in parallel, for at
+    /// most [`PLAN_SIZES_TIMEOUT`].
+    pub async fn cluster_transfers(&self) -> TransfersReport {
+        let state = self.view.snapshot();
+        let asked: Vec<&str> = state.live_members().map(|m| m.name.as_str()).collect();
+        let answers = futures::future::join_all(asked.iter().map(|&name| async move {
+            let answer = if self.peers.reachable(name) {
+                self.peers
+                    .call(name, crate::rpc::Transfers {}, PLAN_SIZES_TIMEOUT)
+                    .await
+                    .ok()
+            } else {
+                None
+            };
+            (name, answer)
+        }))
+        .await;
+        let mut report = TransfersReport {
+            transfers: Vec::new(),
+            not_answered: Vec::new(),
+        };
+        for (name, answer) in answers {
+            match answer {
+                Some(rows) => report.transfers.extend(rows),
+                None => report.not_answered.push(name.to_string()),
+            }
+        }
+        report
+            .transfers
+            .sort_by(|a, b| (&a.to, a.version, a.partition).cmp(&(&b.to, b.version, b.partition)));
+        report
     }
 
     /// Stages a role change of `node` (`ringkv cluster set NODE capacity=C zone=Z`): the plan

@@ -87,6 +87,9 @@ pub struct ReplicaContext {
     pub in_flight: PeerBudgets,
     /// The per-peer sender tasks that batch merges and reads ([`crate::batch`]).
     pub senders: crate::batch::PeerSenders,
+    /// This node's transfers (set once the Transfer actor's handle exists), for
+    /// `ringkv cluster transfers` asked through another node.
+    pub transfers: Arc<crate::transfer::TransferHandle>,
 }
 
 impl ReplicaContext {
@@ -121,6 +124,7 @@ impl ReplicaContext {
                 config.max_cluster_frame_bytes,
                 stats,
             ),
+            transfers: crate::transfer::TransferHandle::new(),
         }
     }
 

@@ -572,6 +572,29 @@ impl Rpc for PartitionSizes {
     }
 }
 
+/// `ringkv cluster transfers`: the partition replicas this node is receiving or has received
+/// since it started (its Transfer actor's rows).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfers {}
+
+impl Rpc for Transfers {
+    type Response = Vec<crate::transfer::TransferRow>;
+
+    fn into_request(self) -> ReplicaRequest {
+        ReplicaRequest::Transfers(self)
+    }
+
+    async fn serve(
+        self,
+        ctx: &Arc<ReplicaContext>,
+        timeout: Duration,
+    ) -> Result<Self::Response, ReplicaFailure> {
+        // The caller's own time limit bounds the wait.
+        let _ = timeout;
+        Ok(ctx.transfers.status().await)
+    }
+}
+
 /// Keys and bytes a replica of `partition` holds (`ringkv_storage::PartitionStats`, counted
 /// by its writer: no scan): what a transfer expects to move.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -631,6 +654,8 @@ pub enum ReplicaRequest {
     ScanChunk(ScanChunk),
     /// [`Stats`].
     Stats(Stats),
+    /// [`Transfers`].
+    Transfers(Transfers),
 }
 
 impl ReplicaRequest {
@@ -659,6 +684,7 @@ impl ReplicaRequest {
             ReplicaRequest::PartitionSizes(r) => answer(r, ctx, timeout).await,
             ReplicaRequest::ScanChunk(r) => answer(r, ctx, timeout).await,
             ReplicaRequest::Stats(r) => answer(r, ctx, timeout).await,
+            ReplicaRequest::Transfers(r) => answer(r, ctx, timeout).await,
         }
     }
 }

@@ -133,6 +133,10 @@ pub struct TransferRow {
     pub bytes_total: u64,
     /// Keys merged here so far, across restarts.
     pub keys: u64,
+    /// Bytes already merged by an earlier run when this node (or its Transfer actor) took the
+    /// task up: what a restart did not fetch again (0 for a task started fresh).
+    #[serde(default)]
+    pub resumed_bytes: u64,
     /// Where it stands.
     pub state: TransferState,
 }
@@ -489,6 +493,7 @@ impl<T: ReplicaTransport> TransferActorState<T> {
                 bytes_sent,
                 bytes_total: if done { bytes_sent } else { 0 },
                 keys,
+                resumed_bytes: bytes_sent,
                 state: if done {
                     TransferState::Done
                 } else {
@@ -1012,6 +1017,7 @@ mod tests {
             bytes_sent: 10,
             bytes_total: 20,
             keys: 1,
+            resumed_bytes: 0,
             state: TransferState::Failed {
                 reason: "n1 is unreachable".into(),
             },

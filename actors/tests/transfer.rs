@@ -243,6 +243,7 @@ async fn a_new_replica_pulls_a_partition_in_chunks_and_verifies_it() {
             bytes_sent: bytes,
             bytes_total: stats_a.bytes,
             keys: 3000,
+            resumed_bytes: 0,
             state: TransferState::Done,
         }]
     );

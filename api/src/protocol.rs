@@ -128,6 +128,8 @@ pub enum Request {
     },
     /// Drop everything staged.
     ClusterRevert,
+    /// Every member's partition transfers.
+    ClusterTransfers,
     /// A bucket's properties.
     BucketGet {
         /// Bucket.
@@ -251,6 +253,7 @@ impl Request {
                 replacement: required_str(f.replacement, "replacement", op)?,
             },
             "cluster_revert" => Request::ClusterRevert,
+            "cluster_transfers" => Request::ClusterTransfers,
             "bucket_get" => Request::BucketGet {
                 bucket: required(f.bucket, "bucket", op)?,
             },
@@ -282,7 +285,7 @@ impl Request {
             other => {
                 return Err(ProtocolError::new(
                     ErrorCode::UnknownOp,
-                    format!("unknown op {other:?}; known ops: ping, get, put, delete, cluster_status, cluster_plan, cluster_commit, cluster_leave, cluster_set, cluster_replace, cluster_revert, bucket_get, bucket_set"),
+                    format!("unknown op {other:?}; known ops: ping, get, put, delete, cluster_status, cluster_plan, cluster_commit, cluster_leave, cluster_set, cluster_replace, cluster_revert, cluster_transfers, bucket_get, bucket_set"),
                 ))
             }
         })

@@ -741,6 +741,7 @@ pub async fn execute(node: &Node, id: u64, request: Request) -> ResponseFrame {
             .cluster_replace(&old, &replacement)
             .map(|staged| info(id, &staged)),
         Request::ClusterRevert => node.cluster_revert().map(|r| info(id, &r)),
+        Request::ClusterTransfers => Ok(info(id, &node.cluster_transfers().await)),
         Request::BucketGet { bucket } => validate_bucket(&bucket)
             .map_err(KvError::from)
             .map(|()| info(id, &node.bucket_props(&bucket))),

@@ -494,3 +494,36 @@ pub fn check_bulk(addr: SocketAddr, data: &Arc<Vec<(Vec<u8>, Vec<u8>)>>) {
     });
     assert!(missing.is_empty(), "bulk keys missing: {missing:?}");
 }
+
+/// The rows of `cluster transfers --json` (asked on node `at`) whose receiver is node `i`.
+pub fn transfers_to(cluster: &Cluster, at: usize, i: usize) -> Vec<serde_json::Value> {
+    let (code, out, _) = cluster.nodes[at].cli(&["cluster", "transfers", "--json"], None);
+    if code != 0 {
+        return Vec::new();
+    }
+    let info: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+    info["transfers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["to"] == cluster.name(i))
+        .cloned()
+        .collect()
+}
+
+/// Bytes node `i` has received over its transfers (as it reports them).
+pub fn transfer_bytes_sent(cluster: &Cluster, i: usize) -> u64 {
+    transfers_to(cluster, i, i)
+        .iter()
+        .map(|r| r["bytes_sent"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Bytes node `i`'s transfers had merged before it (or its Transfer actor) took them up again:
+/// what a restart did not fetch again.
+pub fn transfer_resumed_bytes(cluster: &Cluster, i: usize) -> u64 {
+    transfers_to(cluster, i, i)
+        .iter()
+        .map(|r| r["resumed_bytes"].as_u64().unwrap_or(0))
+        .sum()
+}

@@ -536,8 +536,8 @@ impl Cluster {
         panic!("{what}\n{}", logs.join("\n"));
     }
 
-    /// Waits until every running node reports the same cluster state digest, a layout, and
-    /// every peer up; returns the time it took.
+    /// Waits until every running node reports the same cluster state digest, one live layout
+    /// version (no transition under way), and every peer up; returns the time it took.
     pub fn wait_converged(&self, timeout: Duration) -> Duration {
         let started = Instant::now();
         let mut last = Vec::new();
@@ -549,6 +549,7 @@ impl Cluster {
             let agree = last.iter().all(|s| {
                 &s["digest"] == digest
                     && s["layout_version"].as_u64().unwrap_or(0) > 0
+                    && s["live_versions"].as_array().map_or(0, |v| v.len()) == 1
                     && s["members"].as_array().is_some_and(|m| {
                         m.iter().all(|m| m["up"] == true && m["status"] == "active")
                     })

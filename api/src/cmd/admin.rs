@@ -83,6 +83,16 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Partition replicas moving after a layout change, on every member: from, to, bytes
+    /// sent of total, keys, state.
+    Transfers {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Redraw every second with a progress bar of the bytes moved, until nothing moves.
+        #[arg(long)]
+        watch: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -144,6 +154,13 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<ExitCode> {
             json,
         ),
         ClusterCommand::Revert { json } => (op("cluster_revert"), json),
+        ClusterCommand::Transfers {
+            json: false,
+            watch: true,
+        } => {
+            return watch_transfers(&client).await;
+        }
+        ClusterCommand::Transfers { json, .. } => (op("cluster_transfers"), json),
     };
     let name = frame.op.clone();
     let info = client.admin(frame).await?;
@@ -403,6 +420,80 @@ pub fn print_admin(op: &str, info: &serde_json::Value) {
                 println!("active again: {}", back.join(", "));
             }
         }
+        "cluster_transfers" => {
+            let rows = info["transfers"].as_array().cloned().unwrap_or_default();
+            if rows.is_empty() {
+                println!("no partition is moving");
+            } else {
+                println!(
+                    "  {:<12} {:<12} {:>8} {:>9} {:>12} {:>12} {:>9}  STATE",
+                    "FROM", "TO", "VERSION", "PARTITION", "SENT", "TOTAL", "KEYS"
+                );
+                for r in &rows {
+                    let state = match &r["state"] {
+                        serde_json::Value::String(s) => s.clone(),
+                        serde_json::Value::Object(o) => o
+                            .iter()
+                            .map(|(k, v)| format!("{k}: {}", v["reason"].as_str().unwrap_or("")))
+                            .collect(),
+                        other => other.to_string(),
+                    };
+                    println!(
+                        "  {:<12} {:<12} {:>8} {:>9} {:>12} {:>12} {:>9}  {state}",
+                        r["from"].as_str().unwrap_or(""),
+                        r["to"].as_str().unwrap_or(""),
+                        r["version"],
+                        r["partition"],
+                        human_bytes(r["bytes_sent"].as_u64().unwrap_or(0)),
+                        human_bytes(r["bytes_total"].as_u64().unwrap_or(0)),
+                        r["keys"],
+                    );
+                }
+            }
+            let missing: Vec<&str> = info["not_answered"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n.as_str())
+                .collect();
+            if !missing.is_empty() {
+                println!(
+                    "not answered (their transfers are not listed): {}",
+                    missing.join(", ")
+                );
+            }
+        }
         _ => println!("ok"),
+    }
+}
+
+/// `cluster transfers --watch`: a progress bar of the bytes moved over every member's
+/// transfers, redrawn every second until no transfer is left that is not done.
+async fn watch_transfers(client: &ringkv_api::Client) -> anyhow::Result<ExitCode> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} ({bytes_per_sec}) {msg}",
+        )
+        .expect("a valid template"),
+    );
+    loop {
+        let info = client
+            .admin(RequestFrame {
+                op: "cluster_transfers".into(),
+                ..Default::default()
+            })
+            .await?;
+        let rows = info["transfers"].as_array().cloned().unwrap_or_default();
+        let sum = |f: &str| rows.iter().map(|r| r[f].as_u64().unwrap_or(0)).sum::<u64>();
+        let open = rows.iter().filter(|r| r["state"] != "done").count();
+        bar.set_length(sum("bytes_total").max(sum("bytes_sent")));
+        bar.set_position(sum("bytes_sent"));
+        bar.set_message(format!("{} transfers, {open} not done", rows.len()));
+        if open == 0 {
+            bar.finish();
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
