@@ -240,9 +240,23 @@ impl ClusterView {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
-            let out = state.advance(&self.local, &|n| self.is_up(n), older, &|v, p| {
-                done.contains(&(v, p))
-            });
+            let alive = |n: &str| self.is_alive(n);
+            let out = state.advance(&self.local, &alive, older, &|v, p| done.contains(&(v, p)));
+            if state.in_transition() {
+                let tasks = state.transfer_tasks(&self.local, &alive);
+                tracing::debug!(
+                    newest = state.layout_version(),
+                    acked = state.newest_acked(&alive),
+                    required = ?state.required_nodes(&alive),
+                    tasks = tasks.len(),
+                    done = tasks
+                        .iter()
+                        .filter(|t| done.contains(&(t.version, t.partition)))
+                        .count(),
+                    older_writes = older,
+                    "layout transition step"
+                );
+            }
             if out.changed() {
                 self.generation.fetch_add(1, Ordering::AcqRel);
             }
@@ -256,7 +270,8 @@ impl ClusterView {
 
     /// The transfers this node must run now ([`ClusterState::transfer_tasks`]).
     pub fn transfer_tasks(&self) -> Vec<ringkv_cluster::transition::Task> {
-        self.read().transfer_tasks(&self.local, &|n| self.is_up(n))
+        self.read()
+            .transfer_tasks(&self.local, &|n| self.is_alive(n))
     }
 
     /// Gossip exchanges this node made or answered since start (states of peers merged).
@@ -354,6 +369,22 @@ impl ClusterView {
         let now = self.now_ms();
         let d = self.detector.lock().unwrap_or_else(|p| p.into_inner());
         d.phi(node, now).is_none() || d.is_up(node, now)
+    }
+
+    /// True if `node` is this node, or a peer heard from that the failure detector does not
+    /// suspect. Stricter than [`ClusterView::is_up`]: a layout transition waits for the
+    /// trackers of the nodes outside the newest layout only while they are alive, and a node
+    /// that joined after one died has never heard from it.
+    pub fn is_alive(&self, node: &str) -> bool {
+        if node == self.local {
+            return true;
+        }
+        if self.is_isolated(node) {
+            return false;
+        }
+        let now = self.now_ms();
+        let d = self.detector.lock().unwrap_or_else(|p| p.into_inner());
+        d.phi(node, now).is_some() && d.is_up(node, now)
     }
 
     /// `(peer, phi, up)` for every peer heard from, by name.

@@ -334,7 +334,23 @@ pub fn print_admin(op: &str, info: &serde_json::Value) {
                 .filter_map(|n| n.as_str())
                 .collect();
             if !removed.is_empty() {
-                println!("removed: {}", removed.join(", "));
+                println!(
+                    "removed: {} (left the cluster: they may be stopped)",
+                    removed.join(", ")
+                );
+            }
+            let live: Vec<String> = info["live_versions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| v.to_string())
+                .collect();
+            if live.len() > 1 {
+                println!(
+                    "layout change under way: live versions {}, reads use version {}; see `ringkv cluster transfers`. Leaving nodes hold data until they are removed: keep them running",
+                    live.join(", "),
+                    info["read_version"]
+                );
             }
             // Counters of the answering node: `group: name value, ...`.
             for group in ["gossip", "hints", "repair", "replica", "restarts"] {
