@@ -30,7 +30,7 @@ BIN=$PWD/target/release/ringkv
 WORK=$(mktemp -d -t ringkv-transfer-XXXXXX)
 PIDS=()
 cleanup() {
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
