@@ -628,3 +628,53 @@ async fn a_node_in_two_live_replica_sets_counts_in_each() {
     assert_eq!(c.stored("n1", "k"), ["milk"]);
     c.shutdown().await;
 }
+
+/// Hints kept for a node that no live layout version places any more (it left, or was
+/// replaced) are not kept for it forever: hinted handoff gives them to the partition's
+/// current replicas.
+#[tokio::test]
+async fn hints_for_a_node_that_left_the_layout_go_to_the_partitions_current_replicas() {
+    let c = Cluster::start(4).await;
+    // Every node's view: n1, n2, n3 in the layout; n9 in none.
+    let mut state = ClusterState::new(PARTITIONS);
+    for n in ["n1", "n2", "n3"] {
+        state.upsert_member(Member {
+            name: n.into(),
+            cluster_addr: format!("{n}:1"),
+            client_addr: format!("{n}:2"),
+            zone: n.into(),
+            capacity: 1,
+            status: MemberStatus::Joining,
+            version: 0,
+            incarnation: 1,
+        });
+    }
+    state.commit().unwrap();
+    for i in 1..=4 {
+        c.net
+            .peer(&format!("n{i}"))
+            .context()
+            .view
+            .update(|s| {
+                *s = state.clone();
+                Ok(())
+            })
+            .unwrap();
+    }
+    // A sloppy write whose second replica is the departed n9: its copy is a hint on n4.
+    let p = Placement {
+        replicas: vec!["n1".into(), "n9".into()],
+        fallbacks: vec!["n4".into()],
+        ..placement("k", 4, 1, 2, true)
+    };
+    c.put("n1", p, "k", "milk", VersionVector::new(), LONG)
+        .await
+        .unwrap();
+    assert_eq!(c.net.peer("n4").hints_held().unwrap(), 1);
+    assert_eq!(deliver_all(&c.net.peer("n4")).await.unwrap(), 1);
+    assert_eq!(c.net.peer("n4").hints_held().unwrap(), 0);
+    for node in ["n1", "n2", "n3"] {
+        assert_eq!(c.stored(node, "k"), ["milk"], "{node}");
+    }
+    c.shutdown().await;
+}
