@@ -76,6 +76,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Start(_)) {
+        // A client command whose reader went away (`ringkv cluster status | head -1`) ends
+        // on SIGPIPE like other Unix tools, instead of panicking in `println!` on the failed
+        // write. Rust ignores SIGPIPE by default; the server (`start`) keeps it ignored, so a
+        // client's closed socket is an error on that socket only.
+        // SAFETY: called before any thread is started; `signal` with SIG_DFL has no other
+        // precondition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -471,3 +471,29 @@ fn python_client_written_from_protocol_md() {
         &["--addr".into(), node.addr.to_string()],
     );
 }
+
+/// A client command whose reader goes away (`ringkv cluster status | head -1`) ends quietly,
+/// as Unix tools do on a closed pipe, instead of panicking on the failed write.
+#[test]
+fn a_client_command_writing_to_a_closed_pipe_does_not_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let node = NodeProcess::start(&[]);
+    for _ in 0..3 {
+        let mut child = std::process::Command::new(ringkv_tests::ringkv_bin())
+            .args(["cluster", "status", "--addr", &node.addr.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before the answer comes back.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+            "{:?}: {err}",
+            out.status
+        );
+    }
+}
