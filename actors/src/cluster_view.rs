@@ -481,4 +481,46 @@ mod tests {
         }
         assert_eq!(second.prefs[3].len(), 3);
     }
+
+    /// A node acknowledges a new layout version (`ack`) only once the writes it placed under
+    /// the older one have finished: a write still in flight under v1 holds its ack of v2, so
+    /// no transfer for v2 can start and read a source before that write lands there.
+    #[test]
+    fn a_write_in_flight_under_the_old_version_holds_the_ack_of_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let system = Arc::new(SystemStore::open(dir.path(), 8).unwrap());
+        let view = ClusterView::load(
+            "n1".into(),
+            || {
+                let mut s = ClusterState::new(8);
+                s.upsert_member(member("n1"));
+                s.commit().unwrap();
+                s
+            },
+            system,
+            PhiConfig::default(),
+        )
+        .unwrap();
+        view.advance();
+        assert_eq!(view.read().trackers.ack.get("n1"), Some(&1));
+        let (placements, in_flight) = view.placements_for_write();
+        assert_eq!(placements.version, 1);
+        view.update(|s| {
+            s.upsert_member(member("n2"));
+            s.commit().map(|_| ())
+        })
+        .unwrap();
+        // A write placed now is placed under v2 and does not hold anything back.
+        let (newer, _newer_guard) = view.placements_for_write();
+        assert_eq!(newer.version, 2);
+        view.advance();
+        assert_eq!(
+            view.read().trackers.ack.get("n1"),
+            Some(&1),
+            "the v1 write is in flight"
+        );
+        drop(in_flight);
+        view.advance();
+        assert_eq!(view.read().trackers.ack.get("n1"), Some(&2));
+    }
 }
