@@ -26,6 +26,7 @@
 //! resize only while the process has no transaction open on the env, so readers hold a shared
 //! gate for the length of their transaction and the writer takes it exclusively to resize.
 
+use crate::condition::Condition;
 use crate::dvv::{DvvSet, ReplicaId, VersionVector};
 use crate::merkle::{self, MerkleTree};
 use crate::store::{Change, DataStore, WriteOp};
@@ -273,6 +274,32 @@ impl Partition {
         timestamp_ms: u64,
         reply: WriteReply,
     ) {
+        self.update_if(
+            bucket,
+            key,
+            context,
+            value,
+            timestamp_ms,
+            Condition::None,
+            reply,
+        )
+    }
+
+    /// Like [`Partition::update`], applied only if `condition` holds on the key's current
+    /// state, checked by the writer inside the transaction that applies the write
+    /// ([`Condition::check_update`]); else `reply` receives
+    /// [`StorageError::ConditionFailed`] and nothing is written.
+    #[allow(clippy::too_many_arguments)]
+    pub fn update_if(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        context: VersionVector,
+        value: Option<Vec<u8>>,
+        timestamp_ms: u64,
+        condition: Condition,
+        reply: WriteReply,
+    ) {
         match keys::storage_key(bucket, key) {
             Ok(key) => self.store.enqueue(WriteOp::Record {
                 partition: self.id,
@@ -281,6 +308,7 @@ impl Partition {
                     context,
                     value,
                     timestamp_ms,
+                    condition,
                 },
                 reply,
             }),
@@ -291,11 +319,26 @@ impl Partition {
     /// Queues a merge of another replica's state of a key (see [`DvvSet::sync`]). `reply`
     /// receives the merged state once it is durable.
     pub fn merge(&self, bucket: &[u8], key: &[u8], record: DvvSet, reply: WriteReply) {
+        self.merge_if(bucket, key, record, Condition::None, reply)
+    }
+
+    /// Like [`Partition::merge`], for the replication of a conditional write: refused with
+    /// [`StorageError::ConditionFailed`] (nothing written) if this replica holds a live version
+    /// that `record`'s clock does not cover ([`Condition::check_merge`]), checked by the writer
+    /// inside the transaction that applies the merge.
+    pub fn merge_if(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        record: DvvSet,
+        condition: Condition,
+        reply: WriteReply,
+    ) {
         match keys::storage_key(bucket, key) {
             Ok(key) => self.store.enqueue(WriteOp::Record {
                 partition: self.id,
                 key,
-                change: Change::Merge { record },
+                change: Change::Merge { record, condition },
                 reply,
             }),
             Err(e) => reply(Err(e)),
@@ -311,7 +354,10 @@ impl Partition {
             Ok(()) => self.store.enqueue(WriteOp::Record {
                 partition: self.id,
                 key: storage_key,
-                change: Change::Merge { record },
+                change: Change::Merge {
+                    record,
+                    condition: Condition::None,
+                },
                 reply,
             }),
             Err(e) => reply(Err(e)),
