@@ -214,7 +214,7 @@ pub enum KvRequest {
         /// New value or `None` for a tombstone.
         value: Option<Vec<u8>>,
         /// Applied only if this holds: checked by the coordinating replica's writer and by
-        /// every replica the write is merged into (see [`write`]).
+        /// every replica the write is merged into (see `api/PROTOCOL.md`, "Conditional writes").
         condition: Condition,
     },
 }
