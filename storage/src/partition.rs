@@ -682,6 +682,56 @@ mod tests {
         assert!(p.get(b"b", b"k").unwrap().is_some());
     }
 
+    /// Conditional writes queued together (one group commit) are checked one after the
+    /// other inside the transaction: the second creator sees the first and is refused, and
+    /// so is a conditional merge of a version this replica has not seen.
+    #[test]
+    fn conditional_writes_in_one_commit_see_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Partition::open(dir.path(), 0, 7, &PartitionOptions::default()).unwrap();
+        let blocker = p.store.genv().env().write_txn().unwrap();
+        let (tx, rx) = mpsc::channel();
+        for value in [b"first", b"other"] {
+            let tx = tx.clone();
+            p.update_if(
+                b"b",
+                b"k",
+                VersionVector::new(),
+                Some(value.to_vec()),
+                0,
+                Condition::IfNoneMatch,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+        }
+        let mut foreign = DvvSet::new();
+        foreign
+            .update(&VersionVector::new(), 99, Some(b"foreign".to_vec()), 0, 10)
+            .unwrap();
+        let merged = tx.clone();
+        p.merge_if(
+            b"b",
+            b"k",
+            foreign,
+            Condition::IfNoneMatch,
+            Box::new(move |r| {
+                let _ = merged.send(r);
+            }),
+        );
+        drop(blocker);
+        let answers: Vec<_> = (0..3).map(|_| rx.recv().unwrap()).collect();
+        assert!(answers[0].is_ok(), "{answers:?}");
+        for refused in &answers[1..] {
+            assert!(
+                matches!(refused, Err(StorageError::ConditionFailed { condition, .. }) if condition == "if_none_match"),
+                "{refused:?}"
+            );
+        }
+        let d = p.get(b"b", b"k").unwrap().unwrap();
+        assert_eq!(d.values().collect::<Vec<_>>(), vec![b"first".as_slice()]);
+    }
+
     /// A write queued after the writer took its batch, while that batch waits for its
     /// transaction, joins that transaction instead of waiting for the next commit.
     #[test]
