@@ -959,3 +959,41 @@ async fn two_racing_if_none_match_creators_never_both_succeed_with_w_equal_n_str
     eprintln!("20 races: {one} with one winner, {none} with none or siblings");
     c.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_sloppy_conditional_write_with_no_replica_reachable_fails_and_hints_nothing() {
+    let c = Cluster::start(4).await;
+    for node in ["n1", "n2", "n3"] {
+        c.net.cut(node);
+    }
+    let e = c
+        .write(
+            "n4",
+            placement("k", 4, 1, 1, true),
+            "k",
+            Some("v"),
+            VersionVector::new(),
+            Condition::IfNoneMatch,
+            LONG,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(quorum_error(e).4, QuorumCause::Unreachable);
+    assert_eq!(
+        c.net.peer("n4").hints_held().unwrap(),
+        0,
+        "no replica could check it"
+    );
+    // Unconditional, the same write is taken as hints (the sloppy quorum's promise).
+    c.put(
+        "n4",
+        placement("k", 4, 1, 1, true),
+        "k",
+        "v",
+        VersionVector::new(),
+        LONG,
+    )
+    .await
+    .unwrap();
+    c.shutdown().await;
+}
