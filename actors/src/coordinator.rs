@@ -23,6 +23,14 @@
 //!   here with a dot of a fresh random actor id (so it cannot collide with a dot any replica
 //!   made) and every replica gets it as a hint. With `sloppy_quorum = false` only the
 //!   preference list counts and nothing is hinted.
+//! * **Conditional write** (`if_none_match`, `if_match`; [`ringkv_storage::Condition`]): the
+//!   coordinating replica's writer checks the condition inside the transaction that applies
+//!   the write, and each replica the record is merged into refuses the merge (writing
+//!   nothing) if it holds a live version the record does not cover. A refused merge gets no
+//!   hint, and a conditional write never takes the fresh-actor path above. Refusals that
+//!   leave the write short of `w` answer `ConditionFailed`; with a strict quorum and `w = n`
+//!   two conflicting conditional writes are never both acknowledged, otherwise the check is
+//!   best effort (only the replicas reached are asked).
 //! * **Read**: it asks `r` replicas (this node first, reachable ones before the others), one
 //!   more for each that fails, and all of them if the `r` answers are not in after
 //!   [`SPECULATIVE_AFTER`] (as Cassandra reads from the consistency level's replicas with a
