@@ -338,6 +338,7 @@ mod tests {
             bucket: b("b"),
             key: b(key),
             record: record(value),
+            condition: Default::default(),
         };
         let merkle = MerkleChildren {
             partition: 1,
@@ -393,6 +394,7 @@ mod tests {
                         bucket: b("b"),
                         key: b("big"),
                         record: record(&value),
+                        condition: Default::default(),
                     },
                 )],
             )

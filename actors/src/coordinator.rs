@@ -23,6 +23,14 @@
 //!   here with a dot of a fresh random actor id (so it cannot collide with a dot any replica
 //!   made) and every replica gets it as a hint. With `sloppy_quorum = false` only the
 //!   preference list counts and nothing is hinted.
+//! * **Conditional write** (`if_none_match`, `if_match`; [`ringkv_storage::Condition`]): the
+//!   coordinating replica's writer checks the condition inside the transaction that applies
+//!   the write, and each replica the record is merged into refuses the merge (writing
+//!   nothing) if it holds a live version the record does not cover. A refused merge gets no
+//!   hint, and a conditional write never takes the fresh-actor path above. Refusals that
+//!   leave the write short of `w` answer `ConditionFailed`; with a strict quorum and `w = n`
+//!   two conflicting conditional writes are never both acknowledged, otherwise the check is
+//!   best effort (only the replicas reached are asked).
 //! * **Read**: it asks `r` replicas (this node first, reachable ones before the others), one
 //!   more for each that fails, and all of them if the `r` answers are not in after
 //!   [`SPECULATIVE_AFTER`] (as Cassandra reads from the consistency level's replicas with a
@@ -45,7 +53,7 @@ use crate::rpc::{Get, GetHinted, Merge, ReplicaError, ReplicaTransport, StoreHin
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
-use ringkv_storage::{DvvSet, StorageError, VersionVector};
+use ringkv_storage::{Condition, DvvSet, StorageError, VersionVector};
 use serde_bytes::ByteBuf;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -213,6 +221,9 @@ pub enum KvRequest {
         context: VersionVector,
         /// New value or `None` for a tombstone.
         value: Option<Vec<u8>>,
+        /// Applied only if this holds: checked by the coordinating replica's writer and by
+        /// every replica the write is merged into (see `api/PROTOCOL.md`, "Conditional writes").
+        condition: Condition,
     },
 }
 
@@ -325,7 +336,8 @@ async fn execute<T: ReplicaTransport>(args: CoordinatorArgs<T>) -> Result<Option
             key,
             context,
             value,
-        } => write(&args, bucket, key, context, value, deadline).await,
+            condition,
+        } => write(&args, bucket, key, context, value, *condition, deadline).await,
     };
     result
 }
@@ -342,6 +354,7 @@ fn is_request_error(e: &StorageError) -> bool {
             | StorageError::TooManySiblings { .. }
             | StorageError::RecordTooLarge { .. }
             | StorageError::BadContext(_)
+            | StorageError::ConditionFailed { .. }
     )
 }
 
@@ -362,12 +375,32 @@ fn hint_holder<T: ReplicaTransport>(
     peers.local().to_string()
 }
 
+/// True if `e` is a replica's refusal of a conditional write.
+fn is_condition_failure(e: &ReplicaError) -> bool {
+    matches!(e.storage(), Some(StorageError::ConditionFailed { .. }))
+}
+
+/// A write: one replica coordinates it (makes the dot, stores it), the others merge the
+/// result, and it is acknowledged once `w` distinct nodes hold it in every quorum set.
+///
+/// A conditional write (`condition` not [`Condition::None`]) is checked twice, each time by a
+/// replica's writer inside the transaction that applies it: the coordinating replica checks
+/// the key's current state ([`Condition::check_update`]; a failure there is answered at once
+/// and nothing is stored anywhere), and each replica the result is merged into refuses the
+/// merge if it holds a live version the result does not cover ([`Condition::check_merge`]).
+/// A refused merge is not replaced by a hint, and a conditional write never falls back to a
+/// fresh actor when no replica is reachable. If the refusals leave the write short of its
+/// quorum it fails with [`StorageError::ConditionFailed`]; the replicas that accepted it keep
+/// the new version (as with any write that misses `w`), and read repair or anti-entropy later
+/// make it a sibling of the conflicting version.
+#[allow(clippy::too_many_arguments)]
 async fn write<T: ReplicaTransport>(
     args: &CoordinatorArgs<T>,
     bucket: &[u8],
     key: &[u8],
     context: &VersionVector,
     value: &Option<Vec<u8>>,
+    condition: Condition,
     deadline: Instant,
 ) -> Result<Option<DvvSet>, KvError> {
     let Placement {
@@ -399,6 +432,7 @@ async fn write<T: ReplicaTransport>(
             context: context.clone(),
             value: value.clone().map(ByteBuf::from),
             timestamp_ms: now_ms(),
+            condition,
         };
         match args.peers.call(node, update, left).await {
             Ok(record) => {
@@ -438,7 +472,8 @@ async fn write<T: ReplicaTransport>(
         // dot of a fresh random actor id, so it cannot collide with any dot a replica made
         // (Riak's vnode epochs solve the same problem), and every replica receives it as a
         // hint.
-        None if sloppy && !args.placement.fallbacks.is_empty() => {
+        // A conditional write needs a replica to check its condition.
+        None if sloppy && condition.is_none() && !args.placement.fallbacks.is_empty() => {
             failures = Failures::default();
             let mut record = DvvSet::new();
             record
@@ -498,6 +533,7 @@ async fn write<T: ReplicaTransport>(
                     bucket: bucket.clone(),
                     key: key.clone(),
                     record: record.clone(),
+                    condition,
                 };
                 let left = deadline.saturating_duration_since(Instant::now());
                 match peers.call(&node, merge, left).await {
@@ -511,8 +547,10 @@ async fn write<T: ReplicaTransport>(
                     }
                 }
             }
+            // No hint can fix a record over the limit, and a replica that refused a
+            // conditional write must not get it later as a hint.
             let too_large = matches!(failure.storage(), Some(StorageError::RecordTooLarge { .. }));
-            if !sloppy || too_large {
+            if !sloppy || too_large || is_condition_failure(&failure) {
                 let _ = tx.send((node, Err(failure)));
                 return;
             }
@@ -555,7 +593,19 @@ async fn write<T: ReplicaTransport>(
                             stood_in.push((node, failure));
                         }
                     }
-                    Err(e) => failures.push(&node, e),
+                    Err(e) => {
+                        let refused = is_condition_failure(&e);
+                        failures.push(&node, e);
+                        // A refusal that leaves the quorum out of reach decides the answer:
+                        // no need to wait for the other replicas.
+                        if refused {
+                            let mut best = stands.clone();
+                            best.extend(pending.iter().map(|p| (p.clone(), p.clone())));
+                            if !args.placement.write_quorum_met(&best) {
+                                break;
+                            }
+                        }
+                    }
                 }
             }
             Ok(None) => {
@@ -567,6 +617,27 @@ async fn write<T: ReplicaTransport>(
     }
     if args.placement.write_quorum_met(&stands) {
         Ok(Some(record))
+    } else if let Some(refusal) = failures.0.iter().find(|(_, e)| is_condition_failure(e)) {
+        let refused: Vec<&str> = failures
+            .0
+            .iter()
+            .filter(|(_, e)| is_condition_failure(e))
+            .map(|(node, _)| node.as_str())
+            .collect();
+        let detail = match refusal.1.storage() {
+            Some(StorageError::ConditionFailed { detail, .. }) => detail.clone(),
+            _ => String::new(),
+        };
+        Err(StorageError::ConditionFailed {
+            condition: condition.name().to_string(),
+            detail: format!(
+                "{detail} on replica(s) {} ({} of {n} replicas accepted the write, {w} needed); \
+                 the write is not acknowledged",
+                refused.join(", "),
+                holders.len(),
+            ),
+        }
+        .into())
     } else {
         for (node, failure) in stood_in {
             let failure = failure.unwrap_or_else(|| ReplicaError::Unreachable(node.clone()));
@@ -758,6 +829,7 @@ async fn read<T: ReplicaTransport>(
                 bucket: ByteBuf::from(bucket.clone()),
                 key: ByteBuf::from(key.clone()),
                 record: merged.clone(),
+                condition: Condition::None,
             };
             if let Err(e) = peers.call(&node, merge, READ_REPAIR_TIMEOUT).await {
                 tracing::debug!(%node, partition, error = %e, "read repair failed");

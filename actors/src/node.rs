@@ -27,7 +27,7 @@ use ringkv_cluster::phi::PhiConfig;
 use ringkv_cluster::staging::{self, MoveEstimate, Reverted, Staged};
 use ringkv_cluster::{partition_for, NodeConfig};
 use ringkv_storage::{
-    keys, DataDir, DvvSet, Partition, PartitionOptions, StorageError, SystemStore,
+    keys, Condition, DataDir, DvvSet, Partition, PartitionOptions, StorageError, SystemStore,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -497,6 +497,13 @@ pub struct RequestOptions {
     pub w: Option<u64>,
     /// Read only this node's own replica (no quorum, no read repair): for inspection.
     pub local: bool,
+    /// Writes (put, delete): apply only if this condition holds, else fail with
+    /// [`StorageError::ConditionFailed`](ringkv_storage::StorageError::ConditionFailed).
+    /// [`Condition::IfMatch`] checks the request's context. Checked by the coordinating
+    /// replica and by every replica the write reaches (see [`crate::coordinator`]): with a
+    /// strict bucket and `w = n` two racing `IfNoneMatch` creators cannot both succeed; with
+    /// `w < n` or a sloppy quorum it is a best-effort check, not linearizable. Ignored by reads.
+    pub condition: Condition,
 }
 
 /// What a read returns: the live sibling values and the causal context to write back with.
@@ -865,6 +872,7 @@ impl Node {
             key: key.to_vec(),
             context: crate::context::open(self.context_key(), context)?,
             value,
+            condition: opts.condition,
         };
         Ok(self
             .coordinate(request, bucket, key, opts)

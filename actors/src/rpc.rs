@@ -45,7 +45,7 @@
 
 use crate::replica::{self, ReplicaContext};
 use crate::vnode::VNodeMsg;
-use ringkv_storage::{DvvSet, Hint, PartitionStats, StorageError, VersionVector};
+use ringkv_storage::{Condition, DvvSet, Hint, PartitionStats, StorageError, VersionVector};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -129,6 +129,11 @@ pub struct Update {
     pub value: Option<ByteBuf>,
     /// Coordinator's wall clock, ms since the Unix epoch.
     pub timestamp_ms: u64,
+    /// The client's condition, checked by the replica's writer against the key's current
+    /// state before the write applies ([`Condition::check_update`]); a failed condition is
+    /// answered [`StorageError::ConditionFailed`]. Absent in encodings of older nodes: none.
+    #[serde(default)]
+    pub condition: Condition,
 }
 
 impl Rpc for Update {
@@ -150,6 +155,7 @@ impl Rpc for Update {
                 context: self.context.clone(),
                 value: self.value.clone().map(ByteBuf::into_vec),
                 timestamp_ms: self.timestamp_ms,
+                condition: self.condition,
                 reply,
             }
         })
@@ -170,6 +176,12 @@ pub struct Merge {
     pub key: ByteBuf,
     /// The state to merge.
     pub record: DvvSet,
+    /// The client's condition when the merge replicates a conditional write: the replica
+    /// refuses the merge with [`StorageError::ConditionFailed`] if it holds a live version
+    /// that `record` does not cover ([`Condition::check_merge`]). Absent in encodings of
+    /// older nodes: none.
+    #[serde(default)]
+    pub condition: Condition,
 }
 
 impl Rpc for Merge {
@@ -190,6 +202,7 @@ impl Rpc for Merge {
                 bucket: self.bucket.to_vec(),
                 key: self.key.to_vec(),
                 record: self.record.clone(),
+                condition: self.condition,
                 reply,
             }
         })
@@ -935,6 +948,99 @@ mod tests {
             assert_eq!(legacy, encode(&typed));
             assert_eq!(decode::<ReplicaRequest>(&legacy).unwrap(), typed);
         }
+    }
+
+    #[test]
+    fn conditions_round_trip_and_old_encodings_decode_as_unconditional() {
+        let mut record = DvvSet::new();
+        record
+            .update(&VersionVector::new(), 7, Some(b"v".to_vec()), 1, 10)
+            .unwrap();
+        let update = Update {
+            partition: 2,
+            bucket: b("b"),
+            key: b("k"),
+            context: record.context().clone(),
+            value: Some(b("v")),
+            timestamp_ms: 5,
+            condition: Condition::IfMatch,
+        };
+        let merge = Merge {
+            partition: 2,
+            bucket: b("b"),
+            key: b("k"),
+            record: record.clone(),
+            condition: Condition::IfNoneMatch,
+        };
+        for request in [
+            ReplicaRequest::Update(update.clone()),
+            ReplicaRequest::Merge(merge.clone()),
+        ] {
+            let envelope = Envelope {
+                from: "n1".into(),
+                request: request.clone(),
+            };
+            assert_eq!(
+                decode::<Envelope>(&encode(&envelope)).unwrap().request,
+                request
+            );
+        }
+        // The encodings of nodes from before conditions (no `condition` field).
+        #[derive(Serialize)]
+        enum Old {
+            Update {
+                partition: u32,
+                bucket: ByteBuf,
+                key: ByteBuf,
+                context: VersionVector,
+                value: Option<ByteBuf>,
+                timestamp_ms: u64,
+            },
+            Merge {
+                partition: u32,
+                bucket: ByteBuf,
+                key: ByteBuf,
+                record: DvvSet,
+            },
+        }
+        let old = encode(&Old::Update {
+            partition: 2,
+            bucket: b("b"),
+            key: b("k"),
+            context: record.context().clone(),
+            value: Some(b("v")),
+            timestamp_ms: 5,
+        });
+        assert_eq!(
+            decode::<ReplicaRequest>(&old).unwrap(),
+            ReplicaRequest::Update(Update {
+                condition: Condition::None,
+                ..update
+            })
+        );
+        let old = encode(&Old::Merge {
+            partition: 2,
+            bucket: b("b"),
+            key: b("k"),
+            record,
+        });
+        assert_eq!(
+            decode::<ReplicaRequest>(&old).unwrap(),
+            ReplicaRequest::Merge(Merge {
+                condition: Condition::None,
+                ..merge
+            })
+        );
+        // A refusal travels back as itself.
+        let refused: Result<(), ReplicaFailure> =
+            Err(ReplicaFailure::Storage(StorageError::ConditionFailed {
+                condition: "if_none_match".into(),
+                detail: "the key holds 1 live version(s)".into(),
+            }));
+        assert_eq!(
+            decode::<Result<(), ReplicaFailure>>(&encode(&refused)).unwrap(),
+            refused
+        );
     }
 
     #[test]

@@ -29,7 +29,9 @@
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
-use ringkv_storage::{DvvSet, Partition, PartitionStats, ScanChunk, StorageError, VersionVector};
+use ringkv_storage::{
+    Condition, DvvSet, Partition, PartitionStats, ScanChunk, StorageError, VersionVector,
+};
 use serde_bytes::ByteBuf;
 use std::sync::{Arc, Mutex};
 
@@ -65,6 +67,8 @@ pub enum VNodeMsg {
         value: Option<Vec<u8>>,
         /// Coordinator's wall clock, ms since the Unix epoch.
         timestamp_ms: u64,
+        /// Applied only if this holds on the key's current state (checked by the writer).
+        condition: Condition,
         /// Where the key's new state goes.
         reply: Reply<DvvSet>,
     },
@@ -77,6 +81,9 @@ pub enum VNodeMsg {
         key: Vec<u8>,
         /// The other replica's state.
         record: DvvSet,
+        /// Refused if this replica holds a live version `record` does not cover (the
+        /// replication of a conditional write); [`Condition::None`] otherwise.
+        condition: Condition,
         /// Where the merged state goes.
         reply: Reply<DvvSet>,
     },
@@ -222,13 +229,15 @@ impl Actor for VNode {
                 context,
                 value,
                 timestamp_ms,
+                condition,
                 reply,
-            } => partition.update(
+            } => partition.update_if(
                 &bucket,
                 &key,
                 context,
                 value,
                 timestamp_ms,
+                condition,
                 Box::new(move |r| {
                     let _ = reply.send(r);
                 }),
@@ -237,11 +246,13 @@ impl Actor for VNode {
                 bucket,
                 key,
                 record,
+                condition,
                 reply,
-            } => partition.merge(
+            } => partition.merge_if(
                 &bucket,
                 &key,
                 record,
+                condition,
                 Box::new(move |r| {
                     let _ = reply.send(r);
                 }),

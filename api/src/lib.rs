@@ -8,5 +8,5 @@ pub mod load;
 pub mod protocol;
 pub mod server;
 
-pub use client::{CallOptions, Client, ClientError};
+pub use client::{CallOptions, Client, ClientError, WriteCondition};
 pub use server::Server;

@@ -4,7 +4,7 @@
 
 use ringkv_actors::coordinator::QuorumCause;
 use ringkv_actors::{KvError, RequestOptions};
-use ringkv_storage::StorageError;
+use ringkv_storage::{Condition, StorageError};
 use serde::Deserialize;
 use serde_bytes::ByteBuf;
 use std::time::Duration;
@@ -25,6 +25,7 @@ pub fn error_of(e: KvError) -> ProtocolError {
             StorageError::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
             StorageError::Overloaded { .. } => ErrorCode::Overloaded,
             StorageError::BadContext(_) => ErrorCode::BadContext,
+            StorageError::ConditionFailed { .. } => ErrorCode::ConditionFailed,
             StorageError::Full { .. } | StorageError::HintStoreFull(_) => ErrorCode::StorageFull,
             StorageError::Closed(_) | StorageError::HintStoreClosed => ErrorCode::ShuttingDown,
             StorageError::Corrupt(_)
@@ -208,12 +209,27 @@ impl Request {
     }
 
     fn from_frame(f: RequestFrame) -> Result<Request, ProtocolError> {
+        let condition = match (
+            f.if_none_match.unwrap_or(false),
+            f.if_match.unwrap_or(false),
+        ) {
+            (false, false) => Condition::None,
+            (true, false) => Condition::IfNoneMatch,
+            (false, true) => Condition::IfMatch,
+            (true, true) => {
+                return Err(ProtocolError::new(
+                    ErrorCode::MalformedRequest,
+                    "if_none_match and if_match are mutually exclusive: give at most one",
+                ))
+            }
+        };
         let opts = RequestOptions {
             timeout: f.timeout_ms.map(Duration::from_millis),
             n: f.n,
             r: f.r,
             w: f.w,
             local: f.local.unwrap_or(false),
+            condition,
         };
         let op = f.op.as_str();
         Ok(match op {
@@ -340,6 +356,47 @@ mod tests {
         };
         let (id, e) = Request::decode(&body(&unknown)).unwrap_err();
         assert_eq!((id, e.code), (42, ErrorCode::UnknownOp));
+    }
+
+    #[test]
+    fn conditions_decode_into_the_options_and_exclude_each_other() {
+        let put = RequestFrame {
+            id: 7,
+            op: "put".into(),
+            bucket: Some(ByteBuf::from(b"b".to_vec())),
+            key: Some(ByteBuf::from(b"k".to_vec())),
+            value: Some(ByteBuf::from(b"v".to_vec())),
+            if_none_match: Some(true),
+            ..Default::default()
+        };
+        let (_, req) = Request::decode(&body(&put)).unwrap();
+        assert!(
+            matches!(req, Request::Put { opts, .. } if opts.condition == Condition::IfNoneMatch)
+        );
+        let delete = RequestFrame {
+            op: "delete".into(),
+            value: None,
+            if_none_match: None,
+            if_match: Some(true),
+            ..put.clone()
+        };
+        let (_, req) = Request::decode(&body(&delete)).unwrap();
+        assert!(
+            matches!(req, Request::Delete { opts, .. } if opts.condition == Condition::IfMatch)
+        );
+        let both = RequestFrame {
+            if_match: Some(true),
+            ..put
+        };
+        let (id, e) = Request::decode(&body(&both)).unwrap_err();
+        assert_eq!((id, e.code), (7, ErrorCode::MalformedRequest));
+        assert!(e.message.contains("mutually exclusive"), "{}", e.message);
+        let refused = error_of(KvError::Storage(StorageError::ConditionFailed {
+            condition: "if_match".into(),
+            detail: "1 live version(s) of the key were written after the read".into(),
+        }));
+        assert_eq!(refused.code.as_str(), "condition_failed");
+        assert!(refused.message.contains("if_match"), "{}", refused.message);
     }
 
     #[test]

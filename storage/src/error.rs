@@ -93,6 +93,15 @@ pub enum StorageError {
     /// The hint store reached its largest allowed map size, or the disk is full.
     #[error("the hint store is full: {0}")]
     HintStoreFull(String),
+    /// A conditional write's condition does not hold on this replica; nothing was written
+    /// here.
+    #[error("condition {condition} failed: {detail}")]
+    ConditionFailed {
+        /// `if_none_match` or `if_match`.
+        condition: String,
+        /// Why the condition does not hold.
+        detail: String,
+    },
     /// The hint store is shutting down and takes no more writes.
     #[error("the hint store is closed")]
     HintStoreClosed,

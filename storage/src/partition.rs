@@ -26,6 +26,7 @@
 //! resize only while the process has no transaction open on the env, so readers hold a shared
 //! gate for the length of their transaction and the writer takes it exclusively to resize.
 
+use crate::condition::Condition;
 use crate::dvv::{DvvSet, ReplicaId, VersionVector};
 use crate::merkle::{self, MerkleTree};
 use crate::store::{Change, DataStore, WriteOp};
@@ -273,6 +274,32 @@ impl Partition {
         timestamp_ms: u64,
         reply: WriteReply,
     ) {
+        self.update_if(
+            bucket,
+            key,
+            context,
+            value,
+            timestamp_ms,
+            Condition::None,
+            reply,
+        )
+    }
+
+    /// Like [`Partition::update`], applied only if `condition` holds on the key's current
+    /// state, checked by the writer inside the transaction that applies the write
+    /// ([`Condition::check_update`]); else `reply` receives
+    /// [`StorageError::ConditionFailed`] and nothing is written.
+    #[allow(clippy::too_many_arguments)]
+    pub fn update_if(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        context: VersionVector,
+        value: Option<Vec<u8>>,
+        timestamp_ms: u64,
+        condition: Condition,
+        reply: WriteReply,
+    ) {
         match keys::storage_key(bucket, key) {
             Ok(key) => self.store.enqueue(WriteOp::Record {
                 partition: self.id,
@@ -281,6 +308,7 @@ impl Partition {
                     context,
                     value,
                     timestamp_ms,
+                    condition,
                 },
                 reply,
             }),
@@ -291,11 +319,26 @@ impl Partition {
     /// Queues a merge of another replica's state of a key (see [`DvvSet::sync`]). `reply`
     /// receives the merged state once it is durable.
     pub fn merge(&self, bucket: &[u8], key: &[u8], record: DvvSet, reply: WriteReply) {
+        self.merge_if(bucket, key, record, Condition::None, reply)
+    }
+
+    /// Like [`Partition::merge`], for the replication of a conditional write: refused with
+    /// [`StorageError::ConditionFailed`] (nothing written) if this replica holds a live version
+    /// that `record`'s clock does not cover ([`Condition::check_merge`]), checked by the writer
+    /// inside the transaction that applies the merge.
+    pub fn merge_if(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        record: DvvSet,
+        condition: Condition,
+        reply: WriteReply,
+    ) {
         match keys::storage_key(bucket, key) {
             Ok(key) => self.store.enqueue(WriteOp::Record {
                 partition: self.id,
                 key,
-                change: Change::Merge { record },
+                change: Change::Merge { record, condition },
                 reply,
             }),
             Err(e) => reply(Err(e)),
@@ -311,7 +354,10 @@ impl Partition {
             Ok(()) => self.store.enqueue(WriteOp::Record {
                 partition: self.id,
                 key: storage_key,
-                change: Change::Merge { record },
+                change: Change::Merge {
+                    record,
+                    condition: Condition::None,
+                },
                 reply,
             }),
             Err(e) => reply(Err(e)),
@@ -634,6 +680,56 @@ mod tests {
         drop(blocker);
         rx.recv().unwrap().unwrap();
         assert!(p.get(b"b", b"k").unwrap().is_some());
+    }
+
+    /// Conditional writes queued together (one group commit) are checked one after the
+    /// other inside the transaction: the second creator sees the first and is refused, and
+    /// so is a conditional merge of a version this replica has not seen.
+    #[test]
+    fn conditional_writes_in_one_commit_see_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Partition::open(dir.path(), 0, 7, &PartitionOptions::default()).unwrap();
+        let blocker = p.store.genv().env().write_txn().unwrap();
+        let (tx, rx) = mpsc::channel();
+        for value in [b"first", b"other"] {
+            let tx = tx.clone();
+            p.update_if(
+                b"b",
+                b"k",
+                VersionVector::new(),
+                Some(value.to_vec()),
+                0,
+                Condition::IfNoneMatch,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+        }
+        let mut foreign = DvvSet::new();
+        foreign
+            .update(&VersionVector::new(), 99, Some(b"foreign".to_vec()), 0, 10)
+            .unwrap();
+        let merged = tx.clone();
+        p.merge_if(
+            b"b",
+            b"k",
+            foreign,
+            Condition::IfNoneMatch,
+            Box::new(move |r| {
+                let _ = merged.send(r);
+            }),
+        );
+        drop(blocker);
+        let answers: Vec<_> = (0..3).map(|_| rx.recv().unwrap()).collect();
+        assert!(answers[0].is_ok(), "{answers:?}");
+        for refused in &answers[1..] {
+            assert!(
+                matches!(refused, Err(StorageError::ConditionFailed { condition, .. }) if condition == "if_none_match"),
+                "{refused:?}"
+            );
+        }
+        let d = p.get(b"b", b"k").unwrap().unwrap();
+        assert_eq!(d.values().collect::<Vec<_>>(), vec![b"first".as_slice()]);
     }
 
     /// A write queued after the writer took its batch, while that batch waits for its

@@ -61,6 +61,7 @@
 //! also holding the writes queued meanwhile: a clear of a million keys never holds the other
 //! partitions' writes for more than one chunk's commit.
 
+use crate::condition::Condition;
 use crate::dvv::{DvvSet, ReplicaId, VersionVector};
 use crate::env::{Abort, GrowableEnv};
 use crate::merkle::{self, MerkleTree};
@@ -173,9 +174,14 @@ pub(crate) enum Change {
         context: VersionVector,
         value: Option<Vec<u8>>,
         timestamp_ms: u64,
+        condition: Condition,
     },
-    /// Another replica's state to merge ([`DvvSet::sync`]).
-    Merge { record: DvvSet },
+    /// Another replica's state to merge ([`DvvSet::sync`]), refused if `condition` (the
+    /// client's, when the merge replicates a conditional write) does not hold here.
+    Merge {
+        record: DvvSet,
+        condition: Condition,
+    },
 }
 
 /// One queued operation of the writer thread.
@@ -1142,7 +1148,11 @@ impl Writer {
                 context,
                 value,
                 timestamp_ms,
+                condition,
             } => {
+                if let Err(e) = condition.check_update(&current, context) {
+                    return Ok(Err(e));
+                }
                 let mut next = current;
                 if let Err(l) = next.update(
                     context,
@@ -1155,7 +1165,10 @@ impl Writer {
                 }
                 next
             }
-            Change::Merge { record } => {
+            Change::Merge { record, condition } => {
+                if let Err(e) = condition.check_merge(&current, record) {
+                    return Ok(Err(e));
+                }
                 if current.descends(record) {
                     return Ok(Ok(current));
                 }

@@ -37,7 +37,8 @@ class RingkvError(Exception):
     ``code`` is one of the stable codes of the spec (``malformed_request``, ``unknown_op``,
     ``invalid_bucket``, ``invalid_key``, ``value_too_large``, ``bad_context``,
     ``too_many_siblings``, ``storage_full``, ``storage_error``, ``timeout``,
-    ``shutting_down``, ``frame_too_large``, ``too_many_connections``); ``message`` is the
+    ``shutting_down``, ``frame_too_large``, ``too_many_connections``, ``condition_failed``, ...);
+    ``message`` is the
     human-readable description; ``answer`` is the whole decoded answer map.
     """
 
@@ -196,12 +197,18 @@ class Client:
         ans = self.call(req)
         return list(ans.get("values", [])), ans.get("context", b"")
 
-    def put(self, bucket, key, value, context=None, return_body=False, timeout_ms=None):
+    def put(self, bucket, key, value, context=None, return_body=False, timeout_ms=None,
+            if_none_match=False, if_match=False):
         """Write a value.
 
         With ``context`` (from an earlier ``get``), the new value replaces exactly the
         versions that ``get`` returned; without it (or empty) the write is *blind* and any
         existing value stays as a sibling. The answer is sent after the write is durable.
+
+        ``if_none_match``: write only if the key holds no live value (create only).
+        ``if_match``: write only if ``context`` still covers every live version (nothing was
+        written since the read). A refused condition raises :class:`RingkvError` with code
+        ``condition_failed``; the two are mutually exclusive (``malformed_request``).
 
         Returns ``None``, or ``(values, context)`` as a ``get`` right after the write would
         if ``return_body`` is true.
@@ -209,6 +216,10 @@ class Client:
         req = {"op": "put", "bucket": _b(bucket), "key": _b(key), "value": _b(value)}
         if context is not None:
             req["context"] = _b(context)
+        if if_none_match:
+            req["if_none_match"] = True
+        if if_match:
+            req["if_match"] = True
         if return_body:
             req["return_body"] = True
         if timeout_ms is not None:
@@ -218,11 +229,17 @@ class Client:
             return list(ans.get("values", [])), ans.get("context", b"")
         return None
 
-    def delete(self, bucket, key, context=None, timeout_ms=None):
-        """Write a tombstone over the versions ``context`` covers. Returns None."""
+    def delete(self, bucket, key, context=None, timeout_ms=None, if_match=False):
+        """Write a tombstone over the versions ``context`` covers. Returns None.
+
+        ``if_match``: delete only if nothing was written since the read that gave ``context``
+        (else :class:`RingkvError` ``condition_failed``).
+        """
         req = {"op": "delete", "bucket": _b(bucket), "key": _b(key)}
         if context is not None:
             req["context"] = _b(context)
+        if if_match:
+            req["if_match"] = True
         if timeout_ms is not None:
             req["timeout_ms"] = timeout_ms
         self.call(req)

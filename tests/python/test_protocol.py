@@ -187,6 +187,32 @@ def blind_puts_make_siblings():
 
 
 @scenario
+def conditional_writes():
+    with connect() as c:
+        k = b"cond"
+        c.put(BUCKET, k, b"created", if_none_match=True)
+        try:
+            c.put(BUCKET, k, b"again", if_none_match=True)
+            raise Fail("if_none_match on a present key succeeded")
+        except RingkvError as e:
+            check(e.code == "condition_failed", "if_none_match: %r" % (e.answer,))
+            check("if_none_match" in e.message, "message names the condition: %r" % (e.message,))
+        values, stale = c.get(BUCKET, k)
+        check(values == [b"created"], "after the refused create: %r" % (values,))
+        c.put(BUCKET, k, b"second", context=stale)
+        try:
+            c.put(BUCKET, k, b"late", context=stale, if_match=True)
+            raise Fail("if_match with a stale context succeeded")
+        except RingkvError as e:
+            check(e.code == "condition_failed", "if_match: %r" % (e.answer,))
+        _, fresh = c.get(BUCKET, k)
+        c.put(BUCKET, k, b"third", context=fresh, if_match=True)
+        check(c.get(BUCKET, k)[0] == [b"third"], "if_match with the fresh context")
+        expect_error(c, {"op": "put", "bucket": BUCKET, "key": k, "value": b"x",
+                         "if_none_match": True, "if_match": True}, "malformed_request")
+
+
+@scenario
 def put_return_body():
     with connect() as c:
         k = b"rb"

@@ -898,6 +898,7 @@ pub fn quorum(n: u8, r: u8, w: u8) -> CallOptions {
         w: Some(w),
         timeout_ms: Some(2000),
         local: false,
+        condition: None,
     }
 }
 

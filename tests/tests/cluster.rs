@@ -2,7 +2,7 @@
 //! failures, read repair, failure detection, gossip convergence, the cookie, and the Python
 //! client across nodes.
 
-use ringkv_api::Client;
+use ringkv_api::{CallOptions, Client, WriteCondition};
 use ringkv_tests::{local_read as local, quorum as q, runtime as rt};
 use ringkv_tests::{run_python, wait_until, Cluster, NodeProcess, TEST_COOKIE};
 use std::time::Duration;
@@ -574,4 +574,70 @@ fn a_staged_replace_plans_exactly_the_old_nodes_replicas_and_revert_drops_it() {
     };
     assert_eq!(state_of("n3"), "active");
     assert_eq!(state_of("n4"), "joining");
+}
+
+/// Two clients race to create each of 20 keys with `if_none_match` through different nodes, on
+/// a strict bucket with w = n = 3: never are both acknowledged, and a refusal is
+/// `condition_failed`.
+#[test]
+fn racing_if_none_match_creators_on_a_strict_bucket_never_both_succeed() {
+    let cluster = Cluster::start(3, &["--partitions", "8"]);
+    let (code, _, err) = cluster.nodes[0].cli(
+        &[
+            "bucket",
+            "set",
+            "races",
+            "n=3",
+            "r=2",
+            "w=3",
+            "sloppy_quorum=false",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    wait_until(
+        "every node to know the bucket",
+        Duration::from_secs(10),
+        || {
+            (0..3)
+                .all(|i| {
+                    let (_, out, _) = cluster.nodes[i].cli(&["bucket", "get", "races"], None);
+                    let props: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+                    props["sloppy_quorum"] == false && props["w"] == 3
+                })
+                .then_some(())
+        },
+    );
+    let addrs = cluster.addrs();
+    let create = CallOptions {
+        condition: Some(WriteCondition::IfNoneMatch),
+        ..Default::default()
+    };
+    let mut winners = 0;
+    rt().block_on(async {
+        let clients = [
+            Client::connect(addrs[0]).await.unwrap(),
+            Client::connect(addrs[1]).await.unwrap(),
+            Client::connect(addrs[2]).await.unwrap(),
+        ];
+        for i in 0..20 {
+            let key = format!("race-{i}");
+            let (a, b) = (&clients[i % 3], &clients[(i + 1) % 3]);
+            let (ra, rb) = tokio::join!(
+                a.put_with(b"races", key.as_bytes(), b"a".to_vec(), &[], &create),
+                b.put_with(b"races", key.as_bytes(), b"b".to_vec(), &[], &create),
+            );
+            assert!(
+                !(ra.is_ok() && rb.is_ok()),
+                "{key}: both creators were acknowledged"
+            );
+            for r in [&ra, &rb] {
+                if let Err(e) = r {
+                    assert_eq!(e.code(), Some("condition_failed"), "{key}: {e}");
+                }
+            }
+            winners += usize::from(ra.is_ok() || rb.is_ok());
+        }
+    });
+    eprintln!("20 races through the real binary: {winners} with a winner, the rest with none");
 }

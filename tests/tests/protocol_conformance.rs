@@ -435,3 +435,111 @@ fn a_context_from_another_cluster_is_bad_context() {
     let msg = a.expect_error(&put(4, b"x", b"ours", &foreign), 4, "bad_context");
     assert!(msg.contains("another cluster"), "{msg}");
 }
+
+#[test]
+fn conditional_writes_answer_condition_failed_and_the_cli_flags_use_them() {
+    let node = NodeProcess::start(&[]);
+    let mut c = Conn::open(&node);
+    let conditional = |id: u64, op: &str, key: &[u8], context: &[u8], field: &str| {
+        let mut entries = vec![
+            ("id", v(id)),
+            ("op", v(op)),
+            ("bucket", bin(b"conf")),
+            ("key", bin(key)),
+            ("context", bin(context)),
+            (field, v(true)),
+        ];
+        if op == "put" {
+            entries.push(("value", bin(format!("v{id}").as_bytes())));
+        }
+        map(&entries)
+    };
+    // if_none_match: creates an absent key, refuses a present one.
+    assert!(
+        c.call(&conditional(1, "put", b"c1", b"", "if_none_match"))
+            .ok
+    );
+    let msg = c.expect_error(
+        &conditional(2, "put", b"c1", b"", "if_none_match"),
+        2,
+        "condition_failed",
+    );
+    assert!(msg.contains("if_none_match"), "{msg}");
+    let (values, stale) = fetched(c.call(&get(3, b"c1")));
+    assert_eq!(values, vec![b"v1".to_vec()]);
+    // if_match: refuses a stale context, takes the fresh one.
+    assert!(c.call(&put(4, b"c1", b"v4", &stale)).ok);
+    let msg = c.expect_error(
+        &conditional(5, "put", b"c1", &stale, "if_match"),
+        5,
+        "condition_failed",
+    );
+    assert!(msg.contains("if_match"), "{msg}");
+    let (values, fresh) = fetched(c.call(&get(6, b"c1")));
+    assert_eq!(
+        values,
+        vec![b"v4".to_vec()],
+        "a refused write stores nothing"
+    );
+    c.expect_error(
+        &conditional(7, "delete", b"c1", &stale, "if_match"),
+        7,
+        "condition_failed",
+    );
+    assert!(
+        c.call(&conditional(8, "delete", b"c1", &fresh, "if_match"))
+            .ok
+    );
+    // A deleted key is absent for if_none_match.
+    assert!(
+        c.call(&conditional(9, "put", b"c1", b"", "if_none_match"))
+            .ok
+    );
+    // Both conditions at once are a malformed request.
+    let mut both = conditional(10, "put", b"c1", b"", "if_none_match");
+    both[0] += 1;
+    both.extend(v("if_match"));
+    both.extend(v(true));
+    let msg = c.expect_error(&both, 10, "malformed_request");
+    assert!(msg.contains("mutually exclusive"), "{msg}");
+    c.ping();
+
+    // The CLI: refused conditions exit 3 and name the code.
+    let (status, _, err) = node.cli(&["put", "conf", "cli", "one", "--if-none-match"], None);
+    assert_eq!(status, 0, "{err}");
+    let (status, _, err) = node.cli(&["put", "conf", "cli", "two", "--if-none-match"], None);
+    assert_eq!(status, 3, "{err}");
+    assert!(err.contains("condition_failed"), "{err}");
+    let (_, out, _) = node.cli(&["get", "conf", "cli", "--json"], None);
+    let read: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let stale = read["context"].as_str().unwrap().to_string();
+    let (status, _, err) = node.cli(&["put", "conf", "cli", "three", "--context", &stale], None);
+    assert_eq!(status, 0, "{err}");
+    let (status, _, err) = node.cli(
+        &[
+            "put",
+            "conf",
+            "cli",
+            "late",
+            "--if-match",
+            "--context",
+            &stale,
+        ],
+        None,
+    );
+    assert_eq!(status, 3, "{err}");
+    assert!(
+        err.contains("condition_failed") && err.contains("if_match"),
+        "{err}"
+    );
+    // Without --context it reads the current context first.
+    let (status, _, err) = node.cli(&["put", "conf", "cli", "four", "--if-match"], None);
+    assert_eq!(status, 0, "{err}");
+    let (_, value, _) = node.cli(&["get", "conf", "cli"], None);
+    assert_eq!(value, b"four");
+    let (status, _, err) = node.cli(
+        &["put", "conf", "cli", "x", "--if-match", "--if-none-match"],
+        None,
+    );
+    assert_eq!(status, 2, "clap refuses both flags: {err}");
+}

@@ -72,6 +72,21 @@ pub struct CallOptions {
     pub timeout_ms: Option<u64>,
     /// Get only: read the answering node's own replica, without quorum or repair.
     pub local: bool,
+    /// Put and delete only: write only if this condition holds, else the server answers
+    /// `condition_failed` ([`ClientError::code`]). See PROTOCOL.md, "Conditional writes",
+    /// for what it guarantees.
+    pub condition: Option<WriteCondition>,
+}
+
+/// A condition on a key's current state that a put or delete needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteCondition {
+    /// Create only: the key holds no live value (never written, or deleted). Request field
+    /// `if_none_match`.
+    IfNoneMatch,
+    /// Replace only if unchanged: the context given with the write (from a get) still covers
+    /// every live version of the key. Request field `if_match`.
+    IfMatch,
 }
 
 impl CallOptions {
@@ -81,6 +96,8 @@ impl CallOptions {
         f.w = self.w.map(u64::from);
         f.timeout_ms = self.timeout_ms;
         f.local = self.local.then_some(true);
+        f.if_none_match = (self.condition == Some(WriteCondition::IfNoneMatch)).then_some(true);
+        f.if_match = (self.condition == Some(WriteCondition::IfMatch)).then_some(true);
         f
     }
 }

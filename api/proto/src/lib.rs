@@ -70,6 +70,10 @@ pub enum ErrorCode {
     Unreachable,
     /// A cluster administration request failed (nothing to commit, unknown node, ...).
     ClusterError,
+    /// A conditional write (`if_none_match` or `if_match`) was refused: the key's state on a
+    /// replica the write reached breaks the condition. The message names the condition and
+    /// the replicas that refused; the write is not acknowledged.
+    ConditionFailed,
 }
 
 impl ErrorCode {
@@ -96,6 +100,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Unreachable => "unreachable",
             ErrorCode::ClusterError => "cluster_error",
+            ErrorCode::ConditionFailed => "condition_failed",
         }
     }
 }
@@ -159,6 +164,15 @@ pub struct RequestFrame {
     /// Get: read only the answering node's own replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<bool>,
+    /// Put, delete: write only if the key holds no live value (never written, or only
+    /// tombstones); else `condition_failed`. Not with `if_match` (`malformed_request`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_none_match: Option<bool>,
+    /// Put, delete: write only if `context` still covers every live version of the key
+    /// (nothing was written since the read that gave it); else `condition_failed`. Not with
+    /// `if_none_match` (`malformed_request`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_match: Option<bool>,
     /// cluster_leave, cluster_set: the node's name; cluster_replace: the node replaced (OLD).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,

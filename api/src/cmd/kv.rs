@@ -3,7 +3,7 @@
 use super::{connect, decode_hex, encode_hex, AddrArg, QuorumArgs};
 use anyhow::Context;
 use clap::Args;
-use ringkv_api::CallOptions;
+use ringkv_api::{CallOptions, ClientError, WriteCondition};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,8 +28,42 @@ pub struct PutArgs {
     /// Write without a context: any existing value stays as a sibling.
     #[arg(long)]
     pub blind: bool,
+    /// Create only: fail with `condition_failed` (exit code 3) if the key holds a live
+    /// value.
+    #[arg(long, conflicts_with = "if_match")]
+    pub if_none_match: bool,
+    /// Replace only if unchanged: fail with `condition_failed` (exit code 3) if a version was
+    /// written since the read that gave the context (--context, else the one this command
+    /// reads first).
+    #[arg(long, conflicts_with = "blind")]
+    pub if_match: bool,
     #[command(flatten)]
     pub quorum: QuorumArgs,
+}
+
+/// Exit code of a write refused by its condition (`condition_failed`).
+const CONDITION_FAILED_EXIT: u8 = 3;
+
+/// The write's condition from the flags.
+fn condition(if_none_match: bool, if_match: bool) -> Option<WriteCondition> {
+    match (if_none_match, if_match) {
+        (true, _) => Some(WriteCondition::IfNoneMatch),
+        (false, true) => Some(WriteCondition::IfMatch),
+        (false, false) => None,
+    }
+}
+
+/// A write's outcome as the command's exit code: a refused condition is reported on stderr
+/// and exits [`CONDITION_FAILED_EXIT`], other errors go up.
+fn written(result: Result<(), ClientError>) -> anyhow::Result<ExitCode> {
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.code() == Some("condition_failed") => {
+            eprintln!("ringkv: {e}");
+            Ok(ExitCode::from(CONDITION_FAILED_EXIT))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `ringkv get` arguments.
@@ -60,6 +94,10 @@ pub struct DeleteArgs {
     pub bucket: String,
     /// Key.
     pub key: String,
+    /// Delete only if no version was written since this command's read (exit code 3 with
+    /// `condition_failed` otherwise).
+    #[arg(long)]
+    pub if_match: bool,
     #[command(flatten)]
     pub quorum: QuorumArgs,
 }
@@ -86,6 +124,8 @@ pub async fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
         file,
         context,
         blind,
+        if_none_match,
+        if_match,
         quorum,
     } = args;
     let opts = quorum.options();
@@ -111,10 +151,15 @@ pub async fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
                 .context
         }
     };
-    client
-        .put_with(bucket.as_bytes(), key.as_bytes(), value, &context, &opts)
-        .await?;
-    Ok(ExitCode::SUCCESS)
+    let opts = CallOptions {
+        condition: condition(if_none_match, if_match),
+        ..opts
+    };
+    written(
+        client
+            .put_with(bucket.as_bytes(), key.as_bytes(), value, &context, &opts)
+            .await,
+    )
 }
 
 /// Reads a key.
@@ -189,6 +234,7 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
         addr,
         bucket,
         key,
+        if_match,
         quorum,
     } = args;
     let opts = quorum.options();
@@ -200,8 +246,13 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
         eprintln!("not found: {bucket}/{key}");
         return Ok(ExitCode::from(1));
     }
-    client
-        .delete_with(bucket.as_bytes(), key.as_bytes(), &got.context, &opts)
-        .await?;
-    Ok(ExitCode::SUCCESS)
+    let opts = CallOptions {
+        condition: condition(false, if_match),
+        ..opts
+    };
+    written(
+        client
+            .delete_with(bucket.as_bytes(), key.as_bytes(), &got.context, &opts)
+            .await,
+    )
 }

@@ -35,6 +35,7 @@ impl QuorumArgs {
             w: self.w,
             timeout_ms: self.timeout_ms,
             local: false,
+            condition: None,
         }
     }
 }
