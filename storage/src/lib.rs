@@ -1,6 +1,7 @@
 //! ringkv storage: LMDB partitions, records, dotted version vectors.
 //!
 //! * [`dvv`]: dotted version vectors with siblings ([`DvvSet`]), the causality of every key;
+//! * [`codec`]: per-value compression (none, zstd, lz4), bounded decompression;
 //! * [`record`]: the persisted form of a key's state (version byte + named msgpack);
 //! * [`keys`]: bucket and key limits and the on-disk key layout;
 //! * [`store`]: the node's ONE data env holding every partition (the partition number and
@@ -21,6 +22,7 @@
 //! This crate knows nothing of actors or networking and is tested as a plain library.
 #![warn(missing_docs)]
 
+pub mod codec;
 pub mod dvv;
 mod env;
 mod error;
@@ -33,6 +35,7 @@ pub mod store;
 pub mod system;
 mod writer;
 
+pub use codec::Codec;
 pub use dvv::{Dot, DvvSet, ReplicaId, Sibling, VersionVector};
 pub use error::StorageError;
 pub use hints::{Hint, HintId, HintStore};
