@@ -211,8 +211,11 @@ pub enum KvRequest {
         key: Vec<u8>,
         /// What the client read.
         context: VersionVector,
-        /// New value or `None` for a tombstone.
+        /// New value or `None` for a tombstone: the bytes to store, encoded by `codec`
+        /// (the caller compresses once, so every replica stores the same bytes).
         value: Option<Vec<u8>>,
+        /// How `value` is encoded ([`ringkv_storage::codec`]).
+        codec: ringkv_storage::Codec,
     },
 }
 
@@ -325,7 +328,8 @@ async fn execute<T: ReplicaTransport>(args: CoordinatorArgs<T>) -> Result<Option
             key,
             context,
             value,
-        } => write(&args, bucket, key, context, value, deadline).await,
+            codec,
+        } => write(&args, bucket, key, context, value, *codec, deadline).await,
     };
     result
 }
@@ -368,6 +372,7 @@ async fn write<T: ReplicaTransport>(
     key: &[u8],
     context: &VersionVector,
     value: &Option<Vec<u8>>,
+    codec: ringkv_storage::Codec,
     deadline: Instant,
 ) -> Result<Option<DvvSet>, KvError> {
     let Placement {
@@ -399,6 +404,7 @@ async fn write<T: ReplicaTransport>(
             context: context.clone(),
             value: value.clone().map(ByteBuf::from),
             timestamp_ms: now_ms(),
+            codec,
         };
         match args.peers.call(node, update, left).await {
             Ok(record) => {
@@ -442,10 +448,11 @@ async fn write<T: ReplicaTransport>(
             failures = Failures::default();
             let mut record = DvvSet::new();
             record
-                .update(
+                .update_encoded(
                     context,
                     rand::random(),
                     value.clone(),
+                    codec,
                     now_ms(),
                     args.placement.max_siblings,
                 )

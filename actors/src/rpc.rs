@@ -125,10 +125,14 @@ pub struct Update {
     pub key: ByteBuf,
     /// The client's causal context.
     pub context: VersionVector,
-    /// New value, or `None` for a tombstone.
+    /// New value (stored bytes, encoded by `codec`), or `None` for a tombstone.
     pub value: Option<ByteBuf>,
     /// Coordinator's wall clock, ms since the Unix epoch.
     pub timestamp_ms: u64,
+    /// How `value` is encoded ([`ringkv_storage::codec`]); raw when absent (senders that
+    /// predate compression).
+    #[serde(default, skip_serializing_if = "ringkv_storage::Codec::is_none")]
+    pub codec: ringkv_storage::Codec,
 }
 
 impl Rpc for Update {
@@ -149,6 +153,7 @@ impl Rpc for Update {
                 key: self.key.to_vec(),
                 context: self.context.clone(),
                 value: self.value.clone().map(ByteBuf::into_vec),
+                codec: self.codec,
                 timestamp_ms: self.timestamp_ms,
                 reply,
             }

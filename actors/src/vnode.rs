@@ -61,8 +61,10 @@ pub enum VNodeMsg {
         key: Vec<u8>,
         /// Causal context the client read (empty: a blind write).
         context: VersionVector,
-        /// New value, or `None` for a tombstone.
+        /// New value (stored bytes, encoded by `codec`), or `None` for a tombstone.
         value: Option<Vec<u8>>,
+        /// How `value` is encoded ([`ringkv_storage::codec`]).
+        codec: ringkv_storage::Codec,
         /// Coordinator's wall clock, ms since the Unix epoch.
         timestamp_ms: u64,
         /// Where the key's new state goes.
@@ -221,13 +223,15 @@ impl Actor for VNode {
                 key,
                 context,
                 value,
+                codec,
                 timestamp_ms,
                 reply,
-            } => partition.update(
+            } => partition.update_encoded(
                 &bucket,
                 &key,
                 context,
                 value,
+                codec,
                 timestamp_ms,
                 Box::new(move |r| {
                     let _ = reply.send(r);

@@ -58,6 +58,7 @@ impl Cluster {
             key: key.as_bytes().to_vec(),
             context,
             value: Some(value.as_bytes().to_vec()),
+            codec: ringkv_storage::Codec::None,
         };
         coordinate(request, placement, self.net.peer(at), timeout).await
     }

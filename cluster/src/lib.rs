@@ -21,5 +21,6 @@ pub mod ring;
 pub mod staging;
 pub mod transition;
 
+pub use membership::Compression;
 pub use config::{ConfigError, NodeConfig};
 pub use ring::partition_for;

@@ -26,6 +26,7 @@
 //! resize only while the process has no transaction open on the env, so readers hold a shared
 //! gate for the length of their transaction and the writer takes it exclusively to resize.
 
+use crate::Codec;
 use crate::dvv::{DvvSet, ReplicaId, VersionVector};
 use crate::merkle::{self, MerkleTree};
 use crate::store::{Change, DataStore, WriteOp};
@@ -273,6 +274,22 @@ impl Partition {
         timestamp_ms: u64,
         reply: WriteReply,
     ) {
+        self.update_encoded(bucket, key, context, value, Codec::None, timestamp_ms, reply)
+    }
+
+    /// [`Partition::update`] with a value already encoded by `codec` (see [`crate::codec`]):
+    /// the replica stores it as it is.
+    #[allow(clippy::too_many_arguments)]
+    pub fn update_encoded(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        context: VersionVector,
+        value: Option<Vec<u8>>,
+        codec: Codec,
+        timestamp_ms: u64,
+        reply: WriteReply,
+    ) {
         match keys::storage_key(bucket, key) {
             Ok(key) => self.store.enqueue(WriteOp::Record {
                 partition: self.id,
@@ -280,6 +297,7 @@ impl Partition {
                 change: Change::Update {
                     context,
                     value,
+                    codec,
                     timestamp_ms,
                 },
                 reply,

@@ -172,6 +172,8 @@ pub(crate) enum Change {
     Update {
         context: VersionVector,
         value: Option<Vec<u8>>,
+        /// How `value` is encoded ([`crate::codec`]).
+        codec: crate::Codec,
         timestamp_ms: u64,
     },
     /// Another replica's state to merge ([`DvvSet::sync`]).
@@ -1141,13 +1143,15 @@ impl Writer {
             Change::Update {
                 context,
                 value,
+                codec,
                 timestamp_ms,
             } => {
                 let mut next = current;
-                if let Err(l) = next.update(
+                if let Err(l) = next.update_encoded(
                     context,
                     part.replica(),
                     value.clone(),
+                    *codec,
                     *timestamp_ms,
                     self.max_siblings,
                 ) {
