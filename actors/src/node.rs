@@ -482,6 +482,10 @@ pub struct ClusterStatus {
     /// Replica calls: `batches` of merges and reads sent to other nodes (one cluster message
     /// each) and the `batched_calls` they carried, since start.
     pub replica: std::collections::BTreeMap<&'static str, u64>,
+    /// This node's data: `keys` and `bytes` summed over its partitions
+    /// ([`ringkv_storage::PartitionStats`]: each key's LMDB key plus its record, values as
+    /// stored, so compressed ones count their compressed size; page overhead not counted).
+    pub storage: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Per-request settings.
@@ -1110,6 +1114,16 @@ impl Node {
             repair,
             restarts,
             replica,
+            storage: {
+                let (mut keys, mut bytes) = (0, 0);
+                for p in &self.data.partitions {
+                    if let Ok(s) = p.stats() {
+                        keys += s.keys;
+                        bytes += s.bytes;
+                    }
+                }
+                [("keys", keys), ("bytes", bytes)].into_iter().collect()
+            },
         }
     }
 
