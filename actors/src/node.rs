@@ -846,7 +846,33 @@ impl Node {
                 max: self.config.max_value_bytes,
             });
         }
-        self.update(bucket, key, Some(value), context, opts).await
+        let state = self.update(bucket, key, Some(value), context, opts).await?;
+        self.fetched(state)
+    }
+
+    /// [`Node::put`] for a caller that does not want the key's state back (a protocol `put`
+    /// without `return_body`): the same write, without decompressing the values it would
+    /// return.
+    ///
+    /// # Errors
+    /// As [`Node::put`].
+    pub async fn put_ack(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        value: Vec<u8>,
+        context: &[u8],
+        opts: &RequestOptions,
+    ) -> Result<(), KvError> {
+        if value.len() > self.config.max_value_bytes {
+            return Err(KvError::ValueTooLarge {
+                len: value.len(),
+                max: self.config.max_value_bytes,
+            });
+        }
+        self.update(bucket, key, Some(value), context, opts)
+            .await
+            .map(|_| ())
     }
 
     /// Deletes `(bucket, key)`: writes a tombstone over the versions `context` covers.
@@ -872,7 +898,7 @@ impl Node {
         value: Option<Vec<u8>>,
         context: &[u8],
         opts: &RequestOptions,
-    ) -> Result<Fetched, KvError> {
+    ) -> Result<Option<DvvSet>, KvError> {
         keys::validate(bucket, key)?;
         let context = crate::context::open(self.context_key(), context)?;
         // Compressed once here, before the fan-out: every replica, hint and later transfer
@@ -892,7 +918,7 @@ impl Node {
             value,
             codec,
         };
-        self.fetched(self.coordinate(request, bucket, key, opts).await?)
+        self.coordinate(request, bucket, key, opts).await
     }
 
     /// The codec of the bucket's `compression` property.

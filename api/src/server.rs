@@ -713,16 +713,21 @@ pub async fn execute(node: &Node, id: u64, request: Request) -> ResponseFrame {
             context,
             return_body,
             opts,
+        } if !return_body => node
+            .put_ack(&bucket, &key, value, &context, &opts)
+            .await
+            .map(|()| ResponseFrame::ok(id)),
+        Request::Put {
+            bucket,
+            key,
+            value,
+            context,
+            opts,
+            ..
         } => node
             .put(&bucket, &key, value, &context, &opts)
             .await
-            .map(|f| {
-                if return_body {
-                    crate::protocol::fetched(id, f)
-                } else {
-                    ResponseFrame::ok(id)
-                }
-            }),
+            .map(|f| crate::protocol::fetched(id, f)),
         Request::ClusterStatus => Ok(info(id, &node.cluster_status())),
         Request::ClusterPlan => node
             .cluster_plan()
