@@ -27,8 +27,7 @@ use ringkv_cluster::phi::PhiConfig;
 use ringkv_cluster::staging::{self, MoveEstimate, Reverted, Staged};
 use ringkv_cluster::{partition_for, Compression, NodeConfig};
 use ringkv_storage::{
-    Codec,
-    keys, DataDir, DvvSet, Partition, PartitionOptions, StorageError, SystemStore,
+    keys, Codec, DataDir, DvvSet, Partition, PartitionOptions, StorageError, SystemStore,
 };
 use std::sync::Arc;
 use std::time::Duration;

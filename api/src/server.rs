@@ -691,9 +691,11 @@ fn merged_props(mut current: BucketProps, new: &BucketPropsFrame) -> Result<Buck
     current.timeout_ms = new.timeout_ms.unwrap_or(current.timeout_ms);
     current.sloppy_quorum = new.sloppy_quorum.unwrap_or(current.sloppy_quorum);
     if let Some(c) = &new.compression {
-        current.compression = c.parse().map_err(|e: ringkv_cluster::membership::MembershipError| {
-            KvError::Admin(e.to_string())
-        })?;
+        current.compression =
+            c.parse()
+                .map_err(|e: ringkv_cluster::membership::MembershipError| {
+                    KvError::Admin(e.to_string())
+                })?;
     }
     Ok(current)
 }

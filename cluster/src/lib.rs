@@ -21,6 +21,6 @@ pub mod ring;
 pub mod staging;
 pub mod transition;
 
-pub use membership::Compression;
 pub use config::{ConfigError, NodeConfig};
+pub use membership::Compression;
 pub use ring::partition_for;

@@ -147,7 +147,7 @@ pub fn compress_level(codec: Codec, level: i32, value: Vec<u8>) -> (Codec, Vec<u
 fn zstd_compress(level: i32, value: &[u8], limit: usize) -> Option<Vec<u8>> {
     ZSTD_C.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.as_ref().map_or(true, |(l, _)| *l != level) {
+        if !matches!(slot.as_ref(), Some((l, _)) if *l == level) {
             *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
         }
         let (_, c) = slot.as_mut()?;
@@ -205,7 +205,10 @@ pub fn decompress(codec: Codec, stored: &[u8], max_len: usize) -> Result<Vec<u8>
                     .map_err(|e| corrupt("zstd", &e.to_string()))
             })?;
             if out.len() as u64 != size {
-                return Err(corrupt("zstd", "frame decodes to another size than declared"));
+                return Err(corrupt(
+                    "zstd",
+                    "frame decodes to another size than declared",
+                ));
             }
             Ok(out)
         }
@@ -221,7 +224,10 @@ pub fn decompress(codec: Codec, stored: &[u8], max_len: usize) -> Result<Vec<u8>
             let n = lz4_flex::block::decompress_into(block, &mut out)
                 .map_err(|e| corrupt("lz4", &e.to_string()))?;
             if n != size {
-                return Err(corrupt("lz4", "block decodes to another size than declared"));
+                return Err(corrupt(
+                    "lz4",
+                    "block decodes to another size than declared",
+                ));
             }
             Ok(out)
         }
@@ -243,7 +249,14 @@ mod tests {
     use super::*;
 
     fn text(len: usize) -> Vec<u8> {
-        let words = ["ringkv ", "stores ", "values ", "in ", "partitions ", "replicated "];
+        let words = [
+            "ringkv ",
+            "stores ",
+            "values ",
+            "in ",
+            "partitions ",
+            "replicated ",
+        ];
         let mut out = Vec::with_capacity(len + 16);
         let mut i = 7usize;
         while out.len() < len {

@@ -26,10 +26,10 @@
 //! resize only while the process has no transaction open on the env, so readers hold a shared
 //! gate for the length of their transaction and the writer takes it exclusively to resize.
 
-use crate::Codec;
 use crate::dvv::{DvvSet, ReplicaId, VersionVector};
 use crate::merkle::{self, MerkleTree};
 use crate::store::{Change, DataStore, WriteOp};
+use crate::Codec;
 use crate::{keys, record, StorageError};
 use std::path::Path;
 use std::sync::Arc;
@@ -274,7 +274,15 @@ impl Partition {
         timestamp_ms: u64,
         reply: WriteReply,
     ) {
-        self.update_encoded(bucket, key, context, value, Codec::None, timestamp_ms, reply)
+        self.update_encoded(
+            bucket,
+            key,
+            context,
+            value,
+            Codec::None,
+            timestamp_ms,
+            reply,
+        )
     }
 
     /// [`Partition::update`] with a value already encoded by `codec` (see [`crate::codec`]):

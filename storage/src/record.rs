@@ -119,8 +119,15 @@ mod tests {
         let mut d = DvvSet::new();
         d.update_encoded(&VersionVector::new(), 1, Some(stored), codec, 1, 10)
             .unwrap();
-        d.update_encoded(&VersionVector::new(), 2, Some(b"raw".to_vec()), crate::Codec::None, 2, 10)
-            .unwrap();
+        d.update_encoded(
+            &VersionVector::new(),
+            2,
+            Some(b"raw".to_vec()),
+            crate::Codec::None,
+            2,
+            10,
+        )
+        .unwrap();
         let bytes = encode(&d);
         assert_eq!(bytes[0], RECORD_V2);
         assert!(bytes.len() < value.len() / 10);

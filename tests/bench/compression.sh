@@ -48,17 +48,31 @@ for i in $(seq 1 256); do head -c 262144 /dev/urandom >"$WORK/random/f$i"; done
 bytes() { "$BIN" cluster status --addr "$ADDR" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["storage"]["bytes"])'; }
 run() { # bucket codec dir label
   "$BIN" bucket set "$1" "compression=$2" --addr "$ADDR" >/dev/null
-  local before after
+  local before after out
   before=$(bytes)
-  echo "== $4, compression=$2 (bucket $1)"
-  "$BIN" load "$3" --addr "$ADDR" --bucket "$1" --quiet | grep -E '^(stored|verified)'
+  out=$("$BIN" load "$3" --addr "$ADDR" --bucket "$1" --quiet | grep -E '^(stored|verified)')
   after=$(bytes)
+  echo "== $4, compression=$2 (bucket $1)"
+  echo "$out"
   echo "   stored bytes added: $((after - before))"
+  echo "$4|$2|$(echo "$out" | sed -n 's/^stored.* \([0-9.]*\) MB\/s$/\1/p')|$(echo "$out" | sed -n 's/^verified.* \([0-9.]*\) MB\/s;.*/\1/p')|$((after - before))" >>"$WORK/rows"
 }
+# Alternate which codec goes first: the machine's load drifts.
 for r in $(seq 1 "$ROUNDS"); do
-  run "docs-zstd-$r" zstd "$DIR" "$DIR"
-  run "docs-none-$r" none "$DIR" "$DIR"
-  run "rand-zstd-$r" zstd "$WORK/random" "random 256 x 256 KiB"
-  run "rand-none-$r" none "$WORK/random" "random 256 x 256 KiB"
+  if [ $((r % 2)) = 1 ]; then order="zstd none"; else order="none zstd"; fi
+  for c in $order; do run "docs-$c-$r" "$c" "$DIR" "$DIR"; done
+  for c in $order; do run "rand-$c-$r" "$c" "$WORK/random" "random 256 x 256 KiB"; done
 done
 du -sh "$WORK/n1/data" | sed 's/^/data dir: /'
+python3 - "$WORK/rows" <<'EOF'
+import sys, statistics
+rows = {}
+for line in open(sys.argv[1]):
+    corpus, codec, store, verify, stored = line.strip().split("|")
+    r = rows.setdefault((corpus, codec), ([], [], stored))
+    r[0].append(float(store)); r[1].append(float(verify))
+print(f"{'corpus':<22} {'codec':<5} {'load MB/s median (min-max)':<27} {'verify MB/s median (min-max)':<29} stored bytes")
+for (corpus, codec), (s, v, b) in sorted(rows.items()):
+    f = lambda x: f"{statistics.median(x):.0f} ({min(x):.0f}-{max(x):.0f})"
+    print(f"{corpus:<22} {codec:<5} {f(s):<27} {f(v):<29} {b}")
+EOF

@@ -12,8 +12,21 @@ use std::time::Duration;
 /// Text that compresses about 4:1, like documentation.
 fn text(len: usize) -> Vec<u8> {
     let words = [
-        "the ", "replica ", "stores ", "values ", "of ", "each ", "partition ", "durably, ",
-        "and ", "anti-entropy ", "repairs ", "what ", "differs.\n", "ringkv ", "bucket ",
+        "the ",
+        "replica ",
+        "stores ",
+        "values ",
+        "of ",
+        "each ",
+        "partition ",
+        "durably, ",
+        "and ",
+        "anti-entropy ",
+        "repairs ",
+        "what ",
+        "differs.\n",
+        "ringkv ",
+        "bucket ",
     ];
     let mut out = Vec::with_capacity(len + 16);
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -58,13 +71,13 @@ fn a_compressible_value_round_trips_through_three_replicas_stored_smaller() {
         let got = c3.get_with(b"docs", b"manual", &q(3, 3, 2)).await.unwrap();
         assert!(got.values == vec![doc.clone()], "read through n3 differs");
     });
-    for i in 0..3 {
+    for (i, before) in before.iter().enumerate() {
         assert!(
             cluster.local_values(i, b"docs", b"manual") == vec![doc.clone()],
             "{}'s own copy differs",
             cluster.name(i)
         );
-        let grew = stored_bytes(&cluster, i) - before[i];
+        let grew = stored_bytes(&cluster, i) - before;
         assert!(
             grew < doc.len() as u64 / 3,
             "{} stores {grew} bytes for a {} byte value",
@@ -84,9 +97,12 @@ fn a_compressible_value_round_trips_through_three_replicas_stored_smaller() {
         let got = c1.get_with(b"docs", b"noise", &q(3, 3, 2)).await.unwrap();
         assert!(got.values == vec![noise.clone()], "random value differs");
     });
-    for i in 0..3 {
-        let grew = stored_bytes(&cluster, i) - before[i];
-        assert!(grew >= noise.len() as u64, "random value stored in {grew} bytes");
+    for (i, before) in before.iter().enumerate() {
+        let grew = stored_bytes(&cluster, i) - before;
+        assert!(
+            grew >= noise.len() as u64,
+            "random value stored in {grew} bytes"
+        );
     }
 
     // Change the bucket's codec twice: values of every encoding live side by side.
@@ -162,9 +178,17 @@ fn the_compression_property_is_set_shown_and_validated() {
         .request(0, frame, Duration::from_secs(10))
         .expect("an answer");
     assert!(!answer.ok);
-    assert_eq!(answer.code.as_deref(), Some("malformed_request"), "{answer:?}");
+    assert_eq!(
+        answer.code.as_deref(),
+        Some("malformed_request"),
+        "{answer:?}"
+    );
     assert!(
-        answer.message.as_deref().unwrap_or("").contains("none, zstd or lz4"),
+        answer
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("none, zstd or lz4"),
         "{answer:?}"
     );
     assert_eq!(bucket_get(&cluster, 0, "b")["compression"], "lz4");
