@@ -193,3 +193,32 @@ fn the_compression_property_is_set_shown_and_validated() {
     );
     assert_eq!(bucket_get(&cluster, 0, "b")["compression"], "lz4");
 }
+
+/// Compressed values reach a replica that missed the write: node 3 is killed, a compressible
+/// value is written with w=2, node 3 restarts, and hinted handoff or anti-entropy gives it the
+/// exact value, stored compressed.
+#[test]
+fn a_replica_that_missed_a_compressed_write_catches_up_with_the_exact_value() {
+    let mut cluster = Cluster::start(3, &["--partitions", "16"]);
+    let a1 = cluster.nodes[0].addr;
+    cluster.nodes[2].kill9();
+    let doc = text(512 * 1024);
+    rt().block_on(async {
+        let c1 = Client::connect(a1).await.unwrap();
+        c1.put_with(b"docs", b"late", doc.clone(), &[], &q(3, 2, 2))
+            .await
+            .unwrap();
+    });
+    cluster.nodes[2].restart();
+    wait_until(
+        "node 3 to receive the value",
+        Duration::from_secs(60),
+        || (cluster.local_values(2, b"docs", b"late") == vec![doc.clone()]).then_some(()),
+    );
+    let stored = stored_bytes(&cluster, 2);
+    assert!(
+        stored < doc.len() as u64 / 3,
+        "node 3 stores {stored} bytes for a {} byte value",
+        doc.len()
+    );
+}
