@@ -8,8 +8,11 @@
 //! records (no tag: raw) mix freely.
 //!
 //! [`compress`] runs once per client write on the node that accepted it, before the write fans
-//! out; [`decompress`] runs on the same node before a read (or a write's returned state) goes
-//! back to the client. A value is kept raw when its compressed form is not at least
+//! out; [`decompress`] runs on the node that answers the client, before a read (or a write's
+//! returned state) goes back. Compressing once at the entry, rather than at record encoding on
+//! each replica, keeps every replica's bytes (and so its Merkle hashes) identical, spends the
+//! CPU once per write instead of on every merge, repair and transfer that re-encodes a record,
+//! and makes replication, hints and transfers carry the smaller bytes. A value is kept raw when its compressed form is not at least
 //! [`MIN_SAVING_PERCENT`] percent smaller (already compressed media, random bytes), so such data
 //! costs one failed compression attempt on write and nothing on read.
 //!
