@@ -102,12 +102,20 @@ pub fn open(key: ContextKey, context: &[u8]) -> Result<VersionVector, StorageErr
 }
 
 impl Fetched {
-    /// What a read answers for the key state `d`: its live values and its sealed context.
-    pub(crate) fn sealed(d: DvvSet, key: ContextKey) -> Fetched {
-        Fetched {
-            values: d.values().map(<[u8]>::to_vec).collect(),
+    /// What a read answers for the key state `d`: its live values, decompressed (none may
+    /// exceed `max_value_len` bytes), and its sealed context.
+    ///
+    /// # Errors
+    /// [`ringkv_storage::StorageError::Corrupt`] if a stored value does not decompress.
+    pub(crate) fn sealed(
+        d: DvvSet,
+        key: ContextKey,
+        max_value_len: usize,
+    ) -> Result<Fetched, ringkv_storage::StorageError> {
+        Ok(Fetched {
+            values: d.decoded_values(max_value_len)?,
             context: seal(key, d.context()),
-        }
+        })
     }
 }
 

@@ -219,11 +219,14 @@ pub enum KvRequest {
         key: Vec<u8>,
         /// What the client read.
         context: VersionVector,
-        /// New value or `None` for a tombstone.
+        /// New value or `None` for a tombstone: the bytes to store, encoded by `codec`
+        /// (the caller compresses once, so every replica stores the same bytes).
         value: Option<Vec<u8>>,
         /// Applied only if this holds: checked by the coordinating replica's writer and by
         /// every replica the write is merged into (see `api/PROTOCOL.md`, "Conditional writes").
         condition: Condition,
+        /// How `value` is encoded ([`ringkv_storage::codec`]).
+        codec: ringkv_storage::Codec,
     },
 }
 
@@ -337,7 +340,13 @@ async fn execute<T: ReplicaTransport>(args: CoordinatorArgs<T>) -> Result<Option
             context,
             value,
             condition,
-        } => write(&args, bucket, key, context, value, *condition, deadline).await,
+            codec,
+        } => {
+            write(
+                &args, bucket, key, context, value, *codec, *condition, deadline,
+            )
+            .await
+        }
     };
     result
 }
@@ -400,6 +409,7 @@ async fn write<T: ReplicaTransport>(
     key: &[u8],
     context: &VersionVector,
     value: &Option<Vec<u8>>,
+    codec: ringkv_storage::Codec,
     condition: Condition,
     deadline: Instant,
 ) -> Result<Option<DvvSet>, KvError> {
@@ -432,6 +442,7 @@ async fn write<T: ReplicaTransport>(
             context: context.clone(),
             value: value.clone().map(ByteBuf::from),
             timestamp_ms: now_ms(),
+            codec,
             condition,
         };
         match args.peers.call(node, update, left).await {
@@ -477,10 +488,11 @@ async fn write<T: ReplicaTransport>(
             failures = Failures::default();
             let mut record = DvvSet::new();
             record
-                .update(
+                .update_encoded(
                     context,
                     rand::random(),
                     value.clone(),
+                    codec,
                     now_ms(),
                     args.placement.max_siblings,
                 )

@@ -25,9 +25,9 @@ use ringkv_cluster::membership::{
 };
 use ringkv_cluster::phi::PhiConfig;
 use ringkv_cluster::staging::{self, MoveEstimate, Reverted, Staged};
-use ringkv_cluster::{partition_for, NodeConfig};
+use ringkv_cluster::{partition_for, Compression, NodeConfig};
 use ringkv_storage::{
-    keys, Condition, DataDir, DvvSet, Partition, PartitionOptions, StorageError, SystemStore,
+    keys, Codec, Condition, DataDir, DvvSet, Partition, PartitionOptions, StorageError, SystemStore,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -481,6 +481,10 @@ pub struct ClusterStatus {
     /// Replica calls: `batches` of merges and reads sent to other nodes (one cluster message
     /// each) and the `batched_calls` they carried, since start.
     pub replica: std::collections::BTreeMap<&'static str, u64>,
+    /// This node's data: `keys` and `bytes` summed over its partitions
+    /// ([`ringkv_storage::PartitionStats`]: each key's LMDB key plus its record, values as
+    /// stored, so compressed ones count their compressed size; page overhead not counted).
+    pub storage: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Per-request settings.
@@ -810,11 +814,20 @@ impl Node {
             bucket: bucket.to_vec(),
             key: key.to_vec(),
         };
-        Ok(self
-            .coordinate(request, bucket, key, opts)
-            .await?
-            .map(|d| Fetched::sealed(d, self.context_key()))
-            .unwrap_or_default())
+        self.fetched(self.coordinate(request, bucket, key, opts).await?)
+    }
+
+    /// What a request answers for the key state `state`: the values decompressed (bounded by
+    /// `max-value-bytes`) and the sealed context.
+    fn fetched(&self, state: Option<DvvSet>) -> Result<Fetched, KvError> {
+        match state {
+            Some(d) => Ok(Fetched::sealed(
+                d,
+                self.context_key(),
+                self.config.max_value_bytes,
+            )?),
+            None => Ok(Fetched::default()),
+        }
     }
 
     /// Writes `value` under `(bucket, key)`, replacing the versions that `context` (from an
@@ -839,7 +852,33 @@ impl Node {
                 max: self.config.max_value_bytes,
             });
         }
-        self.update(bucket, key, Some(value), context, opts).await
+        let state = self.update(bucket, key, Some(value), context, opts).await?;
+        self.fetched(state)
+    }
+
+    /// [`Node::put`] for a caller that does not want the key's state back (a protocol `put`
+    /// without `return_body`): the same write, without decompressing the values it would
+    /// return.
+    ///
+    /// # Errors
+    /// As [`Node::put`].
+    pub async fn put_ack(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        value: Vec<u8>,
+        context: &[u8],
+        opts: &RequestOptions,
+    ) -> Result<(), KvError> {
+        if value.len() > self.config.max_value_bytes {
+            return Err(KvError::ValueTooLarge {
+                len: value.len(),
+                max: self.config.max_value_bytes,
+            });
+        }
+        self.update(bucket, key, Some(value), context, opts)
+            .await
+            .map(|_| ())
     }
 
     /// Deletes `(bucket, key)`: writes a tombstone over the versions `context` covers.
@@ -865,20 +904,37 @@ impl Node {
         value: Option<Vec<u8>>,
         context: &[u8],
         opts: &RequestOptions,
-    ) -> Result<Fetched, KvError> {
+    ) -> Result<Option<DvvSet>, KvError> {
         keys::validate(bucket, key)?;
+        let context = crate::context::open(self.context_key(), context)?;
+        // Compressed once here, before the fan-out: every replica, hint and later transfer
+        // stores and moves the same (smaller) bytes, and reads decompress on the node that
+        // answers the client (`fetched`).
+        let (value, codec) = match value {
+            Some(v) => {
+                let (codec, bytes) = compress_value(self.bucket_codec(bucket), v).await;
+                (Some(bytes), codec)
+            }
+            None => (None, Codec::None),
+        };
         let request = KvRequest::Update {
             bucket: bucket.to_vec(),
             key: key.to_vec(),
-            context: crate::context::open(self.context_key(), context)?,
+            context,
             value,
             condition: opts.condition,
+            codec,
         };
-        Ok(self
-            .coordinate(request, bucket, key, opts)
-            .await?
-            .map(|d| Fetched::sealed(d, self.context_key()))
-            .unwrap_or_default())
+        self.coordinate(request, bucket, key, opts).await
+    }
+
+    /// The codec of the bucket's `compression` property.
+    fn bucket_codec(&self, bucket: &[u8]) -> Codec {
+        match self.view.read().bucket_props(bucket).compression {
+            Compression::None => Codec::None,
+            Compression::Zstd => Codec::Zstd,
+            Compression::Lz4 => Codec::Lz4,
+        }
     }
 
     /// Where a request on `(bucket, key)` goes, and with which quorums. `n`, `r` and `w` (the
@@ -1091,6 +1147,16 @@ impl Node {
             repair,
             restarts,
             replica,
+            storage: {
+                let (mut keys, mut bytes) = (0, 0);
+                for p in &self.data.partitions {
+                    if let Ok(s) = p.stats() {
+                        keys += s.keys;
+                        bytes += s.bytes;
+                    }
+                }
+                [("keys", keys), ("bytes", bytes)].into_iter().collect()
+            },
         }
     }
 
@@ -1396,4 +1462,19 @@ impl Node {
         let _ = tokio::task::spawn_blocking(move || data.shutdown()).await;
         tracing::info!("node stopped");
     }
+}
+
+/// Values from this size up are compressed on the blocking pool rather than on the tokio
+/// worker (zstd level 1 takes about 1 ms per 256 KiB here).
+const COMPRESS_INLINE_MAX: usize = 256 * 1024;
+
+/// Compresses a client's value for storage with `codec` ([`ringkv_storage::codec::compress`]):
+/// the codec actually used (`None` when it would not shrink) and the bytes to store.
+async fn compress_value(codec: Codec, value: Vec<u8>) -> (Codec, Vec<u8>) {
+    if codec.is_none() || value.len() < COMPRESS_INLINE_MAX {
+        return ringkv_storage::codec::compress(codec, value);
+    }
+    tokio::task::spawn_blocking(move || ringkv_storage::codec::compress(codec, value))
+        .await
+        .expect("compression does not panic")
 }

@@ -125,7 +125,7 @@ pub struct Update {
     pub key: ByteBuf,
     /// The client's causal context.
     pub context: VersionVector,
-    /// New value, or `None` for a tombstone.
+    /// New value (stored bytes, encoded by `codec`), or `None` for a tombstone.
     pub value: Option<ByteBuf>,
     /// Coordinator's wall clock, ms since the Unix epoch.
     pub timestamp_ms: u64,
@@ -134,6 +134,10 @@ pub struct Update {
     /// answered [`StorageError::ConditionFailed`]. Absent in encodings of older nodes: none.
     #[serde(default)]
     pub condition: Condition,
+    /// How `value` is encoded ([`ringkv_storage::codec`]); raw when absent (senders that
+    /// predate compression).
+    #[serde(default, skip_serializing_if = "ringkv_storage::Codec::is_none")]
+    pub codec: ringkv_storage::Codec,
 }
 
 impl Rpc for Update {
@@ -154,6 +158,7 @@ impl Rpc for Update {
                 key: self.key.to_vec(),
                 context: self.context.clone(),
                 value: self.value.clone().map(ByteBuf::into_vec),
+                codec: self.codec,
                 timestamp_ms: self.timestamp_ms,
                 condition: self.condition,
                 reply,
@@ -964,6 +969,7 @@ mod tests {
             value: Some(b("v")),
             timestamp_ms: 5,
             condition: Condition::IfMatch,
+            codec: ringkv_storage::Codec::None,
         };
         let merge = Merge {
             partition: 2,

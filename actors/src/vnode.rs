@@ -63,8 +63,10 @@ pub enum VNodeMsg {
         key: Vec<u8>,
         /// Causal context the client read (empty: a blind write).
         context: VersionVector,
-        /// New value, or `None` for a tombstone.
+        /// New value (stored bytes, encoded by `codec`), or `None` for a tombstone.
         value: Option<Vec<u8>>,
+        /// How `value` is encoded ([`ringkv_storage::codec`]).
+        codec: ringkv_storage::Codec,
         /// Coordinator's wall clock, ms since the Unix epoch.
         timestamp_ms: u64,
         /// Applied only if this holds on the key's current state (checked by the writer).
@@ -228,14 +230,16 @@ impl Actor for VNode {
                 key,
                 context,
                 value,
+                codec,
                 timestamp_ms,
                 condition,
                 reply,
-            } => partition.update_if(
+            } => partition.update_with(
                 &bucket,
                 &key,
                 context,
                 value,
+                codec,
                 timestamp_ms,
                 condition,
                 Box::new(move |r| {

@@ -84,6 +84,7 @@ impl Cluster {
             context,
             value: value.map(|v| v.as_bytes().to_vec()),
             condition,
+            codec: ringkv_storage::Codec::None,
         };
         coordinate(request, placement, self.net.peer(at), timeout).await
     }

@@ -273,12 +273,20 @@ impl Request {
             "bucket_get" => Request::BucketGet {
                 bucket: required(f.bucket, "bucket", op)?,
             },
-            "bucket_set" => Request::BucketSet {
-                bucket: required(f.bucket, "bucket", op)?,
-                props: f.props.ok_or_else(|| {
+            "bucket_set" => {
+                let props = f.props.ok_or_else(|| {
                     ProtocolError::new(ErrorCode::MalformedRequest, "op bucket_set needs the field props")
-                })?,
-            },
+                })?;
+                if let Some(c) = &props.compression {
+                    c.parse::<ringkv_cluster::Compression>().map_err(|e| {
+                        ProtocolError::new(ErrorCode::MalformedRequest, e.to_string())
+                    })?;
+                }
+                Request::BucketSet {
+                    bucket: required(f.bucket, "bucket", op)?,
+                    props,
+                }
+            }
             "inject_fault" => Request::InjectFault(match f.fault.as_deref() {
                 None | Some("panic_vnode") => Fault::PanicVnode {
                     bucket: required(f.bucket, "bucket", op)?,

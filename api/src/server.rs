@@ -690,6 +690,13 @@ fn merged_props(mut current: BucketProps, new: &BucketPropsFrame) -> Result<Buck
     current.w = quorum("w", new.w, current.w)?;
     current.timeout_ms = new.timeout_ms.unwrap_or(current.timeout_ms);
     current.sloppy_quorum = new.sloppy_quorum.unwrap_or(current.sloppy_quorum);
+    if let Some(c) = &new.compression {
+        current.compression =
+            c.parse()
+                .map_err(|e: ringkv_cluster::membership::MembershipError| {
+                    KvError::Admin(e.to_string())
+                })?;
+    }
     Ok(current)
 }
 
@@ -708,16 +715,21 @@ pub async fn execute(node: &Node, id: u64, request: Request) -> ResponseFrame {
             context,
             return_body,
             opts,
+        } if !return_body => node
+            .put_ack(&bucket, &key, value, &context, &opts)
+            .await
+            .map(|()| ResponseFrame::ok(id)),
+        Request::Put {
+            bucket,
+            key,
+            value,
+            context,
+            opts,
+            ..
         } => node
             .put(&bucket, &key, value, &context, &opts)
             .await
-            .map(|f| {
-                if return_body {
-                    crate::protocol::fetched(id, f)
-                } else {
-                    ResponseFrame::ok(id)
-                }
-            }),
+            .map(|f| crate::protocol::fetched(id, f)),
         Request::ClusterStatus => Ok(info(id, &node.cluster_status())),
         Request::ClusterPlan => node
             .cluster_plan()

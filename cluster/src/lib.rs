@@ -22,4 +22,5 @@ pub mod staging;
 pub mod transition;
 
 pub use config::{ConfigError, NodeConfig};
+pub use membership::Compression;
 pub use ring::partition_for;

@@ -128,10 +128,56 @@ pub struct BucketProps {
     /// diverging. Default `true` (Riak's default).
     #[serde(default = "default_true")]
     pub sloppy_quorum: bool,
+    /// How the node that accepts a write compresses the value before storing and replicating
+    /// it (values that do not shrink are stored raw). Changing it affects later writes only;
+    /// every stored value says how it is encoded. Default [`Compression::Zstd`]; states
+    /// gossiped before this property existed decode with the default.
+    #[serde(default)]
+    pub compression: Compression,
 }
 
 fn default_true() -> bool {
     true
+}
+
+/// The bucket property `compression`: how values written to the bucket are compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Store values as the client sent them.
+    None,
+    /// zstd at the level the storage layer chose by measurement (fast, good ratio).
+    #[default]
+    Zstd,
+    /// LZ4: faster than zstd, larger output.
+    Lz4,
+}
+
+impl Compression {
+    /// The property's value as `bucket get` shows it and `bucket set` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Zstd => "zstd",
+            Compression::Lz4 => "lz4",
+        }
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = MembershipError;
+
+    /// Parses `none`, `zstd` or `lz4`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Compression::None),
+            "zstd" => Ok(Compression::Zstd),
+            "lz4" => Ok(Compression::Lz4),
+            other => Err(MembershipError::BadBucketProps(format!(
+                "compression must be none, zstd or lz4, not {other:?}"
+            ))),
+        }
+    }
 }
 
 impl Default for BucketProps {
@@ -143,6 +189,7 @@ impl Default for BucketProps {
             w: 2,
             timeout_ms: 0,
             sloppy_quorum: true,
+            compression: Compression::Zstd,
         }
     }
 }
@@ -649,6 +696,7 @@ mod tests {
                     w: 1,
                     timeout_ms: 0,
                     sloppy_quorum: true,
+                    compression: Compression::Zstd,
                 }
             )
             .is_err());
@@ -660,11 +708,47 @@ mod tests {
                 w: 1,
                 timeout_ms: 0,
                 sloppy_quorum: true,
+                compression: Compression::Lz4,
             },
         )
         .unwrap();
         assert_eq!(s.bucket_props(b"b").r, 3);
+        assert_eq!(s.bucket_props(b"b").compression, Compression::Lz4);
         assert_eq!(s.bucket_props(b"other"), BucketProps::default());
+        assert_eq!(BucketProps::default().compression, Compression::Zstd);
+    }
+
+    /// Bucket properties gossiped before `compression` existed decode with the default.
+    #[test]
+    fn old_bucket_props_decode_with_default_compression() {
+        #[derive(Serialize)]
+        struct Old {
+            n: u8,
+            r: u8,
+            w: u8,
+            timeout_ms: u64,
+            sloppy_quorum: bool,
+        }
+        let old = rmp_serde::to_vec_named(&Old {
+            n: 3,
+            r: 1,
+            w: 1,
+            timeout_ms: 0,
+            sloppy_quorum: false,
+        })
+        .unwrap();
+        let props: BucketProps = rmp_serde::from_slice(&old).unwrap();
+        assert_eq!(props.compression, Compression::Zstd);
+        assert!(!props.sloppy_quorum);
+        let new = rmp_serde::to_vec_named(&BucketProps {
+            compression: Compression::None,
+            ..props
+        })
+        .unwrap();
+        let back: BucketProps = rmp_serde::from_slice(&new).unwrap();
+        assert_eq!(back.compression, Compression::None);
+        assert_eq!("lz4".parse::<Compression>().unwrap(), Compression::Lz4);
+        assert!("gzip".parse::<Compression>().is_err());
     }
 
     fn four_active() -> ClusterState {
@@ -857,6 +941,7 @@ mod tests {
                             w: 2,
                             timeout_ms: 0,
                             sloppy_quorum: true,
+                            compression: Compression::Zstd,
                         },
                     );
                     at

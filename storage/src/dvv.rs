@@ -21,6 +21,7 @@
 //! Deletes are siblings without a value (tombstones), so a delete is ordered against concurrent
 //! writes exactly like any other write.
 
+use crate::codec::{self, Codec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -130,9 +131,14 @@ impl VersionVector {
 pub struct Sibling {
     /// The write that produced this sibling.
     pub dot: Dot,
-    /// The value's bytes; `None` for a tombstone (a delete).
+    /// The value's stored bytes, encoded as [`Sibling::codec`] says; `None` for a tombstone
+    /// (a delete).
     #[serde(with = "serde_bytes", default)]
     pub value: Option<Vec<u8>>,
+    /// How `value` is encoded ([`crate::codec`]). Absent (raw) in records written before
+    /// compression existed, and never written for raw values, so raw records encode as before.
+    #[serde(default, skip_serializing_if = "Codec::is_none")]
+    pub codec: Codec,
     /// Wall-clock time of the write at its coordinator, milliseconds since the Unix epoch.
     /// Informational (and for last-write-wins buckets); never used for causality.
     #[serde(default)]
@@ -173,9 +179,28 @@ impl DvvSet {
         &self.clock
     }
 
-    /// Values of the live (non-tombstone) siblings, in dot order.
+    /// Stored bytes of the live (non-tombstone) siblings, in dot order: still compressed where
+    /// a sibling's [`Sibling::codec`] says so (see [`DvvSet::decoded_values`]).
     pub fn values(&self) -> impl Iterator<Item = &[u8]> {
         self.siblings.iter().filter_map(|s| s.value.as_deref())
+    }
+
+    /// The client's bytes of the live siblings, in dot order: each value decompressed with
+    /// its codec, none allowed to exceed `max_len` bytes.
+    ///
+    /// # Errors
+    /// [`crate::StorageError::Corrupt`] if a compressed value does not decode within `max_len`.
+    pub fn decoded_values(&self, max_len: usize) -> Result<Vec<Vec<u8>>, crate::StorageError> {
+        self.siblings
+            .iter()
+            .filter_map(|s| s.value.as_deref().map(|v| (s.codec, v)))
+            .map(|(c, v)| codec::decompress(c, v, max_len))
+            .collect()
+    }
+
+    /// True if some sibling holds a compressed value (its record needs [`crate::record::RECORD_V2`]).
+    pub fn has_compressed(&self) -> bool {
+        self.siblings.iter().any(|s| !s.codec.is_none())
     }
 
     /// True if there is no live value (never written, or only tombstones).
@@ -198,6 +223,24 @@ impl DvvSet {
         timestamp_ms: u64,
         max_siblings: usize,
     ) -> Result<Dot, SiblingLimit> {
+        self.update_encoded(ctx, replica, value, Codec::None, timestamp_ms, max_siblings)
+    }
+
+    /// [`DvvSet::update`] with a value already encoded by `codec` (see [`crate::codec`]).
+    ///
+    /// # Errors
+    /// As [`DvvSet::update`].
+    pub fn update_encoded(
+        &mut self,
+        ctx: &VersionVector,
+        replica: ReplicaId,
+        value: Option<Vec<u8>>,
+        codec: Codec,
+        timestamp_ms: u64,
+        max_siblings: usize,
+    ) -> Result<Dot, SiblingLimit> {
+        // A tombstone has no bytes to encode.
+        let codec = if value.is_some() { codec } else { Codec::None };
         let kept = self
             .siblings
             .iter()
@@ -217,6 +260,7 @@ impl DvvSet {
         self.siblings.push(Sibling {
             dot,
             value,
+            codec,
             timestamp_ms,
         });
         self.siblings.sort_by_key(|s| s.dot);

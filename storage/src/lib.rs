@@ -1,6 +1,7 @@
 //! ringkv storage: LMDB partitions, records, dotted version vectors.
 //!
 //! * [`dvv`]: dotted version vectors with siblings ([`DvvSet`]), the causality of every key;
+//! * [`codec`]: per-value compression (none, zstd, lz4), bounded decompression;
 //! * [`condition`]: conditional writes (`if_none_match`, `if_match`), checked by the writer;
 //! * [`record`]: the persisted form of a key's state (version byte + named msgpack);
 //! * [`keys`]: bucket and key limits and the on-disk key layout;
@@ -22,6 +23,7 @@
 //! This crate knows nothing of actors or networking and is tested as a plain library.
 #![warn(missing_docs)]
 
+pub mod codec;
 pub mod condition;
 pub mod dvv;
 mod env;
@@ -35,6 +37,7 @@ pub mod store;
 pub mod system;
 mod writer;
 
+pub use codec::Codec;
 pub use condition::Condition;
 pub use dvv::{Dot, DvvSet, ReplicaId, Sibling, VersionVector};
 pub use error::StorageError;

@@ -30,6 +30,7 @@ use crate::condition::Condition;
 use crate::dvv::{DvvSet, ReplicaId, VersionVector};
 use crate::merkle::{self, MerkleTree};
 use crate::store::{Change, DataStore, WriteOp};
+use crate::Codec;
 use crate::{keys, record, StorageError};
 use std::path::Path;
 use std::sync::Arc;
@@ -274,28 +275,31 @@ impl Partition {
         timestamp_ms: u64,
         reply: WriteReply,
     ) {
-        self.update_if(
+        self.update_with(
             bucket,
             key,
             context,
             value,
+            Codec::None,
             timestamp_ms,
             Condition::None,
             reply,
         )
     }
 
-    /// Like [`Partition::update`], applied only if `condition` holds on the key's current
+    /// [`Partition::update`] with a value already encoded by `codec` (see [`crate::codec`]; the
+    /// replica stores it as it is), applied only if `condition` holds on the key's current
     /// state, checked by the writer inside the transaction that applies the write
-    /// ([`Condition::check_update`]); else `reply` receives
-    /// [`StorageError::ConditionFailed`] and nothing is written.
+    /// ([`Condition::check_update`]); else `reply` receives [`StorageError::ConditionFailed`]
+    /// and nothing is written.
     #[allow(clippy::too_many_arguments)]
-    pub fn update_if(
+    pub fn update_with(
         &self,
         bucket: &[u8],
         key: &[u8],
         context: VersionVector,
         value: Option<Vec<u8>>,
+        codec: Codec,
         timestamp_ms: u64,
         condition: Condition,
         reply: WriteReply,
@@ -307,6 +311,7 @@ impl Partition {
                 change: Change::Update {
                     context,
                     value,
+                    codec,
                     timestamp_ms,
                     condition,
                 },
@@ -693,11 +698,12 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         for value in [b"first", b"other"] {
             let tx = tx.clone();
-            p.update_if(
+            p.update_with(
                 b"b",
                 b"k",
                 VersionVector::new(),
                 Some(value.to_vec()),
+                Codec::None,
                 0,
                 Condition::IfNoneMatch,
                 Box::new(move |r| {

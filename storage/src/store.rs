@@ -173,6 +173,8 @@ pub(crate) enum Change {
     Update {
         context: VersionVector,
         value: Option<Vec<u8>>,
+        /// How `value` is encoded ([`crate::codec`]).
+        codec: crate::Codec,
         timestamp_ms: u64,
         condition: Condition,
     },
@@ -1147,6 +1149,7 @@ impl Writer {
             Change::Update {
                 context,
                 value,
+                codec,
                 timestamp_ms,
                 condition,
             } => {
@@ -1154,10 +1157,11 @@ impl Writer {
                     return Ok(Err(e));
                 }
                 let mut next = current;
-                if let Err(l) = next.update(
+                if let Err(l) = next.update_encoded(
                     context,
                     part.replica(),
                     value.clone(),
+                    *codec,
                     *timestamp_ms,
                     self.max_siblings,
                 ) {

@@ -221,6 +221,10 @@ pub struct BucketPropsFrame {
     /// Sloppy quorum with hinted handoff (true, the default) or strict quorum (false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sloppy_quorum: Option<bool>,
+    /// How later writes to the bucket are compressed: `"none"`, `"zstd"` (the default) or
+    /// `"lz4"`. Any other string is answered with `malformed_request`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
 }
 
 /// An answer frame's map.

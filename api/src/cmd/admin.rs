@@ -97,7 +97,8 @@ pub enum ClusterCommand {
 
 #[derive(Subcommand)]
 pub enum BucketCommand {
-    /// Set properties: any of n=N r=R w=W timeout_ms=MS sloppy_quorum=true|false.
+    /// Set properties: any of n=N r=R w=W timeout_ms=MS sloppy_quorum=true|false
+    /// compression=none|zstd|lz4.
     Set {
         /// Bucket name.
         bucket: String,
@@ -258,7 +259,7 @@ pub async fn bucket(args: BucketArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Parses `n=3 r=2 w=2 timeout_ms=500 sloppy_quorum=false`.
+/// Parses `n=3 r=2 w=2 timeout_ms=500 sloppy_quorum=false compression=lz4`.
 pub fn parse_props(settings: &[String]) -> anyhow::Result<BucketPropsFrame> {
     let mut p = BucketPropsFrame::default();
     for s in settings {
@@ -278,8 +279,12 @@ pub fn parse_props(settings: &[String]) -> anyhow::Result<BucketPropsFrame> {
                         .with_context(|| format!("sloppy_quorum={v}: use true or false"))?,
                 )
             }
+            "compression" => {
+                v.parse::<ringkv_cluster::Compression>()?;
+                p.compression = Some(v.to_string())
+            }
             other => {
-                bail!("unknown bucket property {other:?}: use n, r, w, timeout_ms or sloppy_quorum")
+                bail!("unknown bucket property {other:?}: use n, r, w, timeout_ms, sloppy_quorum or compression")
             }
         }
     }
