@@ -160,7 +160,8 @@ fn oversized_records_never_cut_cluster_links() {
             }
         })
     };
-    let big = vec![0xabu8; 4 << 20];
+    // Random bytes: the bucket's default compression must not shrink them under the limit.
+    let big = incompressible(4 << 20, 1);
     let mut outcomes = Vec::new();
     rt.block_on(async {
         let client = Client::connect(addrs[0]).await.expect("connect n1");
@@ -235,7 +236,8 @@ fn a_full_partition_answers_storage_full() {
     let rt = rt();
     let err = rt.block_on(async {
         let client = Client::connect(node.addr).await.unwrap();
-        let value = vec![7u8; 100_000];
+        // Random bytes, which compression stores raw: 100 kB each on disk.
+        let value = incompressible(100_000, 2);
         for i in 0..100 {
             let key = format!("k{i}");
             if let Err(e) = client.put(b"b", key.as_bytes(), value.clone(), &[]).await {
@@ -616,4 +618,13 @@ fn sigterm_answers_every_pipelined_request() {
             );
         }
     });
+}
+
+/// `len` random bytes from `seed`: values that compression (zstd by default) stores raw, for
+/// tests of limits on stored sizes.
+fn incompressible(len: usize, seed: u64) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut bytes = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut bytes);
+    bytes
 }
