@@ -279,7 +279,7 @@ impl ClusterView {
         self.exchanges.load(Ordering::Relaxed)
     }
 
-    /// True if a commit removed this node from the cluster.
+    /// True if this node was removed from the cluster (it left: see [`ringkv_cluster::transition`]).
     pub fn is_removed(&self) -> bool {
         self.read().is_removed(&self.local)
     }

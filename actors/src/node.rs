@@ -467,7 +467,7 @@ pub struct ClusterStatus {
     pub digest: String,
     /// Members by name: every node that joined and was not removed.
     pub members: Vec<MemberRow>,
-    /// Names of the nodes a commit removed (the tombstones of the cluster state), by name.
+    /// Names of the nodes that left (the tombstones of the cluster state), by name: they may be stopped.
     /// This node is among them if it was removed itself.
     pub removed: Vec<String>,
     /// Gossip: `exchanges`, the state exchanges this node made or answered since start.
@@ -1325,8 +1325,9 @@ impl Node {
         Ok(plan)
     }
 
-    /// Marks `node` as leaving: the next commit removes it from the layout and leaves a
-    /// tombstone. Marking a leaving node again changes nothing.
+    /// Marks `node` as leaving: the next commit takes it out of the layout, its partitions
+    /// move to their new replicas, and then it becomes a tombstone (`removed`). Marking a
+    /// leaving node again changes nothing.
     ///
     /// # Errors
     /// [`KvError::Admin`] for an unknown node, a node already removed, or if this node was

@@ -245,7 +245,7 @@ pub enum MembershipError {
     /// Unknown node name.
     #[error("no member is named {0:?}")]
     UnknownMember(String),
-    /// The node was removed by a commit; only a node started under that name with a fresh
+    /// The node was removed (it left the cluster); only a node started under that name with a fresh
     /// data directory can join again.
     #[error("node {0:?} was removed from the cluster; to add it again, start it with an empty data directory")]
     Removed(String),
