@@ -421,11 +421,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn placements_are_computed_once_per_change_and_follow_it() {
-        let dir = tempfile::tempdir().unwrap();
+    /// The view of `n1`, alone in a committed layout of 8 partitions, stored in `dir`.
+    fn one_node_view(dir: &tempfile::TempDir) -> ClusterView {
         let system = Arc::new(SystemStore::open(dir.path(), 8).unwrap());
-        let view = ClusterView::load(
+        ClusterView::load(
             "n1".into(),
             || {
                 let mut s = ClusterState::new(8);
@@ -436,7 +435,13 @@ mod tests {
             system,
             PhiConfig::default(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn placements_are_computed_once_per_change_and_follow_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let view = one_node_view(&dir);
         let first = view.placements();
         assert!(
             Arc::ptr_eq(&first, &view.placements()),
@@ -488,19 +493,7 @@ mod tests {
     #[test]
     fn a_write_in_flight_under_the_old_version_holds_the_ack_of_the_new_one() {
         let dir = tempfile::tempdir().unwrap();
-        let system = Arc::new(SystemStore::open(dir.path(), 8).unwrap());
-        let view = ClusterView::load(
-            "n1".into(),
-            || {
-                let mut s = ClusterState::new(8);
-                s.upsert_member(member("n1"));
-                s.commit().unwrap();
-                s
-            },
-            system,
-            PhiConfig::default(),
-        )
-        .unwrap();
+        let view = one_node_view(&dir);
         view.advance();
         assert_eq!(view.read().trackers.ack.get("n1"), Some(&1));
         let (placements, in_flight) = view.placements_for_write();

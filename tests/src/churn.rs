@@ -36,19 +36,8 @@ pub fn add_node(cluster: &mut Cluster, via: usize, extra: &[&str]) -> usize {
         .expect("the seed's cluster address");
     let ip = format!("127.0.0.{i}");
     let cluster_addr = format!("{ip}:{}", crate::free_port(&ip));
-    let (name, zone) = (format!("n{i}"), format!("z{i}"));
-    let mut args: Vec<&str> = vec![
-        "--name",
-        &name,
-        "--cluster-addr",
-        &cluster_addr,
-        "--zone",
-        &zone,
-        "--heartbeat-ms",
-        "200",
-        "--join",
-        &seed,
-    ];
+    let owned = crate::node_args(i, &cluster_addr, Some(&seed));
+    let mut args: Vec<&str> = owned.iter().map(String::as_str).collect();
     args.extend(extra);
     cluster.nodes.push(NodeProcess::start_on(
         &ip,

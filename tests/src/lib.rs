@@ -413,6 +413,28 @@ pub struct Cluster {
     net: Option<Netns>,
 }
 
+/// The flags of cluster node `n{i}`: its name, `cluster_addr`, zone `z{i}`, 200 ms heartbeats,
+/// and `--join seed` unless it founds the cluster.
+pub fn node_args(i: usize, cluster_addr: &str, seed: Option<&str>) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--name",
+        &format!("n{i}"),
+        "--cluster-addr",
+        cluster_addr,
+        "--zone",
+        &format!("z{i}"),
+        "--heartbeat-ms",
+        "200",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(seed) = seed {
+        args.extend(["--join".to_string(), seed.to_string()]);
+    }
+    args
+}
+
 impl Cluster {
     /// Starts `size` nodes with `extra` flags each, waits until node 1 knows them all, commits
     /// the layout and waits until every node has it.
@@ -460,20 +482,8 @@ impl Cluster {
                 }
             };
             let cluster_addr = format!("{ip}:{port}");
-            let (name, zone) = (format!("n{i}"), format!("z{i}"));
-            let mut args: Vec<&str> = vec![
-                "--name",
-                &name,
-                "--cluster-addr",
-                &cluster_addr,
-                "--zone",
-                &zone,
-                "--heartbeat-ms",
-                "200",
-            ];
-            if i > 1 {
-                args.extend(["--join", seed.as_str()]);
-            }
+            let owned = node_args(i, &cluster_addr, (i > 1).then_some(seed.as_str()));
+            let mut args: Vec<&str> = owned.iter().map(String::as_str).collect();
             args.extend(extra);
             let ns = net.as_ref().map(|n| n.node_ns(i));
             nodes.push(NodeProcess::start_in(
