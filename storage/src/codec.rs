@@ -13,8 +13,9 @@
 //! each replica, keeps every replica's bytes (and so its Merkle hashes) identical, spends the
 //! CPU once per write instead of on every merge, repair and transfer that re-encodes a record,
 //! and makes replication, hints and transfers carry the smaller bytes. A value is kept raw when its compressed form is not at least
-//! [`MIN_SAVING_PERCENT`] percent smaller (already compressed media, random bytes), so such data
-//! costs one failed compression attempt on write and nothing on read.
+//! [`MIN_SAVING_PERCENT`] percent smaller (already compressed media, random bytes); a value of
+//! [`SAMPLE_FROM_LEN`] or more is first judged by compressing its first [`SAMPLE_LEN`] bytes, so
+//! such data costs one small failed attempt on write and nothing on read.
 //!
 //! Decompression is bounded: the declared size of a frame is checked against the caller's
 //! limit (the node's `max-value-bytes`) before anything is allocated, and the decoder writes
@@ -64,6 +65,16 @@ pub const MIN_SAVING_PERCENT: usize = 3;
 
 /// Values shorter than this are never compressed (the frame overhead eats the saving).
 pub const MIN_COMPRESS_LEN: usize = 64;
+
+/// Values at least this long are first judged by a sample: their first [`SAMPLE_LEN`] bytes are
+/// compressed alone, and if that does not save [`MIN_SAVING_PERCENT`] percent the value is
+/// stored raw without compressing the rest (media and random bytes cost one small attempt,
+/// not a whole failed one). A value whose start is incompressible but whose rest would shrink
+/// (rare: an archive that begins with a compressed member) is then stored raw.
+pub const SAMPLE_FROM_LEN: usize = 64 << 10;
+
+/// Bytes of the sample (see [`SAMPLE_FROM_LEN`]).
+pub const SAMPLE_LEN: usize = 16 << 10;
 
 /// How one stored value is encoded. Serialized as a lowercase string (`"none"`, `"zstd"`,
 /// `"lz4"`); the same names are the bucket property `compression`.
@@ -134,13 +145,19 @@ pub fn compress_level(codec: Codec, level: i32, value: Vec<u8>) -> (Codec, Vec<u
     if value.len() < MIN_COMPRESS_LEN || value.len() > u32::MAX as usize {
         return (Codec::None, value);
     }
-    // Keep the compressed form only if it is this long or shorter.
-    let limit = value.len() - value.len() * MIN_SAVING_PERCENT / 100;
-    let packed = match codec {
-        Codec::None => None,
-        Codec::Zstd => zstd_compress(level, &value, limit),
-        Codec::Lz4 => lz4_compress(&value, limit),
+    let attempt = |bytes: &[u8]| {
+        // Keep the compressed form only if it is this long or shorter.
+        let limit = bytes.len() - bytes.len() * MIN_SAVING_PERCENT / 100;
+        match codec {
+            Codec::None => None,
+            Codec::Zstd => zstd_compress(level, bytes, limit),
+            Codec::Lz4 => lz4_compress(bytes, limit),
+        }
     };
+    if value.len() >= SAMPLE_FROM_LEN && attempt(&value[..SAMPLE_LEN]).is_none() {
+        return (Codec::None, value);
+    }
+    let packed = attempt(&value);
     match packed {
         Some(bytes) => (codec, bytes),
         None => (Codec::None, value),
@@ -295,6 +312,24 @@ mod tests {
             let tiny = b"aaaaaaaaaaaaaaaa".to_vec();
             assert_eq!(compress(codec, tiny.clone()), (Codec::None, tiny));
             assert_eq!(compress(codec, Vec::new()), (Codec::None, Vec::new()));
+        }
+    }
+
+    /// A large value is judged by its first [`SAMPLE_LEN`] bytes: incompressible there (media,
+    /// random bytes), it is stored raw without compressing the rest; a value too short to
+    /// sample is judged whole.
+    #[test]
+    fn a_large_value_whose_sample_does_not_shrink_is_stored_raw() {
+        for codec in [Codec::Zstd, Codec::Lz4] {
+            let mut value = random(SAMPLE_LEN);
+            value.extend(vec![0u8; SAMPLE_FROM_LEN]);
+            assert_eq!(compress(codec, value.clone()), (Codec::None, value));
+            let mut short = random(SAMPLE_LEN);
+            short.extend(vec![0u8; SAMPLE_LEN]);
+            assert_eq!(compress(codec, short.clone()).0, codec, "judged whole");
+            let mut text_first = text(SAMPLE_LEN);
+            text_first.extend(random(SAMPLE_FROM_LEN));
+            assert_eq!(compress(codec, text_first).0, codec);
         }
     }
 
