@@ -609,11 +609,13 @@ impl ClusterState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn member(name: &str, zone: &str) -> Member {
+    /// A joining member `name` in `zone` (addresses `name:1`, `name:2`, capacity 1), for the
+    /// cluster crate's tests.
+    pub(crate) fn member(name: &str, zone: &str) -> Member {
         Member {
             name: name.into(),
             cluster_addr: format!("{name}:1"),

@@ -445,18 +445,7 @@ mod tests {
     use super::*;
     use crate::membership::Plan;
 
-    fn member(name: &str, zone: &str) -> Member {
-        Member {
-            name: name.into(),
-            cluster_addr: format!("{name}:1"),
-            client_addr: format!("{name}:2"),
-            zone: zone.into(),
-            capacity: 1,
-            status: MemberStatus::Joining,
-            version: 0,
-            incarnation: 0,
-        }
-    }
+    use crate::membership::tests::member;
 
     /// `names` active in zones `z-{name}`, Q = 16, then `joining` joined (not committed).
     fn cluster(names: &[&str], joining: &[&str]) -> ClusterState {

@@ -357,19 +357,10 @@ pub(crate) fn finish_transition(s: &mut ClusterState) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use crate::membership::{ClusterState, Member, MemberStatus};
+    use crate::membership::{ClusterState, Member};
 
     fn member(name: &str) -> Member {
-        Member {
-            name: name.into(),
-            cluster_addr: format!("{name}:1"),
-            client_addr: format!("{name}:2"),
-            zone: format!("z-{name}"),
-            capacity: 1,
-            status: MemberStatus::Joining,
-            version: 0,
-            incarnation: 0,
-        }
+        crate::membership::tests::member(name, &format!("z-{name}"))
     }
 
     fn three() -> ClusterState {
