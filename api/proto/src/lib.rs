@@ -74,6 +74,25 @@ pub enum ErrorCode {
     /// replica the write reached breaks the condition. The message names the condition and
     /// the replicas that refused; the write is not acknowledged.
     ConditionFailed,
+    /// A streamed put names an upload that is not open on this connection: never begun,
+    /// already committed or aborted, or ended by an earlier error.
+    UploadUnknown,
+    /// A `put_chunk`'s `seq` is not the next one expected (a repeat, or one past the window).
+    UploadGap,
+    /// A streamed put sent more bytes than its declared `size` or than `max-value-bytes`.
+    UploadOverrun,
+    /// A `put_commit` came before the declared `size` was sent.
+    UploadIncomplete,
+    /// The upload received no frame for `upload-idle-ms` and was abandoned.
+    UploadTimeout,
+    /// The `crc32` given at `put_commit` is not the CRC-32 of the bytes received.
+    ChecksumMismatch,
+    /// `get_range`: the key (or the version asked for) holds no live value.
+    NotFound,
+    /// `get_range` without `version` on a key with several live versions.
+    Siblings,
+    /// `get_range`: `offset` past the end of the value.
+    InvalidRange,
 }
 
 impl ErrorCode {
@@ -101,6 +120,15 @@ impl ErrorCode {
             ErrorCode::Unreachable => "unreachable",
             ErrorCode::ClusterError => "cluster_error",
             ErrorCode::ConditionFailed => "condition_failed",
+            ErrorCode::UploadUnknown => "upload_unknown",
+            ErrorCode::UploadGap => "upload_gap",
+            ErrorCode::UploadOverrun => "upload_overrun",
+            ErrorCode::UploadIncomplete => "upload_incomplete",
+            ErrorCode::UploadTimeout => "upload_timeout",
+            ErrorCode::ChecksumMismatch => "checksum_mismatch",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Siblings => "siblings",
+            ErrorCode::InvalidRange => "invalid_range",
         }
     }
 }
@@ -200,6 +228,54 @@ pub struct RequestFrame {
     /// with (empty heals).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peers: Option<Vec<String>>,
+    /// put, put_begin: time to live in milliseconds from the write; the value then reads as
+    /// missing and is purged in the background.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// get: also answer `meta` (size, version id, checksum of each value) and leave the
+    /// values of large (chunked) versions out of `values`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<bool>,
+    /// put_begin: the value's total length in bytes, if known (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// put_chunk, put_commit, put_abort: the upload id `put_begin` answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<u64>,
+    /// put_chunk: 0 for an upload's first chunk frame, one more for each next one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// put_chunk: the next bytes of the value, 1 to `chunk_bytes` of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<ByteBuf>,
+    /// put_commit: CRC-32 (IEEE 802.3, as zlib's `crc32`) of the whole value (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32: Option<u64>,
+    /// get_range: the version to read (from `meta`); required when the key has siblings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<ByteBuf>,
+    /// get_range: first byte to read (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// get_range: bytes to read (default and most: `max-range-bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
+}
+
+/// What a `get` with `meta` says about one value, at the same index as the value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValueMeta {
+    /// Length of the value, bytes.
+    pub size: u64,
+    /// True for a large (chunked) value: its bytes are not in `values`; read them with
+    /// `get_range` and `version`.
+    pub large: bool,
+    /// The version id (16 bytes) of a large value; absent for a small one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<ByteBuf>,
+    /// CRC-32 of a large value's bytes; absent for a small one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32: Option<u32>,
 }
 
 /// Bucket properties as `bucket_set` takes them; absent fields keep their current value.
@@ -243,6 +319,36 @@ pub struct ResponseFrame {
     /// Administration answers (cluster_*, bucket_get): a map described in PROTOCOL.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<serde_json::Value>,
+    /// get with `meta`: one entry per value of `values`, in the same order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Vec<ValueMeta>>,
+    /// put_begin: the upload id to name in put_chunk, put_commit and put_abort.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<u64>,
+    /// put_begin: most bytes per put_chunk `data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_bytes: Option<u64>,
+    /// put_begin: most put_chunk frames a client may have unanswered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<u64>,
+    /// put_chunk: bytes of the upload accepted so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<u64>,
+    /// get_range: the bytes read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<ByteBuf>,
+    /// get_range: where `value` starts in the whole value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// get_range, put_commit: length of the whole value, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// get_range, put_commit: the version id of a large value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<ByteBuf>,
+    /// get_range, put_commit: CRC-32 of the whole value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32: Option<u32>,
     /// Error code (see [`ErrorCode`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
