@@ -108,6 +108,9 @@ pub enum KvError {
     /// A cluster administration request failed.
     #[error("{0}")]
     Admin(String),
+    /// A streamed upload or a ranged read failed ([`crate::large`]).
+    #[error(transparent)]
+    Stream(#[from] crate::large::StreamError),
 }
 
 /// What the failed replicas of a request that missed its quorum have in common; it picks

@@ -55,6 +55,7 @@ pub mod coordinator;
 pub mod directory;
 pub mod gossip;
 pub mod handoff;
+pub mod large;
 pub mod node;
 pub mod periodic;
 pub mod repair;

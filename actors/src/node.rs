@@ -90,6 +90,8 @@ pub struct NodeSupervisorArgs {
     pub repair_interval: Option<Duration>,
     /// Tombstones younger than this are not purged.
     pub tombstone_grace: Duration,
+    /// Unreferenced chunks of large values younger than this are not collected.
+    pub chunk_grace: Duration,
     /// The system store (transfer progress).
     pub system: Arc<SystemStore>,
     /// The node's handle on its Transfer actor (outlives its restarts).
@@ -255,6 +257,7 @@ impl NodeSupervisor {
                     job: Arc::new(AntiEntropy {
                         peers: a.peers.clone(),
                         tombstone_grace: a.tombstone_grace,
+                        chunk_grace: a.chunk_grace,
                     }),
                     interval: a.repair_interval.unwrap_or(Duration::from_secs(10)),
                 },
@@ -562,6 +565,7 @@ impl Node {
                 repair_interval: (config.repair_interval_ms > 0)
                     .then(|| Duration::from_millis(config.repair_interval_ms)),
                 tombstone_grace: Duration::from_millis(config.tombstone_grace_ms),
+                chunk_grace: Duration::from_millis(config.chunk_grace_ms),
                 system: data.system.clone(),
                 transfers: transfers.clone(),
                 transfer_events: view.clone(),
@@ -715,12 +719,44 @@ impl Node {
         key: &[u8],
         opts: &RequestOptions,
     ) -> Result<Fetched, KvError> {
+        let state = self.read_state(bucket, key, opts).await?;
+        self.answer_state(bucket, key, state, opts).await
+    }
+
+    /// The key's state read with quorum `r` (or this node's replica, `local`).
+    pub(crate) async fn read_state(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        opts: &RequestOptions,
+    ) -> Result<Option<DvvSet>, KvError> {
         keys::validate(bucket, key)?;
         let request = KvRequest::Get {
             bucket: bucket.to_vec(),
             key: key.to_vec(),
         };
-        self.fetched(self.coordinate(request, bucket, key, opts).await?)
+        self.coordinate(request, bucket, key, opts).await
+    }
+
+    /// The values and context a client gets for the key state `state` (a write's result
+    /// with `return_body`): as [`Node::get`] answers them, large values read whole.
+    ///
+    /// # Errors
+    /// As [`Node::get`].
+    pub async fn answer_state(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        state: Option<DvvSet>,
+        opts: &RequestOptions,
+    ) -> Result<Fetched, KvError> {
+        match state {
+            Some(state) if crate::large::has_large(&state) => Ok(Fetched {
+                values: self.whole_values(bucket, key, &state, opts).await?,
+                context: crate::context::seal(self.context_key(), state.context()),
+            }),
+            state => self.fetched(state),
+        }
     }
 
     /// What a request answers for the key state `state`: the values decompressed (bounded by
@@ -758,8 +794,12 @@ impl Node {
                 max: self.config.max_value_bytes,
             });
         }
-        let state = self.update(bucket, key, Some(value), context, opts).await?;
-        self.fetched(state)
+        let state = if value.len() > self.config.chunk_bytes {
+            self.put_large(bucket, key, value, context, opts).await?
+        } else {
+            self.update(bucket, key, Some(value), context, opts).await?
+        };
+        self.answer_state(bucket, key, state, opts).await
     }
 
     /// [`Node::put`] for a caller that does not want the key's state back (a protocol `put`
@@ -781,6 +821,12 @@ impl Node {
                 len: value.len(),
                 max: self.config.max_value_bytes,
             });
+        }
+        if value.len() > self.config.chunk_bytes {
+            return self
+                .put_large(bucket, key, value, context, opts)
+                .await
+                .map(|_| ());
         }
         self.update(bucket, key, Some(value), context, opts)
             .await
@@ -811,16 +857,29 @@ impl Node {
         context: &[u8],
         opts: &RequestOptions,
     ) -> Result<Option<DvvSet>, KvError> {
-        keys::validate(bucket, key)?;
-        let context = crate::context::open(self.context_key(), context)?;
         // Compressed once here, before the fan-out: every replica, hint and later transfer
         // stores and moves the same (smaller) bytes, and reads decompress on the node that
         // answers the client (`fetched`).
+        let value = match value {
+            Some(v) => Some(compress_value(self.bucket_codec(bucket), v).await),
+            None => None,
+        };
+        self.update_encoded(bucket, key, value, context, opts).await
+    }
+
+    /// A write of a value already encoded (`(codec, stored bytes)`; `None` deletes).
+    pub(crate) async fn update_encoded(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        value: Option<(Codec, Vec<u8>)>,
+        context: &[u8],
+        opts: &RequestOptions,
+    ) -> Result<Option<DvvSet>, KvError> {
+        keys::validate(bucket, key)?;
+        let context = crate::context::open(self.context_key(), context)?;
         let (value, codec) = match value {
-            Some(v) => {
-                let (codec, bytes) = compress_value(self.bucket_codec(bucket), v).await;
-                (Some(bytes), codec)
-            }
+            Some((codec, bytes)) => (Some(bytes), codec),
             None => (None, Codec::None),
         };
         let request = KvRequest::Update {
@@ -835,7 +894,7 @@ impl Node {
     }
 
     /// The codec of the bucket's `compression` property.
-    fn bucket_codec(&self, bucket: &[u8]) -> Codec {
+    pub(crate) fn bucket_codec(&self, bucket: &[u8]) -> Codec {
         match self.view.read().bucket_props(bucket).compression {
             Compression::None => Codec::None,
             Compression::Zstd => Codec::Zstd,
@@ -861,7 +920,7 @@ impl Node {
 
     /// [`Node::placement`] from `placements`; for a write (`write`), with the quorum sets of
     /// the other live layout versions during a transition ([`Placement::also`]).
-    fn placement_in(
+    pub(crate) fn placement_in(
         &self,
         placements: &crate::cluster_view::Placements,
         write: bool,
@@ -994,6 +1053,11 @@ impl Node {
         &self.view
     }
 
+    /// How this node reaches replicas (itself included).
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
     /// Fault injection: panics the vnode that owns `(bucket, key)`, so that tests can watch
     /// it being restarted. Returns the partition. Refused unless the node runs with
     /// `fault-injection` on.
@@ -1110,7 +1174,7 @@ const COMPRESS_INLINE_MAX: usize = 256 * 1024;
 
 /// Compresses a client's value for storage with `codec` ([`ringkv_storage::codec::compress`]):
 /// the codec actually used (`None` when it would not shrink) and the bytes to store.
-async fn compress_value(codec: Codec, value: Vec<u8>) -> (Codec, Vec<u8>) {
+pub(crate) async fn compress_value(codec: Codec, value: Vec<u8>) -> (Codec, Vec<u8>) {
     if codec.is_none() || value.len() < COMPRESS_INLINE_MAX {
         return ringkv_storage::codec::compress(codec, value);
     }

@@ -62,6 +62,9 @@ pub struct AntiEntropy<T: ReplicaTransport = Peers> {
     pub peers: T,
     /// Tombstones younger than this are not purged.
     pub tombstone_grace: Duration,
+    /// Unreferenced chunks of large values younger than this are not collected
+    /// ([`crate::large::collect_garbage`]).
+    pub chunk_grace: Duration,
 }
 
 impl<T: ReplicaTransport> crate::periodic::PeriodicJob for AntiEntropy<T> {
@@ -69,6 +72,7 @@ impl<T: ReplicaTransport> crate::periodic::PeriodicJob for AntiEntropy<T> {
 
     async fn run(self: Arc<Self>) {
         sweep(&self.peers, self.tombstone_grace).await;
+        collect_all(&self.peers, self.chunk_grace).await;
     }
 }
 
@@ -142,6 +146,33 @@ pub async fn sweep<T: ReplicaTransport>(peers: &T, grace: Duration) {
         if complete && prefs.iter().all(|n| peers.reachable(n)) {
             if let Err(e) = purge(peers, p, &prefs, grace).await {
                 tracing::debug!(partition = p, error = %e, "tombstone purge skipped");
+            }
+        }
+    }
+}
+
+/// Collects the unreferenced chunks of large values ([`crate::large::collect_garbage`]) in
+/// every partition this node holds whose replicas are all reachable and not changing.
+pub async fn collect_all<T: ReplicaTransport>(peers: &T, grace: Duration) {
+    let state = peers.context().view.snapshot();
+    if state.layout.is_none() {
+        return;
+    }
+    let local = peers.local().to_string();
+    for p in 0..peers.context().partitions.len() as u32 {
+        let sets = state.replica_sets(p);
+        let prefs = sets.read;
+        if !prefs.contains(&local) || !sets.also_write.is_empty() {
+            continue;
+        }
+        if !prefs.iter().all(|n| peers.reachable(n)) {
+            continue;
+        }
+        match crate::large::collect_garbage(peers, p, &prefs, grace).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(partition = p, records = n, "large-value garbage collected"),
+            Err(e) => {
+                tracing::debug!(partition = p, error = %e, "large-value garbage collection skipped")
             }
         }
     }

@@ -148,6 +148,15 @@ pub enum VNodeMsg {
         /// One answer per entry, in order.
         reply: Reply<Vec<bool>>,
     },
+    /// Large-value garbage collection: the stored keys of up to `limit` chunk and head
+    /// records ([`Partition::large_value_keys`]). Scans the partition's keys on a blocking
+    /// thread.
+    LargeValueKeys {
+        /// Most keys listed.
+        limit: usize,
+        /// Where the keys go.
+        reply: Reply<Vec<Vec<u8>>>,
+    },
     /// Tombstone purge: up to `limit` deleted keys whose newest sibling is older than
     /// `older_than_ms`, as `(stored key, entry hash)` ([`Partition::tombstones`]). Scans the
     /// partition on a blocking thread.
@@ -285,6 +294,9 @@ impl Actor for VNode {
                     .map(|(k, h)| Ok(crate::replica::entry_hash_of(part, k)? == Some(*h)))
                     .collect()
             }),
+            VNodeMsg::LargeValueKeys { limit, reply } => {
+                scan(partition, reply, move |part| part.large_value_keys(limit))
+            }
             VNodeMsg::Tombstones {
                 older_than_ms,
                 limit,

@@ -15,9 +15,9 @@ pub use ringkv_proto::*;
 pub fn error_of(e: KvError) -> ProtocolError {
     let code = match &e {
         KvError::Storage(s) => match s {
-            StorageError::EmptyBucket { .. } | StorageError::BucketTooLong { .. } => {
-                ErrorCode::InvalidBucket
-            }
+            StorageError::EmptyBucket { .. }
+            | StorageError::BucketTooLong { .. }
+            | StorageError::ReservedBucket => ErrorCode::InvalidBucket,
             StorageError::EmptyKey { .. } | StorageError::KeyTooLong { .. } => {
                 ErrorCode::InvalidKey
             }
@@ -49,6 +49,22 @@ pub fn error_of(e: KvError) -> ProtocolError {
         KvError::BadQuorum(_) => ErrorCode::InvalidQuorum,
         KvError::NoLayout => ErrorCode::NoLayout,
         KvError::Admin(_) => ErrorCode::ClusterError,
+        KvError::Stream(s) => {
+            use ringkv_actors::large::StreamError as S;
+            match s {
+                S::UnknownUpload(_) => ErrorCode::UploadUnknown,
+                S::Gap { .. } => ErrorCode::UploadGap,
+                S::Overrun { .. } => ErrorCode::UploadOverrun,
+                S::Incomplete { .. } => ErrorCode::UploadIncomplete,
+                S::Idle { .. } | S::TooLong { .. } => ErrorCode::UploadTimeout,
+                S::Checksum { .. } => ErrorCode::ChecksumMismatch,
+                S::BadChunk { .. } | S::TooLargeForGet { .. } => ErrorCode::ValueTooLarge,
+                S::NotFound(_) => ErrorCode::NotFound,
+                S::Siblings(_) => ErrorCode::Siblings,
+                S::InvalidRange { .. } => ErrorCode::InvalidRange,
+                S::ChunkUnavailable { .. } => ErrorCode::QuorumFailed,
+            }
+        }
     };
     ProtocolError::new(code, e.to_string())
 }
@@ -82,6 +98,61 @@ pub enum Request {
         bucket: Vec<u8>,
         /// Key.
         key: Vec<u8>,
+        /// Answer `meta` and leave large values out of `values`.
+        meta: bool,
+        /// Per-request settings.
+        opts: RequestOptions,
+    },
+    /// Begin a streamed put.
+    PutBegin {
+        /// Bucket.
+        bucket: Vec<u8>,
+        /// Key.
+        key: Vec<u8>,
+        /// Causal context (may be empty).
+        context: Vec<u8>,
+        /// Declared total length, bytes.
+        size: Option<u64>,
+        /// Per-request settings (quorum, condition, time limit of each chunk write).
+        opts: RequestOptions,
+    },
+    /// The next bytes of a streamed put.
+    PutChunk {
+        /// Upload id.
+        upload: u64,
+        /// Position among the upload's put_chunk frames, from 0.
+        seq: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Make a streamed put's value the key's new version.
+    PutCommit {
+        /// Upload id.
+        upload: u64,
+        /// CRC-32 of the whole value, if the client gives one.
+        crc32: Option<u32>,
+        /// put_chunk frames sent before it: the commit waits until they are all applied.
+        seq: Option<u64>,
+        /// Answer with values and context.
+        return_body: bool,
+    },
+    /// End a streamed put without writing it.
+    PutAbort {
+        /// Upload id.
+        upload: u64,
+    },
+    /// Read a range of one version of a key.
+    GetRange {
+        /// Bucket.
+        bucket: Vec<u8>,
+        /// Key.
+        key: Vec<u8>,
+        /// Version id of a large value (needed with siblings).
+        version: Option<Vec<u8>>,
+        /// First byte.
+        offset: u64,
+        /// Bytes wanted (capped at `max-range-bytes`).
+        length: Option<u64>,
         /// Per-request settings.
         opts: RequestOptions,
     },
@@ -167,6 +238,15 @@ fn required(field: Option<ByteBuf>, name: &str, op: &str) -> Result<Vec<u8>, Pro
     })
 }
 
+fn required_u64(field: Option<u64>, name: &str, op: &str) -> Result<u64, ProtocolError> {
+    field.ok_or_else(|| {
+        ProtocolError::new(
+            ErrorCode::MalformedRequest,
+            format!("op {op} needs the field {name}"),
+        )
+    })
+}
+
 fn required_str(field: Option<String>, name: &str, op: &str) -> Result<String, ProtocolError> {
     field.ok_or_else(|| {
         ProtocolError::new(
@@ -237,6 +317,44 @@ impl Request {
             "get" => Request::Get {
                 bucket: required(f.bucket, "bucket", op)?,
                 key: required(f.key, "key", op)?,
+                meta: f.meta.unwrap_or(false),
+                opts,
+            },
+            "put_begin" => Request::PutBegin {
+                bucket: required(f.bucket, "bucket", op)?,
+                key: required(f.key, "key", op)?,
+                context: f.context.map(ByteBuf::into_vec).unwrap_or_default(),
+                size: f.size,
+                opts,
+            },
+            "put_chunk" => Request::PutChunk {
+                upload: required_u64(f.upload, "upload", op)?,
+                seq: required_u64(f.seq, "seq", op)?,
+                data: required(f.data, "data", op)?,
+            },
+            "put_commit" => Request::PutCommit {
+                upload: required_u64(f.upload, "upload", op)?,
+                crc32: match f.crc32 {
+                    None => None,
+                    Some(c) => Some(u32::try_from(c).map_err(|_| {
+                        ProtocolError::new(
+                            ErrorCode::MalformedRequest,
+                            format!("crc32 {c} is not a 32-bit value"),
+                        )
+                    })?),
+                },
+                return_body: f.return_body.unwrap_or(false),
+                seq: f.seq,
+            },
+            "put_abort" => Request::PutAbort {
+                upload: required_u64(f.upload, "upload", op)?,
+            },
+            "get_range" => Request::GetRange {
+                bucket: required(f.bucket, "bucket", op)?,
+                key: required(f.key, "key", op)?,
+                version: f.version.map(ByteBuf::into_vec),
+                offset: f.offset.unwrap_or(0),
+                length: f.length,
                 opts,
             },
             "put" => Request::Put {
@@ -309,10 +427,37 @@ impl Request {
             other => {
                 return Err(ProtocolError::new(
                     ErrorCode::UnknownOp,
-                    format!("unknown op {other:?}; known ops: ping, get, put, delete, cluster_status, cluster_plan, cluster_commit, cluster_leave, cluster_set, cluster_replace, cluster_revert, cluster_transfers, bucket_get, bucket_set"),
+                    format!("unknown op {other:?}; known ops: ping, get, put, delete, put_begin, put_chunk, put_commit, put_abort, get_range, cluster_status, cluster_plan, cluster_commit, cluster_leave, cluster_set, cluster_replace, cluster_revert, cluster_transfers, bucket_get, bucket_set"),
                 ))
             }
         })
+    }
+}
+
+/// An answer carrying a read's values, their `meta` and the context.
+pub fn fetched_meta(id: u64, f: ringkv_actors::large::FetchedMeta) -> ResponseFrame {
+    let meta = f
+        .meta
+        .into_iter()
+        .map(|m| ValueMeta {
+            size: m.size,
+            large: m.manifest.is_some(),
+            version: m
+                .manifest
+                .as_ref()
+                .map(|m| ByteBuf::from(m.version.clone())),
+            crc32: m.manifest.as_ref().map(|m| m.crc32),
+        })
+        .collect();
+    ResponseFrame {
+        meta: Some(meta),
+        ..ResponseFrame::fetched(
+            id,
+            Fetched {
+                values: f.values,
+                context: f.context,
+            },
+        )
     }
 }
 

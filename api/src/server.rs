@@ -27,9 +27,11 @@ use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 mod connection;
+mod uploads;
 use connection::{
     write_answers, write_directly, Answer, ConnState, FrameReader, SharedWriter, SHUTDOWN_QUIET,
 };
+use uploads::Uploads;
 
 /// The client listener of one node.
 pub struct Server {
@@ -420,6 +422,7 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     ));
     let writer = tokio::spawn(write_answers(wr.clone(), rx, conn.clone()));
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
+    let uploads = Uploads::new(node.clone(), shared.budget.clone());
     let idle_timeout =
         (config.idle_timeout_ms > 0).then(|| Duration::from_millis(config.idle_timeout_ms));
     let behind_limit = config.max_frame_bytes;
@@ -579,8 +582,9 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
                 queue(answer.encode(), Some(permit)).await;
             }
             Ok((id, request)) => {
-                let (node, tx, conn, budget, wr) = (
+                let (node, uploads, tx, conn, budget, wr) = (
                     node.clone(),
+                    uploads.clone(),
                     tx.clone(),
                     conn.clone(),
                     shared.budget.clone(),
@@ -589,7 +593,7 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
                 let max_frame = config.max_frame_bytes;
                 conn.executing.fetch_add(1, Ordering::AcqRel);
                 let fut = async move {
-                    let answer = execute(&node, id, request).await.encode();
+                    let answer = execute(&node, &uploads, id, request).await.encode();
                     let answer = if answer.len() > max_frame + 4 {
                         let e = ProtocolError::new(
                             ErrorCode::RecordTooLarge,
@@ -701,13 +705,118 @@ fn merged_props(mut current: BucketProps, new: &BucketPropsFrame) -> Result<Buck
 }
 
 /// Runs one request on the node and builds its answer.
-pub async fn execute(node: &Node, id: u64, request: Request) -> ResponseFrame {
+async fn execute(
+    node: &Arc<Node>,
+    uploads: &Arc<Uploads>,
+    id: u64,
+    request: Request,
+) -> ResponseFrame {
     let result = match request {
         Request::Ping => Ok(ResponseFrame::ok(id)),
-        Request::Get { bucket, key, opts } => node
+        Request::Get {
+            bucket,
+            key,
+            meta: false,
+            opts,
+        } => node
             .get(&bucket, &key, &opts)
             .await
             .map(|f| crate::protocol::fetched(id, f)),
+        Request::Get {
+            bucket,
+            key,
+            meta: true,
+            opts,
+        } => node
+            .get_meta(&bucket, &key, &opts)
+            .await
+            .map(|f| crate::protocol::fetched_meta(id, f)),
+        Request::PutBegin {
+            bucket,
+            key,
+            context,
+            size,
+            opts,
+        } => uploads
+            .begin(&bucket, &key, &context, size, &opts)
+            .await
+            .map(|(upload, chunk, window)| ResponseFrame {
+                upload: Some(upload),
+                chunk_bytes: Some(chunk as u64),
+                window: Some(window as u64),
+                ..ResponseFrame::ok(id)
+            }),
+        Request::PutChunk { upload, seq, data } => {
+            uploads
+                .chunk(upload, seq, &data)
+                .await
+                .map(|received| ResponseFrame {
+                    received: Some(received),
+                    ..ResponseFrame::ok(id)
+                })
+        }
+        Request::PutCommit {
+            upload,
+            crc32,
+            seq,
+            return_body,
+        } => match uploads.commit(upload, seq, crc32).await {
+            Ok(uploads::Committed {
+                manifest,
+                state,
+                bucket,
+                key,
+                opts,
+            }) => {
+                let body = if return_body {
+                    node.answer_state(&bucket, &key, state, &opts)
+                        .await
+                        .map(Some)
+                } else {
+                    Ok(None)
+                };
+                body.map(|fetched| {
+                    let base = match fetched {
+                        Some(f) => crate::protocol::fetched(id, f),
+                        None => ResponseFrame::ok(id),
+                    };
+                    ResponseFrame {
+                        size: Some(manifest.size),
+                        version: Some(serde_bytes::ByteBuf::from(manifest.version.clone())),
+                        crc32: Some(manifest.crc32),
+                        ..base
+                    }
+                })
+            }
+            Err(e) => Err(e),
+        },
+        Request::PutAbort { upload } => {
+            uploads.abort(upload);
+            Ok(ResponseFrame::ok(id))
+        }
+        Request::GetRange {
+            bucket,
+            key,
+            version,
+            offset,
+            length,
+            opts,
+        } => node
+            .get_range(&bucket, &key, version.as_deref(), offset, length, &opts)
+            .await
+            .map(|r| ResponseFrame {
+                value: Some(serde_bytes::ByteBuf::from(r.value)),
+                offset: Some(r.offset),
+                size: Some(r.info.size),
+                version: r
+                    .info
+                    .manifest
+                    .as_ref()
+                    .map(|m| serde_bytes::ByteBuf::from(m.version.clone())),
+                crc32: r.info.manifest.as_ref().map(|m| m.crc32),
+                context: Some(serde_bytes::ByteBuf::from(r.context)),
+                ..ResponseFrame::ok(id)
+            }),
         Request::Put {
             bucket,
             key,

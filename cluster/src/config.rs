@@ -25,10 +25,10 @@ pub enum ConfigError {
         /// The setting's name.
         name: &'static str,
     },
-    /// `max-value-bytes` leaves no room in a frame for the rest of a request.
-    #[error("max-value-bytes ({value}) must be at most max-frame-bytes ({frame}) minus 1024 bytes for the rest of the request")]
+    /// `chunk-bytes` leaves no room in a frame for the rest of a request.
+    #[error("chunk-bytes ({value}) must be at most max-frame-bytes ({frame}) minus 1024 bytes for the rest of the request")]
     ValueOverFrame {
-        /// max-value-bytes.
+        /// chunk-bytes.
         value: usize,
         /// max-frame-bytes.
         frame: usize,
@@ -81,8 +81,24 @@ pub struct NodeConfig {
     /// Largest frame a client may send or receive, bytes (the 4-byte length prefix not
     /// counted). Default 8 MiB.
     pub max_frame_bytes: usize,
-    /// Largest value, bytes. Default 4 MiB.
+    /// Largest value, bytes: values longer than `chunk-bytes` are stored in chunks (see
+    /// `ringkv_storage::large`), so this bounds a streamed upload, not a frame. Default 1 GiB.
     pub max_value_bytes: usize,
+    /// Values longer than this are **large**: stored as a manifest plus chunks of this many
+    /// bytes, and streamed by the `put_chunk` and `get_range` ops. Also the most bytes of one
+    /// `put_chunk`. At least 4096; a record (`max-record-bytes`) must hold one. Default
+    /// 1 MiB.
+    pub chunk_bytes: usize,
+    /// A streamed upload that receives no frame for this long is ended (`upload_timeout`)
+    /// and its chunks are left to garbage collection, ms. Default 30000.
+    pub upload_idle_ms: u64,
+    /// The chunks of a large version that no replica's record refers to are deleted once
+    /// they are older than this, ms; an upload must commit within half of it. It bounds how
+    /// long a hint or a paused node may still carry a manifest that refers to them. Default
+    /// 3600000 (1 h).
+    pub chunk_grace_ms: u64,
+    /// Most streamed uploads open on one client connection. Default 4.
+    pub max_uploads: usize,
     /// Largest stored record of one key, bytes: every sibling's value, the version vector
     /// and the encoding. A write or a merge that would make a record larger fails with
     /// `record_too_large`, so no record is ever too large for a client answer or a cluster
@@ -193,7 +209,11 @@ impl Default for NodeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7379)),
             partitions: 64,
             max_frame_bytes: 8 << 20,
-            max_value_bytes: 4 << 20,
+            max_value_bytes: 1 << 30,
+            chunk_bytes: 1 << 20,
+            upload_idle_ms: 30_000,
+            chunk_grace_ms: 3_600_000,
+            max_uploads: 4,
             max_record_bytes: None,
             max_cluster_frame_bytes: 16 << 20,
             max_in_flight_bytes: 256 << 20,
@@ -240,13 +260,13 @@ impl NodeConfig {
 
     /// The record limit in force: `max-record-bytes` if set, else 6 MiB lowered to fit
     /// `max-frame-bytes` - 4096 and `max-cluster-frame-bytes` - 65536 (but never below
-    /// `max-value-bytes` + 4096).
+    /// `chunk-bytes` + 4096).
     pub fn record_limit(&self) -> usize {
         self.max_record_bytes.unwrap_or_else(|| {
             (6usize << 20)
                 .min(self.max_frame_bytes.saturating_sub(4096))
                 .min(self.max_cluster_frame_bytes.saturating_sub(65536))
-                .max(self.max_value_bytes + 4096)
+                .max(self.chunk_bytes + 4096)
         })
     }
 
@@ -265,6 +285,10 @@ impl NodeConfig {
         for (name, v) in [
             ("max-frame-bytes", self.max_frame_bytes),
             ("max-value-bytes", self.max_value_bytes),
+            ("chunk-bytes", self.chunk_bytes),
+            ("upload-idle-ms", self.upload_idle_ms as usize),
+            ("chunk-grace-ms", self.chunk_grace_ms as usize),
+            ("max-uploads", self.max_uploads),
             ("max-connections", self.max_connections),
             ("max-in-flight", self.max_in_flight),
             ("request-timeout-ms", self.request_timeout_ms as usize),
@@ -287,9 +311,15 @@ impl NodeConfig {
                 return Err(ConfigError::Zero { name });
             }
         }
-        if self.max_value_bytes + 1024 > self.max_frame_bytes {
+        if self.chunk_bytes < 4096 {
+            return Err(ConfigError::Cluster(format!(
+                "chunk-bytes ({}) must be at least 4096",
+                self.chunk_bytes
+            )));
+        }
+        if self.chunk_bytes + 1024 > self.max_frame_bytes {
             return Err(ConfigError::ValueOverFrame {
-                value: self.max_value_bytes,
+                value: self.chunk_bytes,
                 frame: self.max_frame_bytes,
             });
         }
@@ -308,12 +338,12 @@ impl NodeConfig {
             }
         };
         order(
-            "max-value-bytes",
-            self.max_value_bytes,
+            "chunk-bytes",
+            self.chunk_bytes,
             "max-record-bytes",
             self.record_limit(),
             4096,
-            "a record must hold at least one value of the largest size",
+            "a record must hold at least one chunk, or one small value of the largest size",
         )?;
         order(
             "max-record-bytes",
@@ -386,7 +416,7 @@ mod tests {
             .to_string()
             .contains("power of two"));
         let c = NodeConfig {
-            max_value_bytes: 8 << 20,
+            chunk_bytes: 8 << 20,
             ..Default::default()
         };
         assert!(matches!(
@@ -398,12 +428,12 @@ mod tests {
     #[test]
     fn record_limit_sits_between_value_and_frames() {
         let c = NodeConfig {
-            max_record_bytes: Some(4 << 20),
+            max_record_bytes: Some(1 << 20),
             ..Default::default()
         };
         let e = c.validate().unwrap_err().to_string();
         assert!(
-            e.contains("max-value-bytes") && e.contains("max-record-bytes"),
+            e.contains("chunk-bytes") && e.contains("max-record-bytes"),
             "{e}"
         );
         let c = NodeConfig {

@@ -577,6 +577,12 @@ impl ClusterState {
 
     /// The properties of `bucket` (the defaults if never set).
     pub fn bucket_props(&self, bucket: &[u8]) -> BucketProps {
+        // An internal chunk bucket (byte 0, then the owner's name: storage's `large` module)
+        // has its owner's properties, so a large value's chunks have the key's `n`.
+        let bucket = match bucket.split_first() {
+            Some((0, owner)) if !owner.is_empty() => owner,
+            _ => bucket,
+        };
         self.buckets
             .get(serde_bytes::Bytes::new(bucket))
             .map(|v| v.value)

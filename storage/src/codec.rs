@@ -88,6 +88,9 @@ pub enum Codec {
     Zstd,
     /// `[u32 little-endian uncompressed length][LZ4 block]`.
     Lz4,
+    /// Not a value but the [`crate::large::Manifest`] of a large value (msgpack), whose
+    /// bytes are in chunk records. Never a bucket's `compression`.
+    Manifest,
 }
 
 impl Codec {
@@ -102,6 +105,7 @@ impl Codec {
             Codec::None => "none",
             Codec::Zstd => "zstd",
             Codec::Lz4 => "lz4",
+            Codec::Manifest => "manifest",
         }
     }
 
@@ -149,7 +153,7 @@ pub fn compress_level(codec: Codec, level: i32, value: Vec<u8>) -> (Codec, Vec<u
         // Keep the compressed form only if it is this long or shorter.
         let limit = bytes.len() - bytes.len() * MIN_SAVING_PERCENT / 100;
         match codec {
-            Codec::None => None,
+            Codec::None | Codec::Manifest => None,
             Codec::Zstd => zstd_compress(level, bytes, limit),
             Codec::Lz4 => lz4_compress(bytes, limit),
         }
@@ -251,6 +255,10 @@ pub fn decompress(codec: Codec, stored: &[u8], max_len: usize) -> Result<Vec<u8>
             }
             Ok(out)
         }
+        Codec::Manifest => Err(corrupt(
+            "manifest",
+            "a large value's manifest is not the value: read its chunks",
+        )),
     }
 }
 

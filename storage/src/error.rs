@@ -19,6 +19,10 @@ pub enum StorageError {
         /// Largest allowed, bytes.
         max: usize,
     },
+    /// The bucket name starts with byte 0, which names ringkv's internal buckets (the
+    /// chunks of large values).
+    #[error("bucket names starting with byte 0x00 are reserved for ringkv's own data")]
+    ReservedBucket,
     /// The key is empty.
     #[error("key is empty: a key needs 1 to {max} bytes")]
     EmptyKey {

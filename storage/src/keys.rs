@@ -3,7 +3,8 @@
 //! A stored key is `[bucket length: u8][bucket][key]`, so that every bucket's keys are
 //! contiguous in LMDB's key order. The data env puts the partition number and the key's Merkle
 //! segment (2 bytes each) before it ([`crate::store`]) and LMDB allows at most 511 bytes per
-//! key, hence 4 + 1 + [`MAX_BUCKET_LEN`] + [`MAX_KEY_LEN`] = 511.
+//! key, hence 4 + 1 + [`MAX_BUCKET_LEN`] + [`MAX_KEY_LEN`] = 511. Internal chunk buckets
+//! ([`crate::large`]) are one byte longer but their keys are 20 bytes.
 
 use crate::StorageError;
 
@@ -12,13 +13,32 @@ pub const MAX_BUCKET_LEN: usize = 64;
 /// Largest key, bytes.
 pub const MAX_KEY_LEN: usize = 442;
 
-/// Checks a bucket name and a key against the limits.
+/// Checks a client's bucket name and key against the limits. Buckets starting with byte 0
+/// are ringkv's own (see [`crate::large::chunk_bucket`]) and refused here.
 ///
 /// # Errors
-/// [`StorageError::EmptyBucket`], [`StorageError::BucketTooLong`], [`StorageError::EmptyKey`]
-/// or [`StorageError::KeyTooLong`], each naming the limit.
+/// [`StorageError::EmptyBucket`], [`StorageError::BucketTooLong`],
+/// [`StorageError::ReservedBucket`], [`StorageError::EmptyKey`] or
+/// [`StorageError::KeyTooLong`], each naming the limit.
 pub fn validate(bucket: &[u8], key: &[u8]) -> Result<(), StorageError> {
     validate_bucket(bucket)?;
+    validate_key(key)
+}
+
+/// Checks a stored bucket and key: a client's ([`validate`]) or an internal chunk bucket (byte
+/// 0 followed by a valid client bucket name, see [`crate::large`]).
+///
+/// # Errors
+/// As [`validate`], without [`StorageError::ReservedBucket`].
+pub fn validate_stored(bucket: &[u8], key: &[u8]) -> Result<(), StorageError> {
+    match crate::large::owner_bucket(bucket) {
+        Some(owner) => validate_bucket(owner)?,
+        None => validate_bucket(bucket)?,
+    }
+    validate_key(key)
+}
+
+fn validate_key(key: &[u8]) -> Result<(), StorageError> {
     if key.is_empty() {
         return Err(StorageError::EmptyKey { max: MAX_KEY_LEN });
     }
@@ -47,15 +67,19 @@ pub fn validate_bucket(bucket: &[u8]) -> Result<(), StorageError> {
             max: MAX_BUCKET_LEN,
         });
     }
+    if bucket[0] == crate::large::CHUNK_BUCKET_PREFIX {
+        return Err(StorageError::ReservedBucket);
+    }
     Ok(())
 }
 
-/// Validates and encodes `(bucket, key)` as a stored key.
+/// Validates and encodes `(bucket, key)` as a stored key (a client's bucket or an internal
+/// chunk bucket).
 ///
 /// # Errors
-/// As [`validate`].
+/// As [`validate_stored`].
 pub fn storage_key(bucket: &[u8], key: &[u8]) -> Result<Vec<u8>, StorageError> {
-    validate(bucket, key)?;
+    validate_stored(bucket, key)?;
     let mut out = Vec::with_capacity(1 + bucket.len() + key.len());
     out.push(bucket.len() as u8);
     out.extend_from_slice(bucket);

@@ -30,6 +30,7 @@ mod env;
 mod error;
 pub mod hints;
 pub mod keys;
+pub mod large;
 pub mod merkle;
 pub mod partition;
 pub mod record;

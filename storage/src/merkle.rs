@@ -49,9 +49,11 @@ pub const SEGMENTS: u32 = FANOUT.pow(DEPTH);
 /// Bits of the key hash that name the segment: log2([`SEGMENTS`]) = 12.
 pub const SEGMENT_BITS: u32 = SEGMENTS.trailing_zeros();
 /// Hash of a stored key (`[bucket length][bucket][key]`, see [`crate::keys::storage_key`]):
-/// xxh3-128. Its top bits pick the key's segment ([`segment_of`]).
+/// xxh3-128. Its top bits pick the key's segment ([`segment_of`]). The chunks of one large
+/// value ([`crate::large`]) hash without their chunk index, so they share a segment and lie
+/// together in the partition's key order.
 pub fn key_hash(storage_key: &[u8]) -> u128 {
-    xxh3_128(storage_key)
+    xxh3_128(crate::large::segment_prefix(storage_key))
 }
 
 /// Segment (leaf index, `0..4096`) of a key hash: its top [`SEGMENT_BITS`] bits.

@@ -110,12 +110,16 @@ impl Identity {
     }
 }
 
+/// Records longer than this are skipped unread by [`Partition::tombstones`]: a tombstone
+/// record holds clocks and dots only.
+const MAX_TOMBSTONE_SCAN_BYTES: usize = 64 << 10;
+
 /// Checks that `storage_key` is a stored key made by [`keys::storage_key`] from a valid
 /// bucket and key.
 ///
 /// # Errors
 /// [`StorageError::InvalidArgument`] if it does not split into a bucket and a key; the
-/// errors of [`keys::validate`] if they break the limits.
+/// errors of [`keys::validate_stored`] if they break the limits.
 fn check_storage_key(storage_key: &[u8]) -> Result<(), StorageError> {
     let (bucket, key) = keys::split_storage_key(storage_key).ok_or_else(|| {
         StorageError::InvalidArgument(format!(
@@ -123,7 +127,7 @@ fn check_storage_key(storage_key: &[u8]) -> Result<(), StorageError> {
             storage_key.len()
         ))
     })?;
-    keys::validate(bucket, key)
+    keys::validate_stored(bucket, key)
 }
 
 /// What a partition holds, counted by the writer at each commit (and rebuilt at open with
@@ -396,11 +400,31 @@ impl Partition {
         });
     }
 
+    /// The stored keys of the chunk and head records of large values in this partition
+    /// ([`crate::large`]), at most `limit`, in key order (a version's records together). Reads
+    /// keys only.
+    ///
+    /// # Errors
+    /// [`StorageError`] if the scan fails.
+    pub fn large_value_keys(&self, limit: usize) -> Result<Vec<Vec<u8>>, StorageError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.store.scan(self.id, |key, _| {
+            if crate::large::parse_stored_chunk(key).is_some() {
+                out.push(key.to_vec());
+            }
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
     /// Up to `limit` deleted keys (every sibling a tombstone) whose newest sibling was written
     /// before `older_than_ms` (milliseconds since the Unix epoch, [`crate::Sibling`]'s
     /// `timestamp_ms`), as `(stored key, entry hash)` in the partition's key order (by
     /// segment, then stored key; see [`crate::store`]): the candidates for
-    /// [`Partition::purge_tombstones`]. Scans (and decodes) every record of the partition; a
+    /// [`Partition::purge_tombstones`]. Scans every record of the partition and decodes those short enough to be tombstones; a
     /// record that does not decode is logged and skipped.
     ///
     /// # Errors
@@ -415,6 +439,11 @@ impl Partition {
             return Ok(out);
         }
         self.store.scan(self.id, |key, bytes| {
+            // A record this long holds a value, so it is no tombstone: skipping it unread
+            // keeps the scan from copying the chunks of large values.
+            if bytes.len() > MAX_TOMBSTONE_SCAN_BYTES {
+                return true;
+            }
             let record = match record::decode(bytes) {
                 Ok(r) => r,
                 Err(e) => {

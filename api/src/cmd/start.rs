@@ -27,9 +27,22 @@ pub struct StartArgs {
     /// Largest frame, bytes [default: 8388608].
     #[arg(long)]
     pub max_frame_bytes: Option<usize>,
-    /// Largest value, bytes [default: 4194304].
+    /// Largest value, bytes; values over chunk-bytes are stored and streamed in chunks
+    /// [default: 1073741824].
     #[arg(long)]
     pub max_value_bytes: Option<usize>,
+    /// Values longer than this are stored as chunks of this size, bytes [default: 1048576].
+    #[arg(long)]
+    pub chunk_bytes: Option<usize>,
+    /// A streamed upload idle this long is ended, ms [default: 30000].
+    #[arg(long)]
+    pub upload_idle_ms: Option<u64>,
+    /// Unreferenced chunks of large values older than this are deleted, ms [default: 3600000].
+    #[arg(long)]
+    pub chunk_grace_ms: Option<u64>,
+    /// Most streamed uploads open on one client connection [default: 4].
+    #[arg(long)]
+    pub max_uploads: Option<usize>,
     /// Largest record of one key (all its siblings), bytes [default: 6291456, or less to
     /// fit max-frame-bytes - 4096].
     #[arg(long)]
@@ -144,6 +157,10 @@ impl StartArgs {
             partitions,
             max_frame_bytes,
             max_value_bytes,
+            chunk_bytes,
+            upload_idle_ms,
+            chunk_grace_ms,
+            max_uploads,
             max_cluster_frame_bytes,
             max_in_flight_bytes,
             frame_timeout_ms,
