@@ -330,9 +330,13 @@ impl Actor for NodeSupervisor {
             Self::start_child(&myself, &mut state, Child::Replica).await?;
             Self::start_child(&myself, &mut state, Child::Gossip).await?;
             Self::start_child(&myself, &mut state, Child::Handoff).await?;
-            if repair {
-                Self::start_child(&myself, &mut state, Child::Repair).await?;
-            }
+        }
+        // A node alone runs it too: its sweep has no peer to compare with but still purges
+        // tombstones and collects the chunks of large values nothing refers to.
+        if repair {
+            Self::start_child(&myself, &mut state, Child::Repair).await?;
+        }
+        if clustered {
             Self::start_child(&myself, &mut state, Child::Transfer).await?;
             Self::start_child(&myself, &mut state, Child::Transition).await?;
         }

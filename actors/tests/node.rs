@@ -10,6 +10,7 @@ async fn start(dir: &std::path::Path) -> Node {
         data_dir: dir.to_path_buf(),
         partitions: 8,
         initial_map_bytes: 1 << 20,
+        max_value_bytes: 16 << 20,
         ..Default::default()
     })
     .await
