@@ -5,7 +5,7 @@
 
 use ringkv_actors::coordinator::{coordinate, KvRequest, Placement, QuorumCause};
 use ringkv_actors::handoff::deliver_all;
-use ringkv_actors::repair::sweep;
+use ringkv_actors::repair::{sweep, PurgeDelays};
 use ringkv_actors::rpc::{Get, MergeStored, ReplicaError, ReplicaTransport};
 use ringkv_actors::sim::SimNetwork;
 use ringkv_actors::{KvError, NodeConfig};
@@ -85,6 +85,7 @@ impl Cluster {
             value: value.map(|v| v.as_bytes().to_vec()),
             condition,
             codec: ringkv_storage::Codec::None,
+            ttl: None,
         };
         coordinate(request, placement, self.net.peer(at), timeout).await
     }
@@ -585,7 +586,7 @@ async fn anti_entropy_brings_every_replica_the_keys_it_missed() {
     assert!(c.stored("n3", "a").is_empty() && c.stored("n3", "b").is_empty());
 
     // n1 exchanges with n2 and n3 (the replicas named after it), then n2 with n3.
-    let grace = Duration::from_secs(3600);
+    let grace = PurgeDelays::grace(Duration::from_secs(3600));
     sweep(&c.net.peer("n1"), grace).await;
     sweep(&c.net.peer("n2"), grace).await;
     for node in ["n1", "n2", "n3"] {
