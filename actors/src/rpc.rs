@@ -1096,7 +1096,10 @@ mod tests {
                 entries: vec![(b("\x01bk"), record.clone())],
             }),
         ] {
-            assert_eq!(decode::<ReplicaRequest>(&encode(&request)).unwrap(), request);
+            assert_eq!(
+                decode::<ReplicaRequest>(&encode(&request)).unwrap(),
+                request
+            );
         }
         // An update without a TTL is encoded as before (no `expires_at_ms` field), and the
         // encoding of a sender from before TTLs decodes as "never expires".

@@ -1021,21 +1021,27 @@ async fn expired_values_are_purged_on_every_replica_and_a_late_copy_stays_expire
         codec: ringkv_storage::Codec::None,
         ttl: Some(ttl),
     };
-    let written = coordinate(request, placement("s", 4, 2, 3, true), c.net.peer("n1"), LONG)
-        .await
-        .unwrap()
-        .unwrap();
+    let written = coordinate(
+        request,
+        placement("s", 4, 2, 3, true),
+        c.net.peer("n1"),
+        LONG,
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let sibling = written.siblings[0].clone();
     let expires_at = sibling.expires_at_ms.expect("the write carries its expiry");
     assert_eq!(expires_at, sibling.timestamp_ms + 200);
     c.net.heal("n3");
     assert_eq!(deliver_all(&c.net.peer("n4")).await.unwrap(), 1);
     let expiry_on = |node: &str| {
-        c.net
-            .peer(node)
-            .stored(BUCKET, b"s")
-            .unwrap()
-            .map(|d| d.siblings.iter().map(|s| s.expires_at_ms).collect::<Vec<_>>())
+        c.net.peer(node).stored(BUCKET, b"s").unwrap().map(|d| {
+            d.siblings
+                .iter()
+                .map(|s| s.expires_at_ms)
+                .collect::<Vec<_>>()
+        })
     };
     for node in ["n1", "n2", "n3"] {
         assert_eq!(expiry_on(node), Some(vec![Some(expires_at)]), "{node}");
@@ -1062,7 +1068,11 @@ async fn expired_values_are_purged_on_every_replica_and_a_late_copy_stays_expire
     let now = PurgeDelays::default();
     sweep(&c.net.peer("n1"), now).await;
     for node in ["n1", "n2", "n3"] {
-        assert_eq!(expiry_on(node), None, "{node} still holds the expired value");
+        assert_eq!(
+            expiry_on(node),
+            None,
+            "{node} still holds the expired value"
+        );
     }
     let purged = |node: &str| {
         c.net

@@ -262,7 +262,10 @@ async fn an_expired_value_reads_as_missing_and_is_absent_to_if_none_match() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     assert!(sent.elapsed() >= ttl, "expired before its TTL");
-    assert!(!expired.context.is_empty(), "the expired version is still stored");
+    assert!(
+        !expired.context.is_empty(),
+        "the expired version is still stored"
+    );
 
     let create = RequestOptions {
         condition: ringkv_storage::Condition::IfNoneMatch,
@@ -287,6 +290,11 @@ async fn an_expired_value_reads_as_missing_and_is_absent_to_if_none_match() {
     node.delete(b"b", b"z", &got.context, &with_ttl(ttl))
         .await
         .unwrap();
-    assert!(node.get(b"b", b"z", &opts()).await.unwrap().values.is_empty());
+    assert!(node
+        .get(b"b", b"z", &opts())
+        .await
+        .unwrap()
+        .values
+        .is_empty());
     node.shutdown().await;
 }

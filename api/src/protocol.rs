@@ -446,7 +446,7 @@ mod tests {
         };
         assert_eq!(ttl(None), Ok(None));
         assert_eq!(ttl(Some(0)), Ok(None), "0 is no expiry");
-        assert_eq!(ttl(Some(1800_000)), Ok(Some(Duration::from_secs(1800))));
+        assert_eq!(ttl(Some(1_800_000)), Ok(Some(Duration::from_secs(1800))));
         assert_eq!(
             ttl(Some(MAX_TTL_MS)),
             Ok(Some(Duration::from_millis(MAX_TTL_MS)))

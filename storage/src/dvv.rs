@@ -508,7 +508,10 @@ mod tests {
             .update(&VersionVector::new(), B, Some(b"kept".to_vec()), 100, 10)
             .unwrap();
         let m = d.sync(&other);
-        assert_eq!(m.live_values(5000).collect::<Vec<_>>(), vec![b"kept".as_slice()]);
+        assert_eq!(
+            m.live_values(5000).collect::<Vec<_>>(),
+            vec![b"kept".as_slice()]
+        );
         assert_eq!(m.values().count(), 2);
     }
 

@@ -44,10 +44,10 @@ pub use dvv::{Dot, DvvSet, ReplicaId, Sibling, VersionVector};
 pub use error::StorageError;
 pub use hints::{Hint, HintId, HintStore};
 pub use merkle::MerkleTree;
-pub use record::PurgeBefore;
 pub use partition::{
     Identity, Partition, PartitionOptions, PartitionStats, PurgeReply, ScanChunk, WriteReply,
 };
+pub use record::PurgeBefore;
 pub use store::{CommitStats, DataStore, OpenReport};
 pub use system::SystemStore;
 

@@ -28,8 +28,8 @@
 
 use crate::condition::Condition;
 use crate::dvv::{DvvSet, ReplicaId, VersionVector};
-use crate::record::PurgeBefore;
 use crate::merkle::{self, MerkleTree};
+use crate::record::PurgeBefore;
 use crate::store::{Change, DataStore, WriteOp};
 use crate::Codec;
 use crate::{keys, record, StorageError};
@@ -1682,7 +1682,11 @@ mod tests {
         };
         assert!(listed(1_000).is_empty());
         assert_eq!(listed(1_001), vec![soon.clone()]);
-        assert_eq!(listed(u64::MAX).len(), 2, "a value without expiry is never listed");
+        assert_eq!(
+            listed(u64::MAX).len(),
+            2,
+            "a value without expiry is never listed"
+        );
         // A tombstone cutoff alone does not make an expiring value a candidate.
         assert!(p
             .tombstones(
@@ -1695,9 +1699,7 @@ mod tests {
             .unwrap()
             .is_empty());
 
-        let candidates = p
-            .tombstones(PurgeBefore::both(u64::MAX), 10)
-            .unwrap();
+        let candidates = p.tombstones(PurgeBefore::both(u64::MAX), 10).unwrap();
         // A node whose clock says "later" has not expired yet keeps it.
         assert_eq!(purge_at(&p, candidates.clone(), 1_500).unwrap(), 1);
         assert_eq!(p.get(b"b", b"soon").unwrap(), None);

@@ -212,7 +212,10 @@ mod tests {
         rmp_serde::encode::write_named(&mut bytes, &old).unwrap();
         let d = decode(&bytes).unwrap();
         assert_eq!(d.siblings[0].codec, crate::Codec::None);
-        assert_eq!(d.decoded_values(100, 0).unwrap(), vec![b"old value".to_vec()]);
+        assert_eq!(
+            d.decoded_values(100, 0).unwrap(),
+            vec![b"old value".to_vec()]
+        );
         assert_eq!(d.siblings[0].expires_at_ms, None);
         assert!(!decode_meta(&bytes).unwrap().is_absent(u64::MAX));
         // A raw record encodes exactly as before.
@@ -271,7 +274,10 @@ mod tests {
         // Still a V1 record: expiry needs no new version byte.
         assert_eq!(bytes[0], RECORD_V1);
         assert_eq!(decode(&bytes).unwrap(), d);
-        assert_eq!(decode(&bytes).unwrap().siblings[0].expires_at_ms, Some(30_100));
+        assert_eq!(
+            decode(&bytes).unwrap().siblings[0].expires_at_ms,
+            Some(30_100)
+        );
         // The field is written once: for the expiring sibling only.
         let name = b"expires_at_ms";
         assert_eq!(bytes.windows(name.len()).filter(|w| w == name).count(), 1);
@@ -298,8 +304,16 @@ mod tests {
         let big = vec![9u8; 4 << 20];
         let mut d = DvvSet::new();
         let (codec, stored) = crate::codec::compress(crate::Codec::Lz4, b"x".repeat(1 << 16));
-        d.update_encoded(&VersionVector::new(), 1, Some(stored), codec, 10, Some(50), 10)
-            .unwrap();
+        d.update_encoded(
+            &VersionVector::new(),
+            1,
+            Some(stored),
+            codec,
+            10,
+            Some(50),
+            10,
+        )
+        .unwrap();
         d.update_encoded(
             &VersionVector::new(),
             2,

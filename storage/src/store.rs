@@ -1118,13 +1118,9 @@ impl Writer {
                 candidates,
                 now_ms,
                 ..
-            } => Outcome::Purged(Ok(self.purge(
-                wtxn,
-                *partition,
-                candidates,
-                *now_ms,
-                deltas,
-            )?)),
+            } => Outcome::Purged(Ok(
+                self.purge(wtxn, *partition, candidates, *now_ms, deltas)?
+            )),
             // Taken out of the batch by `commit_batch`.
             WriteOp::Clear { partition, .. } => Outcome::Purged(Err(StorageError::Io(format!(
                 "internal error: a clear of partition {partition} in a batch"

@@ -140,7 +140,12 @@ fn expired_values_read_as_missing_everywhere_are_purged_and_never_come_back() {
                 let c1 = connect(addrs[0]).await?;
                 let mut found = 0;
                 for k in &all {
-                    found += usize::from(!call(c1.get_with(BUCKET, k, &q(3, 2, 2))).await?.values.is_empty());
+                    found += usize::from(
+                        !call(c1.get_with(BUCKET, k, &q(3, 2, 2)))
+                            .await?
+                            .values
+                            .is_empty(),
+                    );
                 }
                 Ok::<_, ringkv_tests::workload::Failure>(found)
             });
@@ -151,7 +156,10 @@ fn expired_values_read_as_missing_everywhere_are_purged_and_never_come_back() {
             }
         },
     );
-    assert!(expired_after >= TTL, "read as missing after {expired_after:?}");
+    assert!(
+        expired_after >= TTL,
+        "read as missing after {expired_after:?}"
+    );
     // The CLI says "not found" (exit code 1) for an expired key.
     let (code, _, _) = cluster.nodes[1].cli(&["get", "sessions", "s00", "--r", "2"], None);
     assert_eq!(code, 1, "ringkv get of an expired key");
@@ -180,9 +188,9 @@ fn expired_values_read_as_missing_everywhere_are_purged_and_never_come_back() {
         },
     );
     assert_eq!(cluster.counter_sum("repair", "tombstones_purged"), 0);
-    for i in 0..2 {
+    for (i, addr) in addrs.iter().enumerate().take(2) {
         assert_eq!(
-            held(addrs[i], &keys).unwrap(),
+            held(*addr, &keys).unwrap(),
             (0, keys.len(), 0),
             "n{} purged with n3 down",
             i + 1
@@ -244,7 +252,11 @@ fn expired_values_read_as_missing_everywhere_are_purged_and_never_come_back() {
                     .map_err(|e| e.to_string())
                 },
             );
-            assert!(got.values.is_empty(), "n{}: a purged value came back", i + 1);
+            assert!(
+                got.values.is_empty(),
+                "n{}: a purged value came back",
+                i + 1
+            );
         }
     }
     cluster.wait_for(

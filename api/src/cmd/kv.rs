@@ -54,7 +54,9 @@ pub struct PutArgs {
 /// A message naming the units if the text is empty, a number has no unit or a unit is
 /// unknown, or the sum overflows.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration: give numbers with units ms, s, m, h or d, like 500ms, 30s, 30m, 2h, 1d or 1h30m");
+    let bad = || {
+        format!("{text:?} is not a duration: give numbers with units ms, s, m, h or d, like 500ms, 30s, 30m, 2h, 1d or 1h30m")
+    };
     let mut rest = text.trim();
     if rest.is_empty() {
         return Err(bad());
@@ -326,6 +328,8 @@ mod tests {
             assert!(e.contains("units ms, s, m, h or d"), "{bad:?}: {e}");
         }
         assert!(parse_duration("99999999999999999999d").is_err());
-        assert!(parse_duration("999999999999999d").unwrap_err().contains("too long"));
+        assert!(parse_duration("999999999999999d")
+            .unwrap_err()
+            .contains("too long"));
     }
 }
