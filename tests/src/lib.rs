@@ -19,6 +19,7 @@ pub mod churn;
 pub mod netns;
 pub mod workload;
 
+pub mod large;
 use netns::Netns;
 
 use ringkv_api::protocol::{RequestFrame, ResponseFrame};
