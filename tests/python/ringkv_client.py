@@ -363,11 +363,11 @@ class Client:
         chunk = int(begun["chunk_bytes"])
         window = max(1, int(begun.get("window", 1)))
         committing = False
+        in_flight = []  # put_chunk request ids, oldest first
         try:
             crc = 0
             sent = 0
             seq = 0
-            in_flight = []  # request ids, oldest first
             for data in _chunks(source, chunk):
                 if len(in_flight) >= window:
                     self._chunk_answered(in_flight.pop(0), progress)
@@ -385,7 +385,7 @@ class Client:
             ans = self.call(req)
         except BaseException:
             if not committing:
-                self._abort(upload)
+                self._abort(upload, in_flight)
             raise
         if ans.get("size") != sent or ans.get("crc32") != crc:
             raise RingkvError("client_error", "put_commit answered size %r crc32 %r for %d bytes "
@@ -399,9 +399,12 @@ class Client:
         if progress is not None and "received" in ans:
             progress(ans["received"])
 
-    def _abort(self, upload):
-        """Best-effort ``put_abort``; answers still due on the connection are read and kept."""
+    def _abort(self, upload, in_flight):
+        """Best-effort ``put_abort``, after reading (and dropping) the answers of the
+        ``put_chunk`` frames still in flight."""
         try:
+            for rid in in_flight:
+                self.recv_id(rid)
             self.call({"op": "put_abort", "upload": upload})
         except (OSError, ConnectionClosed, RingkvError):
             pass
