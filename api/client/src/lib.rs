@@ -12,6 +12,28 @@
 //! client.put(b"carts", b"alice", b"milk,eggs".to_vec(), &got.context).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Large values (see the `stream` module's calls): [`Client::put_stream`] writes from any
+//! [`tokio::io::AsyncRead`], [`Client::get_stream`] returns a [`ValueReader`] (an `AsyncRead`
+//! checked against the value's CRC-32 at its end), [`Client::get_range`] reads a slice. Memory
+//! stays bounded by a few chunks whatever the value's size.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use ringkv_client::{Client, GetStreamOptions, PutStreamOptions};
+//! let client = Client::connect("127.0.0.1:7379").await?;
+//! let file = tokio::fs::File::open("disk.img").await?;
+//! let size = file.metadata().await?.len();
+//! let opts = PutStreamOptions { size: Some(size), ..Default::default() };
+//! let put = client.put_stream(b"images", b"disk.img", file, &opts).await?;
+//! println!("stored {} bytes, CRC-32 {:#010x}", put.size, put.crc32);
+//!
+//! let mut value = client.get_stream(b"images", b"disk.img", &GetStreamOptions::default()).await?;
+//! let mut out = tokio::fs::File::create("copy.img").await?;
+//! tokio::io::copy(&mut value, &mut out).await?; // fails on a checksum mismatch
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
 
 mod stream;
 
