@@ -312,7 +312,7 @@ impl Node {
         }
         up.crc.update(data);
         up.received = len;
-        let chunk = self.config().chunk_bytes;
+        let chunk = self.config().chunk_limit();
         let mut rest = data;
         while !rest.is_empty() {
             let take = (chunk - up.buf.len()).min(rest.len());
@@ -365,7 +365,7 @@ impl Node {
         let manifest = Manifest {
             version: up.version.to_vec(),
             size: up.received,
-            chunk_bytes: self.config().chunk_bytes as u32,
+            chunk_bytes: self.config().chunk_limit() as u32,
             crc32: actual,
             chunks: std::mem::take(&mut up.chunk_crcs),
         };

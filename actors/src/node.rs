@@ -798,7 +798,7 @@ impl Node {
                 max: self.config.max_value_bytes,
             });
         }
-        let state = if value.len() > self.config.chunk_bytes {
+        let state = if value.len() > self.config.chunk_limit() {
             self.put_large(bucket, key, value, context, opts).await?
         } else {
             self.update(bucket, key, Some(value), context, opts).await?
@@ -826,7 +826,7 @@ impl Node {
                 max: self.config.max_value_bytes,
             });
         }
-        if value.len() > self.config.chunk_bytes {
+        if value.len() > self.config.chunk_limit() {
             return self
                 .put_large(bucket, key, value, context, opts)
                 .await

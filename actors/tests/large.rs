@@ -13,7 +13,7 @@ async fn start(dir: &std::path::Path, extra: impl FnOnce(&mut NodeConfig)) -> No
         data_dir: dir.to_path_buf(),
         partitions: 8,
         initial_map_bytes: 1 << 20,
-        chunk_bytes: CHUNK,
+        chunk_bytes: Some(CHUNK),
         max_value_bytes: 64 << 20,
         ..Default::default()
     };

@@ -87,8 +87,8 @@ pub struct NodeConfig {
     /// Values longer than this are **large**: stored as a manifest plus chunks of this many
     /// bytes, and streamed by the `put_chunk` and `get_range` ops. Also the most bytes of one
     /// `put_chunk`. At least 4096; a record (`max-record-bytes`) must hold one. Default
-    /// 1 MiB.
-    pub chunk_bytes: usize,
+    /// 1 MiB, or half of `max-frame-bytes` if that is less (see [`NodeConfig::chunk_limit`]).
+    pub chunk_bytes: Option<usize>,
     /// A streamed upload that receives no frame for this long is ended (`upload_timeout`)
     /// and its chunks are left to garbage collection, ms. Default 30000.
     pub upload_idle_ms: u64,
@@ -210,7 +210,7 @@ impl Default for NodeConfig {
             partitions: 64,
             max_frame_bytes: 8 << 20,
             max_value_bytes: 1 << 30,
-            chunk_bytes: 1 << 20,
+            chunk_bytes: None,
             upload_idle_ms: 30_000,
             chunk_grace_ms: 3_600_000,
             max_uploads: 4,
@@ -258,6 +258,13 @@ impl NodeConfig {
         }
     }
 
+    /// The chunk size in force: `chunk-bytes` if set, else 1 MiB or half of
+    /// `max-frame-bytes` if that is less (never below 4096).
+    pub fn chunk_limit(&self) -> usize {
+        self.chunk_bytes
+            .unwrap_or_else(|| (1usize << 20).min(self.max_frame_bytes / 2).max(4096))
+    }
+
     /// The record limit in force: `max-record-bytes` if set, else 6 MiB lowered to fit
     /// `max-frame-bytes` - 4096 and `max-cluster-frame-bytes` - 65536 (but never below
     /// `chunk-bytes` + 4096).
@@ -266,7 +273,7 @@ impl NodeConfig {
             (6usize << 20)
                 .min(self.max_frame_bytes.saturating_sub(4096))
                 .min(self.max_cluster_frame_bytes.saturating_sub(65536))
-                .max(self.chunk_bytes + 4096)
+                .max(self.chunk_limit() + 4096)
         })
     }
 
@@ -285,7 +292,7 @@ impl NodeConfig {
         for (name, v) in [
             ("max-frame-bytes", self.max_frame_bytes),
             ("max-value-bytes", self.max_value_bytes),
-            ("chunk-bytes", self.chunk_bytes),
+            ("chunk-bytes", self.chunk_limit()),
             ("upload-idle-ms", self.upload_idle_ms as usize),
             ("chunk-grace-ms", self.chunk_grace_ms as usize),
             ("max-uploads", self.max_uploads),
@@ -311,15 +318,15 @@ impl NodeConfig {
                 return Err(ConfigError::Zero { name });
             }
         }
-        if self.chunk_bytes < 4096 {
+        if self.chunk_limit() < 4096 {
             return Err(ConfigError::Cluster(format!(
                 "chunk-bytes ({}) must be at least 4096",
-                self.chunk_bytes
+                self.chunk_limit()
             )));
         }
-        if self.chunk_bytes + 1024 > self.max_frame_bytes {
+        if self.chunk_limit() + 1024 > self.max_frame_bytes {
             return Err(ConfigError::ValueOverFrame {
-                value: self.chunk_bytes,
+                value: self.chunk_limit(),
                 frame: self.max_frame_bytes,
             });
         }
@@ -339,7 +346,7 @@ impl NodeConfig {
         };
         order(
             "chunk-bytes",
-            self.chunk_bytes,
+            self.chunk_limit(),
             "max-record-bytes",
             self.record_limit(),
             4096,
@@ -416,7 +423,7 @@ mod tests {
             .to_string()
             .contains("power of two"));
         let c = NodeConfig {
-            chunk_bytes: 8 << 20,
+            chunk_bytes: Some(8 << 20),
             ..Default::default()
         };
         assert!(matches!(

@@ -112,12 +112,16 @@ fn assert_node_stays_bounded(node: &NodeProcess, baseline: u64, window: Duration
 /// cluster frame over ractor_cluster's inbound limit, which closes the session between two
 /// nodes. With `max-record-bytes` (default 6 MiB) the second put is refused with
 /// `record_too_large`, and small writes at w=3 to other keys keep succeeding all the while.
+/// `chunk-bytes` is 4 MiB so that 4 MiB values are stored whole in the key's record (by
+/// default a value over 1 MiB is stored in chunks, and blind puts of it never grow the record).
 #[test]
 fn oversized_records_never_cut_cluster_links() {
     let _serial = serial();
     let cluster = Cluster::start(
         3,
         &[
+            "--chunk-bytes",
+            "4194304",
             "--partitions",
             "8",
             "--repair-interval-ms",
@@ -494,6 +498,8 @@ fn a_spent_byte_budget_answers_overloaded() {
         "--max-frame-bytes",
         "65536",
         "--max-value-bytes",
+        "32768",
+        "--chunk-bytes",
         "32768",
         "--max-in-flight-bytes",
         "131072",

@@ -157,7 +157,6 @@ impl StartArgs {
             partitions,
             max_frame_bytes,
             max_value_bytes,
-            chunk_bytes,
             upload_idle_ms,
             chunk_grace_ms,
             max_uploads,
@@ -186,6 +185,9 @@ impl StartArgs {
             transfer_concurrency,
             transfer_max_bytes_per_sec
         );
+        if self.chunk_bytes.is_some() {
+            c.chunk_bytes = self.chunk_bytes;
+        }
         if self.max_record_bytes.is_some() {
             c.max_record_bytes = self.max_record_bytes;
         }

@@ -86,7 +86,7 @@ impl Uploads {
         opts: &RequestOptions,
     ) -> Result<(u64, usize, usize), KvError> {
         let config = self.node.config();
-        let (max, chunk) = (config.max_uploads, config.chunk_bytes);
+        let (max, chunk) = (config.max_uploads, config.chunk_limit());
         if self.lock().open.len() >= max {
             return Err(KvError::Overloaded(format!(
                 "this connection has {max} uploads open (max-uploads): commit or abort one first"
@@ -184,7 +184,7 @@ impl Uploads {
     pub(crate) async fn chunk(&self, id: u64, seq: u64, data: &[u8]) -> Result<u64, KvError> {
         let entry = self.entry(id)?;
         entry.touch();
-        let max = self.node.config().chunk_bytes;
+        let max = self.node.config().chunk_limit();
         if data.is_empty() || data.len() > max {
             let e: KvError = StreamError::BadChunk {
                 len: data.len(),
