@@ -379,7 +379,7 @@ class Client:
             while in_flight:
                 self._chunk_answered(in_flight.pop(0), progress)
             committing = True
-            req = {"op": "put_commit", "upload": upload, "crc32": crc}
+            req = {"op": "put_commit", "upload": upload, "seq": seq, "crc32": crc}
             if return_body:
                 req["return_body"] = True
             ans = self.call(req)

@@ -314,7 +314,11 @@ fn a_half_written_upload_never_appears_and_its_chunks_are_reclaimed() {
     wait_until(
         "every node to hold no record of the half upload",
         Duration::from_secs(60),
-        || (0..3).all(|i| stored_keys(&cluster, i) == Some(0)).then_some(()),
+        || {
+            (0..3)
+                .all(|i| stored_keys(&cluster, i) == Some(0))
+                .then_some(())
+        },
     );
     let gone = rt.block_on(async {
         let client = Client::connect(addrs[1]).await.unwrap();
@@ -353,13 +357,22 @@ fn a_wiped_replica_gets_its_large_values_back_from_anti_entropy() {
         let client = Client::connect(addrs[0]).await.unwrap();
         for (i, v) in values.iter().enumerate() {
             client
-                .put_with(b"b", format!("big{i}").as_bytes(), v.clone(), &[], &q(3, 2, 3))
+                .put_with(
+                    b"b",
+                    format!("big{i}").as_bytes(),
+                    v.clone(),
+                    &[],
+                    &q(3, 2, 3),
+                )
                 .await
                 .unwrap();
         }
     });
     let full = stored_keys(&cluster, 0).unwrap();
-    assert!(full >= 3 * 13, "3 keys with a head and 12 chunks each: {full}");
+    assert!(
+        full >= 3 * 13,
+        "3 keys with a head and 12 chunks each: {full}"
+    );
     cluster.nodes[1].wipe();
     cluster.nodes[1].restart();
     wait_until(
@@ -377,7 +390,10 @@ fn a_wiped_replica_gets_its_large_values_back_from_anti_entropy() {
                 .get_with(b"b", format!("big{i}").as_bytes(), &q(3, 1, 1))
                 .await
                 .unwrap();
-            assert!(got.values == vec![v.clone()], "big{i} read back whole from n2 alone");
+            assert!(
+                got.values == vec![v.clone()],
+                "big{i} read back whole from n2 alone"
+            );
         }
     });
 }

@@ -237,8 +237,9 @@ impl Client {
     }
 
     /// Streams `reader` into the key as one value: `put_begin`, then `put_chunk` frames of the
-    /// node's `chunk_bytes` with up to its `window` unanswered, then `put_commit` with the
-    /// CRC-32 of every byte read. The value becomes visible whole at the commit, never in
+    /// node's `chunk_bytes` with up to its `window` unanswered, then, once every chunk is
+    /// answered, `put_commit` with the number of chunks (`seq`) and the CRC-32 of every byte
+    /// read. The value becomes visible whole at the commit, never in
     /// part. On any failure (the reader's, the node's, the connection's) the upload is
     /// aborted (`put_abort`), as it is when the returned future is dropped before the
     /// commit. Memory: at most `window + 1` chunks.
@@ -321,6 +322,7 @@ impl Client {
             .call(RequestFrame {
                 op: "put_commit".into(),
                 upload: Some(upload),
+                seq: Some(seq),
                 crc32: Some(u64::from(crc32)),
                 return_body: opts.return_body.then_some(true),
                 ..Default::default()

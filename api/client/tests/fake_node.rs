@@ -182,9 +182,15 @@ async fn put_stream_fills_the_window_and_commits_the_checksum() {
     assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
     assert_eq!(progress.last(), Some(&(value.len() as u64)));
     let requests = drain(&mut seen);
-    let seqs: Vec<u64> = requests.iter().filter_map(|r| r.seq).collect();
+    let seqs: Vec<u64> = requests
+        .iter()
+        .filter(|r| r.op == "put_chunk")
+        .filter_map(|r| r.seq)
+        .collect();
     assert_eq!(seqs, (0..11).collect::<Vec<_>>());
     assert_eq!(requests[0].size, Some(10_500));
+    let commit = requests.iter().find(|r| r.op == "put_commit").unwrap();
+    assert_eq!(commit.seq, Some(11), "the commit names the chunks sent");
     assert!(!requests.iter().any(|r| r.op == "put_abort"));
 }
 
