@@ -139,6 +139,7 @@ impl std::str::FromStr for ErrorCode {
     /// The code whose wire form is `s` (the inverse of [`ErrorCode::as_str`]).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         use ErrorCode::*;
+        // Every variant: a new code goes here as well as in `as_str`.
         const ALL: [ErrorCode; 30] = [
             MalformedRequest,
             FrameTooLarge,
