@@ -102,8 +102,14 @@ pub fn open(key: ContextKey, context: &[u8]) -> Result<VersionVector, StorageErr
 }
 
 impl Fetched {
-    /// What a read answers for the key state `d`: its live values, decompressed (none may
-    /// exceed `max_value_len` bytes), and its sealed context.
+    /// What a read answers for the key state `d` at `now_ms` (this node's clock, ms since the
+    /// Unix epoch): its live values, decompressed (none may exceed `max_value_len` bytes), and
+    /// its sealed context.
+    ///
+    /// Expired values are left out here, where a state becomes a client's answer, and nowhere
+    /// earlier: the records that replicas, read repair, hints and anti-entropy exchange keep
+    /// them (a merge must still see them), and the context keeps covering them, so a write
+    /// with it replaces them as it replaces any value it read.
     ///
     /// # Errors
     /// [`ringkv_storage::StorageError::Corrupt`] if a stored value does not decompress.
@@ -111,9 +117,10 @@ impl Fetched {
         d: DvvSet,
         key: ContextKey,
         max_value_len: usize,
+        now_ms: u64,
     ) -> Result<Fetched, ringkv_storage::StorageError> {
         Ok(Fetched {
-            values: d.decoded_values(max_value_len)?,
+            values: d.decoded_values(max_value_len, now_ms)?,
             context: seal(key, d.context()),
         })
     }

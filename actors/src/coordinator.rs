@@ -31,6 +31,11 @@
 //!   leave the write short of `w` answer `ConditionFailed`; with a strict quorum and `w = n`
 //!   two conflicting conditional writes are never both acknowledged, otherwise the check is
 //!   best effort (only the replicas reached are asked).
+//! * **Time to live** (a put's `ttl`): the new version carries an absolute expiry, this
+//!   node's clock at the write (the `timestamp_ms` sent with the write) plus the TTL, in the
+//!   sibling itself ([`ringkv_storage::Sibling::expires_at_ms`]), so merges, hints, repairs and
+//!   transfers carry it unchanged. Expired versions stay in the records the coordinator
+//!   handles; only the answer to the client leaves them out (`Fetched::sealed`).
 //! * **Read**: it asks `r` replicas (this node first, reachable ones before the others), one
 //!   more for each that fails, and all of them if the `r` answers are not in after
 //!   [`SPECULATIVE_AFTER`] (as Cassandra reads from the consistency level's replicas with a
@@ -230,6 +235,10 @@ pub enum KvRequest {
         condition: Condition,
         /// How `value` is encoded ([`ringkv_storage::codec`]).
         codec: ringkv_storage::Codec,
+        /// Time to live of the value (`None`: it never expires; ignored for a tombstone): the
+        /// new version expires at the coordinator's clock at the write (its `timestamp_ms`)
+        /// plus this, rounded to milliseconds ([`ringkv_storage::Sibling::expires_at_ms`]).
+        ttl: Option<Duration>,
     },
 }
 
@@ -344,11 +353,14 @@ async fn execute<T: ReplicaTransport>(args: CoordinatorArgs<T>) -> Result<Option
             value,
             condition,
             codec,
+            ttl,
         } => {
-            write(
-                &args, bucket, key, context, value, *codec, *condition, deadline,
-            )
-            .await
+            let version = NewVersion {
+                value,
+                codec: *codec,
+                ttl: *ttl,
+            };
+            write(&args, bucket, key, context, version, *condition, deadline).await
         }
     };
     result
@@ -387,6 +399,29 @@ fn hint_holder<T: ReplicaTransport>(
     peers.local().to_string()
 }
 
+/// What a write stores as the new version.
+#[derive(Clone, Copy)]
+struct NewVersion<'a> {
+    /// The bytes to store (encoded by `codec`), `None` for a tombstone.
+    value: &'a Option<Vec<u8>>,
+    /// How `value` is encoded.
+    codec: ringkv_storage::Codec,
+    /// Time to live of the value, `None`: never expires.
+    ttl: Option<Duration>,
+}
+
+impl NewVersion<'_> {
+    /// The absolute expiry of a version written at `timestamp_ms` (ms since the Unix epoch),
+    /// saturating; `None` without a time to live. A time to live under a millisecond counts
+    /// as one.
+    fn expires_at_ms(&self, timestamp_ms: u64) -> Option<u64> {
+        self.ttl.map(|ttl| {
+            let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+            timestamp_ms.saturating_add(ms)
+        })
+    }
+}
+
 /// True if `e` is a replica's refusal of a conditional write.
 fn is_condition_failure(e: &ReplicaError) -> bool {
     matches!(e.storage(), Some(StorageError::ConditionFailed { .. }))
@@ -405,17 +440,16 @@ fn is_condition_failure(e: &ReplicaError) -> bool {
 /// quorum it fails with [`StorageError::ConditionFailed`]; the replicas that accepted it keep
 /// the new version (as with any write that misses `w`), and read repair or anti-entropy later
 /// make it a sibling of the conflicting version.
-#[allow(clippy::too_many_arguments)]
 async fn write<T: ReplicaTransport>(
     args: &CoordinatorArgs<T>,
     bucket: &[u8],
     key: &[u8],
     context: &VersionVector,
-    value: &Option<Vec<u8>>,
-    codec: ringkv_storage::Codec,
+    version: NewVersion<'_>,
     condition: Condition,
     deadline: Instant,
 ) -> Result<Option<DvvSet>, KvError> {
+    let NewVersion { value, codec, .. } = version;
     let Placement {
         partition,
         w,
@@ -438,15 +472,17 @@ async fn write<T: ReplicaTransport>(
         if left.is_zero() {
             break;
         }
+        let timestamp_ms = now_ms();
         let update = Update {
             partition: *partition,
             bucket: ByteBuf::from(bucket),
             key: ByteBuf::from(key),
             context: context.clone(),
             value: value.clone().map(ByteBuf::from),
-            timestamp_ms: now_ms(),
+            timestamp_ms,
             codec,
             condition,
+            expires_at_ms: version.expires_at_ms(timestamp_ms),
         };
         match args.peers.call(node, update, left).await {
             Ok(record) => {
@@ -490,13 +526,15 @@ async fn write<T: ReplicaTransport>(
         None if sloppy && condition.is_none() && !args.placement.fallbacks.is_empty() => {
             failures = Failures::default();
             let mut record = DvvSet::new();
+            let timestamp_ms = now_ms();
             record
                 .update_encoded(
                     context,
                     rand::random(),
                     value.clone(),
                     codec,
-                    now_ms(),
+                    timestamp_ms,
+                    version.expires_at_ms(timestamp_ms),
                     args.placement.max_siblings,
                 )
                 .map_err(|l| StorageError::TooManySiblings { limit: l.limit })?;

@@ -214,8 +214,15 @@ pub struct RangeRead {
     pub context: Vec<u8>,
 }
 
-/// The live siblings of a state (values, not tombstones).
+/// The live siblings of a state: values (not tombstones) that have not expired.
 pub fn live_siblings(d: &DvvSet) -> impl Iterator<Item = &Sibling> {
+    let now = now_ms();
+    d.siblings.iter().filter(move |s| s.is_live(now))
+}
+
+/// Every sibling holding a value, expired ones included: what garbage collection counts as
+/// referring to chunks (an expired manifest refers to its chunks until it is purged).
+fn value_siblings(d: &DvvSet) -> impl Iterator<Item = &Sibling> {
     d.siblings.iter().filter(|s| s.value.is_some())
 }
 
@@ -445,6 +452,9 @@ impl Node {
                 value: Some(stored),
                 condition: Condition::None,
                 codec,
+                // Chunks never expire by themselves: an expired manifest is purged, and its
+                // chunks are then collected as unreferenced.
+                ttl: None,
             };
             coordinate(request, placement, peers, timeout)
                 .await
@@ -840,7 +850,7 @@ async fn is_garbage<T: ReplicaTransport>(
             heads_seen = true;
             newest = newest.max(h.siblings.iter().map(|s| s.timestamp_ms).max().unwrap_or(0));
             if owner.is_none() {
-                owner = live_siblings(&h)
+                owner = value_siblings(&h)
                     .filter_map(|s| s.value.as_deref().map(|v| (s.codec, v)))
                     .find_map(|(c, v)| ringkv_storage::codec::decompress(c, v, 1024).ok());
             }
@@ -851,7 +861,7 @@ async fn is_garbage<T: ReplicaTransport>(
             for n in &order {
                 let record = get(n.clone(), ob.to_vec(), ok.to_vec()).await.ok()?;
                 let refers = record.as_ref().is_some_and(|r| {
-                    live_siblings(r)
+                    value_siblings(r)
                         .filter_map(manifest_of)
                         .filter_map(Result::ok)
                         .any(|m| m.version == version)
@@ -916,6 +926,7 @@ async fn delete_everywhere<T: ReplicaTransport>(
             None,
             Codec::None,
             now_ms(),
+            None,
             usize::MAX,
         )
         .is_err()

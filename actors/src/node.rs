@@ -92,6 +92,9 @@ pub struct NodeSupervisorArgs {
     pub tombstone_grace: Duration,
     /// Unreferenced chunks of large values younger than this are not collected.
     pub chunk_grace: Duration,
+    /// `max-clock-skew-ms`: expired values are purged `tombstone_grace` plus this after
+    /// their expiry.
+    pub max_clock_skew: Duration,
     /// The system store (transfer progress).
     pub system: Arc<SystemStore>,
     /// The node's handle on its Transfer actor (outlives its restarts).
@@ -256,7 +259,10 @@ impl NodeSupervisor {
                 PeriodicArgs {
                     job: Arc::new(AntiEntropy {
                         peers: a.peers.clone(),
-                        tombstone_grace: a.tombstone_grace,
+                        purge: crate::repair::PurgeDelays {
+                            tombstone_grace: a.tombstone_grace,
+                            max_clock_skew: a.max_clock_skew,
+                        },
                         chunk_grace: a.chunk_grace,
                     }),
                     interval: a.repair_interval.unwrap_or(Duration::from_secs(10)),
@@ -445,6 +451,11 @@ pub struct RequestOptions {
     /// strict bucket and `w = n` two racing `IfNoneMatch` creators cannot both succeed; with
     /// `w < n` or a sloppy quorum it is a best-effort check, not linearizable. Ignored by reads.
     pub condition: Condition,
+    /// Put only: time to live of the value. The new version expires at this node's clock at
+    /// the write plus `ttl` (rounded to milliseconds); from then on it reads as missing and
+    /// the background purge removes it from every replica (see [`crate::repair`]). `None` or
+    /// zero: it never expires. Ignored by reads and deletes.
+    pub ttl: Option<Duration>,
 }
 
 /// What a read returns: the live sibling values and the causal context to write back with.
@@ -570,6 +581,7 @@ impl Node {
                     .then(|| Duration::from_millis(config.repair_interval_ms)),
                 tombstone_grace: Duration::from_millis(config.tombstone_grace_ms),
                 chunk_grace: Duration::from_millis(config.chunk_grace_ms),
+                max_clock_skew: Duration::from_millis(config.max_clock_skew_ms),
                 system: data.system.clone(),
                 transfers: transfers.clone(),
                 transfer_events: view.clone(),
@@ -771,6 +783,7 @@ impl Node {
                 d,
                 self.context_key(),
                 self.config.max_value_bytes,
+                crate::coordinator::now_ms(),
             )?),
             None => Ok(Fetched::default()),
         }
@@ -886,6 +899,8 @@ impl Node {
             Some((codec, bytes)) => (Some(bytes), codec),
             None => (None, Codec::None),
         };
+        // A tombstone never expires; a zero TTL is no TTL.
+        let ttl = opts.ttl.filter(|t| value.is_some() && !t.is_zero());
         let request = KvRequest::Update {
             bucket: bucket.to_vec(),
             key: key.to_vec(),
@@ -893,6 +908,7 @@ impl Node {
             value,
             condition: opts.condition,
             codec,
+            ttl,
         };
         self.coordinate(request, bucket, key, opts).await
     }

@@ -29,6 +29,17 @@
 //! only if its entry is still unchanged. A tombstone is therefore purged only when every replica is known
 //! to hold it, never by a timer alone; the grace period bounds how long a hint or a paused
 //! node may still carry an older version of the key.
+//!
+//! **Expired values** (a put's time to live) are purged the same way, in the same pass: a key
+//! whose every sibling is a tombstone older than the grace or a value that expired more than
+//! `tombstone-grace-ms + max-clock-skew-ms` ago ([`PurgeDelays`]) is a candidate, and every
+//! replica must hold its entry unchanged. Each replica deletes it only if its own clock also
+//! sees it expired. The expiry is absolute (the coordinating node's clock at the write plus
+//! the TTL) and travels in the record, so a copy that comes back after the purge (from a
+//! replica that was down, a late hint) is still expired and reads as missing; the skew in the
+//! delay means that by the time a value is purged every node's clock (within
+//! `max-clock-skew-ms` of each other) already sees it expired, so no node serves such a copy
+//! as live. It is then purged again by a later pass.
 
 use crate::replica::{vnode_call, Peers};
 use crate::rpc::{
@@ -38,7 +49,7 @@ use crate::rpc::{
 use crate::stats::add;
 use crate::vnode::{Reply, VNodeMsg};
 use ringkv_storage::merkle::{diff_entries, differing_children, DEPTH};
-use ringkv_storage::{DvvSet, StorageError};
+use ringkv_storage::{DvvSet, PurgeBefore, StorageError};
 use serde_bytes::ByteBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,8 +71,8 @@ pub type Repair = crate::periodic::Periodic<AntiEntropy>;
 pub struct AntiEntropy<T: ReplicaTransport = Peers> {
     /// How other replicas are reached; its context holds the partitions.
     pub peers: T,
-    /// Tombstones younger than this are not purged.
-    pub tombstone_grace: Duration,
+    /// How long tombstones and expired values wait before they may be purged.
+    pub purge: PurgeDelays,
     /// Unreferenced chunks of large values younger than this are not collected
     /// ([`crate::large::collect_garbage`]).
     pub chunk_grace: Duration,
@@ -71,8 +82,41 @@ impl<T: ReplicaTransport> crate::periodic::PeriodicJob for AntiEntropy<T> {
     const NAME: &'static str = "repair";
 
     async fn run(self: Arc<Self>) {
-        sweep(&self.peers, self.tombstone_grace).await;
+        sweep(&self.peers, self.purge).await;
         collect_all(&self.peers, self.chunk_grace).await;
+    }
+}
+
+/// How long deleted and expired versions wait before the purge may remove them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PurgeDelays {
+    /// `tombstone-grace-ms`: tombstones younger than this, and values expired for less than
+    /// this plus `max_clock_skew`, are not purged. It bounds how long a hint or a paused node
+    /// may still carry an older version of the key.
+    pub tombstone_grace: Duration,
+    /// `max-clock-skew-ms`: the most any two nodes' wall clocks may differ. An expiry is set
+    /// by one node's clock and judged by others', so expired values wait this much longer.
+    pub max_clock_skew: Duration,
+}
+
+impl PurgeDelays {
+    /// The delays for tombstones only (no clock skew).
+    pub fn grace(tombstone_grace: Duration) -> Self {
+        Self {
+            tombstone_grace,
+            max_clock_skew: Duration::ZERO,
+        }
+    }
+
+    /// The purge cutoffs at `now_ms` (ms since the Unix epoch): tombstones written before
+    /// `now - grace`, values expired before `now - grace - skew`.
+    pub fn before(&self, now_ms: u64) -> PurgeBefore {
+        let grace = self.tombstone_grace.as_millis() as u64;
+        let skew = self.max_clock_skew.as_millis() as u64;
+        PurgeBefore {
+            deleted_ms: now_ms.saturating_sub(grace),
+            expired_ms: now_ms.saturating_sub(grace).saturating_sub(skew),
+        }
     }
 }
 
@@ -106,7 +150,7 @@ pub struct ExchangeReport {
 /// (a layout transition gives it other nodes) is left to the transfer, which copies it and
 /// verifies it with exchanges of its own; the sweep takes it up again once the newest version
 /// is the only one.
-pub async fn sweep<T: ReplicaTransport>(peers: &T, grace: Duration) {
+pub async fn sweep<T: ReplicaTransport>(peers: &T, delays: PurgeDelays) {
     let state = peers.context().view.snapshot();
     if state.layout.is_none() {
         return;
@@ -144,7 +188,7 @@ pub async fn sweep<T: ReplicaTransport>(peers: &T, grace: Duration) {
         // Each tombstone is purged by the first (by name) of its key's replicas, which has
         // just exchanged with every other one of them.
         if complete && prefs.iter().all(|n| peers.reachable(n)) {
-            if let Err(e) = purge(peers, p, &prefs, grace).await {
+            if let Err(e) = purge(peers, p, &prefs, delays).await {
                 tracing::debug!(partition = p, error = %e, "tombstone purge skipped");
             }
         }
@@ -421,8 +465,9 @@ pub fn key_replicas<'a>(
     }
 }
 
-/// Purges the tombstones of partition `p` older than `grace` that every replica in `prefs`
-/// holds unchanged; returns how many this node purged.
+/// Purges the tombstones of partition `p` older than the grace, and its values expired for
+/// longer than the grace plus the clock skew (`delays`), that every replica in `prefs` holds
+/// unchanged; returns how many this node purged.
 ///
 /// # Errors
 /// [`ExchangeError`] if a replica does not answer (then nothing more is purged this round).
@@ -430,15 +475,15 @@ pub async fn purge<T: ReplicaTransport>(
     peers: &T,
     p: u32,
     prefs: &[String],
-    grace: Duration,
+    delays: PurgeDelays,
 ) -> Result<usize, ExchangeError> {
-    let older_than = crate::coordinator::now_ms().saturating_sub(grace.as_millis() as u64);
+    let before = delays.before(crate::coordinator::now_ms());
     let state = peers.context().view.snapshot();
     let local = peers.local().to_string();
     // This node purges the tombstones of the keys whose first replica (by name) it is.
     let mut candidates: Vec<(Vec<u8>, u64)> =
         on_local_vnode(peers, p, |reply| VNodeMsg::Tombstones {
-            older_than_ms: older_than,
+            before,
             limit: PURGE_BATCH,
             reply,
         })
@@ -500,7 +545,7 @@ pub async fn purge<T: ReplicaTransport>(
     tracing::info!(
         partition = p,
         purged = purged_here,
-        "purged tombstones held by every replica"
+        "purged tombstones and expired values held by every replica"
     );
     Ok(purged_here)
 }

@@ -138,6 +138,11 @@ pub struct Update {
     /// predate compression).
     #[serde(default, skip_serializing_if = "ringkv_storage::Codec::is_none")]
     pub codec: ringkv_storage::Codec,
+    /// When the value expires, ms since the Unix epoch on the coordinator's clock
+    /// (`timestamp_ms` plus the client's time to live; [`ringkv_storage::Sibling::expires_at_ms`]).
+    /// `None`: never; absent (never) in encodings of senders that predate TTLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
 }
 
 impl Rpc for Update {
@@ -160,6 +165,7 @@ impl Rpc for Update {
                 value: self.value.clone().map(ByteBuf::into_vec),
                 codec: self.codec,
                 timestamp_ms: self.timestamp_ms,
+                expires_at_ms: self.expires_at_ms,
                 condition: self.condition,
                 reply,
             }
@@ -970,6 +976,7 @@ mod tests {
             timestamp_ms: 5,
             condition: Condition::IfMatch,
             codec: ringkv_storage::Codec::None,
+            expires_at_ms: None,
         };
         let merge = Merge {
             partition: 2,
@@ -1046,6 +1053,65 @@ mod tests {
         assert_eq!(
             decode::<Result<(), ReplicaFailure>>(&encode(&refused)).unwrap(),
             refused
+        );
+    }
+
+    #[test]
+    fn expiries_travel_in_updates_and_records_and_old_updates_decode_as_no_ttl() {
+        let mut record = DvvSet::new();
+        record
+            .update_encoded(
+                &VersionVector::new(),
+                7,
+                Some(b"v".to_vec()),
+                ringkv_storage::Codec::None,
+                5,
+                Some(30_005),
+                10,
+            )
+            .unwrap();
+        let update = Update {
+            partition: 2,
+            bucket: b("b"),
+            key: b("k"),
+            context: VersionVector::new(),
+            value: Some(b("v")),
+            timestamp_ms: 5,
+            condition: Condition::None,
+            codec: ringkv_storage::Codec::None,
+            expires_at_ms: Some(30_005),
+        };
+        let merge = Merge {
+            partition: 2,
+            bucket: b("b"),
+            key: b("k"),
+            record: record.clone(),
+            condition: Condition::None,
+        };
+        for request in [
+            ReplicaRequest::Update(update.clone()),
+            ReplicaRequest::Merge(merge),
+            ReplicaRequest::MergeStored(MergeStored {
+                partition: 2,
+                entries: vec![(b("\x01bk"), record.clone())],
+            }),
+        ] {
+            assert_eq!(
+                decode::<ReplicaRequest>(&encode(&request)).unwrap(),
+                request
+            );
+        }
+        // An update without a TTL is encoded as before (no `expires_at_ms` field), and the
+        // encoding of a sender from before TTLs decodes as "never expires".
+        let plain = Update {
+            expires_at_ms: None,
+            ..update.clone()
+        };
+        let bytes = encode(&ReplicaRequest::Update(plain.clone()));
+        assert!(!bytes.windows(13).any(|w| w == b"expires_at_ms"));
+        assert_eq!(
+            decode::<ReplicaRequest>(&bytes).unwrap(),
+            ReplicaRequest::Update(plain)
         );
     }
 

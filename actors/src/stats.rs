@@ -27,7 +27,7 @@ pub struct RepairStats {
     pub hashes_sent: AtomicU64,
     /// Encoded bytes of every exchange request and answer.
     pub bytes_sent: AtomicU64,
-    /// Tombstones purged here after every replica was seen to hold them.
+    /// Tombstones and expired values purged here after every replica was seen to hold them.
     pub tombstones_purged: AtomicU64,
 }
 

@@ -30,7 +30,8 @@
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use ringkv_storage::{
-    Condition, DvvSet, Partition, PartitionStats, ScanChunk, StorageError, VersionVector,
+    Condition, DvvSet, Partition, PartitionStats, PurgeBefore, ScanChunk, StorageError,
+    VersionVector,
 };
 use serde_bytes::ByteBuf;
 use std::sync::{Arc, Mutex};
@@ -69,6 +70,9 @@ pub enum VNodeMsg {
         codec: ringkv_storage::Codec,
         /// Coordinator's wall clock, ms since the Unix epoch.
         timestamp_ms: u64,
+        /// When the value expires, ms since the Unix epoch on the coordinator's clock
+        /// (`timestamp_ms` plus the client's time to live); `None`: never.
+        expires_at_ms: Option<u64>,
         /// Applied only if this holds on the key's current state (checked by the writer).
         condition: Condition,
         /// Where the key's new state goes.
@@ -157,20 +161,21 @@ pub enum VNodeMsg {
         /// Where the keys go.
         reply: Reply<Vec<Vec<u8>>>,
     },
-    /// Tombstone purge: up to `limit` deleted keys whose newest sibling is older than
-    /// `older_than_ms`, as `(stored key, entry hash)` ([`Partition::tombstones`]). Scans the
-    /// partition on a blocking thread.
+    /// Tombstone purge: up to `limit` keys whose every sibling is a tombstone written before
+    /// `before.deleted_ms` or a value expired before `before.expired_ms`, as `(stored key,
+    /// entry hash)` ([`Partition::tombstones`]). Scans the partition (metadata only) on a
+    /// blocking thread.
     Tombstones {
-        /// Milliseconds since the Unix epoch.
-        older_than_ms: u64,
+        /// The cutoffs, ms since the Unix epoch.
+        before: PurgeBefore,
         /// Most keys listed.
         limit: usize,
         /// Where the candidates go.
         reply: Reply<Vec<(Vec<u8>, u64)>>,
     },
-    /// Tombstone purge, step 2: delete these tombstones if their entry hash is still the
-    /// given one ([`Partition::purge_tombstones`]). Replies with how many were deleted, once
-    /// durable.
+    /// Tombstone purge, step 2: delete these tombstones and expired values if their entry
+    /// hash is still the given one and they read as missing on this node's clock
+    /// ([`Partition::purge_tombstones`]). Replies with how many were deleted, once durable.
     ///
     /// # Errors
     /// [`StorageError::InvalidArgument`] if a key is not a stored key (nothing is deleted).
@@ -241,6 +246,7 @@ impl Actor for VNode {
                 value,
                 codec,
                 timestamp_ms,
+                expires_at_ms,
                 condition,
                 reply,
             } => partition.update_with(
@@ -250,6 +256,7 @@ impl Actor for VNode {
                 value,
                 codec,
                 timestamp_ms,
+                expires_at_ms,
                 condition,
                 Box::new(move |r| {
                     let _ = reply.send(r);
@@ -298,12 +305,10 @@ impl Actor for VNode {
                 scan(partition, reply, move |part| part.large_value_keys(limit))
             }
             VNodeMsg::Tombstones {
-                older_than_ms,
+                before,
                 limit,
                 reply,
-            } => scan(partition, reply, move |part| {
-                part.tombstones(older_than_ms, limit)
-            }),
+            } => scan(partition, reply, move |part| part.tombstones(before, limit)),
             VNodeMsg::ScanChunk {
                 after,
                 max_bytes,
@@ -313,6 +318,7 @@ impl Actor for VNode {
             }),
             VNodeMsg::Purge { entries, reply } => partition.purge_tombstones(
                 entries,
+                crate::coordinator::now_ms(),
                 Box::new(move |r| {
                     let _ = reply.send(r);
                 }),

@@ -3,9 +3,9 @@
 //! coordinator (`coordinator::coordinate`), hinted handoff, read repair and anti-entropy, in
 //! seconds.
 
-use ringkv_actors::coordinator::{coordinate, KvRequest, Placement, QuorumCause};
+use ringkv_actors::coordinator::{coordinate, now_ms, KvRequest, Placement, QuorumCause};
 use ringkv_actors::handoff::deliver_all;
-use ringkv_actors::repair::sweep;
+use ringkv_actors::repair::{sweep, PurgeDelays};
 use ringkv_actors::rpc::{Get, MergeStored, ReplicaError, ReplicaTransport};
 use ringkv_actors::sim::SimNetwork;
 use ringkv_actors::{KvError, NodeConfig};
@@ -85,6 +85,7 @@ impl Cluster {
             value: value.map(|v| v.as_bytes().to_vec()),
             condition,
             codec: ringkv_storage::Codec::None,
+            ttl: None,
         };
         coordinate(request, placement, self.net.peer(at), timeout).await
     }
@@ -585,7 +586,7 @@ async fn anti_entropy_brings_every_replica_the_keys_it_missed() {
     assert!(c.stored("n3", "a").is_empty() && c.stored("n3", "b").is_empty());
 
     // n1 exchanges with n2 and n3 (the replicas named after it), then n2 with n3.
-    let grace = Duration::from_secs(3600);
+    let grace = PurgeDelays::grace(Duration::from_secs(3600));
     sweep(&c.net.peer("n1"), grace).await;
     sweep(&c.net.peer("n2"), grace).await;
     for node in ["n1", "n2", "n3"] {
@@ -996,5 +997,118 @@ async fn a_sloppy_conditional_write_with_no_replica_reachable_fails_and_hints_no
     )
     .await
     .unwrap();
+    c.shutdown().await;
+}
+
+/// A write with a TTL through a sloppy quorum: the expiry travels in the sibling to the
+/// replicas and through a hint, identical everywhere (the coordinator's clock plus the TTL).
+/// Once expired it is purged from every replica by the sweep, but only after the grace plus
+/// `max-clock-skew-ms`; a copy that comes back afterwards from a replica that missed the purge
+/// (a restored node, a late hint) is still expired, reads as missing, and is purged again.
+#[tokio::test]
+async fn expired_values_are_purged_on_every_replica_and_a_late_copy_stays_expired() {
+    let c = Cluster::start(4).await;
+    commit_layout(&c);
+    let ttl = Duration::from_millis(200);
+    // n3 is cut: n1 and n2 store the write, n4 keeps a hint for n3 (w = 3 distinct holders).
+    c.net.cut("n3");
+    let request = KvRequest::Update {
+        bucket: BUCKET.to_vec(),
+        key: b"s".to_vec(),
+        context: VersionVector::new(),
+        value: Some(b"session".to_vec()),
+        condition: Condition::None,
+        codec: ringkv_storage::Codec::None,
+        ttl: Some(ttl),
+    };
+    let written = coordinate(
+        request,
+        placement("s", 4, 2, 3, true),
+        c.net.peer("n1"),
+        LONG,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let sibling = written.siblings[0].clone();
+    let expires_at = sibling.expires_at_ms.expect("the write carries its expiry");
+    assert_eq!(expires_at, sibling.timestamp_ms + 200);
+    c.net.heal("n3");
+    assert_eq!(deliver_all(&c.net.peer("n4")).await.unwrap(), 1);
+    let expiry_on = |node: &str| {
+        c.net.peer(node).stored(BUCKET, b"s").unwrap().map(|d| {
+            d.siblings
+                .iter()
+                .map(|s| s.expires_at_ms)
+                .collect::<Vec<_>>()
+        })
+    };
+    for node in ["n1", "n2", "n3"] {
+        assert_eq!(expiry_on(node), Some(vec![Some(expires_at)]), "{node}");
+    }
+    // The late copy a replica that misses the purge will send back.
+    let late = c.net.peer("n3").stored(BUCKET, b"s").unwrap().unwrap();
+
+    until(|| {
+        (now_ms() > expires_at)
+            .then_some(())
+            .ok_or_else(|| "not expired yet".to_string())
+    })
+    .await;
+    assert!(late.is_absent(now_ms()));
+    // Expired, but the clock skew allowance has not passed: nothing is purged.
+    let skewed = PurgeDelays {
+        tombstone_grace: Duration::ZERO,
+        max_clock_skew: Duration::from_secs(3600),
+    };
+    sweep(&c.net.peer("n1"), skewed).await;
+    for node in ["n1", "n2", "n3"] {
+        assert!(expiry_on(node).is_some(), "{node} purged within the skew");
+    }
+    let now = PurgeDelays::default();
+    sweep(&c.net.peer("n1"), now).await;
+    for node in ["n1", "n2", "n3"] {
+        assert_eq!(
+            expiry_on(node),
+            None,
+            "{node} still holds the expired value"
+        );
+    }
+    let purged = |node: &str| {
+        c.net
+            .peer(node)
+            .context()
+            .stats
+            .repair
+            .tombstones_purged
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(purged("n1") + purged("n2") + purged("n3"), 3);
+
+    // n3 comes back with its copy from before the purge: it is stored again, still expired.
+    let key = ringkv_storage::keys::storage_key(BUCKET, b"s").unwrap();
+    let partition = ringkv_cluster::partition_for(BUCKET, b"s", PARTITIONS);
+    let back = MergeStored {
+        partition,
+        entries: vec![(ByteBuf::from(key), late)],
+    };
+    c.net.peer("n1").call("n3", back, LONG).await.unwrap();
+    let read = c
+        .get("n2", placement("s", 4, 3, 3, false), "s", LONG)
+        .await
+        .unwrap()
+        .expect("n3 holds the key again");
+    assert!(read.is_absent(now_ms()), "a purged value came back to life");
+    // Later sweeps purge it again everywhere (read repair may still be copying it around).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        sweep(&c.net.peer("n1"), now).await;
+        let held: Vec<_> = ["n1", "n2", "n3"].iter().map(|n| expiry_on(n)).collect();
+        if held.iter().all(Option::is_none) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not purged again: {held:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     c.shutdown().await;
 }

@@ -231,3 +231,71 @@ async fn quorums_outside_the_rule_are_refused() {
         .unwrap();
     node.shutdown().await;
 }
+
+/// A value put with a TTL reads until it expires, then as missing (its record stays until
+/// the purge: the default grace is an hour), with a context; `if_none_match` treats it as
+/// absent, and the value it creates has no expiry. A zero TTL is none, and a delete ignores one.
+#[tokio::test]
+async fn an_expired_value_reads_as_missing_and_is_absent_to_if_none_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    let ttl = Duration::from_millis(300);
+    let with_ttl = |ttl| RequestOptions {
+        ttl: Some(ttl),
+        ..opts()
+    };
+    let sent = Instant::now();
+    let put = node
+        .put(b"b", b"k", b"session".to_vec(), &[], &with_ttl(ttl))
+        .await
+        .unwrap();
+    let got = node.get(b"b", b"k", &opts()).await.unwrap();
+    if sent.elapsed() < ttl {
+        assert_eq!(put.values, vec![b"session".to_vec()]);
+        assert_eq!(got.values, vec![b"session".to_vec()]);
+    }
+    let expired = loop {
+        let got = node.get(b"b", b"k", &opts()).await.unwrap();
+        if got.values.is_empty() {
+            break got;
+        }
+        assert!(sent.elapsed() < Duration::from_secs(10), "never expired");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(sent.elapsed() >= ttl, "expired before its TTL");
+    assert!(
+        !expired.context.is_empty(),
+        "the expired version is still stored"
+    );
+
+    let create = RequestOptions {
+        condition: ringkv_storage::Condition::IfNoneMatch,
+        ..opts()
+    };
+    node.put(b"b", b"k", b"created".to_vec(), &[], &create)
+        .await
+        .unwrap();
+    let got = node.get(b"b", b"k", &opts()).await.unwrap();
+    assert_eq!(got.values, vec![b"created".to_vec()]);
+    match node.put(b"b", b"k", b"again".to_vec(), &[], &create).await {
+        Err(KvError::Storage(StorageError::ConditionFailed { .. })) => {}
+        other => panic!("a live value did not refuse if_none_match: {other:?}"),
+    }
+
+    // A zero TTL is no TTL; a delete with a TTL writes a plain tombstone.
+    node.put(b"b", b"z", b"kept".to_vec(), &[], &with_ttl(Duration::ZERO))
+        .await
+        .unwrap();
+    let got = node.get(b"b", b"z", &opts()).await.unwrap();
+    assert_eq!(got.values, vec![b"kept".to_vec()]);
+    node.delete(b"b", b"z", &got.context, &with_ttl(ttl))
+        .await
+        .unwrap();
+    assert!(node
+        .get(b"b", b"z", &opts())
+        .await
+        .unwrap()
+        .values
+        .is_empty());
+    node.shutdown().await;
+}

@@ -69,6 +69,26 @@ pub fn error_of(e: KvError) -> ProtocolError {
     ProtocolError::new(code, e.to_string())
 }
 
+/// Longest time to live a `put` accepts (`ttl_ms`): 100 years of 365.25 days, ms. Longer is
+/// `malformed_request`: it is surely a unit mistake, and leave out `ttl_ms` for a value that
+/// never expires.
+pub const MAX_TTL_MS: u64 = 3_155_760_000_000;
+
+/// The time to live of a request's `ttl_ms`: absent or 0 is none (the value never expires).
+///
+/// # Errors
+/// [`ErrorCode::MalformedRequest`] naming [`MAX_TTL_MS`] if `ttl_ms` is over it.
+pub fn ttl_of(ttl_ms: Option<u64>) -> Result<Option<Duration>, ProtocolError> {
+    match ttl_ms {
+        None | Some(0) => Ok(None),
+        Some(ms) if ms <= MAX_TTL_MS => Ok(Some(Duration::from_millis(ms))),
+        Some(ms) => Err(ProtocolError::new(
+            ErrorCode::MalformedRequest,
+            format!("ttl_ms {ms} is over the maximum of {MAX_TTL_MS} ms (100 years); leave it out for a value that never expires"),
+        )),
+    }
+}
+
 /// A fault to inject (op `inject_fault`, testing only, needs `fault-injection`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -310,6 +330,7 @@ impl Request {
             w: f.w,
             local: f.local.unwrap_or(false),
             condition,
+            ttl: ttl_of(f.ttl_ms)?,
         };
         let op = f.op.as_str();
         Ok(match op {
@@ -550,6 +571,34 @@ mod tests {
         }));
         assert_eq!(refused.code.as_str(), "condition_failed");
         assert!(refused.message.contains("if_match"), "{}", refused.message);
+    }
+
+    #[test]
+    fn ttl_decodes_into_the_options_within_its_bound() {
+        let put = |ttl_ms| RequestFrame {
+            id: 9,
+            op: "put".into(),
+            bucket: Some(ByteBuf::from(b"b".to_vec())),
+            key: Some(ByteBuf::from(b"k".to_vec())),
+            value: Some(ByteBuf::from(b"v".to_vec())),
+            ttl_ms,
+            ..Default::default()
+        };
+        let ttl = |ttl_ms| match Request::decode(&body(&put(ttl_ms))) {
+            Ok((_, Request::Put { opts, .. })) => Ok(opts.ttl),
+            Ok((_, other)) => panic!("{other:?}"),
+            Err((id, e)) => Err((id, e)),
+        };
+        assert_eq!(ttl(None), Ok(None));
+        assert_eq!(ttl(Some(0)), Ok(None), "0 is no expiry");
+        assert_eq!(ttl(Some(1_800_000)), Ok(Some(Duration::from_secs(1800))));
+        assert_eq!(
+            ttl(Some(MAX_TTL_MS)),
+            Ok(Some(Duration::from_millis(MAX_TTL_MS)))
+        );
+        let (id, e) = ttl(Some(MAX_TTL_MS + 1)).unwrap_err();
+        assert_eq!((id, e.code), (9, ErrorCode::MalformedRequest));
+        assert!(e.message.contains("100 years"), "{}", e.message);
     }
 
     #[test]

@@ -189,6 +189,14 @@ pub struct NodeConfig {
     /// It bounds how long a hint or a paused node may carry an older version of a deleted
     /// key. Default 3600000 (1 h).
     pub tombstone_grace_ms: u64,
+    /// The most the wall clocks of any two nodes of the cluster may differ, ms: an assumption
+    /// the operator keeps (NTP), not something ringkv measures. A value's time to live is
+    /// counted on the clock of the node that coordinates its write, and every node judges
+    /// expiry by its own clock, so an expired value may still read as live for up to this
+    /// long on a node whose clock is behind; expired values are purged only
+    /// `tombstone-grace-ms` plus this after their expiry, so that no node sees a purged value
+    /// as live. Default 1000.
+    pub max_clock_skew_ms: u64,
     /// Most partition transfers this node receives at once after a layout change (each
     /// streams from one source at a time); the others wait, queued. Default 2.
     pub transfer_concurrency: usize,
@@ -242,6 +250,7 @@ impl Default for NodeConfig {
             handoff_interval_ms: 1000,
             repair_interval_ms: 10_000,
             tombstone_grace_ms: 3_600_000,
+            max_clock_skew_ms: 1000,
             transfer_concurrency: 2,
             transfer_max_bytes_per_sec: 64 << 20,
         }

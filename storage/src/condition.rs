@@ -48,7 +48,8 @@ impl Condition {
     }
 
     /// Checks the condition of a write coordinated on this replica with the client's
-    /// `context` against the key's `current` state.
+    /// `context` against the key's `current` state, at `now_ms` (the write's timestamp, ms
+    /// since the Unix epoch: values expired then count as absent).
     ///
     /// # Errors
     /// [`StorageError::ConditionFailed`] naming the condition and how many live versions
@@ -57,14 +58,15 @@ impl Condition {
         self,
         current: &DvvSet,
         context: &VersionVector,
+        now_ms: u64,
     ) -> Result<(), StorageError> {
         let violating = match self {
             Condition::None => 0,
-            Condition::IfNoneMatch => current.values().count(),
+            Condition::IfNoneMatch => current.live_values(now_ms).count(),
             Condition::IfMatch => current
                 .siblings
                 .iter()
-                .filter(|s| !s.is_tombstone() && !context.contains(&s.dot))
+                .filter(|s| s.is_live(now_ms) && !context.contains(&s.dot))
                 .count(),
         };
         self.verdict(violating)
@@ -72,17 +74,24 @@ impl Condition {
 
     /// Checks the condition of a write on a replica that receives `incoming`, the state the
     /// coordinating replica made, against this replica's `current` state: every live version
-    /// here must be covered by `incoming`'s clock.
+    /// here must be covered by `incoming`'s clock. Live at the write's time, taken as the
+    /// newest `timestamp_ms` of `incoming`'s siblings (the new version's).
     ///
     /// # Errors
     /// [`StorageError::ConditionFailed`], as [`Condition::check_update`].
     pub fn check_merge(self, current: &DvvSet, incoming: &DvvSet) -> Result<(), StorageError> {
+        let now_ms = incoming
+            .siblings
+            .iter()
+            .map(|s| s.timestamp_ms)
+            .max()
+            .unwrap_or(0);
         let violating = match self {
             Condition::None => 0,
             Condition::IfNoneMatch | Condition::IfMatch => current
                 .siblings
                 .iter()
-                .filter(|s| !s.is_tombstone() && !incoming.clock.contains(&s.dot))
+                .filter(|s| s.is_live(now_ms) && !incoming.clock.contains(&s.dot))
                 .count(),
         };
         self.verdict(violating)
@@ -120,9 +129,9 @@ mod tests {
     fn if_none_match_holds_for_absent_and_tombstoned_keys_only() {
         let c = Condition::IfNoneMatch;
         let none = VersionVector::new();
-        assert!(c.check_update(&DvvSet::new(), &none).is_ok());
-        assert!(c.check_update(&written(None), &none).is_ok());
-        let e = c.check_update(&written(Some(b"v")), &none).unwrap_err();
+        assert!(c.check_update(&DvvSet::new(), &none, 0).is_ok());
+        assert!(c.check_update(&written(None), &none, 0).is_ok());
+        let e = c.check_update(&written(Some(b"v")), &none, 0).unwrap_err();
         assert!(e.to_string().contains("if_none_match"), "{e}");
     }
 
@@ -131,10 +140,10 @@ mod tests {
         let c = Condition::IfMatch;
         let mut d = written(Some(b"v1"));
         let read = d.context().clone();
-        assert!(c.check_update(&d, &read).is_ok());
+        assert!(c.check_update(&d, &read, 0).is_ok());
         d.update(&read, 2, Some(b"v2".to_vec()), 0, 10).unwrap();
-        assert!(c.check_update(&d, &read).is_err());
-        assert!(c.check_update(&d, &d.context().clone()).is_ok());
+        assert!(c.check_update(&d, &read, 0).is_err());
+        assert!(c.check_update(&d, &d.context().clone(), 0).is_ok());
     }
 
     #[test]
@@ -155,5 +164,44 @@ mod tests {
         assert!(Condition::IfNoneMatch
             .check_merge(&written(None), &theirs)
             .is_ok());
+    }
+
+    /// A value with a time to live, written by replica 1 at 100, expiring at 1000.
+    fn expiring() -> DvvSet {
+        let mut d = DvvSet::new();
+        d.update_encoded(
+            &VersionVector::new(),
+            1,
+            Some(b"v".to_vec()),
+            crate::Codec::None,
+            100,
+            Some(1000),
+            10,
+        )
+        .unwrap();
+        d
+    }
+
+    #[test]
+    fn an_expired_value_is_absent_to_both_conditions() {
+        let d = expiring();
+        let none = VersionVector::new();
+        let c = Condition::IfNoneMatch;
+        assert!(c.check_update(&d, &none, 999).is_err());
+        assert!(c.check_update(&d, &none, 1000).is_ok());
+        // if_match: a version written after the read, but expired by now, changes nothing.
+        assert!(Condition::IfMatch.check_update(&d, &none, 999).is_err());
+        assert!(Condition::IfMatch.check_update(&d, &none, 1000).is_ok());
+        // On a replica receiving the coordinator's state, judged at the new version's time.
+        let mut theirs = DvvSet::new();
+        theirs
+            .update(&VersionVector::new(), 2, Some(b"new".to_vec()), 999, 10)
+            .unwrap();
+        assert!(c.check_merge(&d, &theirs).is_err());
+        let mut later = DvvSet::new();
+        later
+            .update(&VersionVector::new(), 2, Some(b"new".to_vec()), 1000, 10)
+            .unwrap();
+        assert!(c.check_merge(&d, &later).is_ok());
     }
 }

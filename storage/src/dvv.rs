@@ -20,6 +20,14 @@
 //!
 //! Deletes are siblings without a value (tombstones), so a delete is ordered against concurrent
 //! writes exactly like any other write.
+//!
+//! **Time to live.** A sibling may carry an absolute expiry ([`Sibling::expires_at_ms`], the
+//! coordinating node's wall clock at the write plus the client's `ttl_ms`). An expired sibling
+//! stays in the state like any other, so merges, hints, anti-entropy and transfers carry it
+//! and the clock still covers it; readers leave it out ([`DvvSet::live_values`],
+//! [`DvvSet::decoded_values`]), so it reads as missing. Because the expiry is absolute, a copy
+//! that comes back from a replica that missed its purge is still expired. Expiry never takes
+//! part in causality: the merge is unchanged.
 
 use crate::codec::{self, Codec};
 use serde::{Deserialize, Serialize};
@@ -143,12 +151,30 @@ pub struct Sibling {
     /// Informational (and for last-write-wins buckets); never used for causality.
     #[serde(default)]
     pub timestamp_ms: u64,
+    /// When the value expires, milliseconds since the Unix epoch on the clock of the node that
+    /// coordinated the write (its `timestamp_ms` plus the client's time to live): from then on
+    /// the sibling reads as missing ([`Sibling::is_expired`]) and may be purged. `None`: never
+    /// expires (and always `None` for a tombstone). Absent in records written before TTLs
+    /// existed, and never written when `None`, so such records encode as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
 }
 
 impl Sibling {
     /// True if this sibling is a tombstone.
     pub fn is_tombstone(&self) -> bool {
         self.value.is_none()
+    }
+
+    /// True if the sibling has an expiry and it has passed at `now_ms` (milliseconds since the
+    /// Unix epoch): the value is readable while `now_ms < expires_at_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
+
+    /// True if the sibling holds a value that has not expired at `now_ms`.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        !self.is_tombstone() && !self.is_expired(now_ms)
     }
 }
 
@@ -179,20 +205,36 @@ impl DvvSet {
         &self.clock
     }
 
-    /// Stored bytes of the live (non-tombstone) siblings, in dot order: still compressed where
-    /// a sibling's [`Sibling::codec`] says so (see [`DvvSet::decoded_values`]).
+    /// Stored bytes of the non-tombstone siblings, in dot order, **expired ones included**:
+    /// still compressed where a sibling's [`Sibling::codec`] says so. What a client may see is
+    /// [`DvvSet::live_values`] or [`DvvSet::decoded_values`].
     pub fn values(&self) -> impl Iterator<Item = &[u8]> {
         self.siblings.iter().filter_map(|s| s.value.as_deref())
     }
 
-    /// The client's bytes of the live siblings, in dot order: each value decompressed with
-    /// its codec, none allowed to exceed `max_len` bytes.
+    /// Stored bytes of the siblings live at `now_ms` (milliseconds since the Unix epoch):
+    /// neither tombstones nor expired ([`Sibling::is_live`]), in dot order.
+    pub fn live_values(&self, now_ms: u64) -> impl Iterator<Item = &[u8]> + '_ {
+        self.siblings
+            .iter()
+            .filter(move |s| s.is_live(now_ms))
+            .filter_map(|s| s.value.as_deref())
+    }
+
+    /// The client's bytes of the siblings live at `now_ms` (milliseconds since the Unix epoch;
+    /// expired siblings are left out, see [`Sibling::is_expired`]), in dot order: each value
+    /// decompressed with its codec, none allowed to exceed `max_len` bytes.
     ///
     /// # Errors
     /// [`crate::StorageError::Corrupt`] if a compressed value does not decode within `max_len`.
-    pub fn decoded_values(&self, max_len: usize) -> Result<Vec<Vec<u8>>, crate::StorageError> {
+    pub fn decoded_values(
+        &self,
+        max_len: usize,
+        now_ms: u64,
+    ) -> Result<Vec<Vec<u8>>, crate::StorageError> {
         self.siblings
             .iter()
+            .filter(|s| s.is_live(now_ms))
             .filter_map(|s| s.value.as_deref().map(|v| (s.codec, v)))
             .map(|(c, v)| codec::decompress(c, v, max_len))
             .collect()
@@ -203,9 +245,16 @@ impl DvvSet {
         self.siblings.iter().any(|s| !s.codec.is_none())
     }
 
-    /// True if there is no live value (never written, or only tombstones).
+    /// True if there is no value at all (never written, or only tombstones). Expired values
+    /// count as values here; see [`DvvSet::is_absent`].
     pub fn is_deleted(&self) -> bool {
         self.siblings.iter().all(Sibling::is_tombstone)
+    }
+
+    /// True if no sibling is live at `now_ms` (never written, deleted, or every value
+    /// expired): the key reads as missing.
+    pub fn is_absent(&self, now_ms: u64) -> bool {
+        !self.siblings.iter().any(|s| s.is_live(now_ms))
     }
 
     /// Applies a client write coordinated by `replica`: `value` (`None` deletes) replaces every
@@ -223,13 +272,24 @@ impl DvvSet {
         timestamp_ms: u64,
         max_siblings: usize,
     ) -> Result<Dot, SiblingLimit> {
-        self.update_encoded(ctx, replica, value, Codec::None, timestamp_ms, max_siblings)
+        self.update_encoded(
+            ctx,
+            replica,
+            value,
+            Codec::None,
+            timestamp_ms,
+            None,
+            max_siblings,
+        )
     }
 
-    /// [`DvvSet::update`] with a value already encoded by `codec` (see [`crate::codec`]).
+    /// [`DvvSet::update`] with a value already encoded by `codec` (see [`crate::codec`]) and
+    /// an optional absolute expiry ([`Sibling::expires_at_ms`], milliseconds since the Unix
+    /// epoch; ignored for a tombstone).
     ///
     /// # Errors
     /// As [`DvvSet::update`].
+    #[allow(clippy::too_many_arguments)]
     pub fn update_encoded(
         &mut self,
         ctx: &VersionVector,
@@ -237,10 +297,15 @@ impl DvvSet {
         value: Option<Vec<u8>>,
         codec: Codec,
         timestamp_ms: u64,
+        expires_at_ms: Option<u64>,
         max_siblings: usize,
     ) -> Result<Dot, SiblingLimit> {
-        // A tombstone has no bytes to encode.
-        let codec = if value.is_some() { codec } else { Codec::None };
+        // A tombstone has no bytes to encode and nothing to expire.
+        let (codec, expires_at_ms) = if value.is_some() {
+            (codec, expires_at_ms)
+        } else {
+            (Codec::None, None)
+        };
         let kept = self
             .siblings
             .iter()
@@ -262,6 +327,7 @@ impl DvvSet {
             value,
             codec,
             timestamp_ms,
+            expires_at_ms,
         });
         self.siblings.sort_by_key(|s| s.dot);
         self.clock.merge(ctx);
@@ -384,6 +450,69 @@ mod tests {
             VersionVector::new()
         );
         assert!(VersionVector::from_context(b"\xc1garbage").is_err());
+    }
+
+    /// A state holding one value written by replica `A` at time 100 that expires at
+    /// `expires_at`.
+    fn expiring(expires_at: Option<u64>) -> DvvSet {
+        let mut d = DvvSet::new();
+        d.update_encoded(
+            &VersionVector::new(),
+            A,
+            Some(b"session".to_vec()),
+            Codec::None,
+            100,
+            expires_at,
+            10,
+        )
+        .unwrap();
+        d
+    }
+
+    #[test]
+    fn an_expired_value_reads_as_missing_but_its_context_still_replaces_it() {
+        let d = expiring(Some(1000));
+        let live = |d: &DvvSet, now| d.decoded_values(100, now).unwrap();
+        assert_eq!(live(&d, 999), vec![b"session".to_vec()]);
+        assert!(!d.is_absent(999));
+        // Expired from `expires_at_ms` on, inclusive.
+        assert_eq!(live(&d, 1000), Vec::<Vec<u8>>::new());
+        assert_eq!(d.live_values(1000).count(), 0);
+        assert!(d.is_absent(1000) && !d.is_deleted());
+        // The stored state still holds it, and the clock covers it: a write with the read's
+        // context replaces it instead of making a sibling.
+        assert_eq!(d.values().count(), 1);
+        let mut next = d.clone();
+        next.update(d.context(), B, Some(b"new".to_vec()), 2000, 10)
+            .unwrap();
+        assert_eq!(vals(&next), vec![b"new".to_vec()]);
+        // Without an expiry a value never expires; a tombstone never carries one.
+        assert!(!expiring(None).is_absent(u64::MAX));
+        let mut gone = d.clone();
+        gone.update_encoded(d.context(), A, None, Codec::None, 5, Some(9), 10)
+            .unwrap();
+        assert_eq!(gone.siblings[0].expires_at_ms, None);
+    }
+
+    #[test]
+    fn expiry_travels_with_the_sibling_through_merges() {
+        let d = expiring(Some(1000));
+        // A replica that missed the purge sends back its copy: merged into an empty state (the
+        // purged key), the value is still expired, because its expiry is absolute.
+        let back = DvvSet::new().sync(&d);
+        assert_eq!(back.siblings[0].expires_at_ms, Some(1000));
+        assert!(back.is_absent(1000));
+        // A concurrent value without expiry stays live beside it.
+        let mut other = DvvSet::new();
+        other
+            .update(&VersionVector::new(), B, Some(b"kept".to_vec()), 100, 10)
+            .unwrap();
+        let m = d.sync(&other);
+        assert_eq!(
+            m.live_values(5000).collect::<Vec<_>>(),
+            vec![b"kept".as_slice()]
+        );
+        assert_eq!(m.values().count(), 2);
     }
 
     /// A small replicated history: three replicas apply client writes (with the context of

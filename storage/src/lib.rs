@@ -3,7 +3,8 @@
 //! * [`dvv`]: dotted version vectors with siblings ([`DvvSet`]), the causality of every key;
 //! * [`codec`]: per-value compression (none, zstd, lz4), bounded decompression;
 //! * [`condition`]: conditional writes (`if_none_match`, `if_match`), checked by the writer;
-//! * [`record`]: the persisted form of a key's state (version byte + named msgpack);
+//! * [`record`]: the persisted form of a key's state (version byte + named msgpack), and its
+//!   metadata-only decode for expiry and purging;
 //! * [`keys`]: bucket and key limits and the on-disk key layout;
 //! * [`store`]: the node's ONE data env holding every partition (the partition number and
 //!   the key's Merkle segment are a big-endian prefix of every key), written by ONE
@@ -47,6 +48,7 @@ pub use merkle::MerkleTree;
 pub use partition::{
     Identity, Partition, PartitionOptions, PartitionStats, PurgeReply, ScanChunk, WriteReply,
 };
+pub use record::PurgeBefore;
 pub use store::{CommitStats, DataStore, OpenReport};
 pub use system::SystemStore;
 

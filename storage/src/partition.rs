@@ -29,6 +29,7 @@
 use crate::condition::Condition;
 use crate::dvv::{DvvSet, ReplicaId, VersionVector};
 use crate::merkle::{self, MerkleTree};
+use crate::record::PurgeBefore;
 use crate::store::{Change, DataStore, WriteOp};
 use crate::Codec;
 use crate::{keys, record, StorageError};
@@ -109,10 +110,6 @@ impl Identity {
         }
     }
 }
-
-/// Records longer than this are skipped unread by [`Partition::tombstones`]: a tombstone
-/// record holds clocks and dots only.
-const MAX_TOMBSTONE_SCAN_BYTES: usize = 64 << 10;
 
 /// Checks that `storage_key` is a stored key made by [`keys::storage_key`] from a valid
 /// bucket and key.
@@ -286,16 +283,18 @@ impl Partition {
             value,
             Codec::None,
             timestamp_ms,
+            None,
             Condition::None,
             reply,
         )
     }
 
     /// [`Partition::update`] with a value already encoded by `codec` (see [`crate::codec`]; the
-    /// replica stores it as it is), applied only if `condition` holds on the key's current
-    /// state, checked by the writer inside the transaction that applies the write
-    /// ([`Condition::check_update`]); else `reply` receives [`StorageError::ConditionFailed`]
-    /// and nothing is written.
+    /// replica stores it as it is) and an optional absolute expiry (`expires_at_ms`, ms since
+    /// the Unix epoch, [`crate::Sibling::expires_at_ms`]), applied only if `condition` holds on
+    /// the key's current state at `timestamp_ms`, checked by the writer inside the transaction
+    /// that applies the write ([`Condition::check_update`]); else `reply` receives
+    /// [`StorageError::ConditionFailed`] and nothing is written.
     #[allow(clippy::too_many_arguments)]
     pub fn update_with(
         &self,
@@ -305,6 +304,7 @@ impl Partition {
         value: Option<Vec<u8>>,
         codec: Codec,
         timestamp_ms: u64,
+        expires_at_ms: Option<u64>,
         condition: Condition,
         reply: WriteReply,
     ) {
@@ -317,6 +317,7 @@ impl Partition {
                     value,
                     codec,
                     timestamp_ms,
+                    expires_at_ms,
                     condition,
                 },
                 reply,
@@ -373,11 +374,13 @@ impl Partition {
         }
     }
 
-    /// Queues the deletion of tombstones: each `(stored key, entry hash)` of `candidates`
-    /// (as [`Partition::tombstones`] returns them) is deleted, from the data and from the hash
-    /// tree, only if the key's current [`merkle::entry_hash`] is still the given one and its
-    /// record is deleted ([`DvvSet::is_deleted`]); a key written since it was listed is kept.
-    /// `reply` receives how many keys were deleted, once that is durable.
+    /// Queues the deletion of tombstones and expired values: each `(stored key, entry hash)`
+    /// of `candidates` (as [`Partition::tombstones`] returns them) is deleted, from the data
+    /// and from the hash tree, only if the key's current [`merkle::entry_hash`] is still the
+    /// given one and its record reads as missing at `now_ms` (ms since the Unix epoch, this
+    /// node's clock: every sibling a tombstone or expired, [`DvvSet::is_absent`]); a key
+    /// written since it was listed is kept, and so is a value this node's clock does not yet
+    /// see as expired. `reply` receives how many keys were deleted, once that is durable.
     ///
     /// Purging is only safe once every replica holds the tombstone (or a later state):
     /// otherwise a replica that still has the old value brings it back. Choosing the
@@ -386,7 +389,12 @@ impl Partition {
     ///
     /// `reply` receives [`StorageError::InvalidArgument`] if a candidate is not a stored key,
     /// and nothing is deleted.
-    pub fn purge_tombstones(&self, candidates: Vec<(Vec<u8>, u64)>, reply: PurgeReply) {
+    pub fn purge_tombstones(
+        &self,
+        candidates: Vec<(Vec<u8>, u64)>,
+        now_ms: u64,
+        reply: PurgeReply,
+    ) {
         if let Err(e) = candidates
             .iter()
             .try_for_each(|(key, _)| check_storage_key(key))
@@ -396,6 +404,7 @@ impl Partition {
         self.store.enqueue(WriteOp::Purge {
             partition: self.id,
             candidates,
+            now_ms,
             reply,
         });
     }
@@ -420,18 +429,20 @@ impl Partition {
         Ok(out)
     }
 
-    /// Up to `limit` deleted keys (every sibling a tombstone) whose newest sibling was written
-    /// before `older_than_ms` (milliseconds since the Unix epoch, [`crate::Sibling`]'s
-    /// `timestamp_ms`), as `(stored key, entry hash)` in the partition's key order (by
-    /// segment, then stored key; see [`crate::store`]): the candidates for
-    /// [`Partition::purge_tombstones`]. Scans every record of the partition and decodes those short enough to be tombstones; a
-    /// record that does not decode is logged and skipped.
+    /// Up to `limit` purge candidates: keys whose every sibling is a tombstone written before
+    /// `before.deleted_ms` or a value that expired before `before.expired_ms`
+    /// ([`crate::record::RecordMeta::is_purgeable`]; ms since the Unix epoch, the siblings'
+    /// `timestamp_ms` and `expires_at_ms`), as `(stored key, entry hash)` in the partition's
+    /// key order (by segment, then stored key; see [`crate::store`]): the candidates for
+    /// [`Partition::purge_tombstones`]. Scans every record of the partition but decodes only
+    /// its metadata ([`record::decode_meta`]: value bytes are skipped, not copied), and hashes
+    /// only the candidates; a record that does not decode is logged and skipped.
     ///
     /// # Errors
     /// [`StorageError::Io`].
     pub fn tombstones(
         &self,
-        older_than_ms: u64,
+        before: PurgeBefore,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, u64)>, StorageError> {
         let mut out = Vec::new();
@@ -439,26 +450,14 @@ impl Partition {
             return Ok(out);
         }
         self.store.scan(self.id, |key, bytes| {
-            // A record this long holds a value, so it is no tombstone: skipping it unread
-            // keeps the scan from copying the chunks of large values.
-            if bytes.len() > MAX_TOMBSTONE_SCAN_BYTES {
-                return true;
-            }
-            let record = match record::decode(bytes) {
-                Ok(r) => r,
+            match record::decode_meta(bytes) {
+                Ok(meta) if meta.is_purgeable(before) => {
+                    out.push((key.to_vec(), merkle::entry_hash(key, bytes)));
+                }
+                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(partition = self.id, error = %e, "skipping a corrupt record");
-                    return true;
                 }
-            };
-            let newest = record
-                .siblings
-                .iter()
-                .map(|s| s.timestamp_ms)
-                .max()
-                .unwrap_or(0);
-            if record.is_deleted() && newest < older_than_ms {
-                out.push((key.to_vec(), merkle::entry_hash(key, bytes)));
             }
             out.len() < limit
         })?;
@@ -734,6 +733,7 @@ mod tests {
                 Some(value.to_vec()),
                 Codec::None,
                 0,
+                None,
                 Condition::IfNoneMatch,
                 Box::new(move |r| {
                     let _ = tx.send(r);
@@ -929,9 +929,19 @@ mod tests {
     }
 
     fn purge(p: &Partition, candidates: Vec<(Vec<u8>, u64)>) -> Result<usize, StorageError> {
+        purge_at(p, candidates, 0)
+    }
+
+    /// [`Partition::purge_tombstones`] with the purging node's clock at `now_ms`.
+    fn purge_at(
+        p: &Partition,
+        candidates: Vec<(Vec<u8>, u64)>,
+        now_ms: u64,
+    ) -> Result<usize, StorageError> {
         let (tx, rx) = sync_channel(1);
         p.purge_tombstones(
             candidates,
+            now_ms,
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),
@@ -1593,7 +1603,7 @@ mod tests {
         write(b"old2", None, 100);
         write(b"new1", None, 500);
 
-        let candidates = p.tombstones(200, 10).unwrap();
+        let candidates = p.tombstones(PurgeBefore::both(200), 10).unwrap();
         // Listed in the partition's key order (segment, then stored key): sorted here.
         let keys_of = |c: &[(Vec<u8>, u64)]| {
             let mut keys = c.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
@@ -1607,8 +1617,8 @@ mod tests {
                 keys::storage_key(b"b", b"old2").unwrap()
             ]
         );
-        assert_eq!(p.tombstones(200, 1).unwrap().len(), 1);
-        assert_eq!(p.tombstones(1000, 10).unwrap().len(), 3);
+        assert_eq!(p.tombstones(PurgeBefore::both(200), 1).unwrap().len(), 1);
+        assert_eq!(p.tombstones(PurgeBefore::both(1000), 10).unwrap().len(), 3);
         // The tombstones' entry hashes are the ones the segment scans compute.
         let all: Vec<u32> = (0..merkle::SEGMENTS).collect();
         let entries = p.segment_entries(&all).unwrap();
@@ -1627,7 +1637,7 @@ mod tests {
 
         // A deleted-then-purged key leaves the tree as if it was never written.
         write(b"old2", None, 300);
-        let rest = p.tombstones(u64::MAX, 10).unwrap();
+        let rest = p.tombstones(PurgeBefore::both(u64::MAX), 10).unwrap();
         assert_eq!(purge(&p, rest).unwrap(), 2);
         assert_eq!(p.merkle_tree(), with_live);
         assert_ne!(with_live, empty);
@@ -1635,9 +1645,96 @@ mod tests {
         assert_eq!(p.stats().unwrap(), counted(&p));
         // Purging the last key frees the leaves.
         write(b"live", None, 300);
-        let last = p.tombstones(u64::MAX, 10).unwrap();
+        let last = p.tombstones(PurgeBefore::both(u64::MAX), 10).unwrap();
         assert_eq!(purge(&p, last).unwrap(), 1);
         assert_eq!(p.stats().unwrap(), PartitionStats::default());
         assert!(!p.merkle_tree().is_allocated());
+    }
+
+    /// Values with a time to live are purge candidates once expired before the cutoff, are
+    /// purged only while every sibling reads as missing on the purging node's clock, and a
+    /// copy merged back from a replica that missed the purge is still expired.
+    #[test]
+    fn expired_values_are_listed_purged_and_stay_expired_when_merged_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Partition::open(dir.path(), 0, 7, &PartitionOptions::default()).unwrap();
+        let write = |key: &[u8], expires_at: Option<u64>| {
+            let (tx, rx) = sync_channel(1);
+            p.update_with(
+                b"b",
+                key,
+                VersionVector::new(),
+                Some(vec![1; 100 << 10]),
+                Codec::None,
+                100,
+                expires_at,
+                Condition::None,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+            rx.recv().unwrap().unwrap()
+        };
+        write(b"soon", Some(1_000));
+        write(b"later", Some(5_000));
+        write(b"forever", None);
+        let stored = p.get(b"b", b"soon").unwrap().unwrap();
+        assert_eq!(stored.siblings[0].expires_at_ms, Some(1_000));
+        assert_eq!(stored.decoded_values(1 << 20, 999).unwrap().len(), 1);
+        assert!(stored.decoded_values(1 << 20, 1_000).unwrap().is_empty());
+
+        let soon = keys::storage_key(b"b", b"soon").unwrap();
+        let listed = |expired_ms| {
+            let mut keys: Vec<Vec<u8>> = p
+                .tombstones(
+                    PurgeBefore {
+                        deleted_ms: u64::MAX,
+                        expired_ms,
+                    },
+                    10,
+                )
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            keys.sort();
+            keys
+        };
+        assert!(listed(1_000).is_empty());
+        assert_eq!(listed(1_001), vec![soon.clone()]);
+        assert_eq!(
+            listed(u64::MAX).len(),
+            2,
+            "a value without expiry is never listed"
+        );
+        // A tombstone cutoff alone does not make an expiring value a candidate.
+        assert!(p
+            .tombstones(
+                PurgeBefore {
+                    deleted_ms: u64::MAX,
+                    expired_ms: 0
+                },
+                10
+            )
+            .unwrap()
+            .is_empty());
+
+        let candidates = p.tombstones(PurgeBefore::both(u64::MAX), 10).unwrap();
+        // A node whose clock says "later" has not expired yet keeps it.
+        assert_eq!(purge_at(&p, candidates.clone(), 1_500).unwrap(), 1);
+        assert_eq!(p.get(b"b", b"soon").unwrap(), None);
+        assert!(p.get(b"b", b"later").unwrap().is_some());
+        assert_eq!(purge_at(&p, candidates, 5_000).unwrap(), 1);
+        assert_eq!(p.len().unwrap(), 1);
+        assert_eq!(p.merkle_tree(), rebuilt(&p));
+        assert_eq!(p.stats().unwrap(), counted(&p));
+
+        // A replica that missed the purge sends its copy back: stored again, still expired.
+        merge_stored(&p, soon.clone(), stored.clone()).unwrap();
+        let back = p.get_stored(&soon).unwrap().unwrap();
+        assert!(back.is_absent(1_000));
+        assert!(back.decoded_values(1 << 20, 2_000).unwrap().is_empty());
+        // And it is a candidate again.
+        assert_eq!(listed(1_001), vec![soon]);
     }
 }

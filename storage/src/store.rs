@@ -176,6 +176,8 @@ pub(crate) enum Change {
         /// How `value` is encoded ([`crate::codec`]).
         codec: crate::Codec,
         timestamp_ms: u64,
+        /// Absolute expiry of the value, ms since the Unix epoch ([`crate::Sibling::expires_at_ms`]).
+        expires_at_ms: Option<u64>,
         condition: Condition,
     },
     /// Another replica's state to merge ([`DvvSet::sync`]), refused if `condition` (the
@@ -195,10 +197,12 @@ pub(crate) enum WriteOp {
         change: Change,
         reply: WriteReply,
     },
-    /// Deletion of tombstones whose entry hash is still the given one.
+    /// Deletion of tombstones and expired values whose entry hash is still the given one and
+    /// that read as missing at `now_ms` (this node's clock, ms since the Unix epoch).
     Purge {
         partition: u32,
         candidates: Vec<(Vec<u8>, u64)>,
+        now_ms: u64,
         reply: PurgeReply,
     },
     /// Deletion of every key of a partition, in chunks (see the module docs).
@@ -1112,8 +1116,11 @@ impl Writer {
             WriteOp::Purge {
                 partition,
                 candidates,
+                now_ms,
                 ..
-            } => Outcome::Purged(Ok(self.purge(wtxn, *partition, candidates, deltas)?)),
+            } => Outcome::Purged(Ok(
+                self.purge(wtxn, *partition, candidates, *now_ms, deltas)?
+            )),
             // Taken out of the batch by `commit_batch`.
             WriteOp::Clear { partition, .. } => Outcome::Purged(Err(StorageError::Io(format!(
                 "internal error: a clear of partition {partition} in a batch"
@@ -1151,9 +1158,10 @@ impl Writer {
                 value,
                 codec,
                 timestamp_ms,
+                expires_at_ms,
                 condition,
             } => {
-                if let Err(e) = condition.check_update(&current, context) {
+                if let Err(e) = condition.check_update(&current, context, *timestamp_ms) {
                     return Ok(Err(e));
                 }
                 let mut next = current;
@@ -1163,6 +1171,7 @@ impl Writer {
                     value.clone(),
                     *codec,
                     *timestamp_ms,
+                    *expires_at_ms,
                     self.max_siblings,
                 ) {
                     return Ok(Err(StorageError::TooManySiblings { limit: l.limit }));
@@ -1199,13 +1208,15 @@ impl Writer {
         Ok(Ok(next))
     }
 
-    /// Deletes the candidates of partition `p` that are still the given deleted records;
-    /// returns how many.
+    /// Deletes the candidates of partition `p` that are still the given records and read as
+    /// missing at `now_ms` (deleted or expired; only their metadata is decoded); returns how
+    /// many.
     fn purge(
         &self,
         wtxn: &mut RwTxn,
         p: u32,
         candidates: &[(Vec<u8>, u64)],
+        now_ms: u64,
         deltas: &mut Vec<LeafDelta>,
     ) -> Result<usize, Abort> {
         if !self.parts.contains_key(&p) {
@@ -1217,7 +1228,7 @@ impl Writer {
             let size = match self.dbs.kv.get(wtxn, &dkey)? {
                 Some(bytes)
                     if merkle::entry_hash(key, bytes) == *expected
-                        && record::decode(bytes).is_ok_and(|d| d.is_deleted()) =>
+                        && record::decode_meta(bytes).is_ok_and(|m| m.is_absent(now_ms)) =>
                 {
                     dkey.len() + bytes.len()
                 }

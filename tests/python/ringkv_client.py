@@ -254,7 +254,7 @@ class Client:
         return list(ans.get("values", [])), ans.get("context", b"")
 
     def put(self, bucket, key, value, context=None, return_body=False, timeout_ms=None,
-            if_none_match=False, if_match=False):
+            if_none_match=False, if_match=False, ttl_ms=None):
         """Write a value.
 
         With ``context`` (from an earlier ``get``), the new value replaces exactly the
@@ -265,6 +265,10 @@ class Client:
         ``if_match``: write only if ``context`` still covers every live version (nothing was
         written since the read). A refused condition raises :class:`RingkvError` with code
         ``condition_failed``; the two are mutually exclusive (``malformed_request``).
+
+        ``ttl_ms``: time to live in milliseconds. The value expires at the coordinating node's
+        clock at the write plus this, then reads as missing (a ``get`` returns no values) and
+        is purged in the background. ``None`` or 0: it never expires.
 
         Returns ``None``, or ``(values, context)`` as a ``get`` right after the write would
         if ``return_body`` is true.
@@ -280,6 +284,8 @@ class Client:
             req["return_body"] = True
         if timeout_ms is not None:
             req["timeout_ms"] = timeout_ms
+        if ttl_ms is not None:
+            req["ttl_ms"] = ttl_ms
         ans = self.call(req)
         if return_body:
             return list(ans.get("values", [])), ans.get("context", b"")

@@ -213,6 +213,37 @@ def conditional_writes():
 
 
 @scenario
+def time_to_live():
+    """A value put with ttl_ms reads until it expires, then as missing; its context still
+    replaces it, and if_none_match treats it as absent. Polled against a deadline, never a
+    fixed sleep."""
+    with connect() as c:
+        k = b"ttl"
+        ttl_ms = 400
+        sent = time.monotonic()
+        c.put(BUCKET, k, b"short-lived", ttl_ms=ttl_ms)
+        values, _ = c.get(BUCKET, k)
+        if time.monotonic() - sent < ttl_ms / 1000.0:
+            check(values == [b"short-lived"], "before expiry: %r" % (values,))
+        deadline = time.monotonic() + 10
+        while True:
+            values, ctx = c.get(BUCKET, k)
+            if not values:
+                break
+            check(time.monotonic() < deadline, "still readable 10 s after a 400 ms TTL: %r" % (values,))
+            time.sleep(0.02)
+        check(time.monotonic() - sent >= ttl_ms / 1000.0, "expired before its TTL")
+        check(len(ctx) > 0, "an expired (not yet purged) key still has a context")
+        c.put(BUCKET, k, b"created", if_none_match=True)
+        check(c.get(BUCKET, k)[0] == [b"created"], "if_none_match over an expired value")
+        # ttl_ms 0 is no expiry; more than 100 years is a mistake.
+        c.put(BUCKET, b"ttl0", b"kept", ttl_ms=0)
+        check(c.get(BUCKET, b"ttl0")[0] == [b"kept"], "ttl_ms 0")
+        expect_error(c, {"op": "put", "bucket": BUCKET, "key": k, "value": b"x",
+                         "ttl_ms": 100 * 366 * 86400 * 1000}, "malformed_request")
+
+
+@scenario
 def put_return_body():
     with connect() as c:
         k = b"rb"

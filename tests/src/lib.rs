@@ -909,6 +909,7 @@ pub fn quorum(n: u8, r: u8, w: u8) -> CallOptions {
         timeout_ms: Some(2000),
         local: false,
         condition: None,
+        ttl: None,
     }
 }
 

@@ -405,6 +405,53 @@ fn stream_errors_map_to_typed_codes() {
     });
 }
 
+/// A streamed put takes the call's time to live: the value reads back at once, then expires
+/// and reads as missing.
+#[test]
+fn a_streamed_put_expires_with_its_ttl() {
+    let node = NodeProcess::start(&[]);
+    let value = noise(3 * MIB, 13);
+    let runtime = rt();
+    let client = runtime.block_on(async {
+        let client = Client::connect(node.addr).await.unwrap();
+        let opts = PutStreamOptions {
+            call: ringkv_api::CallOptions {
+                ttl: Some(std::time::Duration::from_millis(1500)),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        client
+            .put_stream(b"t", b"short-lived", &value[..], &opts)
+            .await
+            .unwrap();
+        let got = read_all(
+            client
+                .get_stream(b"t", b"short-lived", &GetStreamOptions::default())
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert!(got == value);
+        client
+    });
+    ringkv_tests::wait_until(
+        "the streamed value to expire",
+        std::time::Duration::from_secs(20),
+        || {
+            let got = runtime
+                .block_on(client.get_meta(b"t", b"short-lived", &Default::default()))
+                .unwrap();
+            got.values.is_empty().then_some(())
+        },
+    );
+    let err = runtime
+        .block_on(client.get_stream(b"t", b"short-lived", &GetStreamOptions::default()))
+        .unwrap_err();
+    assert!(matches!(err, ClientError::NotFound { .. }), "{err}");
+}
+
 /// A value written through one node with n=3 w=3 streams back whole through another.
 #[test]
 fn a_streamed_value_reads_back_through_another_node() {

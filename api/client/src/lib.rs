@@ -176,6 +176,11 @@ pub struct CallOptions {
     /// `condition_failed` ([`ClientError::code`]). See PROTOCOL.md, "Conditional writes",
     /// for what it guarantees.
     pub condition: Option<WriteCondition>,
+    /// Put only: time to live of the value (request field `ttl_ms`, in whole milliseconds,
+    /// rounded up). It expires at the coordinating node's clock at the write plus this, then
+    /// reads as missing and is purged in the background. `None` or zero: never expires. At
+    /// most 100 years; more is `malformed_request`.
+    pub ttl: Option<std::time::Duration>,
 }
 
 /// A condition on a key's current state that a put or delete needs.
@@ -198,8 +203,16 @@ impl CallOptions {
         f.local = self.local.then_some(true);
         f.if_none_match = (self.condition == Some(WriteCondition::IfNoneMatch)).then_some(true);
         f.if_match = (self.condition == Some(WriteCondition::IfMatch)).then_some(true);
+        f.ttl_ms = self.ttl.map(ttl_ms).filter(|&ms| ms > 0);
         f
     }
+}
+
+/// A time to live in whole milliseconds, rounded up (so that a non-zero TTL stays non-zero),
+/// saturating.
+fn ttl_ms(ttl: std::time::Duration) -> u64 {
+    let ms = ttl.as_nanos().div_ceil(1_000_000);
+    u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<ResponseFrame>>>>>;

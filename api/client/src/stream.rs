@@ -48,8 +48,8 @@ pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 /// Options of [`Client::put_stream`].
 #[derive(Clone, Default)]
 pub struct PutStreamOptions {
-    /// Quorum, time limit (of each chunk write and of the commit) and condition; `r` and
-    /// `local` do not apply.
+    /// Quorum, time limit (of each chunk write and of the commit), condition and time to
+    /// live (`ttl`, from the commit); `r` and `local` do not apply.
     pub call: CallOptions,
     /// Causal context of an earlier read (from [`Client::get_meta`]); empty for a blind
     /// write.
@@ -57,8 +57,6 @@ pub struct PutStreamOptions {
     /// The value's length in bytes, when known: the node then refuses more
     /// (`upload_overrun`) or fewer (`upload_incomplete`) bytes.
     pub size: Option<u64>,
-    /// Time to live of the value, ms from the commit.
-    pub ttl_ms: Option<u64>,
     /// Also answer the key's values (large ones as [`ValueMeta`] would describe them: see
     /// PROTOCOL.md) and context after the commit.
     pub return_body: bool,
@@ -72,7 +70,6 @@ impl std::fmt::Debug for PutStreamOptions {
             .field("call", &self.call)
             .field("context", &self.context.len())
             .field("size", &self.size)
-            .field("ttl_ms", &self.ttl_ms)
             .field("return_body", &self.return_body)
             .field("progress", &self.progress.is_some())
             .finish()
@@ -263,7 +260,6 @@ impl Client {
             key: Some(ByteBuf::from(key)),
             context: (!opts.context.is_empty()).then(|| ByteBuf::from(opts.context.clone())),
             size: opts.size,
-            ttl_ms: opts.ttl_ms,
             ..Default::default()
         });
         begin.r = None;
@@ -546,6 +542,7 @@ fn range_frame(
     f.w = None;
     f.if_none_match = None;
     f.if_match = None;
+    f.ttl_ms = None;
     f
 }
 

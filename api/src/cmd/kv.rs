@@ -12,6 +12,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// `ringkv put` arguments.
@@ -44,12 +45,59 @@ pub struct PutArgs {
     /// reads first).
     #[arg(long, conflicts_with = "blind")]
     pub if_match: bool,
+    /// Time to live: the value expires this long after the write, then reads as missing and
+    /// is purged in the background. A number with a unit, or several added up: 500ms, 30s,
+    /// 30m, 2h, 1d, 1h30m. At most 100 years; 0s is no expiry.
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
     /// No progress bar (it is shown on stderr for a streamed value when stderr is a
     /// terminal).
     #[arg(long)]
     pub quiet: bool,
     #[command(flatten)]
     pub quorum: QuorumArgs,
+}
+
+/// Parses a duration written as numbers with units, added up: `500ms`, `30s`, `30m`, `2h`,
+/// `1d`, `1h30m` (units `ms`, `s`, `m`, `h`, `d`; no spaces, no fractions).
+///
+/// # Errors
+/// A message naming the units if the text is empty, a number has no unit or a unit is
+/// unknown, or the sum overflows.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!("{text:?} is not a duration: give numbers with units ms, s, m, h or d, like 500ms, 30s, 30m, 2h, 1d or 1h30m")
+    };
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total_ms: u64 = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let units = rest[digits..]
+            .bytes()
+            .take_while(u8::is_ascii_alphabetic)
+            .count();
+        if digits == 0 || units == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        let unit_ms: u64 = match &rest[digits..digits + units] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        total_ms = n
+            .checked_mul(unit_ms)
+            .and_then(|ms| total_ms.checked_add(ms))
+            .ok_or_else(|| format!("{text:?} is too long a duration"))?;
+        rest = &rest[digits + units..];
+    }
+    Ok(Duration::from_millis(total_ms))
 }
 
 /// Exit code of a write refused by its condition (`condition_failed`).
@@ -236,6 +284,7 @@ pub async fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
         blind,
         if_none_match,
         if_match,
+        ttl,
         quiet,
         quorum,
     } = args;
@@ -254,6 +303,7 @@ pub async fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
     };
     let opts = CallOptions {
         condition: condition(if_none_match, if_match),
+        ttl,
         ..opts
     };
     match value {
@@ -447,4 +497,31 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
             .delete_with(bucket.as_bytes(), key.as_bytes(), &got.context, &opts)
             .await,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_with_units_and_add_up() {
+        let ms = |t: &str| parse_duration(t).map(|d| d.as_millis());
+        assert_eq!(ms("500ms"), Ok(500));
+        assert_eq!(ms("30s"), Ok(30_000));
+        assert_eq!(ms("30m"), Ok(1_800_000));
+        assert_eq!(ms("2h"), Ok(7_200_000));
+        assert_eq!(ms("1d"), Ok(86_400_000));
+        assert_eq!(ms("1h30m"), Ok(5_400_000));
+        assert_eq!(ms("0s"), Ok(0));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        for bad in ["", "30", "m", "1.5h", "1w", "30 m", "-1s", "1h30"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains("units ms, s, m, h or d"), "{bad:?}: {e}");
+        }
+        assert!(parse_duration("99999999999999999999d").is_err());
+        assert!(parse_duration("999999999999999d")
+            .unwrap_err()
+            .contains("too long"));
+    }
 }

@@ -36,6 +36,7 @@ impl QuorumArgs {
             timeout_ms: self.timeout_ms,
             local: false,
             condition: None,
+            ttl: None,
         }
     }
 }

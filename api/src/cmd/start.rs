@@ -128,6 +128,10 @@ pub struct StartArgs {
     /// Tombstones younger than this are never purged, ms [default: 3600000].
     #[arg(long)]
     pub tombstone_grace_ms: Option<u64>,
+    /// The most any two nodes' clocks may differ, ms; expired values (put --ttl) are purged
+    /// tombstone-grace-ms plus this after their expiry [default: 1000].
+    #[arg(long)]
+    pub max_clock_skew_ms: Option<u64>,
     /// Most partition transfers this node receives at once [default: 2].
     #[arg(long)]
     pub transfer_concurrency: Option<usize>,
@@ -182,6 +186,7 @@ impl StartArgs {
             handoff_interval_ms,
             repair_interval_ms,
             tombstone_grace_ms,
+            max_clock_skew_ms,
             transfer_concurrency,
             transfer_max_bytes_per_sec
         );
