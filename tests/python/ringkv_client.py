@@ -14,21 +14,45 @@ Written from ``api/PROTOCOL.md`` alone. Summary of the wire format it implements
 * Requests may be pipelined and answers may come back in any order, so answers are matched to
   requests by ``id``. Unknown keys in an answer are ignored.
 
+* Large values (section "Large values: streamed ``put``, ranged ``get``"): ``put_stream``
+  sends ``put_begin``, ``put_chunk`` frames of the node's ``chunk_bytes`` with at most its
+  ``window`` unanswered, then ``put_commit`` with the CRC-32 of the whole value (``zlib.crc32``);
+  ``get_range`` reads part of a value; ``get_stream`` reads a whole value by pipelined
+  ``get_range`` requests and checks its CRC-32 at the end. Memory stays bounded by the windows.
+
 Example::
 
     c = Client("127.0.0.1", 7379)
     values, ctx = c.get(b"cart", b"alice")
     c.put(b"cart", b"alice", b"milk", context=ctx)
+    with open("big.iso", "rb") as f:
+        c.put_stream(b"files", b"big.iso", f)
+    with open("copy.iso", "wb") as out:
+        for block in c.get_stream(b"files", b"big.iso"):
+            out.write(block)
 """
 
 import socket
 import struct
+import zlib
 
 import msgpack
 
-__all__ = ["Client", "RingkvError", "ConnectionClosed", "encode_frame"]
+__all__ = [
+    "Client",
+    "RingkvError",
+    "ConnectionClosed",
+    "ChecksumMismatch",
+    "Siblings",
+    "encode_frame",
+    "MAX_RANGE_BYTES",
+]
 
 _LEN = struct.Struct(">I")  # 4-byte big-endian unsigned length prefix
+
+#: Most bytes one ``get_range`` answers by default (the node's ``max-range-bytes``, 4 MiB).
+MAX_RANGE_BYTES = 4 << 20
+
 
 
 class RingkvError(Exception):
@@ -52,6 +76,38 @@ class RingkvError(Exception):
 
 class ConnectionClosed(Exception):
     """The server closed the connection (EOF), possibly in the middle of a frame."""
+
+
+class ChecksumMismatch(RingkvError):
+    """The bytes a streamed read received do not have the CRC-32 the value was stored with.
+
+    ``code`` is ``checksum_mismatch``; ``expected`` and ``actual`` are the two CRC-32s.
+    """
+
+    def __init__(self, expected, actual, size):
+        super().__init__(
+            "checksum_mismatch",
+            "the %d bytes read have CRC-32 %#010x, the value was stored with %#010x"
+            % (size, actual, expected),
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class Siblings(RingkvError):
+    """``get_stream`` of a key with several live versions; ``code`` is ``siblings``.
+
+    ``meta`` lists them (``{"size", "large", "version", "crc32"}`` each, as a ``get`` with
+    ``meta`` answers), ``values`` holds the small ones (a large one is ``b""``) and
+    ``context`` is the read's context: read each version with ``get_stream(...,
+    version=...)`` and write the merge with ``context``.
+    """
+
+    def __init__(self, values, meta, context):
+        super().__init__("siblings", "the key has %d live versions" % len(meta))
+        self.values = values
+        self.meta = meta
+        self.context = context
 
 
 def encode_frame(request):
@@ -249,6 +305,222 @@ class Client:
         if timeout_ms is not None:
             req["timeout_ms"] = timeout_ms
         self.call(req)
+
+
+    # ------------------------------------------------------------- large values
+
+    def get_meta(self, bucket, key, timeout_ms=None):
+        """``get`` with ``"meta": true``. Returns ``(values, meta, context)``.
+
+        A large value's entry in ``values`` is ``b""``; ``meta`` has one map per value,
+        ``{"size", "large", "version", "crc32"}`` (``version`` and ``crc32`` for large values
+        only).
+        """
+        req = {"op": "get", "bucket": _b(bucket), "key": _b(key), "meta": True}
+        if timeout_ms is not None:
+            req["timeout_ms"] = timeout_ms
+        ans = self.call(req)
+        values = list(ans.get("values", []))
+        meta = ans.get("meta")
+        if meta is None:
+            meta = [{"size": len(v), "large": False} for v in values]
+        return values, list(meta), ans.get("context", b"")
+
+    def get_range(self, bucket, key, version=None, offset=0, length=None, timeout_ms=None):
+        """``get_range``: up to ``length`` bytes from ``offset`` of the key's value (of
+        ``version`` if given: required when the key has siblings).
+
+        Returns the answer map: ``value``, ``offset``, ``size``, and for a large value
+        ``version`` and ``crc32``, plus ``context``. Errors: ``not_found``, ``siblings``,
+        ``invalid_range`` (:class:`RingkvError`).
+        """
+        return self.call(_range_request(bucket, key, version, offset, length, timeout_ms))
+
+    def put_stream(self, bucket, key, source, context=None, size=None, if_none_match=False,
+                   if_match=False, ttl_ms=None, timeout_ms=None, return_body=False,
+                   progress=None):
+        """Streamed put of ``source``: a binary file object (anything with ``read(n)``) or an
+        iterable of ``bytes`` blocks of any sizes.
+
+        Sends ``put_begin`` (with ``size`` when given: the node then refuses more or fewer
+        bytes), then ``put_chunk`` frames of the node's ``chunk_bytes`` with at most its
+        ``window`` unanswered, then ``put_commit`` with the CRC-32 of all the bytes sent. On
+        any error the upload is aborted (``put_abort``) and the error raised. ``progress``,
+        if given, is called with the bytes the node has accepted after each chunk's answer.
+
+        Returns the commit's answer map: ``size``, ``version``, ``crc32`` (plus ``values``
+        and ``context`` with ``return_body``).
+        """
+        req = {"op": "put_begin", "bucket": _b(bucket), "key": _b(key)}
+        if context:
+            req["context"] = _b(context)
+        if size is not None:
+            req["size"] = size
+        if if_none_match:
+            req["if_none_match"] = True
+        if if_match:
+            req["if_match"] = True
+        if ttl_ms is not None:
+            req["ttl_ms"] = ttl_ms
+        if timeout_ms is not None:
+            req["timeout_ms"] = timeout_ms
+        begun = self.call(req)
+        upload = begun["upload"]
+        chunk = int(begun["chunk_bytes"])
+        window = max(1, int(begun.get("window", 1)))
+        committing = False
+        in_flight = []  # put_chunk request ids, oldest first
+        try:
+            crc = 0
+            sent = 0
+            seq = 0
+            for data in _chunks(source, chunk):
+                if len(in_flight) >= window:
+                    self._chunk_answered(in_flight.pop(0), progress)
+                crc = zlib.crc32(data, crc)
+                sent += len(data)
+                in_flight.append(self.send({"op": "put_chunk", "upload": upload, "seq": seq,
+                                            "data": data}))
+                seq += 1
+            while in_flight:
+                self._chunk_answered(in_flight.pop(0), progress)
+            committing = True
+            req = {"op": "put_commit", "upload": upload, "seq": seq, "crc32": crc}
+            if return_body:
+                req["return_body"] = True
+            ans = self.call(req)
+        except BaseException:
+            if not committing:
+                self._abort(upload, in_flight)
+            raise
+        if ans.get("size") != sent or ans.get("crc32") != crc:
+            raise RingkvError("client_error", "put_commit answered size %r crc32 %r for %d bytes "
+                              "with CRC-32 %d" % (ans.get("size"), ans.get("crc32"), sent, crc), ans)
+        return ans
+
+    def _chunk_answered(self, rid, progress):
+        ans = self.recv_id(rid)
+        if ans.get("ok") is not True:
+            raise RingkvError(ans.get("code"), ans.get("message"), ans)
+        if progress is not None and "received" in ans:
+            progress(ans["received"])
+
+    def _abort(self, upload, in_flight):
+        """Best-effort ``put_abort``, after reading (and dropping) the answers of the
+        ``put_chunk`` frames still in flight."""
+        try:
+            for rid in in_flight:
+                self.recv_id(rid)
+            self.call({"op": "put_abort", "upload": upload})
+        except (OSError, ConnectionClosed, RingkvError):
+            pass
+
+    def get_stream(self, bucket, key, version=None, range_bytes=MAX_RANGE_BYTES, window=3,
+                   timeout_ms=None):
+        """Read a whole value as a stream: a generator of ``bytes`` blocks.
+
+        A ``get`` with ``meta`` comes first (on the call, before the generator is returned):
+        a missing key raises :class:`RingkvError` ``not_found``, several live versions raise
+        :class:`Siblings` unless ``version`` names one, a small value is yielded whole. A
+        large value is read by ``get_range`` requests of its version, ``window`` of them in
+        flight, ``range_bytes`` each; after the last block its CRC-32 is checked and a
+        mismatch raises :class:`ChecksumMismatch` (so a consumer that reaches the end of the
+        generator has the exact bytes). Abandoning the generator early leaves answers on the
+        connection that later calls skip.
+        """
+        values, meta, context = self.get_meta(bucket, key, timeout_ms=timeout_ms)
+        if version is not None:
+            picked = [i for i, m in enumerate(meta) if m.get("version") == _b(version)]
+            if not picked:
+                raise RingkvError("not_found", "no live version %s" % _b(version).hex())
+            i = picked[0]
+        elif not values:
+            raise RingkvError("not_found", "the key holds no live value")
+        elif len(values) > 1:
+            raise Siblings(values, meta, context)
+        else:
+            i = 0
+        m = meta[i]
+        if not m.get("large"):
+            return iter([values[i]])
+        return self._ranges(bucket, key, m["version"], m["size"], m["crc32"], range_bytes,
+                            window, timeout_ms)
+
+    def _ranges(self, bucket, key, version, size, expected_crc, range_bytes, window,
+                timeout_ms):
+        crc = 0
+        received = 0
+        requested = 0
+        in_flight = []  # (id, offset, length asked), oldest first
+        while received < size:
+            while len(in_flight) < window and requested < size:
+                length = min(range_bytes, size - requested)
+                rid = self.send(_range_request(bucket, key, version, requested, length,
+                                               timeout_ms))
+                in_flight.append((rid, requested, length))
+                requested += length
+            rid, offset, asked = in_flight.pop(0)
+            ans = self.recv_id(rid)
+            if ans.get("ok") is not True:
+                raise RingkvError(ans.get("code"), ans.get("message"), ans)
+            value = ans.get("value", b"")
+            if (ans.get("offset") != offset or ans.get("size") != size or not value
+                    or ans.get("version") != version or len(value) > asked):
+                raise RingkvError("client_error", "get_range from %d answered %d bytes from %r "
+                                  "of a %r-byte value" % (offset, len(value), ans.get("offset"),
+                                                          ans.get("size")), ans)
+            if len(value) < asked:
+                # The node's max-range-bytes is below ours: ask again from here in its size;
+                # the answers already asked for are read and dropped.
+                for stale, _, _ in in_flight:
+                    self.recv_id(stale)
+                in_flight = []
+                range_bytes = len(value)
+                requested = offset + len(value)
+            crc = zlib.crc32(value, crc)
+            received += len(value)
+            yield value
+        if crc != expected_crc:
+            raise ChecksumMismatch(expected_crc, crc, size)
+
+
+def _range_request(bucket, key, version, offset, length, timeout_ms):
+    req = {"op": "get_range", "bucket": _b(bucket), "key": _b(key), "offset": offset}
+    if version is not None:
+        req["version"] = _b(version)
+    if length is not None:
+        req["length"] = length
+    if timeout_ms is not None:
+        req["timeout_ms"] = timeout_ms
+    return req
+
+
+def _chunks(source, size):
+    """Blocks of exactly ``size`` bytes (the last one shorter) from a file object or an
+    iterable of bytes."""
+    if hasattr(source, "read"):
+        while True:
+            data = source.read(size)
+            # A raw file may return fewer bytes than asked before its end.
+            while data and len(data) < size:
+                more = source.read(size - len(data))
+                if not more:
+                    break
+                data += more
+            if not data:
+                return
+            yield bytes(data)
+            if len(data) < size:
+                return
+    else:
+        buf = bytearray()
+        for block in source:
+            buf += block
+            while len(buf) >= size:
+                yield bytes(buf[:size])
+                del buf[:size]
+        if buf:
+            yield bytes(buf)
 
 
 def _b(x):

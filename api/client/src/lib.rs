@@ -12,13 +12,41 @@
 //! client.put(b"carts", b"alice", b"milk,eggs".to_vec(), &got.context).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Large values (see the `stream` module's calls): [`Client::put_stream`] writes from any
+//! [`tokio::io::AsyncRead`], [`Client::get_stream`] returns a [`ValueReader`] (an `AsyncRead`
+//! checked against the value's CRC-32 at its end), [`Client::get_range`] reads a slice. Memory
+//! stays bounded by a few chunks whatever the value's size.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use ringkv_client::{Client, GetStreamOptions, PutStreamOptions};
+//! let client = Client::connect("127.0.0.1:7379").await?;
+//! let file = tokio::fs::File::open("disk.img").await?;
+//! let size = file.metadata().await?.len();
+//! let opts = PutStreamOptions { size: Some(size), ..Default::default() };
+//! let put = client.put_stream(b"images", b"disk.img", file, &opts).await?;
+//! println!("stored {} bytes, CRC-32 {:#010x}", put.size, put.crc32);
+//!
+//! let mut value = client.get_stream(b"images", b"disk.img", &GetStreamOptions::default()).await?;
+//! let mut out = tokio::fs::File::create("copy.img").await?;
+//! tokio::io::copy(&mut value, &mut out).await?; // fails on a checksum mismatch
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
 
-pub use ringkv_proto::Fetched;
+mod stream;
+
 use ringkv_proto::{encode_frame, read_frame, write_frames, RequestFrame, ResponseFrame};
+pub use ringkv_proto::{ErrorCode, Fetched, ValueMeta};
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+pub use stream::{
+    FetchedMeta, GetStreamOptions, Progress, PutStreamOptions, Range, StreamedPut, ValueReader,
+    MAX_CHUNK_BYTES, MAX_PUT_WINDOW, MAX_RANGE_BYTES, SINGLE_FRAME_BYTES,
+};
 use thiserror::Error;
 use tokio::io::BufReader;
 use tokio::net::{TcpStream, ToSocketAddrs};
@@ -39,7 +67,7 @@ pub enum ClientError {
     /// The server answered with an error.
     #[error("{code}: {message}")]
     Server {
-        /// Stable error code (see PROTOCOL.md).
+        /// Stable error code (see PROTOCOL.md); [`ClientError::error_code`] gives it typed.
         code: String,
         /// Description.
         message: String,
@@ -47,15 +75,87 @@ pub enum ClientError {
     /// The server's answer did not have the documented shape.
     #[error("unexpected answer: {0}")]
     Protocol(String),
+    /// A streamed read ([`Client::get_stream`]) of a key that holds no live value. Code
+    /// `not_found`, as the server's answer to a `get_range` of such a key.
+    #[error("not_found: {bucket}/{key} holds no live value", bucket = String::from_utf8_lossy(bucket), key = String::from_utf8_lossy(key))]
+    NotFound {
+        /// The bucket read.
+        bucket: Vec<u8>,
+        /// The key read.
+        key: Vec<u8>,
+    },
+    /// A streamed read ([`Client::get_stream`]) of a key with several live versions
+    /// (siblings): read one with [`Client::get_stream_version`] (large ones, by
+    /// [`ValueMeta::version`]) or all with [`Client::get_meta`], then write the merge with
+    /// `context`. Code `siblings`.
+    #[error("siblings: the key has {} live versions ({}); read one by its version, then write the merge with the context", versions.len(), describe_versions(versions))]
+    Siblings {
+        /// One entry per live version: size, and for a large value its version id and
+        /// CRC-32.
+        versions: Vec<ValueMeta>,
+        /// The causal context of the read, to write the merged value back with.
+        context: Vec<u8>,
+    },
+    /// The bytes a streamed read received do not have the CRC-32 the value was stored with.
+    /// Code `checksum_mismatch`.
+    #[error("checksum_mismatch: the {size} bytes read have CRC-32 {actual:#010x}, the value was stored with {expected:#010x}")]
+    ChecksumMismatch {
+        /// The CRC-32 the node holds for the value.
+        expected: u32,
+        /// The CRC-32 of the bytes received.
+        actual: u32,
+        /// Bytes received.
+        size: u64,
+    },
+    /// Reading the value of a streamed put failed.
+    #[error("reading the value to upload: {0}")]
+    Source(std::io::Error),
+}
+
+/// `size` and version of each sibling, for [`ClientError::Siblings`]'s message.
+fn describe_versions(versions: &[ValueMeta]) -> String {
+    versions
+        .iter()
+        .map(|m| match &m.version {
+            Some(v) => format!("{} bytes, version {}", m.size, hex(v)),
+            None => format!("{} bytes, small", m.size),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Lower-case hex of `b`.
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 impl ClientError {
-    /// The server's error code, if this is a server error.
+    /// The stable error code: the server's, or the one a client-side check stands for
+    /// ([`ClientError::NotFound`], [`ClientError::Siblings`],
+    /// [`ClientError::ChecksumMismatch`]); `None` for transport and protocol failures.
     pub fn code(&self) -> Option<&str> {
         match self {
             ClientError::Server { code, .. } => Some(code),
+            ClientError::NotFound { .. } => Some(ErrorCode::NotFound.as_str()),
+            ClientError::Siblings { .. } => Some(ErrorCode::Siblings.as_str()),
+            ClientError::ChecksumMismatch { .. } => Some(ErrorCode::ChecksumMismatch.as_str()),
             _ => None,
         }
+    }
+
+    /// [`ClientError::code`] as an [`ErrorCode`]; `None` also for a code this client does
+    /// not know (from a newer server).
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        self.code().and_then(|c| c.parse().ok())
+    }
+
+    /// The [`ClientError`] inside an I/O error returned by a [`ValueReader`] (a failed
+    /// range read, a checksum mismatch), if there is one.
+    pub fn from_io(e: &std::io::Error) -> Option<&ClientError> {
+        let inner = e.get_ref()?;
+        inner
+            .downcast_ref::<ClientError>()
+            .or_else(|| inner.downcast_ref::<stream::Failed>().map(|f| &*f.0))
     }
 }
 
@@ -181,7 +281,17 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError::Closed`] if the connection ends first.
-    pub async fn request(&self, mut frame: RequestFrame) -> Result<ResponseFrame, ClientError> {
+    pub async fn request(&self, frame: RequestFrame) -> Result<ResponseFrame, ClientError> {
+        let answer = self.send(frame)?;
+        answer.await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Queues a request's frame for the writer at once (its `id` set by the client) and
+    /// returns the receiver of its answer, so that callers can keep several in flight.
+    fn send(
+        &self,
+        mut frame: RequestFrame,
+    ) -> Result<oneshot::Receiver<ResponseFrame>, ClientError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         frame.id = id;
         let (tx, rx) = oneshot::channel();
@@ -198,19 +308,11 @@ impl Client {
         if self.inner.frames.send(encode_frame(&frame)).is_err() {
             return Err(ClientError::Closed);
         }
-        rx.await.map_err(|_| ClientError::Closed)
+        Ok(rx)
     }
 
     async fn call(&self, frame: RequestFrame) -> Result<ResponseFrame, ClientError> {
-        let answer = self.request(frame).await?;
-        if answer.ok {
-            Ok(answer)
-        } else {
-            Err(ClientError::Server {
-                code: answer.code.unwrap_or_default(),
-                message: answer.message.unwrap_or_default(),
-            })
-        }
+        checked(self.request(frame).await?)
     }
 
     /// Checks that the node answers.
@@ -371,6 +473,18 @@ fn put_frame(
         context: (!context.is_empty()).then(|| ByteBuf::from(context)),
         return_body: body.then_some(true),
         ..Default::default()
+    }
+}
+
+/// An answer as a result: `Ok` if it says `ok`, else its code and message.
+fn checked(answer: ResponseFrame) -> Result<ResponseFrame, ClientError> {
+    if answer.ok {
+        Ok(answer)
+    } else {
+        Err(ClientError::Server {
+            code: answer.code.unwrap_or_default(),
+            message: answer.message.unwrap_or_default(),
+        })
     }
 }
 

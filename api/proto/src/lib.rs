@@ -133,6 +133,56 @@ impl ErrorCode {
     }
 }
 
+impl std::str::FromStr for ErrorCode {
+    type Err = UnknownErrorCode;
+
+    /// The code whose wire form is `s` (the inverse of [`ErrorCode::as_str`]).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        use ErrorCode::*;
+        // Every variant: a new code goes here as well as in `as_str`.
+        const ALL: [ErrorCode; 30] = [
+            MalformedRequest,
+            FrameTooLarge,
+            UnknownOp,
+            InvalidBucket,
+            InvalidKey,
+            ValueTooLarge,
+            BadContext,
+            TooManySiblings,
+            StorageFull,
+            StorageError,
+            Timeout,
+            TooManyConnections,
+            ShuttingDown,
+            QuorumFailed,
+            InvalidQuorum,
+            NoLayout,
+            RecordTooLarge,
+            Overloaded,
+            Unreachable,
+            ClusterError,
+            ConditionFailed,
+            UploadUnknown,
+            UploadGap,
+            UploadOverrun,
+            UploadIncomplete,
+            UploadTimeout,
+            ChecksumMismatch,
+            NotFound,
+            Siblings,
+            InvalidRange,
+        ];
+        ALL.into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| UnknownErrorCode(s.to_string()))
+    }
+}
+
+/// A string that is not the wire form of any [`ErrorCode`] (a code from a newer server).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown error code {0:?}")]
+pub struct UnknownErrorCode(pub String);
+
 /// An error answer: a stable code and a message for people.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {message}", code.as_str())]

@@ -3,11 +3,17 @@
 use super::{connect, decode_hex, encode_hex, AddrArg, QuorumArgs};
 use anyhow::Context;
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use ringkv_api::client::{
+    Client, GetStreamOptions, PutStreamOptions, ValueMeta, SINGLE_FRAME_BYTES,
+};
 use ringkv_api::{CallOptions, ClientError, WriteCondition};
-use std::io::Write;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// `ringkv put` arguments.
 #[derive(Args)]
@@ -20,7 +26,8 @@ pub struct PutArgs {
     pub key: String,
     /// The value; without it and without --file, stdin is read.
     pub value: Option<String>,
-    /// Read the value from this file.
+    /// Read the value from this file (`-`: stdin). A value over 4 MiB is streamed to the node
+    /// in chunks (streamed put), with a progress bar.
     #[arg(long, conflicts_with = "value")]
     pub file: Option<PathBuf>,
     /// Causal context (hex, from `get --json`): replace exactly those versions.
@@ -43,6 +50,10 @@ pub struct PutArgs {
     /// 30m, 2h, 1d, 1h30m. At most 100 years; 0s is no expiry.
     #[arg(long, value_parser = parse_duration)]
     pub ttl: Option<Duration>,
+    /// No progress bar (it is shown on stderr for a streamed value when stderr is a
+    /// terminal).
+    #[arg(long)]
+    pub quiet: bool,
     #[command(flatten)]
     pub quorum: QuorumArgs,
 }
@@ -129,6 +140,9 @@ pub struct GetArgs {
     /// Read only this node's own replica (no quorum, no read repair).
     #[arg(long)]
     pub local: bool,
+    /// No progress bar (it is shown on stderr for a large value when stderr is a terminal).
+    #[arg(long)]
+    pub quiet: bool,
     #[command(flatten)]
     pub quorum: QuorumArgs,
 }
@@ -162,7 +176,103 @@ pub async fn ping(a: AddrArg) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes a value.
+/// Where `ringkv put` takes the value from.
+enum Source {
+    /// The VALUE argument.
+    Inline(Vec<u8>),
+    /// A file, and its length.
+    File(tokio::fs::File, u64),
+    /// Standard input (`--file -`, or neither VALUE nor --file).
+    Stdin,
+}
+
+/// A value to write: whole if it fits in one `put` frame, else a stream.
+enum Value {
+    Whole(Vec<u8>),
+    Stream {
+        reader: Box<dyn AsyncRead + Unpin + Send>,
+        size: Option<u64>,
+    },
+}
+
+impl Source {
+    async fn open(value: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Source> {
+        Ok(match (value, file) {
+            (Some(v), _) => Source::Inline(v.into_bytes()),
+            (None, Some(path)) if path.as_os_str() == "-" => Source::Stdin,
+            (None, Some(path)) => {
+                let f = tokio::fs::File::open(&path)
+                    .await
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let len = f
+                    .metadata()
+                    .await
+                    .with_context(|| format!("reading {}", path.display()))?
+                    .len();
+                Source::File(f, len)
+            }
+            (None, None) => Source::Stdin,
+        })
+    }
+
+    /// The value, read whole if it is at most [`SINGLE_FRAME_BYTES`] long. Standard input is
+    /// read up to one byte past that before deciding.
+    async fn value(self) -> anyhow::Result<Value> {
+        Ok(match self {
+            Source::Inline(v) => Value::Whole(v),
+            Source::File(mut f, len) if len <= SINGLE_FRAME_BYTES => {
+                let mut buf = Vec::with_capacity(len as usize);
+                f.read_to_end(&mut buf).await.context("reading the file")?;
+                Value::Whole(buf)
+            }
+            Source::File(f, len) => Value::Stream {
+                reader: Box::new(f),
+                size: Some(len),
+            },
+            Source::Stdin => {
+                let mut stdin = tokio::io::stdin();
+                let mut head = Vec::new();
+                (&mut stdin)
+                    .take(SINGLE_FRAME_BYTES + 1)
+                    .read_to_end(&mut head)
+                    .await
+                    .context("reading stdin")?;
+                if head.len() as u64 <= SINGLE_FRAME_BYTES {
+                    Value::Whole(head)
+                } else {
+                    Value::Stream {
+                        reader: Box::new(std::io::Cursor::new(head).chain(stdin)),
+                        size: None,
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// A progress bar of bytes on stderr, hidden with `--quiet` or when stderr is not a
+/// terminal. `len`: the total, when known (else a byte counter).
+fn byte_bar(what: &str, len: Option<u64>, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let (pb, template) = match len {
+        Some(len) => (
+            ProgressBar::new(len),
+            format!("{what} [{{elapsed_precise}}] {{wide_bar}} {{bytes}}/{{total_bytes}} ({{bytes_per_sec}}, {{eta}})"),
+        ),
+        None => (
+            ProgressBar::no_length(),
+            format!("{what} [{{elapsed_precise}}] {{spinner}} {{bytes}} ({{bytes_per_sec}})"),
+        ),
+    };
+    pb.set_style(
+        ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+/// Writes a value: in one `put` frame if it is at most 4 MiB, else streamed.
 pub async fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
     let PutArgs {
         addr,
@@ -175,27 +285,18 @@ pub async fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
         if_none_match,
         if_match,
         ttl,
+        quiet,
         quorum,
     } = args;
     let opts = quorum.options();
-    let value = match (value, file) {
-        (Some(v), _) => v.into_bytes(),
-        (None, Some(path)) => {
-            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
-        }
-        (None, None) => {
-            let mut buf = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).context("reading stdin")?;
-            buf
-        }
-    };
+    let value = Source::open(value, file).await?.value().await?;
     let client = connect(&addr).await?;
     let context = match (context, blind) {
         (Some(hex), _) => decode_hex(&hex).context("--context is not hex")?,
         (None, true) => Vec::new(),
         (None, false) => {
             client
-                .get_with(bucket.as_bytes(), key.as_bytes(), &opts)
+                .get_meta(bucket.as_bytes(), key.as_bytes(), &opts)
                 .await?
                 .context
         }
@@ -205,14 +306,33 @@ pub async fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
         ttl,
         ..opts
     };
-    written(
-        client
-            .put_with(bucket.as_bytes(), key.as_bytes(), value, &context, &opts)
-            .await,
-    )
+    match value {
+        Value::Whole(value) => written(
+            client
+                .put_with(bucket.as_bytes(), key.as_bytes(), value, &context, &opts)
+                .await,
+        ),
+        Value::Stream { reader, size } => {
+            let pb = byte_bar("put", size, quiet);
+            let progress_bar = pb.clone();
+            let stream_opts = PutStreamOptions {
+                call: opts,
+                context,
+                size,
+                progress: Some(Arc::new(move |done| progress_bar.set_position(done))),
+                ..Default::default()
+            };
+            let result = client
+                .put_stream(bucket.as_bytes(), key.as_bytes(), reader, &stream_opts)
+                .await;
+            pb.finish_and_clear();
+            written(result.map(|_| ()))
+        }
+    }
 }
 
-/// Reads a key.
+/// Reads a key: a `get` with `meta`; small values come in its answer, large ones are
+/// streamed to stdout by ranges (with a progress bar).
 pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     let GetArgs {
         addr,
@@ -220,23 +340,31 @@ pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         key,
         json,
         local,
+        quiet,
         quorum,
     } = args;
     let opts = CallOptions {
         local,
         ..quorum.options()
     };
-    let got = connect(&addr)
-        .await?
-        .get_with(bucket.as_bytes(), key.as_bytes(), &opts)
+    let client = connect(&addr).await?;
+    let got = client
+        .get_meta(bucket.as_bytes(), key.as_bytes(), &opts)
         .await?;
     if json {
         let values: Vec<serde_json::Value> = got
             .values
             .iter()
-            .map(|v| match std::str::from_utf8(v) {
-                Ok(s) => serde_json::json!({"size": v.len(), "utf8": s}),
-                Err(_) => serde_json::json!({"size": v.len(), "hex": encode_hex(v)}),
+            .zip(&got.meta)
+            .map(|(v, m)| match (m.large, std::str::from_utf8(v)) {
+                (true, _) => serde_json::json!({
+                    "size": m.size,
+                    "large": true,
+                    "version": m.version.as_deref().map(|v| encode_hex(v)),
+                    "crc32": m.crc32,
+                }),
+                (false, Ok(s)) => serde_json::json!({"size": v.len(), "utf8": s}),
+                (false, Err(_)) => serde_json::json!({"size": v.len(), "hex": encode_hex(v)}),
             })
             .collect();
         println!(
@@ -249,33 +377,97 @@ pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         });
     }
-    let mut out = std::io::stdout().lock();
-    match got.values.as_slice() {
-        [] => {
+    if local && got.meta.iter().any(|m| m.large) {
+        anyhow::bail!(
+            "{bucket}/{key} holds a large value, which is read in ranges with quorum: read it without --local (--local --json shows its size, version and checksum)"
+        );
+    }
+    let stream_opts = GetStreamOptions {
+        call: opts,
+        ..Default::default()
+    };
+    let large = Large {
+        client: &client,
+        bucket: &bucket,
+        key: &key,
+        opts: &stream_opts,
+        quiet,
+    };
+    let mut out = tokio::io::stdout();
+    match (got.values.as_slice(), got.meta.as_slice()) {
+        ([], _) => {
             eprintln!("not found: {bucket}/{key}");
             return Ok(ExitCode::from(1));
         }
-        [v] => out.write_all(v)?,
-        many => {
+        ([v], [m]) => large.write(&mut out, v, m).await?,
+        (many, metas) => {
             eprintln!(
                 "{bucket}/{key} has {} siblings (concurrent writes). Resolve them by writing the merged value with the context from `ringkv get --json`:",
                 many.len()
             );
-            for (i, v) in many.iter().enumerate() {
-                writeln!(
-                    out,
-                    "--- sibling {} of {} ({} bytes) ---",
+            for (i, (v, m)) in many.iter().zip(metas).enumerate() {
+                let header = format!(
+                    "--- sibling {} of {} ({} bytes) ---\n",
                     i + 1,
                     many.len(),
-                    v.len()
-                )?;
-                out.write_all(v)?;
-                writeln!(out)?;
+                    m.size
+                );
+                out.write_all(header.as_bytes()).await?;
+                large.write(&mut out, v, m).await?;
+                out.write_all(b"\n").await?;
             }
         }
     }
-    out.flush()?;
+    out.flush().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How `ringkv get` writes one value of a key to stdout.
+struct Large<'a> {
+    client: &'a Client,
+    bucket: &'a str,
+    key: &'a str,
+    opts: &'a GetStreamOptions,
+    quiet: bool,
+}
+
+impl Large<'_> {
+    /// Writes a small value as it came, and streams a large one (`meta.large`) by ranges of
+    /// its version with a progress bar, its CRC-32 checked at the end.
+    async fn write(
+        &self,
+        out: &mut tokio::io::Stdout,
+        value: &[u8],
+        meta: &ValueMeta,
+    ) -> anyhow::Result<()> {
+        let Some(version) = meta.version.as_deref().filter(|_| meta.large) else {
+            return Ok(out.write_all(value).await?);
+        };
+        let (bucket, key) = (self.bucket, self.key);
+        let mut reader = self
+            .client
+            .get_stream_version(bucket.as_bytes(), key.as_bytes(), version, self.opts)
+            .await
+            .with_context(|| format!("reading {bucket}/{key}"))?;
+        let pb = byte_bar("get", Some(reader.size()), self.quiet);
+        let mut buf = vec![0u8; 256 << 10];
+        let result = async {
+            loop {
+                let n = reader
+                    .read(&mut buf)
+                    .await
+                    .with_context(|| format!("reading {bucket}/{key}"))?;
+                if n == 0 {
+                    return anyhow::Ok(());
+                }
+                out.write_all(&buf[..n]).await?;
+                pb.inc(n as u64);
+            }
+        }
+        .await;
+        pb.finish_and_clear();
+        result
+    }
 }
 
 /// Deletes a key.
@@ -290,7 +482,7 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
     let opts = quorum.options();
     let client = connect(&addr).await?;
     let got = client
-        .get_with(bucket.as_bytes(), key.as_bytes(), &opts)
+        .get_meta(bucket.as_bytes(), key.as_bytes(), &opts)
         .await?;
     if got.values.is_empty() {
         eprintln!("not found: {bucket}/{key}");

@@ -18,8 +18,9 @@ pub struct LoadArgs {
     /// Requests in flight.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
-    /// Skip files larger than this, bytes (set it to the node's max-value-bytes).
-    #[arg(long, default_value_t = 4 << 20)]
+    /// Skip files larger than this, bytes (set it to the node's max-value-bytes). Files over
+    /// 4 MiB are streamed.
+    #[arg(long, default_value_t = 1 << 30)]
     pub max_value_bytes: u64,
     /// No progress bars.
     #[arg(long)]

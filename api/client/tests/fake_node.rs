@@ -1,0 +1,499 @@
+//! The streaming calls of the client against a scripted node on loopback: the node's side of
+//! each conversation is written out here (what PROTOCOL.md's "Large values" section asks a
+//! node to answer), so the client's pipelining window, checksums, aborts and error mapping are
+//! checked without a real node, including failures a real node does not produce on demand
+//! (ranges whose bytes do not match the value's CRC-32, a lower `max-range-bytes`).
+
+use ringkv_client::{
+    Client, ClientError, ErrorCode, GetStreamOptions, PutStreamOptions, ValueMeta,
+};
+use ringkv_proto::{encode_frame, read_frame, RequestFrame, ResponseFrame};
+use serde_bytes::ByteBuf;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// A node that answers each request frame with what `script` returns for it (any number of
+/// answers, in that order: a script may hold answers back and release them later).
+/// Returns the address and a receiver of every request seen, in arrival order.
+async fn scripted(
+    mut script: impl FnMut(&RequestFrame) -> Vec<ResponseFrame> + Send + 'static,
+) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<RequestFrame>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen, seen_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        loop {
+            match read_frame(&mut sock, &mut buf, 64 << 20).await {
+                Ok(true) => {}
+                _ => return,
+            }
+            let req: RequestFrame = rmp_serde::from_slice(&buf).unwrap();
+            for answer in script(&req) {
+                if sock.write_all(&encode_frame(&answer)).await.is_err() {
+                    return;
+                }
+            }
+            let _ = seen.send(req);
+        }
+    });
+    (addr, seen_rx)
+}
+
+fn ok(id: u64) -> ResponseFrame {
+    ResponseFrame::ok(id)
+}
+
+fn error(id: u64, code: &str, message: &str) -> ResponseFrame {
+    ResponseFrame {
+        id,
+        ok: false,
+        code: Some(code.into()),
+        message: Some(message.into()),
+        ..Default::default()
+    }
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn drain(rx: &mut mpsc::UnboundedReceiver<RequestFrame>) -> Vec<RequestFrame> {
+    let mut out = Vec::new();
+    while let Ok(r) = rx.try_recv() {
+        out.push(r);
+    }
+    out
+}
+
+/// The node's side of an upload of a declared `size`: it holds `put_chunk` answers back
+/// until `window` are unanswered (so a client that sends more than `window` ahead is seen),
+/// and answers them all once `size` bytes came.
+struct Upload {
+    window: usize,
+    size: u64,
+    received: u64,
+    held: Vec<u64>,
+    most_unanswered: usize,
+    data: Vec<u8>,
+}
+
+impl Upload {
+    fn answer(&mut self, req: &RequestFrame) -> Vec<ResponseFrame> {
+        match req.op.as_str() {
+            "put_begin" => vec![ResponseFrame {
+                upload: Some(77),
+                chunk_bytes: Some(1000),
+                window: Some(self.window as u64),
+                ..ok(req.id)
+            }],
+            "put_chunk" => {
+                let data = req.data.as_ref().unwrap();
+                assert_eq!(req.upload, Some(77));
+                assert!(!data.is_empty() && data.len() <= 1000);
+                self.data.extend_from_slice(data);
+                self.received += data.len() as u64;
+                self.held.push(req.id);
+                self.most_unanswered = self.most_unanswered.max(self.held.len());
+                let release = if self.received == self.size {
+                    self.held.len()
+                } else {
+                    self.held.len().saturating_sub(self.window - 1)
+                };
+                let received = self.received;
+                self.held
+                    .drain(..release)
+                    .map(|id| ResponseFrame {
+                        received: Some(received),
+                        ..ok(id)
+                    })
+                    .collect()
+            }
+            "put_commit" => {
+                let crc = crc32fast::hash(&self.data);
+                if req.crc32 != Some(u64::from(crc)) {
+                    return vec![error(req.id, "checksum_mismatch", "crc32 differs")];
+                }
+                vec![ResponseFrame {
+                    size: Some(self.received),
+                    version: Some(ByteBuf::from(vec![9u8; 16])),
+                    crc32: Some(crc),
+                    ..ok(req.id)
+                }]
+            }
+            "put_abort" => vec![ok(req.id)],
+            other => panic!("unexpected op {other}"),
+        }
+    }
+}
+
+/// A streamed put keeps exactly the node's window of `put_chunk` frames in flight (never
+/// more), sends them in `seq` order with every byte once, reports progress up to the size,
+/// and commits with the CRC-32 of the value.
+#[tokio::test]
+async fn put_stream_fills_the_window_and_commits_the_checksum() {
+    let value = noise(10_500, 3);
+    let state = Arc::new(Mutex::new(Upload {
+        window: 3,
+        size: value.len() as u64,
+        received: 0,
+        held: Vec::new(),
+        most_unanswered: 0,
+        data: Vec::new(),
+    }));
+    let script_state = state.clone();
+    let (addr, mut seen) = scripted(move |req| script_state.lock().unwrap().answer(req)).await;
+    let client = Client::connect(addr).await.unwrap();
+    let progress = Arc::new(Mutex::new(Vec::new()));
+    let log = progress.clone();
+    let opts = PutStreamOptions {
+        size: Some(value.len() as u64),
+        progress: Some(Arc::new(move |n| log.lock().unwrap().push(n))),
+        ..Default::default()
+    };
+    let put = client
+        .put_stream(b"b", b"k", &value[..], &opts)
+        .await
+        .unwrap();
+    assert_eq!(put.size, value.len() as u64);
+    assert_eq!(put.crc32, crc32fast::hash(&value));
+    assert_eq!(put.version, vec![9u8; 16]);
+    let state = state.lock().unwrap();
+    assert_eq!(
+        state.most_unanswered, 3,
+        "the client kept the window full, no more"
+    );
+    assert!(
+        state.data == value,
+        "the node received the value's bytes in order"
+    );
+    let progress = progress.lock().unwrap();
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
+    assert_eq!(progress.last(), Some(&(value.len() as u64)));
+    let requests = drain(&mut seen);
+    let seqs: Vec<u64> = requests
+        .iter()
+        .filter(|r| r.op == "put_chunk")
+        .filter_map(|r| r.seq)
+        .collect();
+    assert_eq!(seqs, (0..11).collect::<Vec<_>>());
+    assert_eq!(requests[0].size, Some(10_500));
+    let commit = requests.iter().find(|r| r.op == "put_commit").unwrap();
+    assert_eq!(commit.seq, Some(11), "the commit names the chunks sent");
+    assert!(!requests.iter().any(|r| r.op == "put_abort"));
+}
+
+/// Bytes, then an I/O error.
+struct FailingReader {
+    left: usize,
+}
+
+impl AsyncRead for FailingReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(Err(std::io::Error::other("disk on fire")));
+        }
+        let n = self.left.min(buf.remaining()).min(700);
+        buf.put_slice(&vec![1u8; n]);
+        self.left -= n;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A source that fails mid-stream ends the put with `ClientError::Source` and a `put_abort`
+/// of the upload; a node's error answer to a chunk ends it with that typed code and an abort
+/// too.
+#[tokio::test]
+async fn a_failed_put_stream_aborts_its_upload() {
+    let state = Arc::new(Mutex::new(Upload {
+        window: 4,
+        size: u64::MAX,
+        received: 0,
+        held: Vec::new(),
+        most_unanswered: 0,
+        data: Vec::new(),
+    }));
+    let script_state = state.clone();
+    let (addr, mut seen) = scripted(move |req| {
+        let mut s = script_state.lock().unwrap();
+        s.window = 1; // answer every chunk at once
+        s.answer(req)
+    })
+    .await;
+    let client = Client::connect(addr).await.unwrap();
+    let err = client
+        .put_stream(
+            b"b",
+            b"k",
+            FailingReader { left: 2500 },
+            &Default::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Source(_)), "{err}");
+    assert!(err.to_string().contains("disk on fire"), "{err}");
+    let ops = wait_for_op(&mut seen, "put_abort").await;
+    assert!(ops
+        .iter()
+        .any(|r| r.op == "put_abort" && r.upload == Some(77)));
+    assert!(!ops.iter().any(|r| r.op == "put_commit"));
+
+    // The node refuses a chunk: the typed code comes back and the upload is aborted.
+    let (addr, mut seen) = scripted(|req| match req.op.as_str() {
+        "put_begin" => vec![ResponseFrame {
+            upload: Some(5),
+            chunk_bytes: Some(100),
+            window: Some(2),
+            ..ok(req.id)
+        }],
+        "put_chunk" if req.seq == Some(1) => {
+            vec![error(req.id, "upload_overrun", "past the declared size")]
+        }
+        _ => vec![ok(req.id)],
+    })
+    .await;
+    let client = Client::connect(addr).await.unwrap();
+    let err = client
+        .put_stream(b"b", b"k", &[7u8; 1000][..], &Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_code(), Some(ErrorCode::UploadOverrun), "{err}");
+    let ops = wait_for_op(&mut seen, "put_abort").await;
+    assert!(!ops.iter().any(|r| r.op == "put_commit"));
+}
+
+/// Requests seen until one with `op` (inclusive).
+async fn wait_for_op(
+    rx: &mut mpsc::UnboundedReceiver<RequestFrame>,
+    op: &str,
+) -> Vec<RequestFrame> {
+    let mut out = Vec::new();
+    while let Some(r) = rx.recv().await {
+        let done = r.op == op;
+        out.push(r);
+        if done {
+            return out;
+        }
+    }
+    panic!("the connection ended before a {op} request: {out:?}");
+}
+
+/// A node holding one large value `value` with stored CRC-32 `crc`, answering ranges of at
+/// most `max_range` bytes.
+fn large_value_node(
+    value: Vec<u8>,
+    crc: u32,
+    max_range: u64,
+) -> impl FnMut(&RequestFrame) -> Vec<ResponseFrame> + Send + 'static {
+    let version = ByteBuf::from(vec![4u8; 16]);
+    move |req| match req.op.as_str() {
+        "get" => {
+            assert_eq!(req.meta, Some(true));
+            vec![ResponseFrame {
+                values: Some(vec![ByteBuf::new()]),
+                context: Some(ByteBuf::from(b"ctx".to_vec())),
+                meta: Some(vec![ValueMeta {
+                    size: value.len() as u64,
+                    large: true,
+                    version: Some(version.clone()),
+                    crc32: Some(crc),
+                }]),
+                ..ok(req.id)
+            }]
+        }
+        "get_range" => {
+            assert_eq!(req.version.as_ref(), Some(&version));
+            let offset = req.offset.unwrap();
+            let len = req.length.unwrap().min(max_range) as usize;
+            let start = offset as usize;
+            let end = (start + len).min(value.len());
+            vec![ResponseFrame {
+                value: Some(ByteBuf::from(value[start..end].to_vec())),
+                offset: Some(offset),
+                size: Some(value.len() as u64),
+                version: Some(version.clone()),
+                crc32: Some(crc),
+                context: Some(ByteBuf::from(b"ctx".to_vec())),
+                ..ok(req.id)
+            }]
+        }
+        other => panic!("unexpected op {other}"),
+    }
+}
+
+/// A streamed read of a large value returns its exact bytes through ranges of the asked size,
+/// and keeps reading correctly when the node answers shorter ranges than asked (a lower
+/// `max-range-bytes`).
+#[tokio::test]
+async fn get_stream_reads_by_ranges_and_adapts_to_shorter_ones() {
+    let value = noise(50_000, 11);
+    let crc = crc32fast::hash(&value);
+    for max_range in [u64::MAX, 3_000] {
+        let (addr, mut seen) = scripted(large_value_node(value.clone(), crc, max_range)).await;
+        let client = Client::connect(addr).await.unwrap();
+        let opts = GetStreamOptions {
+            range_bytes: 8_000,
+            window: 2,
+            ..Default::default()
+        };
+        let mut reader = client.get_stream(b"b", b"k", &opts).await.unwrap();
+        assert_eq!(reader.size(), 50_000);
+        assert!(reader.is_large());
+        assert_eq!(reader.crc32(), Some(crc));
+        assert_eq!(reader.context(), b"ctx");
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).await.unwrap();
+        assert!(got == value, "max_range {max_range}: the bytes differ");
+        let ranges: Vec<(u64, u64)> = drain(&mut seen)
+            .iter()
+            .filter(|r| r.op == "get_range")
+            .map(|r| (r.offset.unwrap(), r.length.unwrap()))
+            .collect();
+        if max_range == u64::MAX {
+            assert_eq!(ranges.len(), 7, "{ranges:?}");
+            assert!(ranges.iter().all(|&(o, l)| o % 8_000 == 0 && l <= 8_000));
+        } else {
+            assert!(ranges.iter().any(|&(_, l)| l == 3_000), "{ranges:?}");
+        }
+    }
+}
+
+/// Bytes that do not match the stored CRC-32 fail the reader with `checksum_mismatch` instead
+/// of an end of value, and every later read fails the same way.
+#[tokio::test]
+async fn get_stream_fails_on_a_checksum_mismatch() {
+    let value = noise(20_000, 5);
+    let wrong = crc32fast::hash(&value) ^ 1;
+    let (addr, _seen) = scripted(large_value_node(value, wrong, u64::MAX)).await;
+    let client = Client::connect(addr).await.unwrap();
+    let mut reader = client
+        .get_stream(b"b", b"k", &GetStreamOptions::default())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let err = reader.read_to_end(&mut got).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    let inner = ClientError::from_io(&err).expect("a ClientError inside");
+    assert_eq!(
+        inner.error_code(),
+        Some(ErrorCode::ChecksumMismatch),
+        "{inner}"
+    );
+    assert!(matches!(inner, ClientError::ChecksumMismatch { expected, .. } if *expected == wrong));
+    let again = reader.read(&mut [0u8; 10]).await.unwrap_err();
+    assert_eq!(
+        ClientError::from_io(&again).and_then(ClientError::error_code),
+        Some(ErrorCode::ChecksumMismatch)
+    );
+}
+
+/// A missing key is `NotFound`, several live versions are `Siblings` listing each (with the
+/// context to resolve them), a small value streams from the `get` answer itself, and a code
+/// this client does not know keeps its string.
+#[tokio::test]
+async fn get_stream_errors_are_typed() {
+    let (addr, _seen) = scripted(|req| {
+        let key = req.key.as_ref().map(|k| k.to_vec()).unwrap_or_default();
+        match key.as_slice() {
+            b"missing" => vec![ResponseFrame {
+                values: Some(vec![]),
+                context: Some(ByteBuf::new()),
+                meta: Some(vec![]),
+                ..ok(req.id)
+            }],
+            b"two" => vec![ResponseFrame {
+                values: Some(vec![ByteBuf::new(), ByteBuf::from(b"small".to_vec())]),
+                context: Some(ByteBuf::from(b"c2".to_vec())),
+                meta: Some(vec![
+                    ValueMeta {
+                        size: 9_000_000,
+                        large: true,
+                        version: Some(ByteBuf::from(vec![1u8; 16])),
+                        crc32: Some(42),
+                    },
+                    ValueMeta {
+                        size: 5,
+                        ..Default::default()
+                    },
+                ]),
+                ..ok(req.id)
+            }],
+            b"small" => vec![ResponseFrame {
+                values: Some(vec![ByteBuf::from(b"hello".to_vec())]),
+                context: Some(ByteBuf::from(b"c3".to_vec())),
+                ..ok(req.id)
+            }],
+            _ => vec![error(req.id, "brand_new_code", "from the future")],
+        }
+    })
+    .await;
+    let client = Client::connect(addr).await.unwrap();
+    let opts = GetStreamOptions::default();
+
+    let err = client
+        .get_stream(b"b", b"missing", &opts)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::NotFound { .. }), "{err}");
+    assert_eq!(err.code(), Some("not_found"));
+
+    let err = client.get_stream(b"b", b"two", &opts).await.unwrap_err();
+    assert_eq!(err.error_code(), Some(ErrorCode::Siblings));
+    let ClientError::Siblings { versions, context } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(versions.len(), 2);
+    assert_eq!(context, b"c2");
+    assert!(
+        err.to_string().contains("9000000 bytes, version 0101"),
+        "{err}"
+    );
+
+    // A node without `meta` (older): the value is small, read from the answer.
+    let mut reader = client.get_stream(b"b", b"small", &opts).await.unwrap();
+    assert!(!reader.is_large());
+    let mut got = Vec::new();
+    reader.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"hello");
+    assert_eq!(reader.context(), b"c3");
+
+    let err = client.get_stream(b"b", b"other", &opts).await.unwrap_err();
+    assert_eq!(err.code(), Some("brand_new_code"));
+    assert_eq!(err.error_code(), None);
+}
+
+/// Every stable code's wire form parses back to it.
+#[test]
+fn error_codes_parse_from_their_wire_form() {
+    for code in [
+        ErrorCode::UploadUnknown,
+        ErrorCode::UploadGap,
+        ErrorCode::UploadOverrun,
+        ErrorCode::UploadIncomplete,
+        ErrorCode::UploadTimeout,
+        ErrorCode::ChecksumMismatch,
+        ErrorCode::NotFound,
+        ErrorCode::Siblings,
+        ErrorCode::InvalidRange,
+        ErrorCode::ConditionFailed,
+        ErrorCode::MalformedRequest,
+    ] {
+        assert_eq!(code.as_str().parse::<ErrorCode>(), Ok(code));
+    }
+    assert!("nope".parse::<ErrorCode>().is_err());
+}
