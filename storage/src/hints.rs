@@ -252,6 +252,8 @@ impl HintStore {
         let writer = WriterThread::spawn(
             "ringkv-hints".into(),
             HINTS_MAX_BATCH,
+            usize::MAX,
+            |_| 0,
             HINTS_MAX_QUEUE,
             move |batch, _joiners| writer.commit_batch(batch),
         )?;

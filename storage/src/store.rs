@@ -209,6 +209,38 @@ pub(crate) enum WriteOp {
     Clear { partition: u32, reply: PurgeReply },
 }
 
+/// Value bytes one write transaction takes before it stops taking more writes (it always
+/// takes one): a chunk of a large value (1 MiB by default) then commits with at most the
+/// small writes queued beside it, and the writes behind it wait for one chunk's commit, not
+/// four (see [`crate::writer`]).
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+
+impl WriteOp {
+    /// The value bytes this operation writes (0 for purges and clears).
+    fn weight(&self) -> usize {
+        match self {
+            WriteOp::Record {
+                change: Change::Update { value, .. },
+                key,
+                ..
+            } => key.len() + value.as_ref().map_or(0, Vec::len),
+            WriteOp::Record {
+                change: Change::Merge { record, .. },
+                key,
+                ..
+            } => {
+                key.len()
+                    + record
+                        .siblings
+                        .iter()
+                        .map(|s| s.value.as_ref().map_or(0, Vec::len))
+                        .sum::<usize>()
+            }
+            WriteOp::Purge { .. } | WriteOp::Clear { .. } => 0,
+        }
+    }
+}
+
 /// What one operation of a committed batch answers.
 enum Outcome {
     Record(Result<DvvSet, StorageError>),
@@ -499,6 +531,8 @@ impl DataStore {
         let writer = WriterThread::spawn(
             "ringkv-writer".into(),
             options.max_batch,
+            MAX_BATCH_BYTES,
+            WriteOp::weight,
             options.max_queue,
             move |batch, joiners| writer.commit_batch(batch, joiners),
         )?;
