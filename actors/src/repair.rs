@@ -151,17 +151,8 @@ pub struct ExchangeReport {
 /// verifies it with exchanges of its own; the sweep takes it up again once the newest version
 /// is the only one.
 pub async fn sweep<T: ReplicaTransport>(peers: &T, delays: PurgeDelays) {
-    let state = peers.context().view.snapshot();
-    if state.layout.is_none() {
-        return;
-    }
     let local = peers.local().to_string();
-    for p in 0..peers.context().partitions.len() as u32 {
-        let sets = state.replica_sets(p);
-        let prefs = sets.read;
-        if !prefs.contains(&local) || !sets.also_write.is_empty() {
-            continue;
-        }
+    for (p, prefs) in settled_partitions(peers) {
         let mut complete = true;
         for other in prefs.iter().filter(|o| **o > local) {
             if !peers.reachable(other) {
@@ -195,20 +186,26 @@ pub async fn sweep<T: ReplicaTransport>(peers: &T, delays: PurgeDelays) {
     }
 }
 
+/// The partitions this node holds whose replicas are not changing (no layout transition
+/// gives them other nodes), each with its preference list; none before a layout exists.
+fn settled_partitions<T: ReplicaTransport>(peers: &T) -> Vec<(u32, Vec<String>)> {
+    let state = peers.context().view.snapshot();
+    if state.layout.is_none() {
+        return Vec::new();
+    }
+    let local = peers.local().to_string();
+    (0..peers.context().partitions.len() as u32)
+        .filter_map(|p| {
+            let sets = state.replica_sets(p);
+            (sets.read.contains(&local) && sets.also_write.is_empty()).then(|| (p, sets.read))
+        })
+        .collect()
+}
+
 /// Collects the unreferenced chunks of large values ([`crate::large::collect_garbage`]) in
 /// every partition this node holds whose replicas are all reachable and not changing.
 pub async fn collect_all<T: ReplicaTransport>(peers: &T, grace: Duration) {
-    let state = peers.context().view.snapshot();
-    if state.layout.is_none() {
-        return;
-    }
-    let local = peers.local().to_string();
-    for p in 0..peers.context().partitions.len() as u32 {
-        let sets = state.replica_sets(p);
-        let prefs = sets.read;
-        if !prefs.contains(&local) || !sets.also_write.is_empty() {
-            continue;
-        }
+    for (p, prefs) in settled_partitions(peers) {
         if !prefs.iter().all(|n| peers.reachable(n)) {
             continue;
         }
