@@ -181,6 +181,20 @@ impl Upload {
     }
 }
 
+/// What a committed upload wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// Length of the value, bytes.
+    pub size: u64,
+    /// CRC-32 of the value.
+    pub crc32: u32,
+    /// Its manifest; `None` when the value was short enough to be stored whole (at most
+    /// `chunk-bytes`).
+    pub manifest: Option<Manifest>,
+    /// The key's state after the write.
+    pub state: Option<DvvSet>,
+}
+
 /// A value's size and, for a large one, its manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ValueInfo {
@@ -345,7 +359,10 @@ impl Node {
         &self,
         mut up: Upload,
         crc32: Option<u32>,
-    ) -> Result<(Manifest, Option<DvvSet>), KvError> {
+    ) -> Result<Committed, KvError> {
+        // A value that never filled a chunk is small: it is stored whole in the key's record
+        // like any put (its head record becomes garbage and is collected).
+        let small = (up.next_index == 0).then(|| std::mem::take(&mut up.buf));
         if !up.buf.is_empty() {
             let last = std::mem::take(&mut up.buf);
             self.send_chunk(&mut up, last).await?;
@@ -369,6 +386,17 @@ impl Node {
         if ran_ms > limit_ms {
             return Err(StreamError::TooLong { ran_ms, limit_ms }.into());
         }
+        if let Some(value) = small {
+            let state = self
+                .update(&up.bucket, &up.key, Some(value), &up.context, &up.opts)
+                .await?;
+            return Ok(Committed {
+                size: up.received,
+                crc32: actual,
+                manifest: None,
+                state,
+            });
+        }
         let manifest = Manifest {
             version: up.version.to_vec(),
             size: up.received,
@@ -385,7 +413,12 @@ impl Node {
                 &up.opts,
             )
             .await?;
-        Ok((manifest, state))
+        Ok(Committed {
+            size: up.received,
+            crc32: actual,
+            manifest: Some(manifest),
+            state,
+        })
     }
 
     /// Writes a large value given whole (a single-frame put over `chunk-bytes`): an upload in
@@ -403,7 +436,7 @@ impl Node {
             .await?;
         self.upload_write(&mut up, &value).await?;
         drop(value);
-        self.upload_commit(up, None).await.map(|(_, state)| state)
+        self.upload_commit(up, None).await.map(|c| c.state)
     }
 
     /// Hands one chunk to a background write, first waiting for room in the window.

@@ -866,7 +866,7 @@ impl Node {
             .map(|_| ())
     }
 
-    async fn update(
+    pub(crate) async fn update(
         &self,
         bucket: &[u8],
         key: &[u8],

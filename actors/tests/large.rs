@@ -58,7 +58,12 @@ async fn streamed_values_round_trip_and_read_by_range() {
         node.upload_write(&mut up, piece).await.unwrap();
     }
     let crc = ringkv_storage::large::crc32(&value);
-    let (manifest, _) = node.upload_commit(up, Some(crc)).await.unwrap();
+    let manifest = node
+        .upload_commit(up, Some(crc))
+        .await
+        .unwrap()
+        .manifest
+        .unwrap();
     assert_eq!((manifest.size, manifest.crc32), (value.len() as u64, crc));
     assert_eq!(manifest.chunks.len(), 6);
 
@@ -110,6 +115,23 @@ async fn streamed_values_round_trip_and_read_by_range() {
         node.get(b"b", b"medium", &opts()).await.unwrap().values,
         vec![medium]
     );
+    // A streamed value that never fills a chunk is stored whole, like a put.
+    let mut up = node
+        .upload_begin(b"b", b"short", &[], None, &opts())
+        .await
+        .unwrap();
+    node.upload_write(&mut up, b"tiny").await.unwrap();
+    let c = node.upload_commit(up, None).await.unwrap();
+    assert_eq!((c.size, c.manifest), (4, None));
+    let meta = node.get_meta(b"b", b"short", &opts()).await.unwrap();
+    assert_eq!(meta.values, vec![b"tiny".to_vec()]);
+    let up = node
+        .upload_begin(b"b", b"empty", &[], None, &opts())
+        .await
+        .unwrap();
+    assert_eq!(node.upload_commit(up, None).await.unwrap().size, 0);
+    let empty = node.get(b"b", b"empty", &opts()).await.unwrap();
+    assert_eq!(empty.values, vec![Vec::<u8>::new()]);
     node.shutdown().await;
 }
 

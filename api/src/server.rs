@@ -762,12 +762,12 @@ async fn execute(
             return_body,
         } => match uploads.commit(upload, seq, crc32).await {
             Ok(uploads::Committed {
-                manifest,
-                state,
+                written,
                 bucket,
                 key,
                 opts,
             }) => {
+                let (manifest, state) = (written.manifest, written.state);
                 let body = if return_body {
                     node.answer_state(&bucket, &key, state, &opts)
                         .await
@@ -781,9 +781,9 @@ async fn execute(
                         None => ResponseFrame::ok(id),
                     };
                     ResponseFrame {
-                        size: Some(manifest.size),
-                        version: Some(serde_bytes::ByteBuf::from(manifest.version.clone())),
-                        crc32: Some(manifest.crc32),
+                        size: Some(written.size),
+                        version: manifest.map(|m| serde_bytes::ByteBuf::from(m.version)),
+                        crc32: Some(written.crc32),
                         ..base
                     }
                 })

@@ -11,8 +11,6 @@
 use super::{ByteBudget, Reserved};
 use ringkv_actors::large::{StreamError, Upload, WINDOW};
 use ringkv_actors::{KvError, Node, RequestOptions};
-use ringkv_storage::large::Manifest;
-use ringkv_storage::DvvSet;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -27,8 +25,7 @@ const ENDED: u64 = u64::MAX;
 
 /// What a commit wrote.
 pub(crate) struct Committed {
-    pub(crate) manifest: Manifest,
-    pub(crate) state: Option<DvvSet>,
+    pub(crate) written: ringkv_actors::large::Committed,
     pub(crate) bucket: Vec<u8>,
     pub(crate) key: Vec<u8>,
     pub(crate) opts: RequestOptions,
@@ -239,10 +236,9 @@ impl Uploads {
         self.end(id, StreamError::UnknownUpload(id).into());
         let (bucket, key, opts) = upload.target();
         let (bucket, key, opts) = (bucket.to_vec(), key.to_vec(), opts.clone());
-        let (manifest, state) = self.node.upload_commit(upload, crc32).await?;
+        let written = self.node.upload_commit(upload, crc32).await?;
         Ok(Committed {
-            manifest,
-            state,
+            written,
             bucket,
             key,
             opts,
