@@ -411,13 +411,14 @@ struct NewVersion<'a> {
 }
 
 impl NewVersion<'_> {
-    /// The absolute expiry of a version written at `timestamp_ms` (ms since the Unix epoch),
-    /// saturating; `None` without a time to live. A time to live under a millisecond counts
-    /// as one.
+    /// The absolute expiry of a version written at `timestamp_ms` (ms since the Unix epoch,
+    /// rounded down from the write's true time), saturating; `None` without a time to live. A
+    /// time to live under a millisecond counts as one. One millisecond is added so that the
+    /// rounding never makes a value expire before its time to live has passed.
     fn expires_at_ms(&self, timestamp_ms: u64) -> Option<u64> {
         self.ttl.map(|ttl| {
             let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-            timestamp_ms.saturating_add(ms)
+            timestamp_ms.saturating_add(ms).saturating_add(1)
         })
     }
 }

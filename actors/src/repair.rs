@@ -165,7 +165,6 @@ pub async fn sweep<T: ReplicaTransport>(peers: &T, delays: PurgeDelays) {
                     add(&r.exchanges, 1);
                     add(&r.hashes_sent, report.hashes);
                     add(&r.bytes_sent, report.bytes);
-                    add(&r.keys_repaired, report.repaired);
                     if report.repaired > 0 {
                         tracing::info!(partition = p, peer = %other, differing = report.differing, repaired = report.repaired, hashes = report.hashes, bytes = report.bytes, "anti-entropy repaired keys");
                     }
@@ -389,20 +388,30 @@ pub async fn exchange_scoped<T: ReplicaTransport>(
             }
         }
         report.repaired += (pull.len() + push.len()) as u64;
+        // Periodic anti-entropy counts repaired keys as each merge lands, so an exchange
+        // that fails halfway still counts what it repaired.
+        let count = |n: usize| {
+            if scope == ExchangeScope::BucketReplicas {
+                add(&peers.context().stats.repair.keys_repaired, n as u64);
+            }
+        };
         if !pull.is_empty() {
             on_local_vnode(peers, p, |reply| VNodeMsg::MergeMany {
                 entries: pull.clone(),
                 reply,
             })
             .await?;
+            count(pull.len());
         }
         let budget = peers.context().max_batch_bytes;
         for batch in by_size(push, budget, |(k, r)| (k.as_slice(), r)) {
+            let sent = batch.len();
             let request = MergeStored {
                 partition: p,
                 entries: batch,
             };
             let answer = peers.call_sized(other, request, CALL_TIMEOUT).await?;
+            count(sent);
             report.round_trips += 1;
             report.bytes += (answer.sent + answer.received) as u64;
         }

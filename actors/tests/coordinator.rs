@@ -1032,7 +1032,11 @@ async fn expired_values_are_purged_on_every_replica_and_a_late_copy_stays_expire
     .unwrap();
     let sibling = written.siblings[0].clone();
     let expires_at = sibling.expires_at_ms.expect("the write carries its expiry");
-    assert_eq!(expires_at, sibling.timestamp_ms + 200);
+    assert_eq!(
+        expires_at,
+        sibling.timestamp_ms + 200 + 1,
+        "a TTL of 200 ms, rounded up"
+    );
     c.net.heal("n3");
     assert_eq!(deliver_all(&c.net.peer("n4")).await.unwrap(), 1);
     let expiry_on = |node: &str| {
