@@ -52,8 +52,14 @@
 //!
 //! # Limits
 //!
-//! The search is exponential in the worst case, notably in the number of `Info` writes (each one
-//! stays concurrent with everything after it). [`CheckOptions`] bounds the work per key (steps)
+//! The search is exponential in the worst case: in the number of operations open at once on one
+//! key, and in the number of `Info` writes (each one stays concurrent with everything after it),
+//! which matters most for a violation, where the search must exhaust the configurations before
+//! the bad operation. Measured (release build, generated histories of 5 keys x 1000 ops):
+//! 5 or 20 clients check in under 10 ms, violations included; 50 clients (about 10 open ops
+//! per key) exceed 2 million steps on a key; with 5 % of the operations `Info`, a linearizable
+//! history still checks in milliseconds but a violation half-way exceeds 2 million steps.
+//! So record few clients per key (spread the clients over keys) and keep `Info` rare. [`CheckOptions`] bounds the work per key (steps)
 //! and in total (time); past either, the verdict is [`Verdict::Unknown`], never a hang. A
 //! violation is reported with the longest linearizable prefix the search found, the operation
 //! that could not be linearized after it, and the other operations open at that point: not a
@@ -547,16 +553,14 @@ impl Partition {
                     Step::Write(intern(&Some(v.clone()), values))
                 }
                 (Op::Delete, Outcome::Ok(Ret::Done) | Outcome::Info) => Step::Write(None),
-                (Op::Cas { expect, new }, Outcome::Ok(Ret::Cas(_)) | Outcome::Info) => {
-                    Step::Cas {
-                        expect: intern(expect, values),
-                        new: intern(new, values),
-                        ret: match o.outcome {
-                            Outcome::Ok(Ret::Cas(b)) => Some(b),
-                            _ => None,
-                        },
-                    }
-                }
+                (Op::Cas { expect, new }, Outcome::Ok(Ret::Cas(_)) | Outcome::Info) => Step::Cas {
+                    expect: intern(expect, values),
+                    new: intern(new, values),
+                    ret: match o.outcome {
+                        Outcome::Ok(Ret::Cas(b)) => Some(b),
+                        _ => None,
+                    },
+                },
                 (op, outcome) => panic!("history op {i}: {op:?} cannot end with {outcome:?}"),
             };
             let complete = match o.outcome {
@@ -644,7 +648,7 @@ impl Partition {
                     steps,
                 };
             }
-            if steps % 1024 == 0 && Instant::now() >= deadline {
+            if steps & 1023 == 0 && Instant::now() >= deadline {
                 return SearchOutcome {
                     end: SearchEnd::Limit(LimitKind::Time),
                     steps,
@@ -671,7 +675,11 @@ impl Partition {
                 entry = next[entry];
             } else {
                 // `op` completes without having been linearized: the prefix is a dead end.
-                if best.as_ref().map_or(true, |b| stack.len() > b.prefix.len()) {
+                let deeper = match &best {
+                    Some(b) => stack.len() > b.prefix.len(),
+                    None => true,
+                };
+                if deeper {
                     let mut open = Vec::new();
                     let mut k = next[HEAD];
                     while k != entry {
@@ -1371,6 +1379,20 @@ mod tests {
             let report = history.check(&CheckOptions::default());
             println!("{label}: {} ops: {report}", history.len());
             assert!(report.is_linearizable(), "{report}");
+            // The same history with one read, half-way, of a value never written: the search
+            // must exhaust the configurations before that read to give a violation.
+            let mut bad = history.clone();
+            let i = (bad.len() / 2..bad.len())
+                .find(|&i| matches!(bad.ops[i].outcome, Outcome::Ok(Ret::Get(_))))
+                .expect("a read in the second half");
+            bad.ops[i].outcome = read(Some("never written"));
+            let report = bad.check(&CheckOptions::default());
+            let first_line = report.to_string().lines().next().unwrap_or("").to_string();
+            println!(
+                "{label}, one bad read: {first_line} ... ({} steps, {:?})",
+                report.steps, report.elapsed
+            );
+            assert!(report.violation().is_some(), "{report}");
         }
     }
 
@@ -1382,7 +1404,13 @@ mod tests {
             ..CheckOptions::default()
         });
         assert!(
-            matches!(report.verdict, Verdict::Unknown(Unknown { limit: Limit::Steps(100), .. })),
+            matches!(
+                report.verdict,
+                Verdict::Unknown(Unknown {
+                    limit: Limit::Steps(100),
+                    ..
+                })
+            ),
             "{report}"
         );
         let report = history.check(&CheckOptions {
@@ -1390,7 +1418,13 @@ mod tests {
             ..CheckOptions::default()
         });
         assert!(
-            matches!(report.verdict, Verdict::Unknown(Unknown { limit: Limit::Time(_), .. })),
+            matches!(
+                report.verdict,
+                Verdict::Unknown(Unknown {
+                    limit: Limit::Time(_),
+                    ..
+                })
+            ),
             "{report}"
         );
     }
