@@ -196,7 +196,7 @@ fn settled_partitions<T: ReplicaTransport>(peers: &T) -> Vec<(u32, Vec<String>)>
     (0..peers.context().partitions.len() as u32)
         .filter_map(|p| {
             let sets = state.replica_sets(p);
-            (sets.read.contains(&local) && sets.also_write.is_empty()).then(|| (p, sets.read))
+            (sets.read.contains(&local) && sets.also_write.is_empty()).then_some((p, sets.read))
         })
         .collect()
 }
