@@ -44,6 +44,32 @@ fn start() -> Cluster {
 
 /// What node `addr` holds of each key, read with `local: true`: `(keys with a value, keys
 /// read as missing but still stored (an expired value or a tombstone: a context, no value),
+/// Waits until no node holds any of `keys` (all purged), failing the test if one of them
+/// reads as a value again meanwhile.
+fn wait_all_purged(
+    cluster: &Cluster,
+    addrs: &[SocketAddr],
+    keys: &[Vec<u8>],
+    within: Duration,
+    what: &str,
+) {
+    cluster.wait_for(what, within, || {
+        let now: Vec<_> = addrs
+            .iter()
+            .map(|a| held(*a, keys))
+            .collect::<Result<_, _>>()?;
+        assert!(
+            now.iter().all(|(values, _, _)| *values == 0),
+            "{what}: an expired value reads again: {now:?}"
+        );
+        if now.iter().all(|h| *h == (0, 0, keys.len())) {
+            Ok(())
+        } else {
+            Err(format!("(values, expired, purged) per node: {now:?}"))
+        }
+    });
+}
+
 /// keys not stored at all)`.
 fn held(addr: SocketAddr, keys: &[Vec<u8>]) -> Result<(usize, usize, usize), String> {
     rt().block_on(async {
@@ -201,23 +227,12 @@ fn expired_values_read_as_missing_everywhere_are_purged_and_never_come_back() {
     // it holds every entry the others hold, they are purged on all three.
     cluster.nodes[2].restart();
     let restarted = Instant::now();
-    cluster.wait_for(
-        "every expired value purged on every node",
+    wait_all_purged(
+        &cluster,
+        &addrs,
+        &keys,
         dl.at_most(Duration::from_secs(40)),
-        || {
-            let now: Vec<_> = (0..3)
-                .map(|i| held(addrs[i], &keys))
-                .collect::<Result<_, _>>()?;
-            assert!(
-                now.iter().all(|(values, _, _)| *values == 0),
-                "an expired value reads again: {now:?}"
-            );
-            if now.iter().all(|h| *h == (0, 0, keys.len())) {
-                Ok(())
-            } else {
-                Err(format!("(values, expired, purged) per node: {now:?}"))
-            }
-        },
+        "every expired value purged on every node",
     );
     let purged_in = restarted.elapsed();
     let purged_first = cluster.counter_sum("repair", "tombstones_purged");
@@ -259,23 +274,12 @@ fn expired_values_read_as_missing_everywhere_are_purged_and_never_come_back() {
             );
         }
     }
-    cluster.wait_for(
-        "the restored expired values purged again on every node",
+    wait_all_purged(
+        &cluster,
+        &addrs,
+        &keys,
         dl.at_most(Duration::from_secs(40)),
-        || {
-            let now: Vec<_> = (0..3)
-                .map(|i| held(addrs[i], &keys))
-                .collect::<Result<_, _>>()?;
-            assert!(
-                now.iter().all(|(values, _, _)| *values == 0),
-                "a restored expired value reads again: {now:?}"
-            );
-            if now.iter().all(|h| *h == (0, 0, keys.len())) {
-                Ok(())
-            } else {
-                Err(format!("(values, expired, purged) per node: {now:?}"))
-            }
-        },
+        "the restored expired values purged again on every node",
     );
     let purged_again_in = restored.elapsed();
 
