@@ -409,6 +409,7 @@ mod tests {
             hints: full.hints.clone(),
             view: full.view.clone(),
             transfers: full.transfers.clone(),
+            strong: full.strong.clone(),
             stats: full.stats.clone(),
             fault_injection: false,
             timeout: full.timeout,

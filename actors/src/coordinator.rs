@@ -116,6 +116,13 @@ pub enum KvError {
     /// A streamed upload or a ranged read failed ([`crate::large`]).
     #[error(transparent)]
     Stream(#[from] crate::large::StreamError),
+    /// A strong bucket's operation failed ([`crate::strong`]).
+    #[error(transparent)]
+    Strong(#[from] crate::strong::StrongError),
+    /// An operation of strong buckets only (`cas`) on an eventual bucket, or an eventual
+    /// bucket's option on a strong one.
+    #[error("{0}")]
+    WrongConsistency(String),
 }
 
 /// What the failed replicas of a request that missed its quorum have in common; it picks

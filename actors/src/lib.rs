@@ -63,6 +63,7 @@ pub mod replica;
 pub mod rpc;
 pub mod sim;
 pub mod stats;
+pub mod strong;
 pub mod supervision;
 pub mod transfer;
 pub mod transition;

@@ -507,6 +507,8 @@ pub(crate) async fn open_data(config: &NodeConfig) -> Result<Arc<DataDir>, NodeE
 }
 
 mod admin;
+mod strong;
+pub use strong::STRONG_OVERHEAD;
 pub use admin::{ClusterStatus, MemberRow, PlanReport, TransfersReport, PLAN_SIZES_TIMEOUT};
 
 impl Node {

@@ -90,6 +90,8 @@ pub struct ReplicaContext {
     /// This node's transfers (set once the Transfer actor's handle exists), for
     /// `ringkv cluster transfers` asked through another node.
     pub transfers: Arc<crate::transfer::TransferHandle>,
+    /// This node's proposer for strong buckets ([`crate::strong`]).
+    pub strong: Arc<crate::strong::Proposer>,
 }
 
 impl ReplicaContext {
@@ -125,6 +127,7 @@ impl ReplicaContext {
                 stats,
             ),
             transfers: crate::transfer::TransferHandle::new(),
+            strong: Arc::new(crate::strong::Proposer::new()),
         }
     }
 

@@ -28,7 +28,11 @@
 //!    replicas). Writes that arrive meanwhile go to both sides through the coordinator (the
 //!    layout keeps the old replica set live), so under a quiet partition the Merkle roots of
 //!    both sides are then equal, and under load they differ only by writes in flight.
-//! 3. **Done**: persists the done mark under the same key, then the actor calls
+//! 3. **Strong keys**: [`crate::strong::carry_over`] runs an identity Paxos round, with joint
+//!    quorums, on every key of a strong bucket that a majority of the old replicas lists, so
+//!    the new replica set holds each register's value on a majority before the old set is
+//!    retired (strong buckets' acceptor state is never copied from one replica).
+//! 4. **Done**: persists the done mark under the same key, then the actor calls
 //!    [`TransferEvents::done`].
 //!
 //! A failure (no source reachable, a local storage error, a verification that does not
@@ -736,6 +740,11 @@ async fn run_task<T: ReplicaTransport>(
     if matches!(progress, Progress::Streamed { .. }) {
         lock(row).state = TransferState::Verifying;
         verify(shared, partition, &candidates(), row).await?;
+        // Strong buckets' keys move by Paxos rounds, from a majority (crate::strong).
+        let carried = crate::strong::carry_over(&shared.peers, partition).await?;
+        if carried > 0 {
+            tracing::info!(version, partition, keys = carried, "carried strong keys over to the new replica set");
+        }
         let (bytes, keys) = progress.counts();
         progress = Progress::Done { bytes, keys };
         save(shared, version, partition, &progress).await?;

@@ -29,6 +29,7 @@
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
+use ringkv_storage::paxos::{AcceptorState, PaxosAnswer, PaxosStep};
 use ringkv_storage::{
     Condition, DvvSet, Partition, PartitionStats, PurgeBefore, ScanChunk, StorageError,
     VersionVector,
@@ -208,6 +209,32 @@ pub enum VNodeMsg {
         /// Where the count goes.
         reply: Reply<usize>,
     },
+    /// A Paxos step on a strong key's acceptor state ([`ringkv_storage::paxos`]), applied
+    /// by the writer thread; the reply comes once it is durable.
+    PaxosStep {
+        /// Stored key.
+        key: Vec<u8>,
+        /// The step.
+        step: PaxosStep,
+        /// Where the acceptor's answer goes.
+        reply: Reply<PaxosAnswer>,
+    },
+    /// A strong key's acceptor state as last committed (`None`: never touched here).
+    PaxosState {
+        /// Stored key.
+        key: Vec<u8>,
+        /// Where the state goes.
+        reply: Reply<Option<AcceptorState>>,
+    },
+    /// Up to `max` stored keys with an acceptor state, strictly after `after`.
+    PaxosKeys {
+        /// Last key of the previous page.
+        after: Option<Vec<u8>>,
+        /// Most keys.
+        max: usize,
+        /// Where the keys go.
+        reply: Reply<Vec<Vec<u8>>>,
+    },
     /// Fault injection: the vnode panics while handling this message, so that supervision
     /// can be tested. Never sent by ringkv itself.
     InjectPanic,
@@ -329,6 +356,19 @@ impl Actor for VNode {
             VNodeMsg::Clear { reply } => partition.clear(Box::new(move |r| {
                 let _ = reply.send(r);
             })),
+            VNodeMsg::PaxosStep { key, step, reply } => partition.paxos(
+                key,
+                step,
+                Box::new(move |r| {
+                    let _ = reply.send(r);
+                }),
+            ),
+            VNodeMsg::PaxosState { key, reply } => {
+                let _ = reply.send(partition.paxos_state(&key));
+            }
+            VNodeMsg::PaxosKeys { after, max, reply } => scan(partition, reply, move |part| {
+                part.paxos_keys(after.as_deref(), max)
+            }),
             VNodeMsg::InjectPanic => {
                 panic!("vnode {}: injected panic", partition.id())
             }

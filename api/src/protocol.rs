@@ -14,27 +14,18 @@ pub use ringkv_proto::*;
 /// The protocol error a failed request is answered with (the most specific code).
 pub fn error_of(e: KvError) -> ProtocolError {
     let code = match &e {
-        KvError::Storage(s) => match s {
-            StorageError::EmptyBucket { .. }
-            | StorageError::BucketTooLong { .. }
-            | StorageError::ReservedBucket => ErrorCode::InvalidBucket,
-            StorageError::EmptyKey { .. } | StorageError::KeyTooLong { .. } => {
-                ErrorCode::InvalidKey
+        KvError::Storage(s) => storage_code(s),
+        KvError::Strong(s) => {
+            use ringkv_actors::strong::StrongError as S;
+            match s {
+                S::ConditionFailed { .. } => ErrorCode::ConditionFailed,
+                S::Unavailable(_) => ErrorCode::NoMajority,
+                S::Indeterminate(_) => ErrorCode::Indeterminate,
+                S::Storage(s) => storage_code(s),
+                S::NoLayout => ErrorCode::NoLayout,
             }
-            StorageError::TooManySiblings { .. } => ErrorCode::TooManySiblings,
-            StorageError::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
-            StorageError::Overloaded { .. } => ErrorCode::Overloaded,
-            StorageError::BadContext(_) => ErrorCode::BadContext,
-            StorageError::ConditionFailed { .. } => ErrorCode::ConditionFailed,
-            StorageError::Full { .. } | StorageError::HintStoreFull(_) => ErrorCode::StorageFull,
-            StorageError::Closed(_) | StorageError::HintStoreClosed => ErrorCode::ShuttingDown,
-            StorageError::Corrupt(_)
-            | StorageError::Locked(_)
-            | StorageError::Mismatch(_)
-            | StorageError::UnsupportedFormat(_)
-            | StorageError::Io(_)
-            | StorageError::InvalidArgument(_) => ErrorCode::StorageError,
-        },
+        }
+        KvError::WrongConsistency(_) => ErrorCode::WrongConsistency,
         KvError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
         KvError::Overloaded(_) => ErrorCode::Overloaded,
         KvError::ShuttingDown => ErrorCode::ShuttingDown,
@@ -67,6 +58,31 @@ pub fn error_of(e: KvError) -> ProtocolError {
         }
     };
     ProtocolError::new(code, e.to_string())
+}
+
+/// The error code of a storage error.
+fn storage_code(s: &StorageError) -> ErrorCode {
+    match s {
+        StorageError::EmptyBucket { .. }
+        | StorageError::BucketTooLong { .. }
+        | StorageError::ReservedBucket => ErrorCode::InvalidBucket,
+        StorageError::EmptyKey { .. } | StorageError::KeyTooLong { .. } => {
+            ErrorCode::InvalidKey
+        }
+        StorageError::TooManySiblings { .. } => ErrorCode::TooManySiblings,
+        StorageError::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
+        StorageError::Overloaded { .. } => ErrorCode::Overloaded,
+        StorageError::BadContext(_) => ErrorCode::BadContext,
+        StorageError::ConditionFailed { .. } => ErrorCode::ConditionFailed,
+        StorageError::Full { .. } | StorageError::HintStoreFull(_) => ErrorCode::StorageFull,
+        StorageError::Closed(_) | StorageError::HintStoreClosed => ErrorCode::ShuttingDown,
+        StorageError::Corrupt(_)
+        | StorageError::Locked(_)
+        | StorageError::Mismatch(_)
+        | StorageError::UnsupportedFormat(_)
+        | StorageError::Io(_)
+        | StorageError::InvalidArgument(_) => ErrorCode::StorageError,
+    }
 }
 
 /// Longest time to live a `put` accepts (`ttl_ms`): 100 years of 365.25 days, ms. Longer is
@@ -234,6 +250,19 @@ pub enum Request {
         /// Fields to change.
         props: BucketPropsFrame,
     },
+    /// Compare-and-set on a strong bucket's key.
+    Cas {
+        /// Bucket.
+        bucket: Vec<u8>,
+        /// Key.
+        key: Vec<u8>,
+        /// Value expected (`None`: the key must be absent).
+        expect: Option<Vec<u8>>,
+        /// New value (`None`: delete the key).
+        value: Option<Vec<u8>>,
+        /// Per-request settings (`n`, `timeout_ms`).
+        opts: RequestOptions,
+    },
     /// Testing only (needs `fault-injection`): see [`Fault`].
     InjectFault(Fault),
     /// Delete a key (write a tombstone).
@@ -386,6 +415,13 @@ impl Request {
                 return_body: f.return_body.unwrap_or(false),
                 opts,
             },
+            "cas" => Request::Cas {
+                bucket: required(f.bucket, "bucket", op)?,
+                key: required(f.key, "key", op)?,
+                expect: f.expect.map(ByteBuf::into_vec),
+                value: f.value.map(ByteBuf::into_vec),
+                opts,
+            },
             "delete" => Request::Delete {
                 bucket: required(f.bucket, "bucket", op)?,
                 key: required(f.key, "key", op)?,
@@ -421,6 +457,11 @@ impl Request {
                         ProtocolError::new(ErrorCode::MalformedRequest, e.to_string())
                     })?;
                 }
+                if let Some(c) = &props.consistency {
+                    c.parse::<ringkv_cluster::membership::Consistency>().map_err(|e| {
+                        ProtocolError::new(ErrorCode::MalformedRequest, e.to_string())
+                    })?;
+                }
                 Request::BucketSet {
                     bucket: required(f.bucket, "bucket", op)?,
                     props,
@@ -448,7 +489,7 @@ impl Request {
             other => {
                 return Err(ProtocolError::new(
                     ErrorCode::UnknownOp,
-                    format!("unknown op {other:?}; known ops: ping, get, put, delete, put_begin, put_chunk, put_commit, put_abort, get_range, cluster_status, cluster_plan, cluster_commit, cluster_leave, cluster_set, cluster_replace, cluster_revert, cluster_transfers, bucket_get, bucket_set"),
+                    format!("unknown op {other:?}; known ops: ping, get, put, delete, cas, put_begin, put_chunk, put_commit, put_abort, get_range, cluster_status, cluster_plan, cluster_commit, cluster_leave, cluster_set, cluster_replace, cluster_revert, cluster_transfers, bucket_get, bucket_set"),
                 ))
             }
         })

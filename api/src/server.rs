@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 mod connection;
+mod strong;
 mod uploads;
 use connection::{
     write_answers, write_directly, Answer, ConnState, FrameReader, SharedWriter, SHUTDOWN_QUIET,
@@ -694,6 +695,13 @@ fn merged_props(mut current: BucketProps, new: &BucketPropsFrame) -> Result<Buck
     current.w = quorum("w", new.w, current.w)?;
     current.timeout_ms = new.timeout_ms.unwrap_or(current.timeout_ms);
     current.sloppy_quorum = new.sloppy_quorum.unwrap_or(current.sloppy_quorum);
+    if let Some(c) = &new.consistency {
+        current.consistency =
+            c.parse()
+                .map_err(|e: ringkv_cluster::membership::MembershipError| {
+                    KvError::Admin(e.to_string())
+                })?;
+    }
     if let Some(c) = &new.compression {
         current.compression =
             c.parse()
@@ -711,8 +719,16 @@ async fn execute(
     id: u64,
     request: Request,
 ) -> ResponseFrame {
+    let request = match strong::execute(node, id, request).await {
+        Ok(answer) => return answer,
+        Err(request) => request,
+    };
     let result = match request {
         Request::Ping => Ok(ResponseFrame::ok(id)),
+        // Answered by `strong::execute` on every bucket.
+        Request::Cas { .. } => Err(KvError::WrongConsistency(
+            "cas is an operation of strong buckets".into(),
+        )),
         Request::Get {
             bucket,
             key,
@@ -866,11 +882,15 @@ async fn execute(
         Request::BucketGet { bucket } => validate_bucket(&bucket)
             .map_err(KvError::from)
             .map(|()| info(id, &node.bucket_props(&bucket))),
-        Request::BucketSet { bucket, props } => validate_bucket(&bucket)
-            .map_err(KvError::from)
-            .and_then(|()| merged_props(node.bucket_props(&bucket), &props))
-            .and_then(|p| node.set_bucket_props(&bucket, p).map(|()| p))
-            .map(|p| info(id, &p)),
+        Request::BucketSet { bucket, props } => {
+            match validate_bucket(&bucket)
+                .map_err(KvError::from)
+                .and_then(|()| merged_props(node.bucket_props(&bucket), &props))
+            {
+                Ok(p) => node.set_bucket_props(&bucket, p).await.map(|()| info(id, &p)),
+                Err(e) => Err(e),
+            }
+        }
         Request::InjectFault(Fault::PanicVnode { bucket, key }) => node
             .inject_vnode_panic(&bucket, &key)
             .map(|_| ResponseFrame::ok(id)),

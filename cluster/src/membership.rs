@@ -134,6 +134,47 @@ pub struct BucketProps {
     /// gossiped before this property existed decode with the default.
     #[serde(default)]
     pub compression: Compression,
+    /// `eventual` (the default: Dynamo-style quorums, siblings, sloppy quorum) or `strong`
+    /// (every operation on a key linearizable, by Paxos per key; `r`, `w` and
+    /// `sloppy_quorum` do not apply). Fixed once the bucket holds data.
+    #[serde(default)]
+    pub consistency: Consistency,
+}
+
+/// The bucket property `consistency`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Quorum reads and writes with versions and siblings (Dynamo).
+    #[default]
+    Eventual,
+    /// Linearizable single-key operations (CASPaxos per key).
+    Strong,
+}
+
+impl Consistency {
+    /// The property's value as `bucket get` shows it and `bucket set` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Consistency::Eventual => "eventual",
+            Consistency::Strong => "strong",
+        }
+    }
+}
+
+impl std::str::FromStr for Consistency {
+    type Err = MembershipError;
+
+    /// Parses `eventual` or `strong`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "eventual" => Ok(Consistency::Eventual),
+            "strong" => Ok(Consistency::Strong),
+            other => Err(MembershipError::BadBucketProps(format!(
+                "consistency must be eventual or strong, not {other:?}"
+            ))),
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -190,6 +231,7 @@ impl Default for BucketProps {
             timeout_ms: 0,
             sloppy_quorum: true,
             compression: Compression::Zstd,
+            consistency: Consistency::Eventual,
         }
     }
 }
@@ -705,6 +747,7 @@ pub(crate) mod tests {
                     timeout_ms: 0,
                     sloppy_quorum: true,
                     compression: Compression::Zstd,
+                    consistency: Consistency::Eventual,
                 }
             )
             .is_err());
@@ -717,6 +760,7 @@ pub(crate) mod tests {
                 timeout_ms: 0,
                 sloppy_quorum: true,
                 compression: Compression::Lz4,
+                consistency: Consistency::Eventual,
             },
         )
         .unwrap();
@@ -950,6 +994,7 @@ pub(crate) mod tests {
                             timeout_ms: 0,
                             sloppy_quorum: true,
                             compression: Compression::Zstd,
+                            consistency: Consistency::Eventual,
                         },
                     );
                     at

@@ -34,6 +34,7 @@ pub mod keys;
 pub mod large;
 pub mod merkle;
 pub mod partition;
+pub mod paxos;
 pub mod record;
 pub mod store;
 pub mod system;

@@ -567,6 +567,88 @@ impl Partition {
         });
     }
 
+    /// Queues a Paxos step on the acceptor state of stored key `storage_key`
+    /// ([`crate::paxos`]); `reply` receives the acceptor's answer once the change is durable
+    /// (a refusal changes nothing and is answered with the batch it went in).
+    ///
+    /// # Errors (through `reply`)
+    /// [`StorageError::InvalidArgument`] for a malformed stored key,
+    /// [`StorageError::RecordTooLarge`] for a state over `max-record-bytes`,
+    /// [`StorageError::Overloaded`], [`StorageError::Full`], [`StorageError::Io`].
+    pub fn paxos(
+        &self,
+        storage_key: Vec<u8>,
+        step: crate::paxos::PaxosStep,
+        reply: crate::paxos::PaxosReply,
+    ) {
+        match check_storage_key(&storage_key) {
+            Ok(()) => self.store.enqueue(WriteOp::Paxos {
+                partition: self.id,
+                key: storage_key,
+                step,
+                reply,
+            }),
+            Err(e) => reply(Err(e)),
+        }
+    }
+
+    /// The acceptor state of stored key `storage_key` as last committed (`None`: no step
+    /// ever reached it here). A read transaction: it never waits for the writer.
+    ///
+    /// # Errors
+    /// [`StorageError::InvalidArgument`] for a malformed stored key,
+    /// [`StorageError::Corrupt`], [`StorageError::Io`].
+    pub fn paxos_state(
+        &self,
+        storage_key: &[u8],
+    ) -> Result<Option<crate::paxos::AcceptorState>, StorageError> {
+        check_storage_key(storage_key)?;
+        self.store.read_paxos(self.id, storage_key)
+    }
+
+    /// Up to `max` stored keys with an acceptor state here, in key order, strictly after
+    /// `after` (the last key of the previous page): how a layout change finds the strong
+    /// keys of a partition.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`].
+    pub fn paxos_keys(
+        &self,
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        self.store.paxos_keys(self.id, after, max)
+    }
+
+    /// True if a key of `bucket` is stored here (live, deleted or expired) or has an
+    /// acceptor state: a scan of the partition's keys that stops at the first one found.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`], [`StorageError::Corrupt`].
+    pub fn holds_bucket(&self, bucket: &[u8]) -> Result<bool, StorageError> {
+        let mut prefix = vec![bucket.len() as u8];
+        prefix.extend_from_slice(bucket);
+        let mut found = false;
+        self.store.scan(self.id, |stored, _| {
+            found = stored.starts_with(&prefix);
+            !found
+        })?;
+        if found {
+            return Ok(true);
+        }
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.store.paxos_keys(self.id, after.as_deref(), 4096)?;
+            if page.iter().any(|k| k.starts_with(&prefix)) {
+                return Ok(true);
+            }
+            match page.last() {
+                Some(last) if page.len() == 4096 => after = Some(last.clone()),
+                _ => return Ok(false),
+            }
+        }
+    }
+
     /// True if no key is stored.
     ///
     /// # Errors

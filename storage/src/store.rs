@@ -159,6 +159,14 @@ fn split_key(key: &[u8]) -> Result<(u16, u32, &[u8]), StorageError> {
     }
 }
 
+/// `[partition: u16][stored key]`, the `paxos` key of a stored key.
+fn paxos_key(p: u32, stored: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + stored.len());
+    out.extend_from_slice(&short(p).to_be_bytes());
+    out.extend_from_slice(stored);
+    out
+}
+
 /// `p[partition][name]`, a partition's key in `meta`.
 fn meta_key(partition: u32, name: &[u8]) -> Vec<u8> {
     let mut out = vec![b'p'];
@@ -207,6 +215,13 @@ pub(crate) enum WriteOp {
     },
     /// Deletion of every key of a partition, in chunks (see the module docs).
     Clear { partition: u32, reply: PurgeReply },
+    /// A Paxos step on the acceptor state of stored key `key` ([`crate::paxos`]).
+    Paxos {
+        partition: u32,
+        key: Vec<u8>,
+        step: crate::paxos::PaxosStep,
+        reply: crate::paxos::PaxosReply,
+    },
 }
 
 /// Value bytes one write transaction takes before it stops taking more writes (it always
@@ -237,6 +252,15 @@ impl WriteOp {
                         .sum::<usize>()
             }
             WriteOp::Purge { .. } | WriteOp::Clear { .. } => 0,
+            WriteOp::Paxos { key, step, .. } => {
+                key.len()
+                    + match step {
+                        crate::paxos::PaxosStep::Accept { value, .. } => {
+                            value.as_ref().map_or(0, Vec::len)
+                        }
+                        crate::paxos::PaxosStep::Prepare { .. } => 0,
+                    }
+            }
         }
     }
 }
@@ -245,6 +269,7 @@ impl WriteOp {
 enum Outcome {
     Record(Result<DvvSet, StorageError>),
     Purged(Result<usize, StorageError>),
+    Paxos(Result<crate::paxos::PaxosAnswer, StorageError>),
 }
 
 impl WriteOp {
@@ -252,6 +277,7 @@ impl WriteOp {
         match self {
             WriteOp::Record { partition, .. }
             | WriteOp::Purge { partition, .. }
+            | WriteOp::Paxos { partition, .. }
             | WriteOp::Clear { partition, .. } => *partition,
         }
     }
@@ -263,6 +289,7 @@ impl WriteOp {
         match self {
             WriteOp::Record { .. } => Outcome::Record(Err(e)),
             WriteOp::Purge { .. } | WriteOp::Clear { .. } => Outcome::Purged(Err(e)),
+            WriteOp::Paxos { .. } => Outcome::Paxos(Err(e)),
         }
     }
 
@@ -280,10 +307,12 @@ impl WriteOp {
             (WriteOp::Purge { reply, .. } | WriteOp::Clear { reply, .. }, Outcome::Purged(r)) => {
                 reply(r)
             }
-            (WriteOp::Record { reply, .. }, Outcome::Purged(_)) => reply(Err(mismatch())),
-            (WriteOp::Purge { reply, .. } | WriteOp::Clear { reply, .. }, Outcome::Record(_)) => {
+            (WriteOp::Paxos { reply, .. }, Outcome::Paxos(r)) => reply(r),
+            (WriteOp::Record { reply, .. }, _) => reply(Err(mismatch())),
+            (WriteOp::Purge { reply, .. } | WriteOp::Clear { reply, .. }, _) => {
                 reply(Err(mismatch()))
             }
+            (WriteOp::Paxos { reply, .. }, _) => reply(Err(mismatch())),
         }
     }
 }
@@ -385,6 +414,9 @@ impl CommitStats {
 struct Dbs {
     kv: Database<'static, Bytes, Bytes>,
     meta: Database<'static, Bytes, Bytes>,
+    /// Acceptor states of strong buckets' keys ([`crate::paxos`]), keyed
+    /// `[partition: u16][stored key]`.
+    paxos: Database<'static, Bytes, Bytes>,
 }
 
 /// How [`DataStore::open`] found each partition's tree and counts.
@@ -453,7 +485,8 @@ impl DataStore {
             crate::env::starting_map_bytes(dir, options.initial_map_bytes, options.max_map_bytes);
         let (env, kv) = crate::env::open_env::<Bytes, Bytes>(dir, map_bytes, "kv")?;
         let meta = crate::env::create_database::<Bytes, Bytes>(&env, "meta")?;
-        let dbs = Dbs { kv, meta };
+        let paxos = crate::env::create_database::<Bytes, Bytes>(&env, "paxos")?;
+        let dbs = Dbs { kv, meta, paxos };
         let genv = Arc::new(GrowableEnv::new(
             env,
             options.max_map_bytes,
@@ -643,6 +676,50 @@ impl DataStore {
                 None => Ok(None),
             },
         )
+    }
+
+    /// The acceptor state of stored key `key` of partition `p` (`None`: never touched here),
+    /// as last committed.
+    pub(crate) fn read_paxos(
+        &self,
+        p: u32,
+        key: &[u8],
+    ) -> Result<Option<crate::paxos::AcceptorState>, StorageError> {
+        let pkey = paxos_key(p, key);
+        self.read(
+            |rtxn| match self.dbs.paxos.get(rtxn, &pkey).map_err(StorageError::io)? {
+                Some(bytes) => crate::paxos::decode(bytes).map(Some),
+                None => Ok(None),
+            },
+        )
+    }
+
+    /// Up to `max` stored keys of partition `p` with an acceptor state, in key order
+    /// strictly after `after`.
+    pub(crate) fn paxos_keys(
+        &self,
+        p: u32,
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        let prefix = short(p).to_be_bytes();
+        let start = paxos_key(p, after.unwrap_or(&[]));
+        let lower = match after {
+            Some(_) => Bound::Excluded(start.as_slice()),
+            None => Bound::Included(start.as_slice()),
+        };
+        let range = (lower, Bound::Unbounded);
+        self.read(|rtxn| {
+            let mut out = Vec::new();
+            for entry in self.dbs.paxos.range(rtxn, &range).map_err(StorageError::io)? {
+                let (key, _) = entry.map_err(StorageError::io)?;
+                if !key.starts_with(&prefix) || out.len() >= max {
+                    break;
+                }
+                out.push(key[prefix.len()..].to_vec());
+            }
+            Ok(out)
+        })
     }
 
     /// Calls `f(stored key, record bytes)` for partition `p`'s keys in (segment, stored key)
@@ -1155,11 +1232,50 @@ impl Writer {
             } => Outcome::Purged(Ok(
                 self.purge(wtxn, *partition, candidates, *now_ms, deltas)?
             )),
+            WriteOp::Paxos {
+                partition,
+                key,
+                step,
+                ..
+            } => Outcome::Paxos(self.paxos_step(wtxn, *partition, key, step)?),
             // Taken out of the batch by `commit_batch`.
             WriteOp::Clear { partition, .. } => Outcome::Purged(Err(StorageError::Io(format!(
                 "internal error: a clear of partition {partition} in a batch"
             )))),
         })
+    }
+
+    /// Applies one Paxos step to the acceptor state of stored key `key` of partition `p`.
+    fn paxos_step(
+        &self,
+        wtxn: &mut RwTxn,
+        p: u32,
+        key: &[u8],
+        step: &crate::paxos::PaxosStep,
+    ) -> Result<Result<crate::paxos::PaxosAnswer, StorageError>, Abort> {
+        if !self.parts.contains_key(&p) {
+            return Ok(Err(StorageError::Closed(p)));
+        }
+        let pkey = paxos_key(p, key);
+        let current = match self.dbs.paxos.get(wtxn, &pkey)? {
+            Some(bytes) => match crate::paxos::decode(bytes) {
+                Ok(s) => s,
+                Err(e) => return Ok(Err(e)),
+            },
+            None => crate::paxos::AcceptorState::default(),
+        };
+        let (answer, next) = crate::paxos::apply(&current, step);
+        if let Some(next) = next {
+            let bytes = crate::paxos::encode(&next);
+            if bytes.len() > self.max_record_bytes {
+                return Ok(Err(StorageError::RecordTooLarge {
+                    bytes: bytes.len(),
+                    limit: self.max_record_bytes,
+                }));
+            }
+            self.dbs.paxos.put(wtxn, &pkey, &bytes)?;
+        }
+        Ok(Ok(answer))
     }
 
     /// Applies one change to `key` of partition `p` in `wtxn`; records the leaf change.

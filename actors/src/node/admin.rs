@@ -358,15 +358,4 @@ impl Node {
     pub fn bucket_props(&self, bucket: &[u8]) -> BucketProps {
         self.view.read().bucket_props(bucket)
     }
-
-    /// Sets a bucket's properties; gossip spreads them.
-    ///
-    /// # Errors
-    /// [`KvError::BadQuorum`] for properties that break `1 <= r, w <= n <= 3`.
-    pub fn set_bucket_props(&self, bucket: &[u8], props: BucketProps) -> Result<(), KvError> {
-        keys::validate(bucket, b"k")?;
-        self.view
-            .set_bucket_props(bucket, props)
-            .map_err(|e| KvError::BadQuorum(e.to_string()))
-    }
 }

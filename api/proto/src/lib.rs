@@ -93,6 +93,16 @@ pub enum ErrorCode {
     Siblings,
     /// `get_range`: `offset` past the end of the value.
     InvalidRange,
+    /// Strong bucket: no majority of the key's replicas answered before anything was
+    /// proposed; nothing was written (a definite failure: retrying is safe).
+    NoMajority,
+    /// Strong bucket: the write was sent to the key's replicas but no majority confirmed it
+    /// in time. The outcome is unknown (an indeterminate result): it may or may not have
+    /// taken effect, and may still take effect. Read the key to find out.
+    Indeterminate,
+    /// The operation or option does not apply to the bucket's consistency: `cas` on an
+    /// eventual bucket; streaming (`put_begin`), `ttl_ms`, `if_match` or `local` on a strong one.
+    WrongConsistency,
 }
 
 impl ErrorCode {
@@ -129,6 +139,9 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Siblings => "siblings",
             ErrorCode::InvalidRange => "invalid_range",
+            ErrorCode::NoMajority => "no_majority",
+            ErrorCode::Indeterminate => "indeterminate",
+            ErrorCode::WrongConsistency => "wrong_consistency",
         }
     }
 }
@@ -140,7 +153,7 @@ impl std::str::FromStr for ErrorCode {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         use ErrorCode::*;
         // Every variant: a new code goes here as well as in `as_str`.
-        const ALL: [ErrorCode; 30] = [
+        const ALL: [ErrorCode; 33] = [
             MalformedRequest,
             FrameTooLarge,
             UnknownOp,
@@ -171,6 +184,9 @@ impl std::str::FromStr for ErrorCode {
             NotFound,
             Siblings,
             InvalidRange,
+            NoMajority,
+            Indeterminate,
+            WrongConsistency,
         ];
         ALL.into_iter()
             .find(|c| c.as_str() == s)
@@ -217,9 +233,12 @@ pub struct RequestFrame {
     /// Key (bin or str), 1 to 442 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<ByteBuf>,
-    /// Value (put), up to `max-value-bytes`.
+    /// Value (put), up to `max-value-bytes`. `cas`: the new value (absent: delete the key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<ByteBuf>,
+    /// `cas`: the value the key must hold (absent: the key must be absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<ByteBuf>,
     /// Causal context from an earlier get (put, delete); absent or empty for a blind write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<ByteBuf>,
@@ -347,6 +366,10 @@ pub struct BucketPropsFrame {
     /// Sloppy quorum with hinted handoff (true, the default) or strict quorum (false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sloppy_quorum: Option<bool>,
+    /// `"eventual"` (the default) or `"strong"` (linearizable keys). Fixed once the bucket
+    /// holds data: see `bucket_set`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<String>,
     /// How later writes to the bucket are compressed: `"none"`, `"zstd"` (the default) or
     /// `"lz4"`. Any other string is answered with `malformed_request`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

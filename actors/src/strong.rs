@@ -1,0 +1,943 @@
+//! Strong buckets: linearizable get, put, delete and compare-and-set per key, by single-decree
+//! Paxos per key (CASPaxos: Rystsov 2018, "CASPaxos: Replicated State Machines without logs").
+//!
+//! # Why CASPaxos
+//! A key of a bucket with `consistency = strong` is a register whose replicas (the first `n`
+//! nodes of its preference list) are Paxos *acceptors* ([`ringkv_storage::paxos`]). Every
+//! operation is a function of the register's value: `get` is the identity, `put` and `delete`
+//! set it, `cas` compares and sets (or keeps it, and reports `condition_failed`). A *proposer*
+//! (any node) changes the register in two phases:
+//!
+//! 1. **prepare** a ballot above every ballot it saw; each acceptor promises it (durably) if
+//!    it promised nothing higher and answers its accepted `(ballot, value)`. With promises from
+//!    a majority, the proposer takes the value of the highest accepted ballot as the current
+//!    value;
+//! 2. **accept**: it applies the operation's function and asks the acceptors to accept the
+//!    result at its ballot; the operation is done once a majority accepted (durably).
+//!
+//! There is no leader, no log and no per-partition state machine: a failed or paused node
+//! costs nothing but its vote, keys never wait for each other, and the state per key is three
+//! fields. Multi-Paxos (etcd's Raft, Riak's riak_ensemble) would need a leader per partition,
+//! leases, and log compaction; Riak's ensembles never left "experimental" over exactly that.
+//!
+//! # Round trips
+//! * **Reads in one round trip** (after Charapko et al., "Linearizable Quorum Reads in Paxos",
+//!   HotStorage 2019): the proposer first reads the acceptor state of a majority of replicas
+//!   ([`crate::rpc::PaxosRead`], no write). If they all report the *same* accepted ballot, that
+//!   value is chosen (a majority accepted it) and no write completed before the read began
+//!   has a higher ballot (its majority would intersect this one in an acceptor that reports
+//!   it), so returning it is linearizable. Otherwise the read runs both phases, writing the
+//!   current value back (an identity accept), which finishes any half-done write it saw.
+//! * **Writes in one round trip** (CASPaxos section 2.2.1): each accept also asks the
+//!   acceptors to promise the proposer's next ballot, in the same durable write. The
+//!   proposer keeps `(next ballot, value)` per key in a bounded cache; its next operation on
+//!   the key skips the prepare. If another proposer intervened, the accept is refused and the
+//!   proposer runs both phases.
+//! * To keep that cache hitting and proposers from duelling, a node forwards a strong
+//!   operation to the key's first reachable replica ([`crate::rpc::StrongRequest`]), which
+//!   proposes for it; per key, a proposer runs one operation at a time. Any node may still
+//!   propose (when the first replica is unreachable): Paxos never needed a single proposer
+//!   for safety.
+//!
+//! # Outcomes
+//! An operation whose prepare found no majority wrote nothing: [`StrongError::Unavailable`]
+//! (`no_majority`). Once an accept was sent, a failure is **indeterminate**
+//! ([`StrongError::Indeterminate`], `indeterminate`): a minority may hold the new value and a
+//! later proposer may complete it. Before answering that, the proposer tries one recovery
+//! round: if the highest accepted value it then finds is its own, it completes it and answers
+//! success. It never retries a function it may have applied: a write is applied once or not
+//! at all.
+//!
+//! # Membership changes
+//! During a layout transition a strong operation needs a majority in *every* live replica set
+//! of the key's partition (joint quorums, [`crate::cluster_view::Placements`]). Before a new
+//! replica reports its partition transferred ([`crate::transfer`]), it runs
+//! [`carry_over`]: it lists the strong keys of the partition from a majority of the old
+//! replica set (never from one replica) and runs an identity round with joint quorums on each,
+//! so every value is on a majority of the new set before the old set is retired. Acceptors
+//! refuse proposers whose layout is older than theirs ([`crate::rpc::Fenced`]): a proposer
+//! that missed the change (paused, partitioned) cannot reach a majority of an old set alone.
+//!
+//! # Not done
+//! Acceptor state of deleted keys is kept (a tombstone of about 40 bytes per key): the
+//! paper's garbage collection is not implemented, which is safe. Strong buckets take no
+//! sloppy quorum, hints, siblings, TTL or chunked values.
+
+use crate::cluster_view::Placements;
+use crate::replica::ReplicaContext;
+use crate::rpc::{Fenced, Paxos, PaxosKeys, PaxosRead, ReplicaError, ReplicaTransport};
+use futures::stream::{FuturesUnordered, StreamExt};
+use ringkv_storage::paxos::{AcceptorState, Ballot, PaxosStep};
+use ringkv_storage::StorageError;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// An operation on a key of a strong bucket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StrongOp {
+    /// Read the value.
+    Get,
+    /// Set the value.
+    Put {
+        /// The new value.
+        value: ByteBuf,
+    },
+    /// Make the key absent.
+    Delete,
+    /// Set the value to `new` (`None`: delete) if it is `expect` (`None`: absent).
+    Cas {
+        /// The value expected.
+        expect: Option<ByteBuf>,
+        /// The new value.
+        new: Option<ByteBuf>,
+    },
+}
+
+impl StrongOp {
+    /// The new register value and the operation's answer, given the current value.
+    fn apply(&self, current: &Option<Vec<u8>>) -> (Option<Vec<u8>>, Result<Option<ByteBuf>, StrongError>) {
+        match self {
+            StrongOp::Get => (current.clone(), Ok(current.clone().map(ByteBuf::from))),
+            StrongOp::Put { value } => (Some(value.to_vec()), Ok(None)),
+            StrongOp::Delete => (None, Ok(None)),
+            StrongOp::Cas { expect, new } => {
+                if expect.as_deref().map(|e| &e[..]) == current.as_deref() {
+                    (new.as_ref().map(|v| v.to_vec()), Ok(None))
+                } else {
+                    (
+                        current.clone(),
+                        Err(StrongError::ConditionFailed {
+                            current: current.clone().map(ByteBuf::from),
+                        }),
+                    )
+                }
+            }
+        }
+    }
+
+    /// Bytes of the values the operation carries.
+    pub fn value_bytes(&self) -> usize {
+        match self {
+            StrongOp::Get | StrongOp::Delete => 0,
+            StrongOp::Put { value } => value.len(),
+            StrongOp::Cas { expect, new } => {
+                expect.as_ref().map_or(0, |v| v.len()) + new.as_ref().map_or(0, |v| v.len())
+            }
+        }
+    }
+}
+
+/// A strong operation's successful answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StrongReply {
+    /// For a `get`, the value (`None`: absent); `None` for the other operations.
+    pub value: Option<ByteBuf>,
+    /// Round trips from the proposer to the replicas: 1 for a read whose majority agreed or
+    /// a write on a key the proposer wrote last, 2 for both phases, more after conflicts.
+    pub round_trips: u8,
+    /// Whether the operation was forwarded to another node, which proposed it.
+    pub forwarded: bool,
+}
+
+/// Why a strong operation did not succeed.
+#[derive(Clone, Debug, Error, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StrongError {
+    /// `cas` found another value; nothing was written. `current` is the value (`None`: absent)
+    /// as of the operation's linearization point.
+    #[error("condition failed: the key holds {}", describe(current))]
+    ConditionFailed {
+        /// The key's value.
+        current: Option<ByteBuf>,
+    },
+    /// No majority of the key's replicas promised in time; nothing was written.
+    #[error("no majority of the key's replicas answered ({0}); nothing was written")]
+    Unavailable(String),
+    /// The new value was sent to the replicas but a majority did not confirm it in time: the
+    /// operation may or may not have taken effect (an indeterminate result), and a later
+    /// operation may still complete it.
+    #[error("outcome unknown: the write reached the replicas but no majority confirmed it ({0}); it may or may not have taken effect")]
+    Indeterminate(String),
+    /// A storage error every replica would give (the value is over `max-record-bytes`).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The cluster has no layout.
+    #[error("the cluster has no committed layout")]
+    NoLayout,
+}
+
+fn describe(v: &Option<ByteBuf>) -> String {
+    match v {
+        None => "no value (absent)".into(),
+        Some(v) => format!("a value of {} bytes", v.len()),
+    }
+}
+
+/// Most keys whose next ballot and value a proposer remembers.
+pub const CACHE_KEYS: usize = 100_000;
+/// Most value bytes the proposer's cache holds.
+pub const CACHE_BYTES: usize = 64 << 20;
+/// Keys one [`PaxosKeys`] page lists during [`carry_over`].
+pub const CARRY_PAGE: u32 = 1000;
+
+/// What a proposer remembers of a key it wrote last: the ballot the acceptors promised it
+/// next, the value they accepted, and under which replica sets.
+struct Cached {
+    next: Ballot,
+    value: Option<Vec<u8>>,
+    sets: Vec<Vec<String>>,
+}
+
+#[derive(Default)]
+struct Cache {
+    keys: HashMap<(u32, Vec<u8>), Cached>,
+    bytes: usize,
+}
+
+/// Counters of the proposer (for `stats` and the benchmarks).
+#[derive(Debug, Default)]
+pub struct ProposerStats {
+    /// Operations proposed here.
+    pub ops: AtomicU64,
+    /// Round trips to replicas, summed over the operations.
+    pub round_trips: AtomicU64,
+    /// Reads answered by one round of acceptor reads.
+    pub quorum_reads: AtomicU64,
+    /// Writes that skipped the prepare (cached promise).
+    pub fast_writes: AtomicU64,
+    /// Operations answered indeterminate.
+    pub indeterminate: AtomicU64,
+    /// Ballot conflicts (a refusal by a higher promise).
+    pub conflicts: AtomicU64,
+}
+
+/// A node's proposer: its ballot id, the cache of promised ballots and the per-key queue.
+pub struct Proposer {
+    id: u64,
+    counter: AtomicU64,
+    cache: Mutex<Cache>,
+    locks: Mutex<HashMap<(u32, Vec<u8>), Arc<tokio::sync::Mutex<()>>>>,
+    weaken: AtomicBool,
+    /// Counters.
+    pub stats: ProposerStats,
+}
+
+impl Default for Proposer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Proposer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proposer").field("id", &self.id).finish()
+    }
+}
+
+impl Proposer {
+    /// A proposer with a random id (never 0, which is [`Ballot::ZERO`]'s).
+    pub fn new() -> Self {
+        Proposer {
+            id: rand::random::<u64>().max(1),
+            counter: AtomicU64::new(0),
+            cache: Mutex::default(),
+            locks: Mutex::default(),
+            weaken: AtomicBool::new(false),
+            stats: ProposerStats::default(),
+        }
+    }
+
+    /// **Test only**: makes this proposer deliberately unsafe (one replica's answer counts as
+    /// a majority, and reads take the first answer), so the linearizability checker's
+    /// self-test can show it catches a broken protocol. Set by the `fault-injection`
+    /// `weaken_strong` fault; never by ringkv itself.
+    pub fn set_weakened(&self, on: bool) {
+        self.weaken.store(on, Ordering::Relaxed);
+    }
+
+    fn weakened(&self) -> bool {
+        self.weaken.load(Ordering::Relaxed)
+    }
+
+    fn saw(&self, b: Ballot) {
+        self.counter.fetch_max(b.counter, Ordering::Relaxed);
+    }
+
+    fn fresh_ballot(&self) -> Ballot {
+        let c = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
+        Ballot {
+            counter: c,
+            proposer: self.id,
+        }
+    }
+
+    fn cached(&self, key: &(u32, Vec<u8>), sets: &[Vec<String>]) -> Option<(Ballot, Option<Vec<u8>>)> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .keys
+            .get(key)
+            .filter(|c| c.sets == sets)
+            .map(|c| (c.next, c.value.clone()))
+    }
+
+    fn remember(&self, key: (u32, Vec<u8>), next: Ballot, value: Option<Vec<u8>>, sets: Vec<Vec<String>>) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let size = value.as_ref().map_or(0, Vec::len) + key.1.len();
+        if cache.keys.len() >= CACHE_KEYS || cache.bytes + size > CACHE_BYTES {
+            // Bounded: start over (the next operation on each key takes both phases).
+            cache.keys.clear();
+            cache.bytes = 0;
+        }
+        if let Some(old) = cache.keys.insert(key.clone(), Cached { next, value, sets }) {
+            cache.bytes -= old.value.as_ref().map_or(0, Vec::len) + key.1.len();
+        }
+        cache.bytes += size;
+    }
+
+    fn forget(&self, key: &(u32, Vec<u8>)) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = cache.keys.remove(key) {
+            cache.bytes -= old.value.as_ref().map_or(0, Vec::len) + key.1.len();
+        }
+    }
+
+    /// Waits for the key's turn on this proposer.
+    async fn turn(&self, key: &(u32, Vec<u8>)) -> KeyTurn<'_> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(key.clone()).or_default().clone()
+        };
+        let guard = lock.clone().lock_owned().await;
+        KeyTurn {
+            proposer: self,
+            key: key.clone(),
+            lock,
+            _guard: Some(guard),
+        }
+    }
+}
+
+/// A key's turn on a proposer; the key's lock entry goes when nobody else waits for it.
+struct KeyTurn<'a> {
+    proposer: &'a Proposer,
+    key: (u32, Vec<u8>),
+    lock: Arc<tokio::sync::Mutex<()>>,
+    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for KeyTurn<'_> {
+    fn drop(&mut self) {
+        self._guard = None;
+        let mut locks = self.proposer.locks.lock().unwrap_or_else(|p| p.into_inner());
+        // Held by the map and by this turn only: nobody waits.
+        if Arc::strong_count(&self.lock) <= 2 {
+            locks.remove(&self.key);
+        }
+    }
+}
+
+/// The replica sets of `partition` whose majorities a strong operation needs: the read
+/// version's first `n`, then every other live version's (a layout transition).
+///
+/// # Errors
+/// [`StrongError::NoLayout`] when the partition has no replicas.
+pub fn replica_sets(placements: &Placements, partition: u32, n: usize) -> Result<Vec<Vec<String>>, StrongError> {
+    let prefs = placements
+        .prefs
+        .get(partition as usize)
+        .filter(|p| !p.is_empty())
+        .ok_or(StrongError::NoLayout)?;
+    let mut sets = vec![prefs[..n.min(prefs.len())].to_vec()];
+    for set in placements.also_write.get(partition as usize).into_iter().flatten() {
+        let s = set[..n.min(set.len())].to_vec();
+        if !s.is_empty() && !sets.contains(&s) {
+            sets.push(s);
+        }
+    }
+    Ok(sets)
+}
+
+fn union(sets: &[Vec<String>]) -> Vec<String> {
+    let mut all: Vec<String> = Vec::new();
+    for s in sets {
+        for n in s {
+            if !all.contains(n) {
+                all.push(n.clone());
+            }
+        }
+    }
+    all
+}
+
+/// How one phase went.
+struct Tally<T> {
+    /// Acceptors that did what was asked, with their answers.
+    ok: Vec<(String, T)>,
+    /// Acceptors that refused (a higher promise, or a newer layout): they changed nothing.
+    refused: Vec<String>,
+    /// Acceptors that failed or did not answer: they may or may not have done it.
+    unknown: Vec<(String, String)>,
+    /// Highest ballot a refusing acceptor had promised.
+    beaten_by: Ballot,
+    /// A newer layout an acceptor reported.
+    stale_layout: Option<u64>,
+    /// A storage error an acceptor reported (the same on every replica for bad input).
+    storage: Option<StorageError>,
+}
+
+impl<T> Tally<T> {
+    fn causes(&self) -> String {
+        let mut out: Vec<String> = self
+            .unknown
+            .iter()
+            .map(|(n, e)| format!("{n}: {e}"))
+            .collect();
+        for n in &self.refused {
+            out.push(format!("{n}: refused"));
+        }
+        if let Some(v) = self.stale_layout {
+            out.push(format!("a replica knows layout version {v}, newer than this node's"));
+        }
+        out.join("; ")
+    }
+
+    fn ok_nodes(&self) -> Vec<&str> {
+        self.ok.iter().map(|(n, _)| n.as_str()).collect()
+    }
+}
+
+fn majority(set_len: usize, weak: bool) -> usize {
+    if weak {
+        1
+    } else {
+        set_len / 2 + 1
+    }
+}
+
+fn met(sets: &[Vec<String>], oks: &[&str], weak: bool) -> bool {
+    sets.iter().all(|s| {
+        s.iter().filter(|n| oks.contains(&n.as_str())).count() >= majority(s.len(), weak)
+    })
+}
+
+fn impossible(sets: &[Vec<String>], failed: &[&str], weak: bool) -> bool {
+    sets.iter().any(|s| {
+        let left = s.iter().filter(|n| !failed.contains(&n.as_str())).count();
+        left < majority(s.len(), weak)
+    })
+}
+
+/// What one acceptor answered in a phase: `Ok(answer)`, or a refusal with the ballot it
+/// promised.
+type Vote<T> = Result<Fenced<Result<T, Ballot>>, ReplicaError>;
+
+/// Asks every node of the union of `sets` with `call` and gathers answers until a majority
+/// of every set said ok, a majority became impossible, or `deadline`.
+async fn phase<T, F, Fut>(sets: &[Vec<String>], deadline: Instant, weak: bool, call: F) -> Tally<T>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = (String, Vote<T>)>,
+{
+    let targets = union(sets);
+    let mut pending: FuturesUnordered<Fut> = targets.iter().cloned().map(&call).collect();
+    let mut tally = Tally {
+        ok: Vec::new(),
+        refused: Vec::new(),
+        unknown: Vec::new(),
+        beaten_by: Ballot::ZERO,
+        stale_layout: None,
+        storage: None,
+    };
+    let sleep = tokio::time::sleep_until(deadline.into());
+    tokio::pin!(sleep);
+    loop {
+        if met(sets, &tally.ok_nodes(), weak) {
+            break;
+        }
+        let failed: Vec<&str> = tally
+            .refused
+            .iter()
+            .map(String::as_str)
+            .chain(tally.unknown.iter().map(|(n, _)| n.as_str()))
+            .collect();
+        if impossible(sets, &failed, weak) {
+            break;
+        }
+        tokio::select! {
+            next = pending.next() => match next {
+                None => break,
+                Some((node, Ok(Fenced::Ok(Ok(t))))) => tally.ok.push((node, t)),
+                Some((node, Ok(Fenced::Ok(Err(promised))))) => {
+                    tally.beaten_by = tally.beaten_by.max(promised);
+                    tally.refused.push(node);
+                }
+                Some((node, Ok(Fenced::StaleLayout(v)))) => {
+                    tally.stale_layout = Some(tally.stale_layout.unwrap_or(0).max(v));
+                    tally.refused.push(node);
+                }
+                Some((node, Err(e))) => {
+                    if let Some(s) = e.storage() {
+                        tally.storage = Some(s.clone());
+                    }
+                    tally.unknown.push((node, e.to_string()));
+                }
+            },
+            _ = &mut sleep => {
+                let answered: Vec<String> = tally.ok.iter().map(|(n, _)| n.clone())
+                    .chain(tally.refused.iter().cloned())
+                    .chain(tally.unknown.iter().map(|(n, _)| n.clone()))
+                    .collect();
+                for n in targets.iter().filter(|n| !answered.contains(n)) {
+                    tally.unknown.push((n.clone(), "no answer in time".into()));
+                }
+                break;
+            }
+        }
+    }
+    tally
+}
+
+/// Result of an accept phase.
+enum Accepted {
+    /// A majority of every set accepted.
+    Chosen,
+    /// Every acceptor answered a refusal: nothing was accepted anywhere.
+    NoneAccepted,
+    /// Some acceptors may hold the value.
+    Unknown(String),
+}
+
+/// One key's operation as its proposer runs it.
+struct Run<'a, T: ReplicaTransport> {
+    peers: &'a T,
+    proposer: &'a Proposer,
+    partition: u32,
+    bucket: &'a [u8],
+    key: &'a [u8],
+    deadline: Instant,
+    round_trips: u8,
+}
+
+impl<T: ReplicaTransport> Run<'_, T> {
+    fn weak(&self) -> bool {
+        self.proposer.weakened()
+    }
+
+    async fn read_states(&mut self, sets: &[Vec<String>], layout: u64) -> Tally<AcceptorState> {
+        self.round_trips = self.round_trips.saturating_add(1);
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let (partition, bucket, key) = (self.partition, self.bucket, self.key);
+        let peers = self.peers;
+        phase(sets, self.deadline, self.weak(), |node| {
+            let req = PaxosRead {
+                partition,
+                bucket: ByteBuf::from(bucket.to_vec()),
+                key: ByteBuf::from(key.to_vec()),
+                layout,
+            };
+            async move {
+                let r = peers.call(&node, req, left).await;
+                let vote = r.map(|f| match f {
+                    Fenced::Ok(s) => Fenced::Ok(Ok(s.unwrap_or_default())),
+                    Fenced::StaleLayout(v) => Fenced::StaleLayout(v),
+                });
+                (node, vote)
+            }
+        })
+        .await
+    }
+
+    async fn step(&mut self, sets: &[Vec<String>], layout: u64, step: PaxosStep) -> Tally<AcceptorState> {
+        self.round_trips = self.round_trips.saturating_add(1);
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let (partition, bucket, key) = (self.partition, self.bucket, self.key);
+        let peers = self.peers;
+        let tally = phase(sets, self.deadline, self.weak(), |node| {
+            let req = Paxos {
+                partition,
+                bucket: ByteBuf::from(bucket.to_vec()),
+                key: ByteBuf::from(key.to_vec()),
+                step: step.clone(),
+                layout,
+            };
+            async move {
+                let r = peers.call(&node, req, left).await;
+                let vote = r.map(|f| match f {
+                    Fenced::Ok(a) if a.ok => Fenced::Ok(Ok(a.state)),
+                    Fenced::Ok(a) => Fenced::Ok(Err(a.state.promised)),
+                    Fenced::StaleLayout(v) => Fenced::StaleLayout(v),
+                });
+                (node, vote)
+            }
+        })
+        .await;
+        self.proposer.saw(tally.beaten_by);
+        if tally.beaten_by > Ballot::ZERO {
+            self.proposer.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+        }
+        tally
+    }
+
+    /// Phase 2 at `ballot`, promising the proposer's next ballot too.
+    async fn accept(
+        &mut self,
+        sets: &[Vec<String>],
+        layout: u64,
+        ballot: Ballot,
+        value: Option<Vec<u8>>,
+    ) -> Result<Accepted, StrongError> {
+        let next = Ballot {
+            counter: ballot.counter + 1,
+            proposer: ballot.proposer,
+        };
+        let tally = self
+            .step(
+                sets,
+                layout,
+                PaxosStep::Accept {
+                    ballot,
+                    value,
+                    promise_next: Some(next),
+                },
+            )
+            .await;
+        if met(sets, &tally.ok_nodes(), self.weak()) {
+            return Ok(Accepted::Chosen);
+        }
+        if tally.ok.is_empty() && tally.unknown.is_empty() {
+            return Ok(Accepted::NoneAccepted);
+        }
+        if tally.ok.is_empty() {
+            if let Some(StorageError::RecordTooLarge { bytes, limit }) = &tally.storage {
+                // Refused by the replicas' writers, not stored: bad input.
+                return Err(StrongError::Storage(StorageError::RecordTooLarge {
+                    bytes: *bytes,
+                    limit: *limit,
+                }));
+            }
+        }
+        Ok(Accepted::Unknown(tally.causes()))
+    }
+
+    /// Phase 1 at a fresh ballot: the ballot and the current state (highest accepted), or
+    /// the tally that failed.
+    async fn prepare(
+        &mut self,
+        sets: &[Vec<String>],
+        layout: u64,
+    ) -> Result<(Ballot, AcceptorState), Tally<AcceptorState>> {
+        let ballot = self.proposer.fresh_ballot();
+        let tally = self.step(sets, layout, PaxosStep::Prepare { ballot }).await;
+        if !met(sets, &tally.ok_nodes(), self.weak()) {
+            return Err(tally);
+        }
+        let current = tally
+            .ok
+            .into_iter()
+            .map(|(_, s)| s)
+            .max_by_key(|s| s.accepted)
+            .unwrap_or_default();
+        Ok((ballot, current))
+    }
+}
+
+/// Runs a strong operation on `(bucket, key)` of partition `partition`, proposed by this
+/// node, within `timeout`: replicas are the first `n` of each live layout version's
+/// preference list.
+///
+/// # Errors
+/// [`StrongError`]: `ConditionFailed` (a definite outcome), `Unavailable` (nothing written),
+/// `Indeterminate`, `Storage` (bad input), `NoLayout`.
+pub async fn propose<T: ReplicaTransport>(
+    peers: &T,
+    partition: u32,
+    bucket: &[u8],
+    key: &[u8],
+    op: &StrongOp,
+    n: usize,
+    timeout: Duration,
+) -> Result<StrongReply, StrongError> {
+    let ctx = peers.context();
+    let proposer = &ctx.strong;
+    let skey = ringkv_storage::keys::storage_key(bucket, key)?;
+    let cache_key = (partition, skey);
+    let deadline = Instant::now() + timeout;
+    let _turn = proposer.turn(&cache_key).await;
+    proposer.stats.ops.fetch_add(1, Ordering::Relaxed);
+    let mut run = Run {
+        peers,
+        proposer,
+        partition,
+        bucket,
+        key,
+        deadline,
+        round_trips: 0,
+    };
+    let result = run_op(&mut run, &cache_key, op, n).await;
+    proposer
+        .stats
+        .round_trips
+        .fetch_add(u64::from(run.round_trips), Ordering::Relaxed);
+    if matches!(result, Err(StrongError::Indeterminate(_))) {
+        proposer.stats.indeterminate.fetch_add(1, Ordering::Relaxed);
+    }
+    result.map(|value| StrongReply {
+        value,
+        round_trips: run.round_trips,
+        forwarded: false,
+    })
+}
+
+/// Backoff after a ballot conflict or a stale layout: 1 to 8 ms, random (so duelling
+/// proposers fall out of step), growing with the attempt.
+fn backoff(attempt: u32) -> Duration {
+    let cap = 1u64 << attempt.min(3);
+    Duration::from_micros(rand::random::<u64>() % (cap * 1000) + 500)
+}
+
+async fn run_op<T: ReplicaTransport>(
+    run: &mut Run<'_, T>,
+    cache_key: &(u32, Vec<u8>),
+    op: &StrongOp,
+    n: usize,
+) -> Result<Option<ByteBuf>, StrongError> {
+    let view = run.peers.context().view.clone();
+    let mut attempt = 0u32;
+    let mut tried_read = false;
+    loop {
+        if Instant::now() >= run.deadline {
+            return Err(StrongError::Unavailable("the request's time ran out".into()));
+        }
+        // Counted as in flight under its layout version until it returns, like every write:
+        // a transition's transfers start only once no operation uses older replica sets.
+        let (placements, _guard) = view.placements_for_write();
+        let layout = placements.version;
+        let sets = replica_sets(&placements, run.partition, n)?;
+
+        // A read: one round of acceptor reads, if a majority agrees.
+        if matches!(op, StrongOp::Get) && !tried_read {
+            tried_read = true;
+            let tally = run.read_states(&sets, layout).await;
+            let weak = run.weak();
+            if met(&sets, &tally.ok_nodes(), weak) {
+                let first = &tally.ok[0].1;
+                if tally.ok.iter().all(|(_, s)| s.accepted == first.accepted) {
+                    run.proposer.stats.quorum_reads.fetch_add(1, Ordering::Relaxed);
+                    return Ok(first.value.clone().map(ByteBuf::from));
+                }
+            } else if tally.stale_layout.is_some() {
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+                tried_read = false;
+                continue;
+            } else if tally.ok.is_empty() && !tally.unknown.is_empty() && impossible_now(&sets, &tally, weak) {
+                return Err(StrongError::Unavailable(tally.causes()));
+            }
+        }
+
+        // A write on a key this proposer wrote last: accept at the promised next ballot.
+        if let Some((ballot, value)) = run.proposer.cached(cache_key, &sets) {
+            let (new, answer) = op.apply(&value);
+            match run.accept(&sets, layout, ballot, new.clone()).await? {
+                Accepted::Chosen => {
+                    run.proposer.stats.fast_writes.fetch_add(1, Ordering::Relaxed);
+                    run.proposer
+                        .remember(cache_key.clone(), ballot_after(ballot), new, sets);
+                    return answer;
+                }
+                Accepted::NoneAccepted => {
+                    run.proposer.forget(cache_key);
+                }
+                Accepted::Unknown(why) => {
+                    run.proposer.forget(cache_key);
+                    return recover(run, &sets, layout, ballot, new, answer, why).await;
+                }
+            }
+        }
+
+        // Both phases.
+        let (ballot, current) = match run.prepare(&sets, layout).await {
+            Ok(p) => p,
+            Err(tally) => {
+                let conflict = tally.beaten_by > Ballot::ZERO || tally.stale_layout.is_some();
+                if conflict && Instant::now() < run.deadline {
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                    continue;
+                }
+                return Err(StrongError::Unavailable(tally.causes()));
+            }
+        };
+        let (new, answer) = op.apply(&current.value);
+        match run.accept(&sets, layout, ballot, new.clone()).await? {
+            Accepted::Chosen => {
+                run.proposer
+                    .remember(cache_key.clone(), ballot_after(ballot), new, sets);
+                return answer;
+            }
+            Accepted::NoneAccepted => {
+                // Beaten between our phases; nothing of ours is anywhere: start over.
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+            Accepted::Unknown(why) => {
+                return recover(run, &sets, layout, ballot, new, answer, why).await;
+            }
+        }
+    }
+}
+
+fn impossible_now(sets: &[Vec<String>], tally: &Tally<AcceptorState>, weak: bool) -> bool {
+    let failed: Vec<&str> = tally
+        .refused
+        .iter()
+        .map(String::as_str)
+        .chain(tally.unknown.iter().map(|(n, _)| n.as_str()))
+        .collect();
+    impossible(sets, &failed, weak)
+}
+
+fn ballot_after(b: Ballot) -> Ballot {
+    Ballot {
+        counter: b.counter + 1,
+        proposer: b.proposer,
+    }
+}
+
+/// After an accept at `ballot` that a majority did not confirm: one more round. If the
+/// highest accepted value a majority then reports is ours (`ballot`), complete it and answer
+/// as the operation did; otherwise the outcome stays unknown.
+async fn recover<T: ReplicaTransport>(
+    run: &mut Run<'_, T>,
+    sets: &[Vec<String>],
+    layout: u64,
+    ballot: Ballot,
+    value: Option<Vec<u8>>,
+    answer: Result<Option<ByteBuf>, StrongError>,
+    why: String,
+) -> Result<Option<ByteBuf>, StrongError> {
+    for attempt in 0..3 {
+        if Instant::now() >= run.deadline {
+            break;
+        }
+        match run.prepare(sets, layout).await {
+            Ok((b2, current)) => {
+                if current.accepted != ballot {
+                    break;
+                }
+                if let Ok(Accepted::Chosen) = run.accept(sets, layout, b2, value.clone()).await {
+                    return answer;
+                }
+                break;
+            }
+            Err(tally) if tally.beaten_by > Ballot::ZERO => {
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            Err(_) => break,
+        }
+    }
+    Err(StrongError::Indeterminate(why))
+}
+
+/// Serves a strong operation another node forwarded here ([`crate::rpc::StrongRequest`]):
+/// proposes it on this node.
+pub async fn serve_forwarded(
+    ctx: &Arc<ReplicaContext>,
+    request: crate::rpc::StrongRequest,
+) -> Result<StrongReply, StrongError> {
+    let peers = crate::replica::Peers {
+        local: ctx.name.clone(),
+        ctx: ctx.clone(),
+    };
+    let bucket = request.bucket.into_vec();
+    let key = request.key.into_vec();
+    let partition = ringkv_cluster::ring::partition_for(&bucket, &key, ctx.directory.partitions());
+    propose(
+        &peers,
+        partition,
+        &bucket,
+        &key,
+        &request.op,
+        usize::from(request.n),
+        Duration::from_millis(request.timeout_ms),
+    )
+    .await
+}
+
+/// Carries the strong keys of `partition` over to the newest layout's replica set, before
+/// this node (a new replica of it) reports the partition transferred: lists the keys that
+/// have an acceptor state on a **majority** of the read version's replicas (a chosen value is
+/// on a majority, which meets every majority), page by page, and runs an identity round on
+/// each with joint quorums (every live set), which leaves its value accepted by a majority
+/// of the new set. Answers the number of keys carried.
+///
+/// # Errors
+/// Why it stopped (no majority of the old set listed its keys, a key's round failed); the
+/// transfer retries later.
+pub async fn carry_over<T: ReplicaTransport>(peers: &T, partition: u32) -> Result<u64, String> {
+    let ctx = peers.context();
+    let placements = ctx.view.placements();
+    let old: Vec<String> = placements
+        .prefs
+        .get(partition as usize)
+        .cloned()
+        .unwrap_or_default();
+    if old.is_empty() {
+        return Ok(0);
+    }
+    let need = old.len() / 2 + 1;
+    let mut after: Option<Vec<u8>> = None;
+    let mut carried = 0u64;
+    loop {
+        // One page from each old replica; the keys up to the smallest "last key" of a full
+        // page are complete for every replica that answered.
+        let pages = futures::future::join_all(old.iter().map(|node| {
+            let req = PaxosKeys {
+                partition,
+                after: after.clone().map(ByteBuf::from),
+                max: CARRY_PAGE,
+            };
+            async move { peers.call(node, req, ctx.timeout).await }
+        }))
+        .await;
+        let answered: Vec<Vec<ByteBuf>> = pages.into_iter().filter_map(Result::ok).collect();
+        if answered.len() < need {
+            return Err(format!(
+                "only {} of {} replicas of partition {partition} listed their strong keys ({need} needed)",
+                answered.len(),
+                old.len()
+            ));
+        }
+        let bound: Option<Vec<u8>> = answered
+            .iter()
+            .filter(|p| p.len() >= CARRY_PAGE as usize)
+            .filter_map(|p| p.last().map(|k| k.to_vec()))
+            .min();
+        let mut keys: Vec<Vec<u8>> = answered
+            .into_iter()
+            .flatten()
+            .map(ByteBuf::into_vec)
+            .filter(|k| bound.as_ref().is_none_or(|b| k <= b))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        for stored in &keys {
+            let Some((bucket, key)) = ringkv_storage::keys::split_storage_key(stored) else {
+                continue;
+            };
+            let n = usize::from(ctx.view.read().bucket_props(bucket).n);
+            propose(peers, partition, bucket, key, &StrongOp::Get, n, ctx.timeout)
+                .await
+                .map_err(|e| format!("carrying over a strong key of partition {partition}: {e}"))?;
+            carried += 1;
+        }
+        match bound {
+            Some(b) => after = Some(b),
+            None => return Ok(carried),
+        }
+    }
+}
