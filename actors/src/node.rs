@@ -1148,6 +1148,20 @@ impl Node {
         Ok(())
     }
 
+    /// Fault injection for the linearizability checker's self-test: weakens (`on`) or
+    /// restores this node's strong-bucket proposer ([`crate::strong::Proposer::set_weakened`]).
+    /// Refused unless the node runs with `fault-injection` on.
+    ///
+    /// # Errors
+    /// [`KvError::FaultInjectionDisabled`].
+    pub fn inject_weaken_strong(&self, on: bool) -> Result<(), KvError> {
+        if !self.config.fault_injection {
+            return Err(KvError::FaultInjectionDisabled);
+        }
+        self.peers.ctx.strong.set_weakened(on);
+        Ok(())
+    }
+
     /// The node's counters (supervisors outside this crate, the client listener of
     /// `ringkv-api`, count their restarts here).
     pub fn stats(&self) -> &crate::stats::NodeStats {

@@ -121,6 +121,10 @@ pub enum Fault {
     /// Drop all cluster traffic to and from these nodes (replaces the previous set; empty
     /// heals): a network partition inside the node's cluster layer.
     Isolate(Vec<String>),
+    /// Weaken (`true`) or restore (`false`) this node's strong-bucket proposer: one replica
+    /// then counts as a majority, so strong operations are no longer linearizable. Only for
+    /// the linearizability checker's self-test.
+    WeakenStrong(bool),
 }
 
 /// A validated request.
@@ -479,10 +483,11 @@ impl Request {
                     )
                 })?),
                 Some("isolate") => Fault::Isolate(f.peers.unwrap_or_default()),
+                Some("weaken_strong") => Fault::WeakenStrong(f.on.unwrap_or(true)),
                 Some(other) => {
                     return Err(ProtocolError::new(
                         ErrorCode::MalformedRequest,
-                        format!("unknown fault {other:?}; known: panic_vnode, panic_actor, isolate"),
+                        format!("unknown fault {other:?}; known: panic_vnode, panic_actor, isolate, weaken_strong"),
                     ))
                 }
             }),

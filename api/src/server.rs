@@ -898,6 +898,9 @@ async fn execute(
             .inject_actor_panic(&actor)
             .await
             .map(|()| ResponseFrame::ok(id)),
+        Request::InjectFault(Fault::WeakenStrong(on)) => {
+            node.inject_weaken_strong(on).map(|()| ResponseFrame::ok(id))
+        }
         Request::InjectFault(Fault::Isolate(peers)) => {
             node.inject_isolation(peers).map(|()| ResponseFrame::ok(id))
         }

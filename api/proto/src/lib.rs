@@ -286,7 +286,8 @@ pub struct RequestFrame {
     /// bucket_set: the properties to set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub props: Option<BucketPropsFrame>,
-    /// inject_fault: `"panic_vnode"` (default), `"panic_actor"` or `"isolate"`.
+    /// inject_fault: `"panic_vnode"` (default), `"panic_actor"`, `"isolate"` or
+    /// `"weaken_strong"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<String>,
     /// inject_fault `panic_actor`: `vnodes`, `replica`, `gossip`, `handoff`, `repair` or
@@ -297,6 +298,9 @@ pub struct RequestFrame {
     /// with (empty heals).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peers: Option<Vec<String>>,
+    /// inject_fault `weaken_strong`: `true` (the default) weakens, `false` restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<bool>,
     /// put, put_begin: time to live in milliseconds from the write; the value then reads as
     /// missing and is purged in the background.
     #[serde(default, skip_serializing_if = "Option::is_none")]
