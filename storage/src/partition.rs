@@ -710,6 +710,55 @@ mod tests {
         assert_eq!(p.get(b"b", b"missing").unwrap(), None);
     }
 
+    fn paxos(p: &Partition, key: &[u8], step: crate::paxos::PaxosStep) -> crate::paxos::PaxosAnswer {
+        let (tx, rx) = mpsc::channel();
+        p.paxos(
+            keys::storage_key(b"b", key).unwrap(),
+            step,
+            Box::new(move |r| tx.send(r).unwrap()),
+        );
+        rx.recv().unwrap().unwrap()
+    }
+
+    #[test]
+    fn acceptor_states_are_durable_across_reopen_and_go_with_a_clear() {
+        use crate::paxos::{Ballot, PaxosStep};
+        let b = |c| Ballot {
+            counter: c,
+            proposer: 9,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let p = Partition::open(dir.path(), 0, 7, &PartitionOptions::default()).unwrap();
+            assert!(paxos(&p, b"k", PaxosStep::Prepare { ballot: b(2) }).ok);
+            let accept = PaxosStep::Accept {
+                ballot: b(2),
+                value: Some(b"v".to_vec()),
+                promise_next: Some(b(3)),
+            };
+            assert!(paxos(&p, b"k", accept).ok);
+            // A lower ballot is refused and changes nothing.
+            assert!(!paxos(&p, b"k", PaxosStep::Prepare { ballot: b(1) }).ok);
+            assert!(!p.holds_bucket(b"other").unwrap());
+            assert!(p.holds_bucket(b"b").unwrap());
+            p.shutdown();
+        }
+        let p = Partition::open(dir.path(), 0, 7, &PartitionOptions::default()).unwrap();
+        let key = keys::storage_key(b"b", b"k").unwrap();
+        let state = p.paxos_state(&key).unwrap().unwrap();
+        assert_eq!((state.promised, state.accepted), (b(3), b(2)));
+        assert_eq!(state.value.as_deref(), Some(&b"v"[..]));
+        assert_eq!(p.paxos_keys(None, 10).unwrap(), vec![key.clone()]);
+        assert!(p.paxos_keys(Some(&key), 10).unwrap().is_empty());
+        // The promise survived: the ballot it beat is still refused.
+        assert!(!paxos(&p, b"k", PaxosStep::Prepare { ballot: b(3) }).ok);
+        let (tx, rx) = mpsc::channel();
+        p.clear(Box::new(move |r| tx.send(r).unwrap()));
+        assert_eq!(rx.recv().unwrap().unwrap(), 1);
+        assert_eq!(p.paxos_state(&key).unwrap(), None);
+        assert!(!p.holds_bucket(b"b").unwrap());
+    }
+
     #[test]
     fn records_over_the_limit_are_refused_and_change_nothing() {
         let dir = tempfile::tempdir().unwrap();

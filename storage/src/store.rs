@@ -56,7 +56,7 @@
 //!
 //! # Clearing a partition
 //!
-//! [`crate::Partition::clear`] deletes a whole partition through the writer thread in chunks
+//! [`crate::Partition::clear`] deletes a whole partition (its records, then its acceptor states) through the writer thread in chunks
 //! of at most [`PartitionOptions::clear_chunk_keys`] keys, one chunk per commit, each commit
 //! also holding the writes queued meanwhile: a clear of a million keys never holds the other
 //! partitions' writes for more than one chunk's commit.
@@ -1436,6 +1436,23 @@ impl Writer {
                 Bound::Included(last.as_slice()),
             );
             self.dbs.kv.delete_range(wtxn, &range)?;
+        }
+        // Then the partition's acceptor states (strong buckets), in the room left.
+        let room = self.clear_chunk - deleted;
+        if room > 0 {
+            let mut last: Option<Vec<u8>> = None;
+            for entry in self.dbs.paxos.prefix_iter(wtxn, &prefix)?.take(room) {
+                let (key, _) = entry?;
+                deleted += 1;
+                last = Some(key.to_vec());
+            }
+            if let Some(last) = &last {
+                let range = (
+                    Bound::Included(&prefix[..]),
+                    Bound::Included(last.as_slice()),
+                );
+                self.dbs.paxos.delete_range(wtxn, &range)?;
+            }
         }
         let finished = if deleted < self.clear_chunk {
             let fresh: ReplicaId = rand::random();
