@@ -508,8 +508,8 @@ pub(crate) async fn open_data(config: &NodeConfig) -> Result<Arc<DataDir>, NodeE
 
 mod admin;
 mod strong;
-pub use strong::STRONG_OVERHEAD;
 pub use admin::{ClusterStatus, MemberRow, PlanReport, TransfersReport, PLAN_SIZES_TIMEOUT};
+pub use strong::STRONG_OVERHEAD;
 
 impl Node {
     /// Validates `config`, opens its data directory and starts the supervision tree.

@@ -100,7 +100,10 @@ pub enum StrongOp {
 
 impl StrongOp {
     /// The new register value and the operation's answer, given the current value.
-    fn apply(&self, current: &Option<Vec<u8>>) -> (Option<Vec<u8>>, Result<Option<ByteBuf>, StrongError>) {
+    fn apply(
+        &self,
+        current: &Option<Vec<u8>>,
+    ) -> (Option<Vec<u8>>, Result<Option<ByteBuf>, StrongError>) {
         match self {
             StrongOp::Get => (current.clone(), Ok(current.clone().map(ByteBuf::from))),
             StrongOp::Put { value } => (Some(value.to_vec()), Ok(None)),
@@ -181,6 +184,8 @@ fn describe(v: &Option<ByteBuf>) -> String {
 pub const CACHE_KEYS: usize = 100_000;
 /// Most value bytes the proposer's cache holds.
 pub const CACHE_BYTES: usize = 64 << 20;
+/// Rounds [`carry_over`] tries on one key before it gives up (the transfer retries later).
+pub const CARRY_TRIES: u32 = 10;
 /// Keys one [`PaxosKeys`] page lists during [`carry_over`].
 pub const CARRY_PAGE: u32 = 1000;
 
@@ -192,9 +197,12 @@ struct Cached {
     sets: Vec<Vec<String>>,
 }
 
+/// A key as the proposer's cache and queue know it: `(partition, stored key)`.
+type CacheKey = (u32, Vec<u8>);
+
 #[derive(Default)]
 struct Cache {
-    keys: HashMap<(u32, Vec<u8>), Cached>,
+    keys: HashMap<CacheKey, Cached>,
     bytes: usize,
 }
 
@@ -220,7 +228,7 @@ pub struct Proposer {
     id: u64,
     counter: AtomicU64,
     cache: Mutex<Cache>,
-    locks: Mutex<HashMap<(u32, Vec<u8>), Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<()>>>>,
     weaken: AtomicBool,
     /// Counters.
     pub stats: ProposerStats,
@@ -275,7 +283,7 @@ impl Proposer {
         }
     }
 
-    fn cached(&self, key: &(u32, Vec<u8>), sets: &[Vec<String>]) -> Option<(Ballot, Option<Vec<u8>>)> {
+    fn cached(&self, key: &CacheKey, sets: &[Vec<String>]) -> Option<(Ballot, Option<Vec<u8>>)> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache
             .keys
@@ -284,7 +292,13 @@ impl Proposer {
             .map(|c| (c.next, c.value.clone()))
     }
 
-    fn remember(&self, key: (u32, Vec<u8>), next: Ballot, value: Option<Vec<u8>>, sets: Vec<Vec<String>>) {
+    fn remember(
+        &self,
+        key: CacheKey,
+        next: Ballot,
+        value: Option<Vec<u8>>,
+        sets: Vec<Vec<String>>,
+    ) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let size = value.as_ref().map_or(0, Vec::len) + key.1.len();
         if cache.keys.len() >= CACHE_KEYS || cache.bytes + size > CACHE_BYTES {
@@ -298,7 +312,7 @@ impl Proposer {
         cache.bytes += size;
     }
 
-    fn forget(&self, key: &(u32, Vec<u8>)) {
+    fn forget(&self, key: &CacheKey) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(old) = cache.keys.remove(key) {
             cache.bytes -= old.value.as_ref().map_or(0, Vec::len) + key.1.len();
@@ -306,7 +320,7 @@ impl Proposer {
     }
 
     /// Waits for the key's turn on this proposer.
-    async fn turn(&self, key: &(u32, Vec<u8>)) -> KeyTurn<'_> {
+    async fn turn(&self, key: &CacheKey) -> KeyTurn<'_> {
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             locks.entry(key.clone()).or_default().clone()
@@ -324,7 +338,7 @@ impl Proposer {
 /// A key's turn on a proposer; the key's lock entry goes when nobody else waits for it.
 struct KeyTurn<'a> {
     proposer: &'a Proposer,
-    key: (u32, Vec<u8>),
+    key: CacheKey,
     lock: Arc<tokio::sync::Mutex<()>>,
     _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
@@ -332,7 +346,11 @@ struct KeyTurn<'a> {
 impl Drop for KeyTurn<'_> {
     fn drop(&mut self) {
         self._guard = None;
-        let mut locks = self.proposer.locks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut locks = self
+            .proposer
+            .locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         // Held by the map and by this turn only: nobody waits.
         if Arc::strong_count(&self.lock) <= 2 {
             locks.remove(&self.key);
@@ -345,14 +363,23 @@ impl Drop for KeyTurn<'_> {
 ///
 /// # Errors
 /// [`StrongError::NoLayout`] when the partition has no replicas.
-pub fn replica_sets(placements: &Placements, partition: u32, n: usize) -> Result<Vec<Vec<String>>, StrongError> {
+pub fn replica_sets(
+    placements: &Placements,
+    partition: u32,
+    n: usize,
+) -> Result<Vec<Vec<String>>, StrongError> {
     let prefs = placements
         .prefs
         .get(partition as usize)
         .filter(|p| !p.is_empty())
         .ok_or(StrongError::NoLayout)?;
     let mut sets = vec![prefs[..n.min(prefs.len())].to_vec()];
-    for set in placements.also_write.get(partition as usize).into_iter().flatten() {
+    for set in placements
+        .also_write
+        .get(partition as usize)
+        .into_iter()
+        .flatten()
+    {
         let s = set[..n.min(set.len())].to_vec();
         if !s.is_empty() && !sets.contains(&s) {
             sets.push(s);
@@ -400,7 +427,9 @@ impl<T> Tally<T> {
             out.push(format!("{n}: refused"));
         }
         if let Some(v) = self.stale_layout {
-            out.push(format!("a replica knows layout version {v}, newer than this node's"));
+            out.push(format!(
+                "a replica knows layout version {v}, newer than this node's"
+            ));
         }
         out.join("; ")
     }
@@ -419,9 +448,8 @@ fn majority(set_len: usize, weak: bool) -> usize {
 }
 
 fn met(sets: &[Vec<String>], oks: &[&str], weak: bool) -> bool {
-    sets.iter().all(|s| {
-        s.iter().filter(|n| oks.contains(&n.as_str())).count() >= majority(s.len(), weak)
-    })
+    sets.iter()
+        .all(|s| s.iter().filter(|n| oks.contains(&n.as_str())).count() >= majority(s.len(), weak))
 }
 
 fn impossible(sets: &[Vec<String>], failed: &[&str], weak: bool) -> bool {
@@ -507,7 +535,7 @@ enum Accepted {
     Chosen,
     /// Every acceptor answered a refusal: nothing was accepted anywhere, so the operation
     /// may start over without being applied twice.
-    NoneAccepted,
+    Refused,
     /// Some acceptors may hold the value.
     Unknown(String),
 }
@@ -552,7 +580,12 @@ impl<T: ReplicaTransport> Run<'_, T> {
         .await
     }
 
-    async fn step(&mut self, sets: &[Vec<String>], layout: u64, step: PaxosStep) -> Tally<AcceptorState> {
+    async fn step(
+        &mut self,
+        sets: &[Vec<String>],
+        layout: u64,
+        step: PaxosStep,
+    ) -> Tally<AcceptorState> {
         self.round_trips = self.round_trips.saturating_add(1);
         let left = self.deadline.saturating_duration_since(Instant::now());
         let (partition, bucket, key) = (self.partition, self.bucket, self.key);
@@ -578,7 +611,10 @@ impl<T: ReplicaTransport> Run<'_, T> {
         .await;
         self.proposer.saw(tally.beaten_by);
         if tally.beaten_by > Ballot::ZERO {
-            self.proposer.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+            self.proposer
+                .stats
+                .conflicts
+                .fetch_add(1, Ordering::Relaxed);
         }
         tally
     }
@@ -612,7 +648,7 @@ impl<T: ReplicaTransport> Run<'_, T> {
         // Only when every acceptor answered a refusal: `phase` stops once a majority is out
         // of reach, and an answer it did not wait for may be an accept.
         if tally.refused.len() == union(sets).len() {
-            return Ok(Accepted::NoneAccepted);
+            return Ok(Accepted::Refused);
         }
         if tally.ok.is_empty() {
             if let Some(StorageError::RecordTooLarge { bytes, limit }) = &tally.storage {
@@ -704,7 +740,7 @@ fn backoff(attempt: u32) -> Duration {
 
 async fn run_op<T: ReplicaTransport>(
     run: &mut Run<'_, T>,
-    cache_key: &(u32, Vec<u8>),
+    cache_key: &CacheKey,
     op: &StrongOp,
     n: usize,
 ) -> Result<Option<ByteBuf>, StrongError> {
@@ -713,7 +749,9 @@ async fn run_op<T: ReplicaTransport>(
     let mut tried_read = false;
     loop {
         if Instant::now() >= run.deadline {
-            return Err(StrongError::Unavailable("the request's time ran out".into()));
+            return Err(StrongError::Unavailable(
+                "the request's time ran out".into(),
+            ));
         }
         // Counted as in flight under its layout version until it returns, like every write:
         // a transition's transfers start only once no operation uses older replica sets.
@@ -729,7 +767,10 @@ async fn run_op<T: ReplicaTransport>(
             if met(&sets, &tally.ok_nodes(), weak) {
                 let first = &tally.ok[0].1;
                 if tally.ok.iter().all(|(_, s)| s.accepted == first.accepted) {
-                    run.proposer.stats.quorum_reads.fetch_add(1, Ordering::Relaxed);
+                    run.proposer
+                        .stats
+                        .quorum_reads
+                        .fetch_add(1, Ordering::Relaxed);
                     return Ok(first.value.clone().map(ByteBuf::from));
                 }
             } else if tally.stale_layout.is_some() {
@@ -737,7 +778,10 @@ async fn run_op<T: ReplicaTransport>(
                 attempt += 1;
                 tried_read = false;
                 continue;
-            } else if tally.ok.is_empty() && !tally.unknown.is_empty() && impossible_now(&sets, &tally, weak) {
+            } else if tally.ok.is_empty()
+                && !tally.unknown.is_empty()
+                && impossible_now(&sets, &tally, weak)
+            {
                 return Err(StrongError::Unavailable(tally.causes()));
             }
         }
@@ -747,12 +791,15 @@ async fn run_op<T: ReplicaTransport>(
             let (new, answer) = op.apply(&value);
             match run.accept(&sets, layout, ballot, new.clone()).await? {
                 Accepted::Chosen => {
-                    run.proposer.stats.fast_writes.fetch_add(1, Ordering::Relaxed);
+                    run.proposer
+                        .stats
+                        .fast_writes
+                        .fetch_add(1, Ordering::Relaxed);
                     run.proposer
                         .remember(cache_key.clone(), ballot_after(ballot), new, sets);
                     return answer;
                 }
-                Accepted::NoneAccepted => {
+                Accepted::Refused => {
                     run.proposer.forget(cache_key);
                 }
                 Accepted::Unknown(why) => {
@@ -782,7 +829,7 @@ async fn run_op<T: ReplicaTransport>(
                     .remember(cache_key.clone(), ballot_after(ballot), new, sets);
                 return answer;
             }
-            Accepted::NoneAccepted => {
+            Accepted::Refused => {
                 // Beaten between our phases; nothing of ours is anywhere: start over.
                 tokio::time::sleep(backoff(attempt)).await;
                 attempt += 1;
@@ -933,9 +980,32 @@ pub async fn carry_over<T: ReplicaTransport>(peers: &T, partition: u32) -> Resul
                 continue;
             };
             let n = usize::from(ctx.view.read().bucket_props(bucket).n);
-            propose(peers, partition, bucket, key, &StrongOp::Get, n, ctx.timeout)
+            // The key's proposer may be writing it meanwhile: a duel only costs a retry.
+            let mut tries = 0;
+            loop {
+                match propose(
+                    peers,
+                    partition,
+                    bucket,
+                    key,
+                    &StrongOp::Get,
+                    n,
+                    ctx.timeout,
+                )
                 .await
-                .map_err(|e| format!("carrying over a strong key of partition {partition}: {e}"))?;
+                {
+                    Ok(_) => break,
+                    Err(e) if tries >= CARRY_TRIES => {
+                        return Err(format!(
+                            "carrying over a strong key of partition {partition}: {e}"
+                        ))
+                    }
+                    Err(_) => {
+                        tries += 1;
+                        tokio::time::sleep(backoff(tries)).await;
+                    }
+                }
+            }
             carried += 1;
         }
         match bound {

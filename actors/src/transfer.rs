@@ -743,7 +743,12 @@ async fn run_task<T: ReplicaTransport>(
         // Strong buckets' keys move by Paxos rounds, from a majority (crate::strong).
         let carried = crate::strong::carry_over(&shared.peers, partition).await?;
         if carried > 0 {
-            tracing::info!(version, partition, keys = carried, "carried strong keys over to the new replica set");
+            tracing::info!(
+                version,
+                partition,
+                keys = carried,
+                "carried strong keys over to the new replica set"
+            );
         }
         let (bytes, keys) = progress.counts();
         progress = Progress::Done { bytes, keys };

@@ -66,9 +66,7 @@ fn storage_code(s: &StorageError) -> ErrorCode {
         StorageError::EmptyBucket { .. }
         | StorageError::BucketTooLong { .. }
         | StorageError::ReservedBucket => ErrorCode::InvalidBucket,
-        StorageError::EmptyKey { .. } | StorageError::KeyTooLong { .. } => {
-            ErrorCode::InvalidKey
-        }
+        StorageError::EmptyKey { .. } | StorageError::KeyTooLong { .. } => ErrorCode::InvalidKey,
         StorageError::TooManySiblings { .. } => ErrorCode::TooManySiblings,
         StorageError::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
         StorageError::Overloaded { .. } => ErrorCode::Overloaded,

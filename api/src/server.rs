@@ -887,7 +887,10 @@ async fn execute(
                 .map_err(KvError::from)
                 .and_then(|()| merged_props(node.bucket_props(&bucket), &props))
             {
-                Ok(p) => node.set_bucket_props(&bucket, p).await.map(|()| info(id, &p)),
+                Ok(p) => node
+                    .set_bucket_props(&bucket, p)
+                    .await
+                    .map(|()| info(id, &p)),
                 Err(e) => Err(e),
             }
         }
@@ -898,9 +901,9 @@ async fn execute(
             .inject_actor_panic(&actor)
             .await
             .map(|()| ResponseFrame::ok(id)),
-        Request::InjectFault(Fault::WeakenStrong(on)) => {
-            node.inject_weaken_strong(on).map(|()| ResponseFrame::ok(id))
-        }
+        Request::InjectFault(Fault::WeakenStrong(on)) => node
+            .inject_weaken_strong(on)
+            .map(|()| ResponseFrame::ok(id)),
         Request::InjectFault(Fault::Isolate(peers)) => {
             node.inject_isolation(peers).map(|()| ResponseFrame::ok(id))
         }

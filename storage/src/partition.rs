@@ -710,7 +710,11 @@ mod tests {
         assert_eq!(p.get(b"b", b"missing").unwrap(), None);
     }
 
-    fn paxos(p: &Partition, key: &[u8], step: crate::paxos::PaxosStep) -> crate::paxos::PaxosAnswer {
+    fn paxos(
+        p: &Partition,
+        key: &[u8],
+        step: crate::paxos::PaxosStep,
+    ) -> crate::paxos::PaxosAnswer {
         let (tx, rx) = mpsc::channel();
         p.paxos(
             keys::storage_key(b"b", key).unwrap(),

@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 /// (a random 64-bit number each proposer draws when it starts, so two proposers, or two runs
 /// of one, never make the same ballot). [`Ballot::ZERO`] is below every ballot a proposer
 /// makes: the state of a key nobody wrote.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Ballot {
     /// Round number; a proposer picks one above every ballot it has seen.
     pub counter: u64,
@@ -141,7 +143,10 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<AcceptorState, StorageError> {
 }
 
 /// Applies `step` to `state`: the answer, and the new state to store if it changed.
-pub(crate) fn apply(state: &AcceptorState, step: &PaxosStep) -> (PaxosAnswer, Option<AcceptorState>) {
+pub(crate) fn apply(
+    state: &AcceptorState,
+    step: &PaxosStep,
+) -> (PaxosAnswer, Option<AcceptorState>) {
     match step {
         PaxosStep::Prepare { ballot } => {
             if *ballot > state.promised && *ballot > state.accepted {
@@ -238,9 +243,12 @@ mod tests {
 
     #[test]
     fn accept_respects_promises_and_promises_the_next_ballot() {
-        let s = apply(&AcceptorState::default(), &PaxosStep::Prepare { ballot: b(2, 1) })
-            .1
-            .unwrap();
+        let s = apply(
+            &AcceptorState::default(),
+            &PaxosStep::Prepare { ballot: b(2, 1) },
+        )
+        .1
+        .unwrap();
         // A lower ballot is refused.
         let low = PaxosStep::Accept {
             ballot: b(1, 5),

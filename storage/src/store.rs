@@ -711,7 +711,12 @@ impl DataStore {
         let range = (lower, Bound::Unbounded);
         self.read(|rtxn| {
             let mut out = Vec::new();
-            for entry in self.dbs.paxos.range(rtxn, &range).map_err(StorageError::io)? {
+            for entry in self
+                .dbs
+                .paxos
+                .range(rtxn, &range)
+                .map_err(StorageError::io)?
+            {
                 let (key, _) = entry.map_err(StorageError::io)?;
                 if !key.starts_with(&prefix) || out.len() >= max {
                     break;

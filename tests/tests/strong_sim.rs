@@ -26,9 +26,14 @@ struct Cluster {
 }
 
 async fn start() -> Cluster {
+    start_with(&NODES, &NODES).await
+}
+
+/// Nodes `names` started, a layout of `placed` committed in every node's view.
+async fn start_with(names: &[&str], placed: &[&str]) -> Cluster {
     let net = SimNetwork::new();
     let mut dirs = Vec::new();
-    for name in NODES {
+    for &name in names {
         let dir = tempfile::tempdir().unwrap();
         let config = NodeConfig {
             data_dir: dir.path().to_path_buf(),
@@ -40,28 +45,34 @@ async fn start() -> Cluster {
         dirs.push(dir);
     }
     let mut state = ClusterState::new(PARTITIONS);
-    for (i, name) in NODES.iter().enumerate() {
-        state.upsert_member(Member {
-            name: name.to_string(),
-            cluster_addr: format!("127.0.0.{}:7411", i + 1),
-            client_addr: format!("127.0.0.{}:7392", i + 1),
-            zone: format!("z{i}"),
-            capacity: 1,
-            status: MemberStatus::Joining,
-            version: 0,
-            incarnation: 1,
-        });
+    for (i, name) in placed.iter().enumerate() {
+        state.upsert_member(member(name, i));
     }
     state.commit().unwrap();
-    for name in NODES {
+    for &name in names {
         net.peer(name).context().view.merge(&state);
     }
     Cluster { net, _dirs: dirs }
 }
 
+fn member(name: &str, i: usize) -> Member {
+    Member {
+        name: name.to_string(),
+        cluster_addr: format!("127.0.0.{}:7411", i + 1),
+        client_addr: format!("127.0.0.{}:7392", i + 1),
+        zone: format!("z{i}"),
+        capacity: 1,
+        status: MemberStatus::Joining,
+        version: 0,
+        incarnation: 1,
+    }
+}
+
 /// Runs one strong operation through node `at`'s proposer and records it.
+#[allow(clippy::too_many_arguments)]
 async fn run_op(
     net: &SimNetwork,
+    routed: bool,
     rec: &Recorder,
     client: u64,
     at: &str,
@@ -80,8 +91,18 @@ async fn run_op(
             new: new.clone().map(ByteBuf::from),
         },
     };
-    let peer = net.peer(at);
     let partition = ringkv_cluster::partition_for(BUCKET, key, PARTITIONS);
+    // Routed as `Node::strong` does (the key's first replica reachable from `at` proposes),
+    // or proposed by `at` itself: every node a proposer, duelling for the keys.
+    let from = net.peer(at);
+    let prefs = from.context().view.placements().prefs[partition as usize].clone();
+    let proposer = prefs
+        .iter()
+        .take(3)
+        .find(|n| routed && from.reachable(n))
+        .cloned()
+        .unwrap_or_else(|| at.to_string());
+    let peer = net.peer(&proposer);
     let result = propose(
         &peer,
         partition,
@@ -100,12 +121,21 @@ async fn run_op(
         (Op::Cas { new, .. }, Ok(_)) => (Outcome::Ok(Ret::Cas(true)), new.clone()),
         (Op::Put(v), Ok(_)) => (Outcome::Ok(Ret::Done), Some(v.clone())),
         (_, Ok(_)) => (Outcome::Ok(Ret::Done), None),
-        (_, Err(StrongError::ConditionFailed { current })) => (
-            Outcome::Ok(Ret::Cas(false)),
-            current.map(|v| v.into_vec()),
-        ),
-        (_, Err(StrongError::Indeterminate(_))) => (Outcome::Info, None),
-        (_, Err(_)) => (Outcome::Fail, None),
+        (_, Err(StrongError::ConditionFailed { current })) => {
+            (Outcome::Ok(Ret::Cas(false)), current.map(|v| v.into_vec()))
+        }
+        (_, Err(StrongError::Indeterminate(e))) => {
+            if std::env::var("STRONG_DEBUG").is_ok() {
+                eprintln!("info at {at}: {e}");
+            }
+            (Outcome::Info, None)
+        }
+        (_, Err(e)) => {
+            if std::env::var("STRONG_DEBUG").is_ok() {
+                eprintln!("fail at {at}: {e}");
+            }
+            (Outcome::Fail, None)
+        }
     };
     rec.complete(id, outcome);
     seen
@@ -113,16 +143,52 @@ async fn run_op(
 
 /// Runs `clients` clients (spread over the nodes) for `ops_per_client` operations each on
 /// `keys` keys while `nemesis` runs; returns the recorder.
-async fn workload(c: &Cluster, seed: u64, clients: u64, ops_per_client: usize, keys: usize, stop_after: Duration) -> Recorder {
+/// Clients propose on their own node (`routed: false`: every node a proposer, duelling) or
+/// route to the key's first replica as `Node::strong` does.
+async fn workload(
+    c: &Cluster,
+    routed: bool,
+    seed: u64,
+    clients: u64,
+    ops_per_client: usize,
+    keys: usize,
+    stop_after: Duration,
+) -> Recorder {
+    workload_on(
+        c,
+        &NODES,
+        routed,
+        seed,
+        clients,
+        ops_per_client,
+        keys,
+        stop_after,
+    )
+    .await
+}
+
+/// [`workload`] with clients spread over `nodes`.
+#[allow(clippy::too_many_arguments)]
+async fn workload_on(
+    c: &Cluster,
+    nodes: &[&'static str],
+    routed: bool,
+    seed: u64,
+    clients: u64,
+    ops_per_client: usize,
+    keys: usize,
+    stop_after: Duration,
+) -> Recorder {
+    let nodes: Vec<&'static str> = nodes.to_vec();
     let rec = Recorder::new();
     let deadline = Instant::now() + stop_after;
     let mut tasks = Vec::new();
     for client in 0..clients {
         let net = c.net.clone();
         let rec = rec.clone();
+        let at = nodes[client as usize % nodes.len()];
         tasks.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed * 1000 + client);
-            let at = NODES[client as usize % NODES.len()];
             let mut last: Vec<Option<Vec<u8>>> = vec![None; keys];
             for i in 0..ops_per_client {
                 if Instant::now() > deadline {
@@ -140,7 +206,7 @@ async fn workload(c: &Cluster, seed: u64, clients: u64, ops_per_client: usize, k
                     },
                     _ => Op::Delete,
                 };
-                let seen = run_op(&net, &rec, client, at, &key, op.clone()).await;
+                let seen = run_op(&net, routed, &rec, client, at, &key, op.clone()).await;
                 if matches!(op, Op::Get | Op::Cas { .. }) || seen.is_some() {
                     last[k] = seen;
                 }
@@ -183,8 +249,13 @@ async fn strong_operations_stay_linearizable_under_a_seeded_fault_schedule() {
         .unwrap_or(7u64);
     let run_for = Duration::from_secs(8);
     let until = Instant::now() + run_for;
-    let faults = tokio::spawn(nemesis(c.net.clone(), seed, Duration::from_millis(400), until));
-    let rec = workload(&c, seed, 9, 400, 3, run_for).await;
+    let faults = tokio::spawn(nemesis(
+        c.net.clone(),
+        seed,
+        Duration::from_millis(400),
+        until,
+    ));
+    let rec = workload(&c, true, seed, 9, 400, 3, run_for).await;
     let log = faults.await.unwrap();
     c.net.heal_all();
     let history = rec.history();
@@ -193,13 +264,24 @@ async fn strong_operations_stay_linearizable_under_a_seeded_fault_schedule() {
     let oks = rec_ok_count(&history);
     println!("seed {seed}: {ops} operations ({oks} ok), faults: {log:?}");
     println!("{report:?}");
-    assert!(oks > 200, "too few operations completed to check anything: {oks}");
+    assert!(
+        oks > 200,
+        "too few operations completed to check anything: {oks}"
+    );
     assert!(!log.is_empty());
     assert!(report.is_linearizable(), "seed {seed}: {report:?}");
     // Every node answered reads in one round trip when its majority agreed.
     let quorum_reads: u64 = NODES
         .iter()
-        .map(|n| c.net.peer(n).context().strong.stats.quorum_reads.load(std::sync::atomic::Ordering::Relaxed))
+        .map(|n| {
+            c.net
+                .peer(n)
+                .context()
+                .strong
+                .stats
+                .quorum_reads
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
         .sum();
     assert!(quorum_reads > 0);
     c.net.shutdown().await;
@@ -210,6 +292,41 @@ fn rec_ok_count(h: &ringkv_tests::linearizability::History) -> usize {
         .iter()
         .filter(|o| matches!(o.outcome, Outcome::Ok(_)))
         .count()
+}
+
+/// Every node proposes for every key (no routing to the key's first replica): proposers
+/// duel for the same keys, ballots are refused and retried, accepts land on minorities.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duelling_proposers_stay_linearizable() {
+    let c = start().await;
+    let until = Instant::now() + Duration::from_secs(4);
+    let faults = tokio::spawn(nemesis(c.net.clone(), 3, Duration::from_millis(300), until));
+    let rec = workload(&c, false, 3, 3, 400, 2, Duration::from_secs(4)).await;
+    let log = faults.await.unwrap();
+    c.net.heal_all();
+    let history = rec.history();
+    let report = history.check(&CheckOptions::default());
+    let oks = rec_ok_count(&history);
+    println!(
+        "duelling: {} operations ({oks} ok), faults {log:?}: {report:?}",
+        history.len()
+    );
+    assert!(oks > 100, "too few operations completed: {oks}");
+    assert!(report.is_linearizable(), "{report:?}");
+    let conflicts: u64 = NODES
+        .iter()
+        .map(|n| {
+            c.net
+                .peer(n)
+                .context()
+                .strong
+                .stats
+                .conflicts
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert!(conflicts > 0, "the proposers never duelled");
+    c.net.shutdown().await;
 }
 
 /// The checker's self-test on a real run: with the protocol weakened (one replica counts as
@@ -228,7 +345,7 @@ async fn the_checker_catches_a_weakened_protocol() {
         tokio::time::sleep_until(until.into()).await;
         net.heal_all();
     });
-    let rec = workload(&c, 11, 6, 300, 2, Duration::from_secs(3)).await;
+    let rec = workload(&c, false, 11, 6, 300, 2, Duration::from_secs(3)).await;
     cut.await.unwrap();
     let history = rec.history();
     let report = history.check(&CheckOptions::default());
@@ -238,4 +355,147 @@ async fn the_checker_catches_a_weakened_protocol() {
         "the checker passed a weakened protocol: {report:?}"
     );
     c.net.shutdown().await;
+}
+
+/// Every view takes every other's state (what gossip does), `rounds` times.
+fn gossip(net: &SimNetwork, names: &[&str]) {
+    for _ in 0..2 {
+        for a in names {
+            let state = net.peer(a).context().view.snapshot();
+            for b in names {
+                net.peer(b).context().view.merge(&state);
+            }
+        }
+    }
+}
+
+/// A layout change under load: n4 joins and n3 leaves while clients on all four nodes run
+/// strong operations. Before it, "cold" keys are written while n2 is cut off, so their values
+/// sit on n1 and n3 only; nobody writes them during the change. The new replica carries every
+/// strong key over (`strong::carry_over`, from a majority of the old set, joint quorums)
+/// before it reports its partitions transferred (unless `carry` is false); then the old
+/// version is pruned, n1 is cut off, and the cold keys are read through n2, whose majority
+/// is now {n2, n4}. Returns the checker's report and the number of keys carried over.
+async fn layout_change(carry: bool) -> (ringkv_tests::linearizability::Report, u64, usize) {
+    const ALL: [&str; 4] = ["n1", "n2", "n3", "n4"];
+    let c = start_with(&ALL, &NODES).await;
+    let rec = Recorder::new();
+    // Cold keys: written on {n1, n3} alone.
+    c.net.cut("n2");
+    for k in 0..10 {
+        let key = format!("cold{k}").into_bytes();
+        run_op(
+            &c.net,
+            true,
+            &rec,
+            100,
+            "n1",
+            &key,
+            Op::Put(b"cold".to_vec()),
+        )
+        .await;
+    }
+    c.net.heal_all();
+    let run_for = Duration::from_secs(5);
+    let net = c.net.clone();
+    let change = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        // Commit v2: n4 joins, n3 leaves.
+        let v2 = net
+            .peer("n1")
+            .context()
+            .view
+            .update(|s| {
+                s.upsert_member(member("n4", 3));
+                s.mark_leaving("n3")?;
+                s.commit().map(|p| p.version)
+            })
+            .unwrap();
+        gossip(&net, &ALL);
+        // Every node acks v2 once its operations under v1 are done (the ack tracker).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            for n in ALL {
+                net.peer(n).context().view.advance();
+            }
+            gossip(&net, &ALL);
+            let acked = ALL.iter().all(|n| {
+                let s = net.peer(n).context().view.snapshot();
+                ALL.iter()
+                    .all(|m| s.trackers.ack.get(*m).copied().unwrap_or(0) >= v2)
+            });
+            if acked {
+                break;
+            }
+            assert!(Instant::now() < deadline, "v2 never acked");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // n4's transfers: the strong keys of every partition it gains.
+        let n4 = net.peer("n4");
+        let tasks = n4.context().view.transfer_tasks();
+        assert!(!tasks.is_empty());
+        let mut carried = 0;
+        for t in &tasks {
+            if carry {
+                carried += ringkv_actors::strong::carry_over(&n4, t.partition)
+                    .await
+                    .unwrap();
+            }
+            n4.context().view.transfer_done(t.version, t.partition);
+        }
+        // Sync, then prune v1.
+        loop {
+            for n in ALL {
+                net.peer(n).context().view.advance();
+            }
+            gossip(&net, &ALL);
+            if ALL
+                .iter()
+                .all(|n| !net.peer(n).context().view.read().in_transition())
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "v1 never pruned");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (tasks.len(), carried)
+    });
+    let hot = workload_on(&c, &ALL, true, 5, 8, 2000, 4, run_for).await;
+    let (tasks, carried) = change.await.unwrap();
+    // The old set is gone: read the cold keys through n2 with n1 cut off.
+    c.net.cut("n1");
+    for k in 0..10 {
+        let key = format!("cold{k}").into_bytes();
+        run_op(&c.net, true, &rec, 101, "n2", &key, Op::Get).await;
+    }
+    c.net.heal_all();
+    let mut history = rec.history();
+    history.ops.extend(hot.history().ops);
+    let report = history.check(&CheckOptions::default());
+    let oks = rec_ok_count(&history);
+    println!(
+        "layout change (carry over: {carry}): {tasks} partitions moved to n4, {carried} strong keys carried over; {} operations ({oks} ok): {report:?}",
+        history.len()
+    );
+    assert!(oks > 200, "too few operations completed: {oks}");
+    c.net.shutdown().await;
+    (report, carried, oks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strong_operations_stay_linearizable_through_a_layout_change() {
+    let (report, carried, _) = layout_change(true).await;
+    assert!(
+        carried >= 10,
+        "the cold keys were not carried over: {carried}"
+    );
+    assert!(report.is_linearizable(), "{report:?}");
+}
+
+/// The same change with the carry-over left out must lose the cold keys, and the checker
+/// must say so: the scenario can tell a correct membership change from a broken one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_layout_change_without_carry_over_is_caught() {
+    let (report, _, _) = layout_change(false).await;
+    assert!(report.violation().is_some(), "{report:?}");
 }

@@ -58,13 +58,13 @@ pub(super) async fn execute(
             (bucket, key, op, opts, None)
         }
         Request::Get {
-            bucket,
-            key,
-            opts,
-            ..
+            bucket, key, opts, ..
         } if node.is_strong(&bucket) => {
             if opts.local {
-                return Ok(refuse(id, "local reads do not apply to strong buckets: every read is a Paxos round"));
+                return Ok(refuse(
+                    id,
+                    "local reads do not apply to strong buckets: every read is a Paxos round",
+                ));
             }
             (bucket, key, StrongOp::Get, opts, None)
         }
