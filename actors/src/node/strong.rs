@@ -28,7 +28,8 @@ impl Node {
     /// Runs `op` on `(bucket, key)` of a strong bucket: linearizable ([`crate::strong`]).
     /// The first reachable replica of the key's preference list proposes it (this node, or
     /// another one the request is forwarded to); if it cannot be reached this node proposes.
-    /// `opts.n` and `opts.timeout` apply; `r`, `w`, `local`, `condition` and `ttl` do not.
+    /// Only `opts.timeout` applies: the bucket's `n` is used whatever the request says (two
+    /// operations with different replica sets could miss each other's majorities).
     ///
     /// # Errors
     /// [`KvError::Storage`] for an invalid bucket or key, [`KvError::ValueTooLarge`],
@@ -58,7 +59,13 @@ impl Node {
                 max: limit,
             });
         }
-        let (placement, timeout) = self.placement(bucket, key, opts)?;
+        // The bucket's n, never the request's: every operation on a key must use the same
+        // replica set, or two majorities need not meet.
+        let opts = RequestOptions {
+            timeout: opts.timeout,
+            ..RequestOptions::default()
+        };
+        let (placement, timeout) = self.placement(bucket, key, &opts)?;
         let n = placement.replicas.len().max(1);
         let leader = placement
             .replicas
@@ -120,6 +127,12 @@ impl Node {
     pub async fn set_bucket_props(&self, bucket: &[u8], props: BucketProps) -> Result<(), KvError> {
         keys::validate(bucket, b"k")?;
         let current = self.bucket_props(bucket);
+        if current.consistency == Consistency::Strong && props.n != current.n {
+            return Err(KvError::Admin(format!(
+                "bucket {} is strong: its n is fixed (a key's majorities must keep meeting)",
+                String::from_utf8_lossy(bucket)
+            )));
+        }
         if current.consistency != props.consistency {
             if current.consistency == Consistency::Strong {
                 return Err(KvError::Admin(format!(
