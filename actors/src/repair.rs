@@ -201,8 +201,9 @@ fn settled_partitions<T: ReplicaTransport>(peers: &T) -> Vec<(u32, Vec<String>)>
         .collect()
 }
 
-/// Collects the unreferenced chunks of large values ([`crate::large::collect_garbage`]) in
-/// every partition this node holds whose replicas are all reachable and not changing.
+/// Collects the unreferenced chunks of large values ([`crate::large::collect_garbage`]) and
+/// erases deleted strong keys ([`crate::strong::collect_garbage`]) in every partition this
+/// node holds whose replicas are all reachable and not changing.
 pub async fn collect_all<T: ReplicaTransport>(peers: &T, grace: Duration) {
     for (p, prefs) in settled_partitions(peers) {
         if !prefs.iter().all(|n| peers.reachable(n)) {
@@ -213,6 +214,13 @@ pub async fn collect_all<T: ReplicaTransport>(peers: &T, grace: Duration) {
             Ok(n) => tracing::info!(partition = p, records = n, "large-value garbage collected"),
             Err(e) => {
                 tracing::debug!(partition = p, error = %e, "large-value garbage collection skipped")
+            }
+        }
+        match crate::strong::collect_garbage(peers, p, &prefs).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(partition = p, keys = n, "deleted strong keys erased"),
+            Err(e) => {
+                tracing::debug!(partition = p, error = %e, "strong-key garbage collection skipped")
             }
         }
     }

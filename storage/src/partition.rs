@@ -764,6 +764,50 @@ mod tests {
     }
 
     #[test]
+    fn an_erased_tombstone_leaves_a_floor_under_which_ballots_are_refused() {
+        use crate::paxos::{Ballot, PaxosStep};
+        let b = |c| Ballot {
+            counter: c,
+            proposer: 9,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let p = Partition::open(dir.path(), 0, 7, &PartitionOptions::default()).unwrap();
+        assert!(paxos(&p, b"k", PaxosStep::Prepare { ballot: b(4) }).ok);
+        let tombstone = PaxosStep::Accept {
+            ballot: b(4),
+            value: None,
+            promise_next: Some(b(5)),
+        };
+        assert!(paxos(&p, b"k", tombstone).ok);
+        // Not the tombstone asked for: kept.
+        assert!(!paxos(&p, b"k", PaxosStep::Erase { accepted: b(3) }).ok);
+        assert!(paxos(&p, b"k", PaxosStep::Erase { accepted: b(4) }).ok);
+        let key = keys::storage_key(b"b", b"k").unwrap();
+        assert_eq!(p.paxos_state(&key).unwrap(), None);
+        // The promise of the erased state (5) is the partition's floor, for every key.
+        for k in [&b"k"[..], b"other"] {
+            let late = PaxosStep::Accept {
+                ballot: b(5),
+                value: Some(b"stale".to_vec()),
+                promise_next: None,
+            };
+            let refused = paxos(&p, k, late);
+            assert!(!refused.ok);
+            assert_eq!(refused.state.promised.counter, 5);
+            assert!(!paxos(&p, k, PaxosStep::Prepare { ballot: b(5) }).ok);
+            assert!(paxos(&p, k, PaxosStep::Prepare { ballot: b(6) }).ok);
+        }
+        // A value is never erased.
+        let put = PaxosStep::Accept {
+            ballot: b(6),
+            value: Some(b"v".to_vec()),
+            promise_next: None,
+        };
+        assert!(paxos(&p, b"other", put).ok);
+        assert!(!paxos(&p, b"other", PaxosStep::Erase { accepted: b(6) }).ok);
+    }
+
+    #[test]
     fn records_over_the_limit_are_refused_and_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let opts = PartitionOptions {

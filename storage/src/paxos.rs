@@ -79,6 +79,13 @@ pub enum PaxosStep {
         /// A ballot above `ballot` to promise in the same write, or `None`.
         promise_next: Option<Ballot>,
     },
+    /// Garbage collection of a deleted key: erase the state if it still holds the tombstone
+    /// accepted at `accepted` (value absent), raising the partition's ballot floor to the
+    /// state's promise (see [`crate::Partition::paxos`]). `ok` says whether it was erased.
+    Erase {
+        /// The tombstone's ballot, as every replica reported it.
+        accepted: Ballot,
+    },
 }
 
 /// An acceptor's answer to a [`PaxosStep`].
@@ -189,6 +196,23 @@ pub(crate) fn apply(
                 (refused(state), None)
             }
         }
+        // Applied by the store, which also keeps the floor.
+        PaxosStep::Erase { .. } => (refused(state), None),
+    }
+}
+
+/// The state of a key without a stored state in a partition whose ballot floor is `floor`
+/// (the highest promise of an erased key's state, [`PaxosStep::Erase`]): nothing accepted,
+/// and every ballot whose counter is at most `floor` refused, so no proposal made before an
+/// erase can land after it.
+pub(crate) fn absent(floor: u64) -> AcceptorState {
+    AcceptorState {
+        promised: Ballot {
+            counter: floor,
+            proposer: if floor == 0 { 0 } else { u64::MAX },
+        },
+        accepted: Ballot::ZERO,
+        value: None,
     }
 }
 

@@ -93,6 +93,9 @@ const META_FORMAT: &[u8] = b"format";
 
 /// Name of a partition's checkpoint in `meta` (after `p[partition]`).
 const META_LEAVES: &[u8] = b"leaves";
+/// `meta` name of a partition's ballot floor for strong keys (8 bytes, big-endian): the
+/// highest promise of an acceptor state erased by garbage collection ([`crate::paxos::absent`]).
+const META_PAXOS_FLOOR: &[u8] = b"paxos_floor";
 
 /// Version byte of a checkpoint.
 const CHECKPOINT_V1: u8 = 1;
@@ -258,7 +261,8 @@ impl WriteOp {
                         crate::paxos::PaxosStep::Accept { value, .. } => {
                             value.as_ref().map_or(0, Vec::len)
                         }
-                        crate::paxos::PaxosStep::Prepare { .. } => 0,
+                        crate::paxos::PaxosStep::Prepare { .. }
+                        | crate::paxos::PaxosStep::Erase { .. } => 0,
                     }
             }
         }
@@ -1262,13 +1266,33 @@ impl Writer {
             return Ok(Err(StorageError::Closed(p)));
         }
         let pkey = paxos_key(p, key);
-        let current = match self.dbs.paxos.get(wtxn, &pkey)? {
+        let floor_key = meta_key(p, META_PAXOS_FLOOR);
+        let floor = match self.dbs.meta.get(wtxn, &floor_key)? {
+            Some(b) if b.len() == 8 => u64::from_be_bytes(b.try_into().unwrap_or([0; 8])),
+            _ => 0,
+        };
+        let (current, stored) = match self.dbs.paxos.get(wtxn, &pkey)? {
             Some(bytes) => match crate::paxos::decode(bytes) {
-                Ok(s) => s,
+                Ok(s) => (s, true),
                 Err(e) => return Ok(Err(e)),
             },
-            None => crate::paxos::AcceptorState::default(),
+            None => (crate::paxos::absent(floor), false),
         };
+        if let crate::paxos::PaxosStep::Erase { accepted } = step {
+            let erase = stored && current.accepted == *accepted && current.value.is_none();
+            if erase {
+                self.dbs.paxos.delete(wtxn, &pkey)?;
+                let raised = floor.max(current.promised.counter);
+                self.dbs.meta.put(wtxn, &floor_key, &raised.to_be_bytes())?;
+            }
+            return Ok(Ok(crate::paxos::PaxosAnswer {
+                ok: erase,
+                state: crate::paxos::AcceptorState {
+                    value: None,
+                    ..current
+                },
+            }));
+        }
         let (answer, next) = crate::paxos::apply(&current, step);
         if let Some(next) = next {
             let bytes = crate::paxos::encode(&next);

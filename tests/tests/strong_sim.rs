@@ -499,3 +499,100 @@ async fn a_layout_change_without_carry_over_is_caught() {
     let (report, _, _) = layout_change(false).await;
     assert!(report.violation().is_some(), "{report:?}");
 }
+
+/// Garbage collection of deleted keys runs over and over while clients put, delete and cas
+/// the same keys (half of the operations delete, so tombstones come and go), with the
+/// nemesis running: erasing tombstones (and the ballot floor it raises) must not resurrect
+/// a value or let a stale proposal through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn erasing_deleted_keys_keeps_histories_linearizable() {
+    let c = start().await;
+    let run_for = Duration::from_secs(5);
+    let until = Instant::now() + run_for;
+    let faults = tokio::spawn(nemesis(
+        c.net.clone(),
+        21,
+        Duration::from_millis(400),
+        until,
+    ));
+    let net = c.net.clone();
+    let gc = tokio::spawn(async move {
+        let mut erased = 0;
+        while Instant::now() < until {
+            for n in NODES {
+                let peer = net.peer(n);
+                let prefs = peer.context().view.placements().prefs.clone();
+                for (p, prefs) in prefs.iter().enumerate() {
+                    erased += ringkv_actors::strong::collect_garbage(&peer, p as u32, prefs)
+                        .await
+                        .unwrap_or(0);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        erased
+    });
+    let rec = workload_deletes(&c, 9, 6, 400, 8, run_for).await;
+    let erased = gc.await.unwrap();
+    faults.await.unwrap();
+    c.net.heal_all();
+    let history = rec.history();
+    let report = history.check(&CheckOptions::default());
+    let oks = rec_ok_count(&history);
+    println!(
+        "gc: {erased} keys erased; {} operations ({oks} ok): {report:?}",
+        history.len()
+    );
+    assert!(erased >= 5, "too few erasures to test anything: {erased}");
+    assert!(oks > 200, "too few operations completed: {oks}");
+    assert!(report.is_linearizable(), "{report:?}");
+    c.net.shutdown().await;
+}
+
+/// A routed workload in which half of the writes are deletes.
+async fn workload_deletes(
+    c: &Cluster,
+    seed: u64,
+    clients: u64,
+    ops_per_client: usize,
+    keys: usize,
+    stop_after: Duration,
+) -> Recorder {
+    let rec = Recorder::new();
+    let deadline = Instant::now() + stop_after;
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let net = c.net.clone();
+        let rec = rec.clone();
+        let at = NODES[client as usize % NODES.len()];
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed * 1000 + client);
+            let mut last: Vec<Option<Vec<u8>>> = vec![None; keys];
+            for i in 0..ops_per_client {
+                if Instant::now() > deadline {
+                    break;
+                }
+                let k = rng.gen_range(0..keys);
+                let key = format!("k{k}").into_bytes();
+                let fresh = format!("c{client}-{i}").into_bytes();
+                let op = match rng.gen_range(0..100) {
+                    0..35 => Op::Get,
+                    35..55 => Op::Put(fresh),
+                    55..75 => Op::Cas {
+                        expect: last[k].clone(),
+                        new: Some(fresh),
+                    },
+                    _ => Op::Delete,
+                };
+                let seen = run_op(&net, true, &rec, client, at, &key, op.clone()).await;
+                if matches!(op, Op::Get | Op::Cas { .. }) || seen.is_some() {
+                    last[k] = seen;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    rec
+}
