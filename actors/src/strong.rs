@@ -35,7 +35,9 @@
 //!   proposer runs both phases.
 //! * To keep that cache hitting and proposers from duelling, a node forwards a strong
 //!   operation to the key's first reachable replica ([`crate::rpc::StrongRequest`]), which
-//!   proposes for it; per key, a proposer runs one operation at a time. Any node may still
+//!   proposes for it. Per key, a proposer runs one round at a time; the operations that
+//!   arrive meanwhile share the next round (a batch: their functions applied in arrival
+//!   order), so a hot key costs one round per batch, not per operation. Any node may still
 //!   propose (when the first replica is unreachable): Paxos never needed a single proposer
 //!   for safety.
 //!
@@ -239,7 +241,7 @@ pub struct Proposer {
     id: u64,
     counter: AtomicU64,
     cache: Mutex<Cache>,
-    locks: Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<()>>>>,
+    queues: Mutex<HashMap<CacheKey, KeyQueue>>,
     weaken: AtomicBool,
     /// Counters.
     pub stats: ProposerStats,
@@ -264,7 +266,7 @@ impl Proposer {
             id: rand::random::<u64>().max(1),
             counter: AtomicU64::new(0),
             cache: Mutex::default(),
-            locks: Mutex::default(),
+            queues: Mutex::default(),
             weaken: AtomicBool::new(false),
             stats: ProposerStats::default(),
         }
@@ -329,44 +331,16 @@ impl Proposer {
             cache.bytes -= old.value.as_ref().map_or(0, Vec::len) + key.1.len();
         }
     }
-
-    /// Waits for the key's turn on this proposer.
-    async fn turn(&self, key: &CacheKey) -> KeyTurn<'_> {
-        let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-            locks.entry(key.clone()).or_default().clone()
-        };
-        let guard = lock.clone().lock_owned().await;
-        KeyTurn {
-            proposer: self,
-            key: key.clone(),
-            lock,
-            _guard: Some(guard),
-        }
-    }
 }
 
-/// A key's turn on a proposer; the key's lock entry goes when nobody else waits for it.
-struct KeyTurn<'a> {
-    proposer: &'a Proposer,
-    key: CacheKey,
-    lock: Arc<tokio::sync::Mutex<()>>,
-    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Drop for KeyTurn<'_> {
-    fn drop(&mut self) {
-        self._guard = None;
-        let mut locks = self
-            .proposer
-            .locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        // Held by the map and by this turn only: nobody waits.
-        if Arc::strong_count(&self.lock) <= 2 {
-            locks.remove(&self.key);
-        }
-    }
+/// The operations waiting for one key's rounds on this proposer.
+#[derive(Default)]
+struct KeyQueue {
+    /// A task runs the key's rounds.
+    running: bool,
+    /// Operations for the next rounds, in arrival order (bounded by the node's requests in
+    /// flight: each waits for its own answer).
+    waiting: std::collections::VecDeque<Pending>,
 }
 
 /// The replica sets of `partition` whose majorities a strong operation needs: the read
@@ -695,9 +669,30 @@ impl<T: ReplicaTransport> Run<'_, T> {
     }
 }
 
+/// Most operations on one key one round carries ([`propose`]'s batches).
+pub const MAX_BATCH: usize = 64;
+
+/// The answer of one operation of a batch.
+type Answer = Result<Option<ByteBuf>, StrongError>;
+
+/// An operation waiting for its key's next round on this proposer.
+struct Pending {
+    op: StrongOp,
+    deadline: Instant,
+    reply: tokio::sync::oneshot::Sender<(Answer, u8)>,
+}
+
 /// Runs a strong operation on `(bucket, key)` of partition `partition`, proposed by this
 /// node, within `timeout`: replicas are the first `n` of each live layout version's
 /// preference list.
+///
+/// A read first tries one round of acceptor reads (no write, no queue). Otherwise the
+/// operation joins its key's queue on this proposer: one task per key runs rounds, each
+/// round taking every operation queued (up to [`MAX_BATCH`]) and applying their functions
+/// in queue order to the value it finds, so that concurrent operations on a hot key share
+/// one round instead of duelling or waiting for one round each. Each operation of a round
+/// is linearized at the round's choice, in queue order (all were invoked before the round
+/// began and answer after it).
 ///
 /// # Errors
 /// [`StrongError`]: `ConditionFailed` (a definite outcome), `Unavailable` (nothing written),
@@ -712,34 +707,198 @@ pub async fn propose<T: ReplicaTransport>(
     timeout: Duration,
 ) -> Result<StrongReply, StrongError> {
     let ctx = peers.context();
-    let proposer = &ctx.strong;
+    let proposer = ctx.strong.clone();
     let skey = ringkv_storage::keys::storage_key(bucket, key)?;
     let cache_key = (partition, skey);
     let deadline = Instant::now() + timeout;
-    let _turn = proposer.turn(&cache_key).await;
     proposer.stats.ops.fetch_add(1, Ordering::Relaxed);
-    let mut run = Run {
-        peers,
-        proposer,
-        partition,
-        bucket,
-        key,
-        deadline,
-        round_trips: 0,
-    };
-    let result = run_op(&mut run, &cache_key, op, n).await;
-    proposer
-        .stats
-        .round_trips
-        .fetch_add(u64::from(run.round_trips), Ordering::Relaxed);
-    if matches!(result, Err(StrongError::Indeterminate(_))) {
-        proposer.stats.indeterminate.fetch_add(1, Ordering::Relaxed);
+    let mut read_trips = 0u8;
+    if matches!(op, StrongOp::Get) {
+        let mut run = Run {
+            peers,
+            proposer: &proposer,
+            partition,
+            bucket,
+            key,
+            deadline,
+            round_trips: 0,
+        };
+        let read = quorum_read(&mut run, n).await;
+        read_trips = run.round_trips;
+        proposer
+            .stats
+            .round_trips
+            .fetch_add(u64::from(read_trips), Ordering::Relaxed);
+        match read {
+            Ok(Some(value)) => {
+                return Ok(StrongReply {
+                    value,
+                    round_trips: read_trips,
+                    forwarded: false,
+                })
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e),
+        }
     }
-    result.map(|value| StrongReply {
-        value,
-        round_trips: run.round_trips,
-        forwarded: false,
-    })
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let pending = Pending {
+        op: op.clone(),
+        deadline,
+        reply: tx,
+    };
+    if proposer.enqueue(&cache_key, pending) {
+        let peers = peers.clone();
+        let (bucket, key) = (bucket.to_vec(), key.to_vec());
+        tokio::spawn(async move {
+            run_key(&peers, partition, &bucket, &key, n, cache_key).await;
+        });
+    }
+    match rx.await {
+        Ok((answer, trips)) => {
+            if matches!(answer, Err(StrongError::Indeterminate(_))) {
+                proposer.stats.indeterminate.fetch_add(1, Ordering::Relaxed);
+            }
+            answer.map(|value| StrongReply {
+                value,
+                round_trips: read_trips.saturating_add(trips),
+                forwarded: false,
+            })
+        }
+        Err(_) => Err(StrongError::Indeterminate(
+            "the key's proposer task ended without an answer".into(),
+        )),
+    }
+}
+
+/// One round of acceptor reads: `Some(value)` if a majority of every replica set agrees on
+/// the accepted ballot, `None` if it does not (the caller runs both phases).
+async fn quorum_read<T: ReplicaTransport>(
+    run: &mut Run<'_, T>,
+    n: usize,
+) -> Result<Option<Option<ByteBuf>>, StrongError> {
+    let view = run.peers.context().view.clone();
+    let (placements, _guard) = view.placements_for_write();
+    let sets = replica_sets(&placements, run.partition, n)?;
+    let tally = run.read_states(&sets, placements.version).await;
+    let weak = run.weak();
+    if met(&sets, &tally.ok_nodes(), weak) {
+        let first = &tally.ok[0].1;
+        if tally.ok.iter().all(|(_, s)| s.accepted == first.accepted) {
+            run.proposer
+                .stats
+                .quorum_reads
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(first.value.clone().map(ByteBuf::from)));
+        }
+    } else if tally.stale_layout.is_none()
+        && impossible_now(&sets, &tally, weak)
+        && tally.ok.is_empty()
+    {
+        return Err(StrongError::Unavailable(tally.causes()));
+    }
+    Ok(None)
+}
+
+impl Proposer {
+    /// Queues `pending` on its key; true if the caller must start the key's task (none runs).
+    fn enqueue(&self, key: &CacheKey, pending: Pending) -> bool {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let queue = queues.entry(key.clone()).or_default();
+        queue.waiting.push_back(pending);
+        let start = !queue.running;
+        queue.running = true;
+        start
+    }
+
+    /// The next batch of the key's queue; empty (and the key's task ends) when none waits.
+    fn next_batch(&self, key: &CacheKey) -> Vec<Pending> {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(queue) = queues.get_mut(key) else {
+            return Vec::new();
+        };
+        let take = queue.waiting.len().min(MAX_BATCH);
+        let batch: Vec<Pending> = queue.waiting.drain(..take).collect();
+        if batch.is_empty() {
+            queues.remove(key);
+        }
+        batch
+    }
+}
+
+/// The task of one key on this proposer: rounds until its queue is empty.
+async fn run_key<T: ReplicaTransport>(
+    peers: &T,
+    partition: u32,
+    bucket: &[u8],
+    key: &[u8],
+    n: usize,
+    cache_key: CacheKey,
+) {
+    let proposer = peers.context().strong.clone();
+    loop {
+        let batch = proposer.next_batch(&cache_key);
+        if batch.is_empty() {
+            return;
+        }
+        // Operations whose caller gave up are dropped before anything is proposed for them.
+        let now = Instant::now();
+        let (batch, late): (Vec<Pending>, Vec<Pending>) = batch
+            .into_iter()
+            .partition(|p| p.deadline > now && !p.reply.is_closed());
+        for p in late {
+            let _ = p.reply.send((
+                Err(StrongError::Unavailable(
+                    "the request's time ran out in the key's queue".into(),
+                )),
+                0,
+            ));
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let deadline = batch.iter().map(|p| p.deadline).min().unwrap_or(now);
+        let ops: Vec<StrongOp> = batch.iter().map(|p| p.op.clone()).collect();
+        let mut run = Run {
+            peers,
+            proposer: &proposer,
+            partition,
+            bucket,
+            key,
+            deadline,
+            round_trips: 0,
+        };
+        let result = run_ops(&mut run, &cache_key, &ops, n).await;
+        proposer
+            .stats
+            .round_trips
+            .fetch_add(u64::from(run.round_trips), Ordering::Relaxed);
+        match result {
+            Ok(answers) => {
+                for (p, a) in batch.into_iter().zip(answers) {
+                    let _ = p.reply.send((a, run.round_trips));
+                }
+            }
+            Err(e) => {
+                for p in batch {
+                    let _ = p.reply.send((Err(e.clone()), run.round_trips));
+                }
+            }
+        }
+    }
+}
+
+/// The batch's functions applied in order to `current`: the new value and each operation's
+/// answer.
+fn apply_all(ops: &[StrongOp], current: &Option<Vec<u8>>) -> (Option<Vec<u8>>, Vec<Answer>) {
+    let mut value = current.clone();
+    let mut answers = Vec::with_capacity(ops.len());
+    for op in ops {
+        let (next, answer) = op.apply(&value);
+        value = next;
+        answers.push(answer);
+    }
+    (value, answers)
 }
 
 /// Backoff after a ballot conflict or a stale layout: 1 to 8 ms, random (so duelling
@@ -749,15 +908,15 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_micros(rand::random::<u64>() % (cap * 1000) + 500)
 }
 
-async fn run_op<T: ReplicaTransport>(
+/// One round (or more, after conflicts that left nothing accepted) for the batch `ops`.
+async fn run_ops<T: ReplicaTransport>(
     run: &mut Run<'_, T>,
     cache_key: &CacheKey,
-    op: &StrongOp,
+    ops: &[StrongOp],
     n: usize,
-) -> Result<Option<ByteBuf>, StrongError> {
+) -> Result<Vec<Answer>, StrongError> {
     let view = run.peers.context().view.clone();
     let mut attempt = 0u32;
-    let mut tried_read = false;
     loop {
         if Instant::now() >= run.deadline {
             return Err(StrongError::Unavailable(
@@ -770,36 +929,9 @@ async fn run_op<T: ReplicaTransport>(
         let layout = placements.version;
         let sets = replica_sets(&placements, run.partition, n)?;
 
-        // A read: one round of acceptor reads, if a majority agrees.
-        if matches!(op, StrongOp::Get) && !tried_read {
-            tried_read = true;
-            let tally = run.read_states(&sets, layout).await;
-            let weak = run.weak();
-            if met(&sets, &tally.ok_nodes(), weak) {
-                let first = &tally.ok[0].1;
-                if tally.ok.iter().all(|(_, s)| s.accepted == first.accepted) {
-                    run.proposer
-                        .stats
-                        .quorum_reads
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Ok(first.value.clone().map(ByteBuf::from));
-                }
-            } else if tally.stale_layout.is_some() {
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-                tried_read = false;
-                continue;
-            } else if tally.ok.is_empty()
-                && !tally.unknown.is_empty()
-                && impossible_now(&sets, &tally, weak)
-            {
-                return Err(StrongError::Unavailable(tally.causes()));
-            }
-        }
-
-        // A write on a key this proposer wrote last: accept at the promised next ballot.
+        // A key this proposer wrote last: accept at the promised next ballot.
         if let Some((ballot, value)) = run.proposer.cached(cache_key, &sets) {
-            let (new, answer) = op.apply(&value);
+            let (new, answers) = apply_all(ops, &value);
             match run.accept(&sets, layout, ballot, new.clone()).await? {
                 Accepted::Chosen => {
                     run.proposer
@@ -808,14 +940,14 @@ async fn run_op<T: ReplicaTransport>(
                         .fetch_add(1, Ordering::Relaxed);
                     run.proposer
                         .remember(cache_key.clone(), ballot_after(ballot), new, sets);
-                    return answer;
+                    return Ok(answers);
                 }
                 Accepted::Refused => {
                     run.proposer.forget(cache_key);
                 }
                 Accepted::Unknown(why) => {
                     run.proposer.forget(cache_key);
-                    return recover(run, &sets, layout, ballot, new, answer, why).await;
+                    return recover(run, &sets, layout, ballot, new, answers, why).await;
                 }
             }
         }
@@ -833,12 +965,12 @@ async fn run_op<T: ReplicaTransport>(
                 return Err(StrongError::Unavailable(tally.causes()));
             }
         };
-        let (new, answer) = op.apply(&current.value);
+        let (new, answers) = apply_all(ops, &current.value);
         match run.accept(&sets, layout, ballot, new.clone()).await? {
             Accepted::Chosen => {
                 run.proposer
                     .remember(cache_key.clone(), ballot_after(ballot), new, sets);
-                return answer;
+                return Ok(answers);
             }
             Accepted::Refused => {
                 // Beaten between our phases; nothing of ours is anywhere: start over.
@@ -846,7 +978,7 @@ async fn run_op<T: ReplicaTransport>(
                 attempt += 1;
             }
             Accepted::Unknown(why) => {
-                return recover(run, &sets, layout, ballot, new, answer, why).await;
+                return recover(run, &sets, layout, ballot, new, answers, why).await;
             }
         }
     }
@@ -871,16 +1003,16 @@ fn ballot_after(b: Ballot) -> Ballot {
 
 /// After an accept at `ballot` that a majority did not confirm: one more round. If the
 /// highest accepted value a majority then reports is ours (`ballot`), complete it and answer
-/// as the operation did; otherwise the outcome stays unknown.
+/// as the operations did; otherwise the outcome stays unknown.
 async fn recover<T: ReplicaTransport>(
     run: &mut Run<'_, T>,
     sets: &[Vec<String>],
     layout: u64,
     ballot: Ballot,
     value: Option<Vec<u8>>,
-    answer: Result<Option<ByteBuf>, StrongError>,
+    answers: Vec<Answer>,
     why: String,
-) -> Result<Option<ByteBuf>, StrongError> {
+) -> Result<Vec<Answer>, StrongError> {
     for attempt in 0..3 {
         if Instant::now() >= run.deadline {
             break;
@@ -891,7 +1023,7 @@ async fn recover<T: ReplicaTransport>(
                     break;
                 }
                 if let Ok(Accepted::Chosen) = run.accept(sets, layout, b2, value.clone()).await {
-                    return answer;
+                    return Ok(answers);
                 }
                 break;
             }
