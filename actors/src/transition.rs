@@ -88,7 +88,17 @@ impl<T: ReplicaTransport> Transition<T> {
                 VNodeMsg::Stats { reply }
             })
             .await;
-            if !matches!(stats, Ok(s) if s.keys > 0) {
+            // Strong buckets' acceptor states are not counted in the stats: look for one.
+            let strong = crate::replica::vnode_call(&ctx.directory, p, CALL_TIMEOUT, |reply| {
+                VNodeMsg::PaxosKeys {
+                    after: None,
+                    max: 1,
+                    reply,
+                }
+            })
+            .await;
+            if !matches!(stats, Ok(s) if s.keys > 0) && !matches!(strong, Ok(k) if !k.is_empty())
+            {
                 continue;
             }
             // Checked again right before: a commit may have given the partition back.
