@@ -215,12 +215,16 @@ pub struct ProposerStats {
     pub conflicts: AtomicU64,
 }
 
+/// The per-key queue of a proposer: one async lock per key with an operation running or
+/// waiting.
+type KeyLocks = HashMap<(u32, Vec<u8>), Arc<tokio::sync::Mutex<()>>>;
+
 /// A node's proposer: its ballot id, the cache of promised ballots and the per-key queue.
 pub struct Proposer {
     id: u64,
     counter: AtomicU64,
     cache: Mutex<Cache>,
-    locks: Mutex<HashMap<(u32, Vec<u8>), Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<KeyLocks>,
     weaken: AtomicBool,
     /// Counters.
     pub stats: ProposerStats,
@@ -506,7 +510,7 @@ enum Accepted {
     /// A majority of every set accepted.
     Chosen,
     /// Every acceptor answered a refusal: nothing was accepted anywhere.
-    NoneAccepted,
+    Refused,
     /// Some acceptors may hold the value.
     Unknown(String),
 }
@@ -609,7 +613,7 @@ impl<T: ReplicaTransport> Run<'_, T> {
             return Ok(Accepted::Chosen);
         }
         if tally.ok.is_empty() && tally.unknown.is_empty() {
-            return Ok(Accepted::NoneAccepted);
+            return Ok(Accepted::Refused);
         }
         if tally.ok.is_empty() {
             if let Some(StorageError::RecordTooLarge { bytes, limit }) = &tally.storage {
@@ -749,7 +753,7 @@ async fn run_op<T: ReplicaTransport>(
                         .remember(cache_key.clone(), ballot_after(ballot), new, sets);
                     return answer;
                 }
-                Accepted::NoneAccepted => {
+                Accepted::Refused => {
                     run.proposer.forget(cache_key);
                 }
                 Accepted::Unknown(why) => {
@@ -779,7 +783,7 @@ async fn run_op<T: ReplicaTransport>(
                     .remember(cache_key.clone(), ballot_after(ballot), new, sets);
                 return answer;
             }
-            Accepted::NoneAccepted => {
+            Accepted::Refused => {
                 // Beaten between our phases; nothing of ours is anywhere: start over.
                 tokio::time::sleep(backoff(attempt)).await;
                 attempt += 1;
