@@ -334,6 +334,9 @@ class Client:
         ``no_majority`` (nothing was written; retrying is safe), ``indeterminate`` (the
         outcome is unknown: it may still take effect; read the key to find out),
         ``wrong_consistency`` (the bucket is not strong), ``value_too_large``.
+
+        Leave ``n`` to the bucket: operations on a key with different ``n`` are not
+        linearizable with each other.
         """
         req = {"op": "cas", "bucket": _b(bucket), "key": _b(key)}
         if expect is not None:

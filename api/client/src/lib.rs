@@ -479,7 +479,9 @@ impl Client {
     /// Compare-and-set on a key of a strong bucket (op `cas`, linearizable): if the key holds
     /// `expect` (`None`: the key is absent), it gets `new` (`None`: it is deleted), else
     /// nothing is written and the answer carries the key's current value. Of `opts`, only
-    /// `n` and `timeout_ms` apply (the others are not sent).
+    /// `n` and `timeout_ms` apply (the others are not sent). Leave `n` to the bucket:
+    /// operations on a key with different `n` are not linearizable with each other
+    /// (PROTOCOL.md, "Strong buckets").
     ///
     /// `get`, `put` and `delete` work on strong buckets too, linearizable as well (a strong
     /// `get` answers at most one value and an empty context; contexts are not needed).

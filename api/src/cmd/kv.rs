@@ -186,10 +186,7 @@ pub struct CasArgs {
     /// Delete the key if it matches, instead of NEW.
     #[arg(long)]
     pub delete: bool,
-    /// Replicas to use [default: the bucket's n].
-    #[arg(long)]
-    pub n: Option<u8>,
-    /// Time limit, ms.
+    /// Time limit, ms. (No --n: operations on a strong key must all use the bucket's n.)
     #[arg(long)]
     pub timeout_ms: Option<u64>,
 }
@@ -541,11 +538,9 @@ pub async fn cas(args: CasArgs) -> anyhow::Result<ExitCode> {
         expect,
         absent: _,
         delete: _,
-        n,
         timeout_ms,
     } = args;
     let opts = CallOptions {
-        n,
         timeout_ms,
         ..Default::default()
     };
