@@ -35,6 +35,7 @@ impl Command {
             Command::Put(a) => Some(&mut a.addr),
             Command::Get(a) => Some(&mut a.addr),
             Command::Delete(a) => Some(&mut a.addr),
+            Command::Cas(a) => Some(&mut a.addr),
             Command::Load(a) => Some(&mut a.addr),
             Command::Cluster(a) => Some(&mut a.addr),
             Command::Bucket(a) => Some(&mut a.addr),
@@ -57,6 +58,10 @@ enum Command {
     Get(kv::GetArgs),
     /// Delete a key (reads its context first, so every version is deleted).
     Delete(kv::DeleteArgs),
+    /// Compare-and-set on a strong bucket: `cas B K --expect OLD NEW` (or --absent instead of
+    /// --expect, --delete instead of NEW). A key that does not hold what was expected exits
+    /// with status 3 and prints its current value on stdout.
+    Cas(kv::CasArgs),
     /// Store every file under DIR (key = relative path, value = bytes) and verify each
     /// reads back byte for byte.
     Load(load::LoadArgs),
@@ -118,6 +123,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Put(args) => kv::put(args).await,
         Command::Get(args) => kv::get(args).await,
         Command::Delete(args) => kv::delete(args).await,
+        Command::Cas(args) => kv::cas(args).await,
         Command::Load(args) => load::load(args).await,
         Command::Cluster(args) => admin::cluster(args).await,
         Command::Bucket(args) => admin::bucket(args).await,

@@ -14,6 +14,11 @@ Written from ``api/PROTOCOL.md`` alone. Summary of the wire format it implements
 * Requests may be pipelined and answers may come back in any order, so answers are matched to
   requests by ``id``. Unknown keys in an answer are ignored.
 
+* Strong buckets (section "Strong buckets"): ``bucket_set(b, consistency="strong")`` on a
+  bucket that holds no data yet; then ``get``, ``put`` and ``delete`` are linearizable, and
+  ``cas`` compares and sets a key (``None`` stands for "absent" on both sides) and raises
+  :class:`ConditionFailed`, carrying the key's current value, when the key holds another.
+
 * Large values (section "Large values: streamed ``put``, ranged ``get``"): ``put_stream``
   sends ``put_begin``, ``put_chunk`` frames of the node's ``chunk_bytes`` with at most its
   ``window`` unanswered, then ``put_commit`` with the CRC-32 of the whole value (``zlib.crc32``);
@@ -25,6 +30,7 @@ Example::
     c = Client("127.0.0.1", 7379)
     values, ctx = c.get(b"cart", b"alice")
     c.put(b"cart", b"alice", b"milk", context=ctx)
+    c.cas(b"locks", b"job-7", None, b"worker-1")  # strong bucket: create only
     with open("big.iso", "rb") as f:
         c.put_stream(b"files", b"big.iso", f)
     with open("copy.iso", "wb") as out:
@@ -41,6 +47,7 @@ import msgpack
 __all__ = [
     "Client",
     "RingkvError",
+    "ConditionFailed",
     "ConnectionClosed",
     "ChecksumMismatch",
     "Siblings",
@@ -72,6 +79,17 @@ class RingkvError(Exception):
         self.message = message
         self.answer = answer
         self.id = answer.get("id") if isinstance(answer, dict) else None
+
+
+class ConditionFailed(RingkvError):
+    """A ``cas`` (or a conditional write on a strong bucket) found another value; nothing was
+    written. ``code`` is ``condition_failed``; ``current`` is the key's value at the
+    operation's linearization point, ``None`` if the key is absent.
+    """
+
+    def __init__(self, current, message, answer=None):
+        super().__init__("condition_failed", message, answer)
+        self.current = current
 
 
 class ConnectionClosed(Exception):
@@ -306,6 +324,55 @@ class Client:
             req["timeout_ms"] = timeout_ms
         self.call(req)
 
+    def cas(self, bucket, key, expect, value, n=None, timeout_ms=None):
+        """Compare-and-set on a key of a strong bucket (linearizable).
+
+        If the key holds ``expect`` (``None``: the key is absent), it gets ``value``
+        (``None``: it is deleted). Returns ``None`` on success. If the key holds anything
+        else, nothing is written and :class:`ConditionFailed` is raised with the current
+        value in ``current`` (``None``: absent). Other errors raise :class:`RingkvError`:
+        ``no_majority`` (nothing was written; retrying is safe), ``indeterminate`` (the
+        outcome is unknown: it may still take effect; read the key to find out),
+        ``wrong_consistency`` (the bucket is not strong), ``value_too_large``.
+
+        Leave ``n`` to the bucket: operations on a key with different ``n`` are not
+        linearizable with each other.
+        """
+        req = {"op": "cas", "bucket": _b(bucket), "key": _b(key)}
+        if expect is not None:
+            req["expect"] = _b(expect)
+        if value is not None:
+            req["value"] = _b(value)
+        if n is not None:
+            req["n"] = n
+        if timeout_ms is not None:
+            req["timeout_ms"] = timeout_ms
+        rid = self.send(req)
+        ans = self.recv_id(rid)
+        if isinstance(ans, dict) and ans.get("ok") is False and ans.get("code") == "condition_failed":
+            values = ans.get("values")
+            if not isinstance(values, list) or len(values) > 1:
+                raise RingkvError("client_error", "condition_failed answer to a cas without "
+                                  "0 or 1 values: %r" % (ans,), ans)
+            raise ConditionFailed(values[0] if values else None, ans.get("message"), ans)
+        if not isinstance(ans, dict):
+            raise RingkvError("client_error", "answer is not a map: %r" % (ans,), None)
+        if ans.get("ok") is not True:
+            raise RingkvError(ans.get("code"), ans.get("message"), ans)
+        return None
+
+    # ------------------------------------------------------------- administration
+
+    def bucket_get(self, bucket):
+        """A bucket's properties: the ``info`` map of ``bucket_get`` (``n``, ``r``, ``w``,
+        ``timeout_ms``, ``sloppy_quorum``, ``compression``, ``consistency``)."""
+        return self.call({"op": "bucket_get", "bucket": _b(bucket)}).get("info")
+
+    def bucket_set(self, bucket, **props):
+        """Set bucket properties (``n=3``, ``consistency="strong"``, ...); returns the
+        properties after the change. A refused change raises :class:`RingkvError`
+        (``cluster_error`` for a refused ``consistency``)."""
+        return self.call({"op": "bucket_set", "bucket": _b(bucket), "props": props}).get("info")
 
     # ------------------------------------------------------------- large values
 

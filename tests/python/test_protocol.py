@@ -18,7 +18,13 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from ringkv_client import Client, ConnectionClosed, RingkvError, encode_frame  # noqa: E402
+from ringkv_client import (  # noqa: E402
+    Client,
+    ConditionFailed,
+    ConnectionClosed,
+    RingkvError,
+    encode_frame,
+)
 
 HOST = None
 PORT = None
@@ -241,6 +247,55 @@ def time_to_live():
         check(c.get(BUCKET, b"ttl0")[0] == [b"kept"], "ttl_ms 0")
         expect_error(c, {"op": "put", "bucket": BUCKET, "key": k, "value": b"x",
                          "ttl_ms": 100 * 366 * 86400 * 1000}, "malformed_request")
+
+
+@scenario
+def strong_bucket_cas():
+    """A fresh bucket made strong before its first write: cas creates, refuses a wrong
+    expectation with the current value, swaps and deletes; get answers at most one value and
+    an empty context; cas is refused on an eventual bucket."""
+    strong = BUCKET + b"-strong"
+    with connect() as c:
+        props = c.bucket_set(strong, consistency="strong")
+        check(props.get("consistency") == "strong", "bucket_set answer: %r" % (props,))
+        check(c.bucket_get(strong).get("consistency") == "strong", "bucket_get after the set")
+        k = b"lock"
+        c.cas(strong, k, None, b"one")
+        for expect in (None, b"zero"):
+            try:
+                c.cas(strong, k, expect, b"two")
+                raise Fail("cas expecting %r over b'one' succeeded" % (expect,))
+            except ConditionFailed as e:
+                check(e.code == "condition_failed", "code %r" % (e.code,))
+                check(e.current == b"one", "current value %r" % (e.current,))
+                check(e.answer.get("values") == [b"one"], "answer values %r" % (e.answer,))
+        values, ctx = c.get(strong, k)
+        check(values == [b"one"] and ctx == b"", "get after the refused cas: %r %r" % (values, ctx))
+        c.cas(strong, k, b"one", b"two")
+        check(c.get(strong, k)[0] == [b"two"], "get after the swap")
+        c.cas(strong, k, b"two", None)
+        check(c.get(strong, k)[0] == [], "get after the cas delete")
+        try:
+            c.cas(strong, k, b"two", b"three")
+            raise Fail("cas expecting b'two' over an absent key succeeded")
+        except ConditionFailed as e:
+            check(e.current is None and e.answer.get("values") == [],
+                  "absent current value: %r" % (e.answer,))
+        # put and delete are linearizable writes; put with if_none_match is a cas on absent.
+        c.put(strong, k, b"put")
+        try:
+            c.put(strong, k, b"again", if_none_match=True)
+            raise Fail("if_none_match over a present key succeeded")
+        except RingkvError as e:
+            check(e.code == "condition_failed", "if_none_match: %r" % (e.answer,))
+        c.delete(strong, k)
+        check(c.get(strong, k)[0] == [], "get after delete")
+        expect_error(c, {"op": "cas", "bucket": BUCKET, "key": k, "value": b"v"},
+                     "wrong_consistency")
+        expect_error(c, {"op": "put", "bucket": strong, "key": k, "value": b"v", "ttl_ms": 1000},
+                     "wrong_consistency")
+        expect_error(c, {"op": "bucket_set", "bucket": strong,
+                         "props": {"consistency": "eventual"}}, "cluster_error")
 
 
 @scenario

@@ -13,6 +13,25 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Strong buckets (bucket property `consistency = strong`): `get`, `put` and `delete` are
+//! linearizable there with the same calls (contexts are not needed), and [`Client::cas`]
+//! compares and sets a key; a refused comparison is a [`CasOutcome`], not an error.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), ringkv_client::ClientError> {
+//! use ringkv_client::{CallOptions, CasOutcome, Client};
+//! let client = Client::connect("127.0.0.1:7379").await?;
+//! let opts = CallOptions::default();
+//! // Create the key only if it is absent.
+//! match client.cas(b"locks", b"job-7", None, Some(b"worker-1"), &opts).await? {
+//!     CasOutcome::Swapped => println!("taken"),
+//!     CasOutcome::ConditionFailed { current } => println!("held by {current:?}"),
+//! }
+//! // Release it only if this worker still holds it.
+//! client.cas(b"locks", b"job-7", Some(b"worker-1"), None, &opts).await?;
+//! # Ok(()) }
+//! ```
+//!
 //! Large values (see the `stream` module's calls): [`Client::put_stream`] writes from any
 //! [`tokio::io::AsyncRead`], [`Client::get_stream`] returns a [`ValueReader`] (an `AsyncRead`
 //! checked against the value's CRC-32 at its end), [`Client::get_range`] reads a slice. Memory
@@ -456,6 +475,77 @@ impl Client {
         self.delete_with(bucket, key, context, &CallOptions::default())
             .await
     }
+
+    /// Compare-and-set on a key of a strong bucket (op `cas`, linearizable): if the key holds
+    /// `expect` (`None`: the key is absent), it gets `new` (`None`: it is deleted), else
+    /// nothing is written and the answer carries the key's current value. Of `opts`, only
+    /// `n` and `timeout_ms` apply (the others are not sent). Leave `n` to the bucket:
+    /// operations on a key with different `n` are not linearizable with each other
+    /// (PROTOCOL.md, "Strong buckets").
+    ///
+    /// `get`, `put` and `delete` work on strong buckets too, linearizable as well (a strong
+    /// `get` answers at most one value and an empty context; contexts are not needed).
+    ///
+    /// # Errors
+    /// [`ClientError::Server`], its code typed by [`ClientError::error_code`]:
+    /// * [`ErrorCode::NoMajority`]: no majority of the key's replicas answered; nothing was
+    ///   written, retrying is safe;
+    /// * [`ErrorCode::Indeterminate`]: the write reached some replicas but no majority
+    ///   confirmed it: it may or may not have taken effect (and may still). Read the key to
+    ///   find out before retrying;
+    /// * [`ErrorCode::WrongConsistency`]: the bucket is not strong;
+    /// * [`ErrorCode::ValueTooLarge`]: `new` is over the node's strong value limit;
+    /// * the codes of `put` otherwise (`invalid_key`, `timeout`, ...).
+    pub async fn cas(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        expect: Option<&[u8]>,
+        new: Option<&[u8]>,
+        opts: &CallOptions,
+    ) -> Result<CasOutcome, ClientError> {
+        let answer = self
+            .request(RequestFrame {
+                op: "cas".into(),
+                bucket: Some(ByteBuf::from(bucket)),
+                key: Some(ByteBuf::from(key)),
+                expect: expect.map(ByteBuf::from),
+                value: new.map(ByteBuf::from),
+                n: opts.n.map(u64::from),
+                timeout_ms: opts.timeout_ms,
+                ..Default::default()
+            })
+            .await?;
+        if !answer.ok && answer.code.as_deref() == Some(ErrorCode::ConditionFailed.as_str()) {
+            let values = answer.values.ok_or_else(|| {
+                ClientError::Protocol("condition_failed answer to a cas has no values".into())
+            })?;
+            let mut values = values.into_iter().map(ByteBuf::into_vec);
+            let current = values.next();
+            if values.next().is_some() {
+                return Err(ClientError::Protocol(
+                    "condition_failed answer to a cas has more than one value".into(),
+                ));
+            }
+            return Ok(CasOutcome::ConditionFailed { current });
+        }
+        checked(answer)?;
+        Ok(CasOutcome::Swapped)
+    }
+}
+
+/// What a [`Client::cas`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The key held the value expected: it now holds the new value (or is absent, for a
+    /// delete).
+    Swapped,
+    /// The key did not hold the value expected; nothing was written. `current` is its value
+    /// at the operation's linearization point (`None`: absent).
+    ConditionFailed {
+        /// The key's value (`None`: absent).
+        current: Option<Vec<u8>>,
+    },
 }
 
 fn put_frame(

@@ -1,11 +1,13 @@
-//! The streaming calls of the client against a scripted node on loopback: the node's side of
-//! each conversation is written out here (what PROTOCOL.md's "Large values" section asks a
-//! node to answer), so the client's pipelining window, checksums, aborts and error mapping are
-//! checked without a real node, including failures a real node does not produce on demand
-//! (ranges whose bytes do not match the value's CRC-32, a lower `max-range-bytes`).
+//! The streaming calls and `cas` of the client against a scripted node on loopback: the
+//! node's side of each conversation is written out here (what PROTOCOL.md's "Large values"
+//! and "Strong buckets" sections ask a node to answer), so the client's pipelining window,
+//! checksums, aborts and error mapping are checked without a real node, including failures a
+//! real node does not produce on demand (ranges whose bytes do not match the value's CRC-32, a
+//! lower `max-range-bytes`, `no_majority` and `indeterminate` answers).
 
 use ringkv_client::{
-    Client, ClientError, ErrorCode, GetStreamOptions, PutStreamOptions, ValueMeta,
+    CallOptions, CasOutcome, Client, ClientError, ErrorCode, GetStreamOptions, PutStreamOptions,
+    ValueMeta, WriteCondition,
 };
 use ringkv_proto::{encode_frame, read_frame, RequestFrame, ResponseFrame};
 use serde_bytes::ByteBuf;
@@ -492,8 +494,128 @@ fn error_codes_parse_from_their_wire_form() {
         ErrorCode::InvalidRange,
         ErrorCode::ConditionFailed,
         ErrorCode::MalformedRequest,
+        ErrorCode::NoMajority,
+        ErrorCode::Indeterminate,
+        ErrorCode::WrongConsistency,
     ] {
         assert_eq!(code.as_str().parse::<ErrorCode>(), Ok(code));
     }
     assert!("nope".parse::<ErrorCode>().is_err());
+}
+
+/// A strong bucket's node: `cas` on key `k` compares with `held` and answers as PROTOCOL.md's
+/// "Strong buckets" says (`condition_failed` with the current value in `values`); key
+/// `no-majority` and `indeterminate` answer those codes.
+fn strong_node(
+    held: Arc<Mutex<Option<Vec<u8>>>>,
+) -> impl FnMut(&RequestFrame) -> Vec<ResponseFrame> {
+    move |req| {
+        assert_eq!(req.op, "cas");
+        let key: &[u8] = req.key.as_deref().unwrap();
+        let answer = match key {
+            b"no-majority" => error(req.id, "no_majority", "2 of 3 replicas unreachable"),
+            b"indeterminate" => error(req.id, "indeterminate", "outcome unknown"),
+            _ => {
+                let mut held = held.lock().unwrap();
+                if req.expect.as_deref().map(|e| &e[..]) == held.as_deref() {
+                    *held = req.value.as_ref().map(|v| v.to_vec());
+                    ok(req.id)
+                } else {
+                    ResponseFrame {
+                        values: Some(held.iter().cloned().map(ByteBuf::from).collect()),
+                        ..error(req.id, "condition_failed", "condition failed")
+                    }
+                }
+            }
+        };
+        vec![answer]
+    }
+}
+
+/// `cas` sends `expect` and `value` only when given (absent: the key absent, a delete), and of
+/// the call options only `n` and `timeout_ms`; a swap is `Swapped`, a refused comparison a
+/// `ConditionFailed` outcome carrying the current value (`None`: absent), not an error.
+#[tokio::test]
+async fn cas_outcomes_carry_the_current_value() {
+    let held = Arc::new(Mutex::new(None));
+    let (addr, mut seen) = scripted(strong_node(held.clone())).await;
+    let client = Client::connect(addr).await.unwrap();
+    let opts = CallOptions {
+        n: Some(3),
+        r: Some(2),
+        w: Some(2),
+        timeout_ms: Some(700),
+        local: true,
+        condition: Some(WriteCondition::IfMatch),
+        ttl: Some(std::time::Duration::from_secs(5)),
+    };
+    let create = client.cas(b"b", b"k", None, Some(b"one"), &opts).await;
+    assert_eq!(create.unwrap(), CasOutcome::Swapped);
+    let sent = wait_for_op(&mut seen, "cas").await.pop().unwrap();
+    assert_eq!(
+        sent.expect, None,
+        "absent is expressed by leaving expect out"
+    );
+    assert_eq!(sent.value.as_deref().map(|v| &v[..]), Some(&b"one"[..]));
+    assert_eq!((sent.n, sent.timeout_ms), (Some(3), Some(700)));
+    assert_eq!((sent.r, sent.w, sent.local), (None, None, None));
+    assert_eq!(
+        (sent.if_match, sent.if_none_match, sent.ttl_ms),
+        (None, None, None)
+    );
+
+    let again = client.cas(b"b", b"k", None, Some(b"two"), &opts).await;
+    assert_eq!(
+        again.unwrap(),
+        CasOutcome::ConditionFailed {
+            current: Some(b"one".to_vec())
+        }
+    );
+    let wrong = client
+        .cas(b"b", b"k", Some(b"zero"), Some(b"two"), &opts)
+        .await;
+    assert_eq!(
+        wrong.unwrap(),
+        CasOutcome::ConditionFailed {
+            current: Some(b"one".to_vec())
+        }
+    );
+    let swap = client
+        .cas(b"b", b"k", Some(b"one"), Some(b"two"), &opts)
+        .await;
+    assert_eq!(swap.unwrap(), CasOutcome::Swapped);
+    let delete = client.cas(b"b", b"k", Some(b"two"), None, &opts).await;
+    assert_eq!(delete.unwrap(), CasOutcome::Swapped);
+    assert_eq!(*held.lock().unwrap(), None);
+    let gone = client.cas(b"b", b"k", Some(b"two"), None, &opts).await;
+    assert_eq!(gone.unwrap(), CasOutcome::ConditionFailed { current: None });
+}
+
+/// `no_majority` (nothing written) and `indeterminate` (outcome unknown) come back as errors
+/// whose typed codes tell them apart; a `condition_failed` answer without `values` is a
+/// protocol error, not a made-up "absent".
+#[tokio::test]
+async fn cas_failures_are_typed() {
+    let (addr, _seen) = scripted(strong_node(Arc::new(Mutex::new(None)))).await;
+    let client = Client::connect(addr).await.unwrap();
+    let opts = CallOptions::default();
+    let e = client
+        .cas(b"b", b"no-majority", None, Some(b"v"), &opts)
+        .await
+        .unwrap_err();
+    assert_eq!(e.error_code(), Some(ErrorCode::NoMajority), "{e}");
+    let e = client
+        .cas(b"b", b"indeterminate", None, Some(b"v"), &opts)
+        .await
+        .unwrap_err();
+    assert_eq!(e.error_code(), Some(ErrorCode::Indeterminate), "{e}");
+    assert!(e.to_string().contains("outcome unknown"), "{e}");
+
+    let (addr, _seen) = scripted(|req| vec![error(req.id, "condition_failed", "no values")]).await;
+    let client = Client::connect(addr).await.unwrap();
+    let e = client
+        .cas(b"b", b"k", Some(b"x"), Some(b"v"), &opts)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Protocol(_)), "{e}");
 }

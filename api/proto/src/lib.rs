@@ -225,7 +225,8 @@ impl ProtocolError {
 pub struct RequestFrame {
     /// Client-chosen request id, echoed in the answer.
     pub id: u64,
-    /// `"ping"`, `"get"`, `"put"`, `"delete"` (or `"inject_fault"`, for tests).
+    /// `"ping"`, `"get"`, `"put"`, `"delete"`, `"cas"` (strong buckets), the streaming and
+    /// administration ops of PROTOCOL.md (or `"inject_fault"`, for tests).
     pub op: String,
     /// Bucket name (bin or str), 1 to 64 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -98,7 +98,8 @@ pub enum ClusterCommand {
 #[derive(Subcommand)]
 pub enum BucketCommand {
     /// Set properties: any of n=N r=R w=W timeout_ms=MS sloppy_quorum=true|false
-    /// compression=none|zstd|lz4.
+    /// compression=none|zstd|lz4 consistency=eventual|strong (strong only before the bucket
+    /// holds data, and for good).
     Set {
         /// Bucket name.
         bucket: String,
@@ -259,7 +260,8 @@ pub async fn bucket(args: BucketArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Parses `n=3 r=2 w=2 timeout_ms=500 sloppy_quorum=false compression=lz4`.
+/// Parses `n=3 r=2 w=2 timeout_ms=500 sloppy_quorum=false compression=lz4
+/// consistency=strong`.
 pub fn parse_props(settings: &[String]) -> anyhow::Result<BucketPropsFrame> {
     let mut p = BucketPropsFrame::default();
     for s in settings {
@@ -283,8 +285,12 @@ pub fn parse_props(settings: &[String]) -> anyhow::Result<BucketPropsFrame> {
                 v.parse::<ringkv_cluster::Compression>()?;
                 p.compression = Some(v.to_string())
             }
+            "consistency" => {
+                v.parse::<ringkv_cluster::membership::Consistency>()?;
+                p.consistency = Some(v.to_string())
+            }
             other => {
-                bail!("unknown bucket property {other:?}: use n, r, w, timeout_ms, sloppy_quorum or compression")
+                bail!("unknown bucket property {other:?}: use n, r, w, timeout_ms, sloppy_quorum, compression or consistency")
             }
         }
     }

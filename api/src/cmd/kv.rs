@@ -1,11 +1,11 @@
-//! `ringkv ping`, `put`, `get` and `delete`.
+//! `ringkv ping`, `put`, `get`, `delete` and `cas`.
 
 use super::{connect, decode_hex, encode_hex, AddrArg, QuorumArgs};
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use ringkv_api::client::{
-    Client, GetStreamOptions, PutStreamOptions, ValueMeta, SINGLE_FRAME_BYTES,
+    CasOutcome, Client, GetStreamOptions, PutStreamOptions, ValueMeta, SINGLE_FRAME_BYTES,
 };
 use ringkv_api::{CallOptions, ClientError, WriteCondition};
 use std::io::IsTerminal;
@@ -162,6 +162,33 @@ pub struct DeleteArgs {
     pub if_match: bool,
     #[command(flatten)]
     pub quorum: QuorumArgs,
+}
+
+/// `ringkv cas` arguments.
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("expected").required(true).args(["expect", "absent"])))]
+#[command(group(clap::ArgGroup::new("replacement").required(true).args(["new", "delete"])))]
+pub struct CasArgs {
+    #[command(flatten)]
+    pub addr: AddrArg,
+    /// Bucket name (a strong bucket: `bucket set BUCKET consistency=strong`).
+    pub bucket: String,
+    /// Key.
+    pub key: String,
+    /// The new value.
+    pub new: Option<String>,
+    /// The value the key must hold.
+    #[arg(long, value_name = "OLD")]
+    pub expect: Option<String>,
+    /// The key must be absent (create only), instead of --expect.
+    #[arg(long)]
+    pub absent: bool,
+    /// Delete the key if it matches, instead of NEW.
+    #[arg(long)]
+    pub delete: bool,
+    /// Time limit, ms. (No --n: operations on a strong key must all use the bucket's n.)
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// Checks that the node answers and prints the round trip.
@@ -497,6 +524,55 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
             .delete_with(bucket.as_bytes(), key.as_bytes(), &got.context, &opts)
             .await,
     )
+}
+
+/// Compare-and-set on a key of a strong bucket. A key that does not hold the value expected
+/// exits [`CONDITION_FAILED_EXIT`]: the key's current value goes to stdout (raw, nothing if
+/// absent) and a message to stderr.
+pub async fn cas(args: CasArgs) -> anyhow::Result<ExitCode> {
+    let CasArgs {
+        addr,
+        bucket,
+        key,
+        new,
+        expect,
+        absent: _,
+        delete: _,
+        timeout_ms,
+    } = args;
+    let opts = CallOptions {
+        timeout_ms,
+        ..Default::default()
+    };
+    let client = connect(&addr).await?;
+    let outcome = client
+        .cas(
+            bucket.as_bytes(),
+            key.as_bytes(),
+            expect.as_deref().map(str::as_bytes),
+            new.as_deref().map(str::as_bytes),
+            &opts,
+        )
+        .await?;
+    match outcome {
+        CasOutcome::Swapped => Ok(ExitCode::SUCCESS),
+        CasOutcome::ConditionFailed { current: None } => {
+            eprintln!("ringkv: condition_failed: {bucket}/{key} is absent; nothing was written");
+            Ok(ExitCode::from(CONDITION_FAILED_EXIT))
+        }
+        CasOutcome::ConditionFailed {
+            current: Some(value),
+        } => {
+            eprintln!(
+                "ringkv: condition_failed: {bucket}/{key} holds another value ({} bytes, on stdout); nothing was written",
+                value.len()
+            );
+            let mut out = tokio::io::stdout();
+            out.write_all(&value).await?;
+            out.flush().await?;
+            Ok(ExitCode::from(CONDITION_FAILED_EXIT))
+        }
+    }
 }
 
 #[cfg(test)]
