@@ -505,7 +505,8 @@ where
 enum Accepted {
     /// A majority of every set accepted.
     Chosen,
-    /// Every acceptor answered a refusal: nothing was accepted anywhere.
+    /// Every acceptor answered a refusal: nothing was accepted anywhere, so the operation
+    /// may start over without being applied twice.
     NoneAccepted,
     /// Some acceptors may hold the value.
     Unknown(String),
@@ -608,7 +609,9 @@ impl<T: ReplicaTransport> Run<'_, T> {
         if met(sets, &tally.ok_nodes(), self.weak()) {
             return Ok(Accepted::Chosen);
         }
-        if tally.ok.is_empty() && tally.unknown.is_empty() {
+        // Only when every acceptor answered a refusal: `phase` stops once a majority is out
+        // of reach, and an answer it did not wait for may be an accept.
+        if tally.refused.len() == union(sets).len() {
             return Ok(Accepted::NoneAccepted);
         }
         if tally.ok.is_empty() {
