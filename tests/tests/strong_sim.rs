@@ -642,3 +642,120 @@ async fn concurrent_operations_on_a_hot_key_share_rounds() {
     assert!(report.is_linearizable(), "{report:?}");
     c.net.shutdown().await;
 }
+
+/// An accept that two replicas refused while the third has not answered yet did not
+/// "write nothing": the third may accept it. Here n4 (outside the layout, so every replica is
+/// remote) proposes a put; n1 and n2 promise a higher ballot between its two phases and
+/// refuse its accept, while n3 accepts it but answers late; n1 and n2 answer slowly, so the
+/// proposer's retry runs out of time. The put must then not be answered as `Unavailable`
+/// (`no_majority`: nothing written), for a read that meets n3 finds its value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_accept_refused_by_two_replicas_while_the_third_is_pending_is_not_unwritten() {
+    use ringkv_actors::rpc::{Fenced, Paxos, PaxosRead};
+    use ringkv_storage::paxos::{Ballot, PaxosStep};
+
+    let c = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = NodeConfig {
+        data_dir: dir.path().to_path_buf(),
+        partitions: PARTITIONS,
+        initial_map_bytes: 1 << 20,
+        ..Default::default()
+    };
+    c.net.start_node("n4", config).await.unwrap();
+    let state = c.net.peer("n1").context().view.snapshot();
+    c.net.peer("n4").context().view.merge(&state);
+    let n4 = c.net.peer("n4");
+    let layout = n4.context().view.placements().version;
+    let key = b"pending".to_vec();
+    let partition = ringkv_cluster::partition_for(BUCKET, &key, PARTITIONS);
+    let step = Duration::from_millis(100);
+
+    // Every replica serves at once and answers 3 steps later.
+    for n in NODES {
+        c.net.set_fault(n, Some(Fault::Delay(step * 3)));
+    }
+    let rec = Recorder::new();
+    let put = rec.invoke(0, key.clone(), Op::Put(b"x".to_vec()));
+    let proposing = tokio::spawn({
+        let n4 = n4.clone();
+        let key = key.clone();
+        async move {
+            let op = StrongOp::Put {
+                value: ByteBuf::from(b"x".to_vec()),
+            };
+            propose(&n4, partition, BUCKET, &key, &op, 3, step * 15 / 2).await
+        }
+    });
+    // Between the proposer's prepare (served at 0, answered at 3) and its accept (sent at 3):
+    // n1 and n2 promise a higher ballot, and n3's answers start to take 50 steps.
+    tokio::time::sleep(step).await;
+    for n in ["n1", "n2"] {
+        let req = Paxos {
+            partition,
+            bucket: ByteBuf::from(BUCKET.to_vec()),
+            key: ByteBuf::from(key.clone()),
+            step: PaxosStep::Prepare {
+                ballot: Ballot {
+                    counter: 1000,
+                    proposer: 42,
+                },
+            },
+            layout,
+        };
+        let n4 = n4.clone();
+        tokio::spawn(async move { n4.call(n, req, Duration::from_secs(5)).await });
+    }
+    tokio::time::sleep(step).await;
+    c.net.set_fault("n3", Some(Fault::Delay(step * 50)));
+    let result = proposing.await.unwrap();
+    println!("the put: {result:?}");
+    rec.complete(
+        put,
+        match &result {
+            Ok(_) => Outcome::Ok(Ret::Done),
+            Err(StrongError::Unavailable(_)) => Outcome::Fail,
+            Err(_) => Outcome::Info,
+        },
+    );
+
+    // The scenario happened: n3 accepted the put's value.
+    c.net.heal_all();
+    let read = PaxosRead {
+        partition,
+        bucket: ByteBuf::from(BUCKET.to_vec()),
+        key: ByteBuf::from(key.clone()),
+        layout,
+    };
+    let on_n3 = n4.call("n3", read, Duration::from_secs(5)).await.unwrap();
+    let Fenced::Ok(Some(on_n3)) = on_n3 else {
+        panic!("n3's acceptor state: {on_n3:?}");
+    };
+    assert_eq!(on_n3.value.as_deref(), Some(&b"x"[..]), "n3: {on_n3:?}");
+
+    // A read whose majority is n2 and n3 finds it.
+    c.net.set_fault("n1", Some(Fault::Cut));
+    let get = rec.invoke(1, key.clone(), Op::Get);
+    let got = propose(
+        &n4,
+        partition,
+        BUCKET,
+        &key,
+        &StrongOp::Get,
+        3,
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("the read");
+    rec.complete(
+        get,
+        Outcome::Ok(Ret::Get(got.value.clone().map(|v| v.into_vec()))),
+    );
+    let report = rec.history().check(&CheckOptions::default());
+    assert!(
+        report.is_linearizable(),
+        "put answered {result:?}, then a read found {:?}: {report}",
+        got.value
+    );
+    c.net.shutdown().await;
+}
