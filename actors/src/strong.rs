@@ -312,6 +312,8 @@ impl Proposer {
         value: Option<Vec<u8>>,
         sets: Vec<Vec<String>>,
     ) {
+        // A fresh ballot must never repeat the promised one kept here.
+        self.saw(next);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let size = value.as_ref().map_or(0, Vec::len) + key.1.len();
         if cache.keys.len() >= CACHE_KEYS || cache.bytes + size > CACHE_BYTES {

@@ -89,8 +89,10 @@ impl Node {
                     return Ok(reply);
                 }
                 Ok(Err(e)) => return Err(KvError::Strong(e)),
-                // Never sent: propose here.
-                Err(ReplicaError::Unreachable(_)) => {}
+                // A read has no effect: propose it here. A write may have been sent before
+                // the session dropped (the transport says `Unreachable` then too), and
+                // proposing it here could apply it twice.
+                Err(ReplicaError::Unreachable(_)) if matches!(op, StrongOp::Get) => {}
                 Err(e @ (ReplicaError::Overloaded { .. } | ReplicaError::TooLarge { .. })) => {
                     return Err(KvError::Overloaded(e.to_string()))
                 }

@@ -51,6 +51,12 @@ pub(super) async fn execute(
                     "cas is an operation of strong buckets (bucket_set consistency=strong); eventual buckets have put with if_none_match or if_match",
                 ));
             }
+            if opts.ttl.is_some() || opts.local || opts.condition != Condition::None {
+                return Ok(refuse(
+                    id,
+                    "cas takes no ttl_ms, local, if_none_match or if_match: expect says what the key must hold",
+                ));
+            }
             let op = StrongOp::Cas {
                 expect: expect.map(ByteBuf::from),
                 new: value.map(ByteBuf::from),
