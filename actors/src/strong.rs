@@ -198,10 +198,11 @@ struct Cache {
     bytes: usize,
 }
 
-/// Counters of the proposer (for `stats` and the benchmarks).
+/// Counters of the proposer since start, shown by `cluster status` (group `strong`) and read
+/// by `tests/bench/compare.sh`: round trips per operation are `round_trips / ops`.
 #[derive(Debug, Default)]
 pub struct ProposerStats {
-    /// Operations proposed here.
+    /// Operations proposed here (forwarded here by another node included).
     pub ops: AtomicU64,
     /// Round trips to replicas, summed over the operations.
     pub round_trips: AtomicU64,
@@ -213,6 +214,28 @@ pub struct ProposerStats {
     pub indeterminate: AtomicU64,
     /// Ballot conflicts (a refusal by a higher promise).
     pub conflicts: AtomicU64,
+    /// Operations this node received and forwarded to the key's proposer on another node
+    /// (one more cluster round trip before the proposer's; they count in that node's `ops`).
+    pub forwarded: AtomicU64,
+}
+
+impl ProposerStats {
+    /// A copy of every counter by name: `ops`, `round_trips`, `quorum_reads`, `fast_writes`,
+    /// `indeterminate`, `conflicts`, `forwarded`.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        [
+            ("ops", &self.ops),
+            ("round_trips", &self.round_trips),
+            ("quorum_reads", &self.quorum_reads),
+            ("fast_writes", &self.fast_writes),
+            ("indeterminate", &self.indeterminate),
+            ("conflicts", &self.conflicts),
+            ("forwarded", &self.forwarded),
+        ]
+        .into_iter()
+        .map(|(name, c)| (name, c.load(Ordering::Relaxed)))
+        .collect()
+    }
 }
 
 /// A node's proposer: its ballot id, the cache of promised ballots and the per-key queue.

@@ -98,7 +98,8 @@ pub enum ClusterCommand {
 #[derive(Subcommand)]
 pub enum BucketCommand {
     /// Set properties: any of n=N r=R w=W timeout_ms=MS sloppy_quorum=true|false
-    /// compression=none|zstd|lz4.
+    /// compression=none|zstd|lz4 consistency=eventual|strong (strong only before the bucket
+    /// holds data).
     Set {
         /// Bucket name.
         bucket: String,
@@ -283,8 +284,12 @@ pub fn parse_props(settings: &[String]) -> anyhow::Result<BucketPropsFrame> {
                 v.parse::<ringkv_cluster::Compression>()?;
                 p.compression = Some(v.to_string())
             }
+            "consistency" => {
+                v.parse::<ringkv_cluster::membership::Consistency>()?;
+                p.consistency = Some(v.to_string())
+            }
             other => {
-                bail!("unknown bucket property {other:?}: use n, r, w, timeout_ms, sloppy_quorum or compression")
+                bail!("unknown bucket property {other:?}: use n, r, w, timeout_ms, sloppy_quorum, compression or consistency")
             }
         }
     }
@@ -358,7 +363,7 @@ pub fn print_admin(op: &str, info: &serde_json::Value) {
                 );
             }
             // Counters of the answering node: `group: name value, ...`.
-            for group in ["gossip", "hints", "repair", "replica", "restarts"] {
+            for group in ["gossip", "hints", "repair", "replica", "strong", "restarts"] {
                 if let Some(counters) = info[group].as_object() {
                     let fields: Vec<String> =
                         counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
