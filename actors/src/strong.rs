@@ -35,18 +35,33 @@
 //!   proposer runs both phases.
 //! * To keep that cache hitting and proposers from duelling, a node forwards a strong
 //!   operation to the key's first reachable replica ([`crate::rpc::StrongRequest`]), which
-//!   proposes for it; per key, a proposer runs one operation at a time. Any node may still
-//!   propose (when the first replica is unreachable): Paxos never needed a single proposer
-//!   for safety.
+//!   proposes for it. Any node may still propose (when the first replica is unreachable):
+//!   Paxos never needed a single proposer for safety.
+//! * **Per key, a proposer runs one round at a time, for every operation queued.** The
+//!   operations that arrive on a key while a round runs wait, and the next round takes all
+//!   of them (a batch): it applies their functions in arrival order to the current value and
+//!   accepts the result once (a batch of reads only takes the one-round read). This is still
+//!   one CASPaxos change, the composed function, so it is linearizable; each operation of the
+//!   batch was invoked before the round started and is answered after it ended, so the
+//!   batch's operations can all be placed at the change's linearization point, in arrival
+//!   order, each answering what its own function gave. A hot key thus costs one round per
+//!   batch instead of one per operation. Every operation of a batch shares its outcome: all
+//!   were applied, none was (`no_majority`), or `indeterminate` for all of them together.
 //!
 //! # Outcomes
 //! An operation whose prepare found no majority wrote nothing: [`StrongError::Unavailable`]
 //! (`no_majority`). Once an accept was sent, a failure is **indeterminate**
 //! ([`StrongError::Indeterminate`], `indeterminate`): a minority may hold the new value and a
 //! later proposer may complete it. Before answering that, the proposer tries one recovery
-//! round: if the highest accepted value it then finds is its own, it completes it and answers
-//! success. It never retries a function it may have applied: a write is applied once or not
-//! at all.
+//! round (`recover`): if the highest accepted value it then finds is its own, it completes it
+//! and answers success; if that value's ballot is below its own, its value was never chosen
+//! and no longer can be, so it applies the operations to the value found and answers from
+//! that. It never retries a function it may have applied: a write is applied once or not at
+//! all. An accept that a majority refused counts as "nothing accepted" only once *every*
+//! acceptor refused (the phase waits briefly for the last answers, `phase`'s `settle`): an
+//! acceptor that had not answered may have accepted. And a proposer's fresh ballots stay
+//! above every ballot it used, its promised next ballots included, so that no ballot of it
+//! ever carries two values.
 //!
 //! # Membership changes
 //! During a layout transition a strong operation needs a majority in *every* live replica set
@@ -199,16 +214,21 @@ struct Cache {
 }
 
 /// Counters of the proposer since start, shown by `cluster status` (group `strong`) and read
-/// by `tests/bench/compare.sh`: round trips per operation are `round_trips / ops`.
+/// by `tests/bench/compare.sh`: round trips per operation are `round_trips / ops`, and per
+/// batch (what each operation waits for) `round_trips / batches`.
 #[derive(Debug, Default)]
 pub struct ProposerStats {
     /// Operations proposed here (forwarded here by another node included).
     pub ops: AtomicU64,
-    /// Round trips to replicas, summed over the operations.
+    /// Rounds run for them: one per batch of operations queued on a key
+    /// (`ops / batches` is the mean batch size).
+    pub batches: AtomicU64,
+    /// Round trips to replicas, summed over the batches (each operation of a batch waited
+    /// for all of its batch's).
     pub round_trips: AtomicU64,
-    /// Reads answered by one round of acceptor reads.
+    /// Operations answered by one round of acceptor reads (batches of reads only).
     pub quorum_reads: AtomicU64,
-    /// Writes that skipped the prepare (cached promise).
+    /// Operations answered by one accept at a cached promise (no prepare).
     pub fast_writes: AtomicU64,
     /// Operations answered indeterminate.
     pub indeterminate: AtomicU64,
@@ -220,11 +240,12 @@ pub struct ProposerStats {
 }
 
 impl ProposerStats {
-    /// A copy of every counter by name: `ops`, `round_trips`, `quorum_reads`, `fast_writes`,
-    /// `indeterminate`, `conflicts`, `forwarded`.
+    /// A copy of every counter by name: `ops`, `batches`, `round_trips`, `quorum_reads`,
+    /// `fast_writes`, `indeterminate`, `conflicts`, `forwarded`.
     pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, u64> {
         [
             ("ops", &self.ops),
+            ("batches", &self.batches),
             ("round_trips", &self.round_trips),
             ("quorum_reads", &self.quorum_reads),
             ("fast_writes", &self.fast_writes),
@@ -243,7 +264,8 @@ pub struct Proposer {
     id: u64,
     counter: AtomicU64,
     cache: Mutex<Cache>,
-    locks: Mutex<HashMap<(u32, Vec<u8>), Arc<tokio::sync::Mutex<()>>>>,
+    /// Per key with a round running: the operations waiting for the next one.
+    queues: Mutex<Queues>,
     weaken: AtomicBool,
     /// Counters.
     pub stats: ProposerStats,
@@ -268,7 +290,7 @@ impl Proposer {
             id: rand::random::<u64>().max(1),
             counter: AtomicU64::new(0),
             cache: Mutex::default(),
-            locks: Mutex::default(),
+            queues: Mutex::default(),
             weaken: AtomicBool::new(false),
             stats: ProposerStats::default(),
         }
@@ -328,38 +350,126 @@ impl Proposer {
         }
     }
 
-    /// Waits for the key's turn on this proposer.
-    async fn turn(&self, key: &(u32, Vec<u8>)) -> KeyTurn<'_> {
-        let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-            locks.entry(key.clone()).or_default().clone()
+    /// Queues `op` (on `n` replicas) for `key`'s next round and waits: for its answer, or to
+    /// lead that round. With no round running on the key, the caller leads at once.
+    async fn queue(&self, key: &(u32, Vec<u8>), op: &StrongOp, n: usize, deadline: Instant) -> Wake {
+        let rx = {
+            let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+            match queues.get_mut(key) {
+                None => {
+                    queues.insert(key.clone(), Vec::new());
+                    return Wake::Lead(Vec::new());
+                }
+                Some(waiting) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    waiting.push(Waiter {
+                        op: op.clone(),
+                        n,
+                        deadline,
+                        tx,
+                    });
+                    rx
+                }
+            }
         };
-        let guard = lock.clone().lock_owned().await;
-        KeyTurn {
+        let mut queued = Queued {
             proposer: self,
-            key: key.clone(),
-            lock,
-            _guard: Some(guard),
+            key,
+            rx: Some(rx),
+        };
+        let wake = queued.rx.as_mut().expect("set above").await;
+        queued.rx = None;
+        wake.unwrap_or_else(|_| {
+            // The leader's round was dropped with this operation in it.
+            Wake::Done(Err(StrongError::Indeterminate(
+                "the key's proposer stopped during the round that carried this operation".into(),
+            )))
+        })
+    }
+
+    /// Puts `waiters` back at the head of `key`'s queue (a leader left them for the next
+    /// round).
+    fn requeue(&self, key: &(u32, Vec<u8>), mut waiters: Vec<Waiter>) {
+        if waiters.is_empty() {
+            return;
+        }
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(waiting) = queues.get_mut(key) {
+            waiters.append(waiting);
+            *waiting = waiters;
+        }
+    }
+
+    /// Ends a leader's turn on `key`: the operations waiting go to the first of them that is
+    /// still waiting, who leads them in the next round; with none, the key is idle.
+    fn hand_over(&self, key: &(u32, Vec<u8>)) {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(waiting) = queues.get_mut(key) else {
+            return;
+        };
+        let mut waiting = std::mem::take(waiting).into_iter();
+        // A waiter whose caller went away is skipped: its operation never ran.
+        while let Some(next) = waiting.next() {
+            if let Err(Wake::Lead(rest)) = next.tx.send(Wake::Lead(waiting.collect())) {
+                waiting = rest.into_iter();
+            } else {
+                return;
+            }
+        }
+        queues.remove(key);
+    }
+}
+
+/// Per key (partition, stored key) with a round running on a proposer: the operations
+/// waiting for the next round.
+type Queues = HashMap<(u32, Vec<u8>), Vec<Waiter>>;
+
+/// An operation waiting for its key's next round on a proposer.
+struct Waiter {
+    op: StrongOp,
+    n: usize,
+    deadline: Instant,
+    tx: tokio::sync::oneshot::Sender<Wake>,
+}
+
+/// What a queued operation hears: its answer (value, round trips), or that it leads the next
+/// round, with these other operations.
+enum Wake {
+    Done(Result<(Option<ByteBuf>, u8), StrongError>),
+    Lead(Vec<Waiter>),
+}
+
+/// An operation waiting in a key's queue. If its caller goes away after the turn was handed
+/// to it but before it took it, the turn goes on to the next waiter: no key is left with a
+/// queue and no leader.
+struct Queued<'a> {
+    proposer: &'a Proposer,
+    key: &'a (u32, Vec<u8>),
+    rx: Option<tokio::sync::oneshot::Receiver<Wake>>,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if let Ok(Wake::Lead(rest)) = rx.try_recv() {
+                self.proposer.requeue(self.key, rest);
+                self.proposer.hand_over(self.key);
+            }
         }
     }
 }
 
-/// A key's turn on a proposer; the key's lock entry goes when nobody else waits for it.
-struct KeyTurn<'a> {
+/// A leader's turn on a key: hands the turn over when it ends, also if the leader's future
+/// is dropped.
+struct Leading<'a> {
     proposer: &'a Proposer,
-    key: (u32, Vec<u8>),
-    lock: Arc<tokio::sync::Mutex<()>>,
-    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    key: &'a (u32, Vec<u8>),
 }
 
-impl Drop for KeyTurn<'_> {
+impl Drop for Leading<'_> {
     fn drop(&mut self) {
-        self._guard = None;
-        let mut locks = self.proposer.locks.lock().unwrap_or_else(|p| p.into_inner());
-        // Held by the map and by this turn only: nobody waits.
-        if Arc::strong_count(&self.lock) <= 2 {
-            locks.remove(&self.key);
-        }
+        self.proposer.hand_over(self.key);
     }
 }
 
@@ -459,8 +569,12 @@ fn impossible(sets: &[Vec<String>], failed: &[&str], weak: bool) -> bool {
 type Vote<T> = Result<Fenced<Result<T, Ballot>>, ReplicaError>;
 
 /// Asks every node of the union of `sets` with `call` and gathers answers until a majority
-/// of every set said ok, a majority became impossible, or `deadline`.
-async fn phase<T, F, Fut>(sets: &[Vec<String>], deadline: Instant, weak: bool, call: F) -> Tally<T>
+/// of every set said ok, a majority became impossible, or `deadline`. With `settle` (an
+/// accept), once a majority became impossible it still waits a little for the acceptors
+/// that have not answered (as long again as the phase took so far, at least
+/// [`SETTLE_MIN`], within `deadline`): if they all refuse too, nothing was accepted anywhere
+/// and the operation can run again instead of answering `indeterminate`.
+async fn phase<T, F, Fut>(sets: &[Vec<String>], deadline: Instant, weak: bool, settle: bool, call: F) -> Tally<T>
 where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = (String, Vote<T>)>,
@@ -475,6 +589,8 @@ where
         stale_layout: None,
         storage: None,
     };
+    let started = Instant::now();
+    let mut settling = false;
     let sleep = tokio::time::sleep_until(deadline.into());
     tokio::pin!(sleep);
     loop {
@@ -488,7 +604,15 @@ where
             .chain(tally.unknown.iter().map(|(n, _)| n.as_str()))
             .collect();
         if impossible(sets, &failed, weak) {
-            break;
+            if !settle || pending.is_empty() {
+                break;
+            }
+            if !settling {
+                settling = true;
+                let now = Instant::now();
+                let until = now + (now - started).max(SETTLE_MIN);
+                sleep.as_mut().reset(until.min(deadline).into());
+            }
         }
         tokio::select! {
             next = pending.next() => match next {
@@ -524,11 +648,15 @@ where
     tally
 }
 
+/// Least time an accept phase waits for its last answers once a majority is out of reach
+/// ([`phase`]).
+const SETTLE_MIN: Duration = Duration::from_millis(2);
+
 /// Result of an accept phase.
 enum Accepted {
     /// A majority of every set accepted.
     Chosen,
-    /// Every acceptor answered a refusal: nothing was accepted anywhere.
+    /// Every acceptor (of every set) answered a refusal: nothing was accepted anywhere.
     NoneAccepted,
     /// Some acceptors may hold the value.
     Unknown(String),
@@ -555,7 +683,7 @@ impl<T: ReplicaTransport> Run<'_, T> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         let (partition, bucket, key) = (self.partition, self.bucket, self.key);
         let peers = self.peers;
-        phase(sets, self.deadline, self.weak(), |node| {
+        phase(sets, self.deadline, self.weak(), false, |node| {
             let req = PaxosRead {
                 partition,
                 bucket: ByteBuf::from(bucket.to_vec()),
@@ -579,7 +707,8 @@ impl<T: ReplicaTransport> Run<'_, T> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         let (partition, bucket, key) = (self.partition, self.bucket, self.key);
         let peers = self.peers;
-        let tally = phase(sets, self.deadline, self.weak(), |node| {
+        let settle = matches!(step, PaxosStep::Accept { .. });
+        let tally = phase(sets, self.deadline, self.weak(), settle, |node| {
             let req = Paxos {
                 partition,
                 bucket: ByteBuf::from(bucket.to_vec()),
@@ -617,6 +746,10 @@ impl<T: ReplicaTransport> Run<'_, T> {
             counter: ballot.counter + 1,
             proposer: ballot.proposer,
         };
+        // Fresh ballots stay above every ballot this proposer used or asked to be promised: a
+        // prepare at the ballot of a fast accept that reached only a minority could otherwise
+        // get a majority and accept another value at the same ballot.
+        self.proposer.saw(next);
         let tally = self
             .step(
                 sets,
@@ -631,7 +764,11 @@ impl<T: ReplicaTransport> Run<'_, T> {
         if met(sets, &tally.ok_nodes(), self.weak()) {
             return Ok(Accepted::Chosen);
         }
-        if tally.ok.is_empty() && tally.unknown.is_empty() {
+        // Nothing accepted anywhere only if every acceptor answered a refusal: the phase stops
+        // waiting once a majority is out of reach, and an acceptor that had not answered
+        // then may still accept (a proposer that took that for "none" and ran the operation
+        // again could apply it twice, or answer `condition_failed` for a `cas` it applied).
+        if tally.ok.is_empty() && tally.unknown.is_empty() && tally.refused.len() == union(sets).len() {
             return Ok(Accepted::NoneAccepted);
         }
         if tally.ok.is_empty() {
@@ -670,7 +807,10 @@ impl<T: ReplicaTransport> Run<'_, T> {
 
 /// Runs a strong operation on `(bucket, key)` of partition `partition`, proposed by this
 /// node, within `timeout`: replicas are the first `n` of each live layout version's
-/// preference list.
+/// preference list. While a round on the key runs here, the operation waits and joins the
+/// next round with the other operations that waited (see "Per key" in the module docs); an
+/// operation whose time ran out in the queue answers `no_majority` (nothing written), and the
+/// one that leads a round may be answered up to the round's latest operation's time limit.
 ///
 /// # Errors
 /// [`StrongError`]: `ConditionFailed` (a definite outcome), `Unavailable` (nothing written),
@@ -689,8 +829,37 @@ pub async fn propose<T: ReplicaTransport>(
     let skey = ringkv_storage::keys::storage_key(bucket, key)?;
     let cache_key = (partition, skey);
     let deadline = Instant::now() + timeout;
-    let _turn = proposer.turn(&cache_key).await;
     proposer.stats.ops.fetch_add(1, Ordering::Relaxed);
+    let reply = |(value, round_trips)| StrongReply {
+        value,
+        round_trips,
+        forwarded: false,
+    };
+    let others = match proposer.queue(&cache_key, op, n, deadline).await {
+        Wake::Done(answer) => return answer.map(reply),
+        Wake::Lead(others) => others,
+    };
+    let _leading = Leading {
+        proposer,
+        key: &cache_key,
+    };
+    // This round takes the waiting operations of the same `n` whose time is not up; the
+    // others wait for the next one.
+    let (batch, later): (Vec<Waiter>, Vec<Waiter>) = others.into_iter().partition(|w| w.n == n);
+    proposer.requeue(&cache_key, later);
+    let now = Instant::now();
+    let (batch, late): (Vec<Waiter>, Vec<Waiter>) = batch.into_iter().partition(|w| w.deadline > now);
+    for w in late {
+        let out_of_time = StrongError::Unavailable("the request's time ran out".into());
+        let _ = w.tx.send(Wake::Done(Err(out_of_time)));
+    }
+    let ops: Vec<StrongOp> = std::iter::once(op.clone())
+        .chain(batch.iter().map(|w| w.op.clone()))
+        .collect();
+    // The round may take the time of its latest operation: the leader, which waited longest,
+    // may then be answered after its own time limit, but a round cut short by the oldest
+    // operation's limit would leave every fresh operation in it indeterminate.
+    let deadline = batch.iter().map(|w| w.deadline).fold(deadline, Instant::max);
     let mut run = Run {
         peers,
         proposer,
@@ -700,19 +869,41 @@ pub async fn propose<T: ReplicaTransport>(
         deadline,
         round_trips: 0,
     };
-    let result = run_op(&mut run, &cache_key, op, n).await;
+    let mut answers = match run_ops(&mut run, &cache_key, &ops, n).await {
+        // Refused by every replica's writer, so nothing was written: one of the operations
+        // is bad input (a value over the record limit); each runs alone to find which.
+        Err(StrongError::Storage(_)) if ops.len() > 1 => {
+            let mut each = Vec::with_capacity(ops.len());
+            for op in &ops {
+                each.push(match run_ops(&mut run, &cache_key, std::slice::from_ref(op), n).await {
+                    Ok(mut a) => a.pop().unwrap_or(Ok(None)),
+                    Err(e) => Err(e),
+                });
+            }
+            each
+        }
+        Ok(answers) => answers,
+        Err(e) => vec![Err(e); ops.len()],
+    };
+    proposer.stats.batches.fetch_add(1, Ordering::Relaxed);
     proposer
         .stats
         .round_trips
         .fetch_add(u64::from(run.round_trips), Ordering::Relaxed);
-    if matches!(result, Err(StrongError::Indeterminate(_))) {
-        proposer.stats.indeterminate.fetch_add(1, Ordering::Relaxed);
+    let indeterminate = answers
+        .iter()
+        .filter(|a| matches!(a, Err(StrongError::Indeterminate(_))))
+        .count();
+    proposer
+        .stats
+        .indeterminate
+        .fetch_add(indeterminate as u64, Ordering::Relaxed);
+    let rt = run.round_trips;
+    let mine = answers.remove(0);
+    for (w, answer) in batch.into_iter().zip(answers) {
+        let _ = w.tx.send(Wake::Done(answer.map(|v| (v, rt))));
     }
-    result.map(|value| StrongReply {
-        value,
-        round_trips: run.round_trips,
-        forwarded: false,
-    })
+    mine.map(|v| reply((v, rt)))
 }
 
 /// Backoff after a ballot conflict or a stale layout: 1 to 8 ms, random (so duelling
@@ -722,12 +913,32 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_micros(rand::random::<u64>() % (cap * 1000) + 500)
 }
 
-async fn run_op<T: ReplicaTransport>(
+/// The answers of `ops` applied in order from `current`, and the value they leave.
+fn apply_all(ops: &[StrongOp], current: &Option<Vec<u8>>) -> (Option<Vec<u8>>, Vec<Answer>) {
+    let mut value = current.clone();
+    let answers = ops
+        .iter()
+        .map(|op| {
+            let (next, answer) = op.apply(&value);
+            value = next;
+            answer
+        })
+        .collect();
+    (value, answers)
+}
+
+/// One operation's own answer within its batch: its value (a `get`), or `condition_failed`.
+type Answer = Result<Option<ByteBuf>, StrongError>;
+
+/// Runs `ops` (one batch, in order) as one change of the key: their answers, or why the
+/// whole batch failed.
+async fn run_ops<T: ReplicaTransport>(
     run: &mut Run<'_, T>,
     cache_key: &(u32, Vec<u8>),
-    op: &StrongOp,
+    ops: &[StrongOp],
     n: usize,
-) -> Result<Option<ByteBuf>, StrongError> {
+) -> Result<Vec<Answer>, StrongError> {
+    let count = ops.len() as u64;
     let view = run.peers.context().view.clone();
     let mut attempt = 0u32;
     let mut tried_read = false;
@@ -741,16 +952,17 @@ async fn run_op<T: ReplicaTransport>(
         let layout = placements.version;
         let sets = replica_sets(&placements, run.partition, n)?;
 
-        // A read: one round of acceptor reads, if a majority agrees.
-        if matches!(op, StrongOp::Get) && !tried_read {
+        // Reads only: one round of acceptor reads, if a majority agrees.
+        if ops.iter().all(|op| matches!(op, StrongOp::Get)) && !tried_read {
             tried_read = true;
             let tally = run.read_states(&sets, layout).await;
             let weak = run.weak();
             if met(&sets, &tally.ok_nodes(), weak) {
                 let first = &tally.ok[0].1;
                 if tally.ok.iter().all(|(_, s)| s.accepted == first.accepted) {
-                    run.proposer.stats.quorum_reads.fetch_add(1, Ordering::Relaxed);
-                    return Ok(first.value.clone().map(ByteBuf::from));
+                    run.proposer.stats.quorum_reads.fetch_add(count, Ordering::Relaxed);
+                    let value = first.value.clone().map(ByteBuf::from);
+                    return Ok(vec![Ok(value); ops.len()]);
                 }
             } else if tally.stale_layout.is_some() {
                 tokio::time::sleep(backoff(attempt)).await;
@@ -764,20 +976,20 @@ async fn run_op<T: ReplicaTransport>(
 
         // A write on a key this proposer wrote last: accept at the promised next ballot.
         if let Some((ballot, value)) = run.proposer.cached(cache_key, &sets) {
-            let (new, answer) = op.apply(&value);
+            let (new, answers) = apply_all(ops, &value);
             match run.accept(&sets, layout, ballot, new.clone()).await? {
                 Accepted::Chosen => {
-                    run.proposer.stats.fast_writes.fetch_add(1, Ordering::Relaxed);
+                    run.proposer.stats.fast_writes.fetch_add(count, Ordering::Relaxed);
                     run.proposer
                         .remember(cache_key.clone(), ballot_after(ballot), new, sets);
-                    return answer;
+                    return Ok(answers);
                 }
                 Accepted::NoneAccepted => {
                     run.proposer.forget(cache_key);
                 }
                 Accepted::Unknown(why) => {
                     run.proposer.forget(cache_key);
-                    return recover(run, &sets, layout, ballot, new, answer, why).await;
+                    return recover(run, cache_key, ops, &sets, layout, ballot, new, answers, why).await;
                 }
             }
         }
@@ -795,12 +1007,12 @@ async fn run_op<T: ReplicaTransport>(
                 return Err(StrongError::Unavailable(tally.causes()));
             }
         };
-        let (new, answer) = op.apply(&current.value);
+        let (new, answers) = apply_all(ops, &current.value);
         match run.accept(&sets, layout, ballot, new.clone()).await? {
             Accepted::Chosen => {
                 run.proposer
                     .remember(cache_key.clone(), ballot_after(ballot), new, sets);
-                return answer;
+                return Ok(answers);
             }
             Accepted::NoneAccepted => {
                 // Beaten between our phases; nothing of ours is anywhere: start over.
@@ -808,7 +1020,7 @@ async fn run_op<T: ReplicaTransport>(
                 attempt += 1;
             }
             Accepted::Unknown(why) => {
-                return recover(run, &sets, layout, ballot, new, answer, why).await;
+                return recover(run, cache_key, ops, &sets, layout, ballot, new, answers, why).await;
             }
         }
     }
@@ -831,29 +1043,49 @@ fn ballot_after(b: Ballot) -> Ballot {
     }
 }
 
-/// After an accept at `ballot` that a majority did not confirm: one more round. If the
-/// highest accepted value a majority then reports is ours (`ballot`), complete it and answer
-/// as the operation did; otherwise the outcome stays unknown.
+/// After an accept of `value` at `ballot` that a majority did not confirm: one more round,
+/// a prepare at a fresh ballot `b2`, which finds the highest accepted ballot of a majority:
+///
+/// * `ballot` itself: the value is ours; accepting it again at `b2` completes it, and the
+///   operations answer as they did (`answers`).
+/// * below `ballot`: ours was not chosen (a majority that accepted it would meet this one in
+///   an acceptor reporting it), and with `b2` promised by a majority it can no longer be
+///   (nor be picked up by another proposer and then chosen, its ballot being below `b2`
+///   where that proposer's majority meets this one). So the operations took no effect yet:
+///   they are applied to the value found and accepted at `b2`, and answer from that value.
+/// * above `ballot`: another proposer wrote after ours, which it may or may not have built
+///   on: the outcome stays unknown.
+///
+/// Whenever the round at `b2` is not confirmed either, the outcome stays unknown.
+#[allow(clippy::too_many_arguments)]
 async fn recover<T: ReplicaTransport>(
     run: &mut Run<'_, T>,
+    cache_key: &(u32, Vec<u8>),
+    ops: &[StrongOp],
     sets: &[Vec<String>],
     layout: u64,
     ballot: Ballot,
     value: Option<Vec<u8>>,
-    answer: Result<Option<ByteBuf>, StrongError>,
+    answers: Vec<Answer>,
     why: String,
-) -> Result<Option<ByteBuf>, StrongError> {
+) -> Result<Vec<Answer>, StrongError> {
     for attempt in 0..3 {
         if Instant::now() >= run.deadline {
             break;
         }
         match run.prepare(sets, layout).await {
             Ok((b2, current)) => {
-                if current.accepted != ballot {
+                let (new, answers) = if current.accepted == ballot {
+                    (value, answers)
+                } else if current.accepted < ballot {
+                    apply_all(ops, &current.value)
+                } else {
                     break;
-                }
-                if let Ok(Accepted::Chosen) = run.accept(sets, layout, b2, value.clone()).await {
-                    return answer;
+                };
+                if let Ok(Accepted::Chosen) = run.accept(sets, layout, b2, new.clone()).await {
+                    run.proposer
+                        .remember(cache_key.clone(), ballot_after(b2), new, sets.to_vec());
+                    return Ok(answers);
                 }
                 break;
             }
@@ -962,5 +1194,56 @@ pub async fn carry_over<T: ReplicaTransport>(peers: &T, partition: u32) -> Resul
             Some(b) => after = Some(b),
             None => return Ok(carried),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(v: &str) -> StrongOp {
+        StrongOp::Put {
+            value: ByteBuf::from(v.as_bytes().to_vec()),
+        }
+    }
+
+    fn cas(expect: Option<&str>, new: &str) -> StrongOp {
+        StrongOp::Cas {
+            expect: expect.map(|e| ByteBuf::from(e.as_bytes().to_vec())),
+            new: Some(ByteBuf::from(new.as_bytes().to_vec())),
+        }
+    }
+
+    fn b(v: &str) -> Option<ByteBuf> {
+        Some(ByteBuf::from(v.as_bytes().to_vec()))
+    }
+
+    /// A batch applies its operations in order, each answering from the value the ones
+    /// before it left: as if they ran one after the other.
+    #[test]
+    fn a_batch_applies_its_operations_in_order() {
+        let ops = [
+            StrongOp::Get,
+            cas(None, "a"),
+            cas(None, "b"),
+            StrongOp::Get,
+            put("c"),
+            cas(Some("c"), "d"),
+            StrongOp::Delete,
+            StrongOp::Get,
+        ];
+        let (value, answers) = apply_all(&ops, &None);
+        assert_eq!(value, None);
+        assert_eq!(answers[0], Ok(None));
+        assert_eq!(answers[1], Ok(None));
+        assert_eq!(
+            answers[2],
+            Err(StrongError::ConditionFailed { current: b("a") })
+        );
+        assert_eq!(answers[3], Ok(b("a")));
+        assert_eq!(answers[5], Ok(None));
+        assert_eq!(answers[7], Ok(None));
+        let (value, _) = apply_all(&ops[..6], &None);
+        assert_eq!(value, Some(b"d".to_vec()));
     }
 }

@@ -206,7 +206,8 @@ async fn strong_operations_stay_linearizable_under_a_seeded_fault_schedule() {
     };
     assert_eq!(sum("ops"), ops as u64);
     assert!(sum("quorum_reads") > 0);
-    assert!(sum("round_trips") >= sum("quorum_reads") + sum("fast_writes"));
+    // Operations queued on a key run in batches, one round each.
+    assert!(sum("batches") > 0 && sum("batches") <= sum("ops"));
     c.net.shutdown().await;
 }
 
