@@ -234,6 +234,30 @@ pub struct ProposerStats {
     pub indeterminate: AtomicU64,
     /// Ballot conflicts (a refusal by a higher promise).
     pub conflicts: AtomicU64,
+    /// Rounds run for batches of queued operations ([`propose`]).
+    pub batches: AtomicU64,
+    /// Operations this node forwarded to the key's proposer on another node.
+    pub forwarded: AtomicU64,
+}
+
+impl ProposerStats {
+    /// A copy of every counter by name: `ops`, `batches`, `round_trips`, `quorum_reads`,
+    /// `fast_writes`, `indeterminate`, `conflicts`, `forwarded`.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        [
+            ("ops", &self.ops),
+            ("batches", &self.batches),
+            ("round_trips", &self.round_trips),
+            ("quorum_reads", &self.quorum_reads),
+            ("fast_writes", &self.fast_writes),
+            ("indeterminate", &self.indeterminate),
+            ("conflicts", &self.conflicts),
+            ("forwarded", &self.forwarded),
+        ]
+        .into_iter()
+        .map(|(name, c)| (name, c.load(Ordering::Relaxed)))
+        .collect()
+    }
 }
 
 /// A node's proposer: its ballot id, the cache of promised ballots and the per-key queue.
@@ -859,6 +883,7 @@ async fn run_key<T: ReplicaTransport>(
         if batch.is_empty() {
             continue;
         }
+        proposer.stats.batches.fetch_add(1, Ordering::Relaxed);
         let deadline = batch.iter().map(|p| p.deadline).min().unwrap_or(now);
         let ops: Vec<StrongOp> = batch.iter().map(|p| p.op.clone()).collect();
         let mut run = Run {
@@ -949,7 +974,10 @@ async fn run_ops<T: ReplicaTransport>(
                 }
                 Accepted::Unknown(why) => {
                     run.proposer.forget(cache_key);
-                    return recover(run, &sets, layout, ballot, new, answers, why).await;
+                    return recover(
+                        run, cache_key, ops, &sets, layout, ballot, new, answers, why,
+                    )
+                    .await;
                 }
             }
         }
@@ -980,7 +1008,10 @@ async fn run_ops<T: ReplicaTransport>(
                 attempt += 1;
             }
             Accepted::Unknown(why) => {
-                return recover(run, &sets, layout, ballot, new, answers, why).await;
+                return recover(
+                    run, cache_key, ops, &sets, layout, ballot, new, answers, why,
+                )
+                .await;
             }
         }
     }
@@ -1003,11 +1034,21 @@ fn ballot_after(b: Ballot) -> Ballot {
     }
 }
 
-/// After an accept at `ballot` that a majority did not confirm: one more round. If the
-/// highest accepted value a majority then reports is ours (`ballot`), complete it and answer
-/// as the operations did; otherwise the outcome stays unknown.
+/// After an accept at `ballot` that a majority did not confirm: a new prepare at `b2`.
+/// * If the highest accepted ballot its majority reports is ours (`ballot`), our value may be
+///   chosen: complete it at `b2` and answer as the operations did.
+/// * If it is below ours, no acceptor of that majority accepted ours, and all of them now
+///   refuse it (they promised `b2`): ours can never reach a majority, and no value derived
+///   from it either (a proposer adopting it would need a majority meeting this one). The
+///   operations have not taken effect: apply them to the value found and accept at `b2`;
+///   answer only if that is chosen (once `b2` is chosen, every later prepare sees `b2`, not
+///   ours).
+/// * If it is above ours, another proposer may have built on our value: unknown.
+#[allow(clippy::too_many_arguments)]
 async fn recover<T: ReplicaTransport>(
     run: &mut Run<'_, T>,
+    cache_key: &CacheKey,
+    ops: &[StrongOp],
     sets: &[Vec<String>],
     layout: u64,
     ballot: Ballot,
@@ -1021,10 +1062,20 @@ async fn recover<T: ReplicaTransport>(
         }
         match run.prepare(sets, layout).await {
             Ok((b2, current)) => {
-                if current.accepted != ballot {
+                let (value, answers) = if current.accepted == ballot {
+                    (value, answers)
+                } else if current.accepted < ballot {
+                    apply_all(ops, &current.value)
+                } else {
                     break;
-                }
+                };
                 if let Ok(Accepted::Chosen) = run.accept(sets, layout, b2, value.clone()).await {
+                    run.proposer.remember(
+                        cache_key.clone(),
+                        ballot_after(b2),
+                        value,
+                        sets.to_vec(),
+                    );
                     return Ok(answers);
                 }
                 break;

@@ -97,8 +97,7 @@ impl<T: ReplicaTransport> Transition<T> {
                 }
             })
             .await;
-            if !matches!(stats, Ok(s) if s.keys > 0) && !matches!(strong, Ok(k) if !k.is_empty())
-            {
+            if !matches!(stats, Ok(s) if s.keys > 0) && !matches!(strong, Ok(k) if !k.is_empty()) {
                 continue;
             }
             // Checked again right before: a commit may have given the partition back.

@@ -14,6 +14,10 @@
 //! last answer about that key the worker saw (a get, or the put before), asking for the body
 //! back to learn the new context. Concurrent updates to a hot key become siblings that the
 //! next update of each worker resolves, so the number of siblings stays bounded.
+//!
+//! `--bucket` picks the ringkv bucket (default `usertable`). On a bucket made strong before
+//! the load (`ringkv bucket set B consistency=strong`) the same gets and puts are
+//! linearizable ([`ringkv_actors::strong`]); their context is then empty and ignored.
 
 use crate::client::{CallOptions, Client, ClientError};
 use hdrhistogram::Histogram;
@@ -78,6 +82,8 @@ pub struct BenchSpec {
     pub target: Target,
     /// Its address, `HOST:PORT`.
     pub addr: String,
+    /// ringkv bucket of the keys (Redis and etcd have none).
+    pub bucket: Vec<u8>,
     /// Operation mix.
     pub workload: Workload,
     /// Key choice.
@@ -167,6 +173,7 @@ impl From<reqwest::Error> for DriverError {
 enum Driver {
     Ringkv {
         client: Client,
+        bucket: Vec<u8>,
         opts: CallOptions,
         /// The context of the last answer about each key, kept only when the workload updates
         /// (a read-only workload never uses it).
@@ -179,13 +186,15 @@ enum Driver {
     },
 }
 
-const BUCKET: &[u8] = b"usertable";
+/// The ringkv bucket `ringkv bench` loads unless told another.
+pub const DEFAULT_BUCKET: &str = "usertable";
 
 impl Driver {
     async fn connect(spec: &BenchSpec) -> Result<Driver, DriverError> {
         Ok(match spec.target {
             Target::Ringkv => Driver::Ringkv {
                 client: Client::connect(spec.addr.as_str()).await?,
+                bucket: spec.bucket.clone(),
                 opts: spec.quorum.clone(),
                 contexts: (spec.workload.read_fraction() < 1.0).then(HashMap::new),
             },
@@ -206,10 +215,11 @@ impl Driver {
         match self {
             Driver::Ringkv {
                 client,
+                bucket,
                 opts,
                 contexts,
             } => {
-                let got = client.get_with(BUCKET, key, opts).await?;
+                let got = client.get_with(bucket, key, opts).await?;
                 if let Some(contexts) = contexts {
                     contexts.insert(key.to_vec(), got.context);
                 }
@@ -228,6 +238,7 @@ impl Driver {
         match self {
             Driver::Ringkv {
                 client,
+                bucket,
                 opts,
                 contexts,
             } => {
@@ -237,7 +248,7 @@ impl Driver {
                     .unwrap_or_default();
                 let mut frame = crate::protocol::RequestFrame {
                     op: "put".into(),
-                    bucket: Some(BUCKET.to_vec().into()),
+                    bucket: Some(bucket.clone().into()),
                     key: Some(key.to_vec().into()),
                     value: Some(value.to_vec().into()),
                     context: Some(context.into()),

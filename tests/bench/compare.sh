@@ -6,7 +6,11 @@
 # 1. Single node: ringkv, Redis (--save '' --appendonly no), one etcd member; workloads
 #    C, W, A, B (zipfian), targets alternating within each workload.
 # 2. Redis driver check: `redis-benchmark` GET/SET on the same server, 50 clients, 256 B.
-# 3. Three nodes: a ringkv cluster (n=3 r=2 w=2) and a 3-member etcd cluster; W and C.
+# 3. Three nodes: a ringkv cluster (n=3 r=2 w=2) and a 3-member etcd cluster; W, C and A.
+#    On the same ringkv cluster a strong bucket (consistency=strong, set before its load: every
+#    get and put linearizable, CASPaxos per key) runs W and C against etcd's puts and
+#    linearizable reads, with the proposers' counters (`cluster status`, group `strong`) read
+#    from every node before and after each run: round trips per operation.
 # Prints one table with the ratios; raw results go to $OUT (default target/bench-results.jsonl).
 # Installs redis-server, redis-tools and etcd-server with apt-get when they are missing.
 # Everything listens on 127.0.0.x and is stopped on exit.
@@ -15,6 +19,7 @@ cd "$(dirname "$0")/../.."
 
 DURATION=10
 RECORDS=10000
+STRONG=strongtable
 OUT=${OUT:-target/bench-results.jsonl}
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -54,6 +59,29 @@ bench() { # label target addr workload [extra...]
   $BIN bench --target "$target" --addr "$addr" --workload "$workload" --distribution zipfian \
     --records "$RECORDS" --duration-secs "$DURATION" --concurrency 50 --value-size 256 --json "$@" \
     | sed "s/^{/{\"setup\":\"$label\",/" >> "$OUT"
+}
+
+# The strong proposers' counters summed over the three nodes, as one JSON object.
+strong_counters() {
+  for i in 1 2 3; do $BIN cluster status --json --addr 127.0.0.$i:7392; done | python3 -c '
+import json, sys
+total = {}
+for line in sys.stdin:
+    if line.strip():
+        for k, v in json.loads(line)["strong"].items():
+            total[k] = total.get(k, 0) + v
+print(json.dumps(total))'
+}
+
+# One row of $OUT with the counters a strong run added: setup strong3-proposer.
+strong_delta() { # workload before after
+  python3 - "$@" >> "$OUT" <<'PY'
+import json, sys
+w, before, after = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+row = {"setup": "strong3-proposer", "workload": w}
+row.update({k: after[k] - before.get(k, 0) for k in after})
+print(json.dumps(row))
+PY
 }
 
 : > "$OUT"
@@ -112,18 +140,46 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 $BIN cluster commit --addr 127.0.0.1:7392 > /dev/null
-for _ in $(seq 1 100); do
-  v=$($BIN cluster status --json --addr 127.0.0.3:7392 | python3 -c 'import json,sys; print(json.load(sys.stdin)["layout_version"])')
-  [ "$v" = 2 ] && break
-  sleep 0.1
+# Until the transition to the 3-node layout is over on every node (one live version): before
+# that, writes go to both layouts' replica sets, and each new replica carries the strong keys
+# over with Paxos rounds of its own that duel with the proposer.
+for i in 1 2 3; do
+  for _ in $(seq 1 300); do
+    v=$($BIN cluster status --json --addr 127.0.0.$i:7392 | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["layout_version"], len(d["live_versions"]))')
+    [ "$v" = "2 1" ] && break
+    sleep 0.1
+  done
+  [ "$v" = "2 1" ] || { echo "node $i: layout version and live versions $v, not 2 1" >&2; exit 1; }
 done
+# The strong bucket, known to every node before its load.
+$BIN bucket set "$STRONG" consistency=strong --addr 127.0.0.1:7392 > /dev/null
+for i in 1 2 3; do
+  for _ in $(seq 1 100); do
+    c=$($BIN bucket get "$STRONG" --addr 127.0.0.$i:7392 | python3 -c 'import json,sys; print(json.load(sys.stdin)["consistency"])')
+    [ "$c" = strong ] && break
+    sleep 0.1
+  done
+  [ "$c" = strong ] || { echo "node $i does not see $STRONG as strong" >&2; exit 1; }
+done
+echo "  strong: load of $STRONG" >&2
+before=$(strong_counters)
+$BIN bench --target ringkv --addr 127.0.0.1:7392 --bucket "$STRONG" --n 3 --records "$RECORDS" \
+  --concurrency 50 --value-size 256 --operations 0 --json > /dev/null
+strong_delta load "$before" "$(strong_counters)"
 loaded=""
 for w in w c a; do
-  for t in ringkv etcd; do
-    case $t in ringkv) a=127.0.0.1:7392 ;; etcd) a=127.0.0.1:23801 ;; esac
+  for t in ringkv etcd strong; do
+    case $t in ringkv|strong) a=127.0.0.1:7392 ;; etcd) a=127.0.0.1:23801 ;; esac
     skip=(); case " $loaded " in *" $t "*) skip=(--skip-load) ;; esac
-    bench cluster3 "$t" "$a" "$w" --n 3 --r 2 --w 2 "${skip[@]}"
-    loaded="$loaded $t"
+    if [ $t = strong ]; then
+      [ $w = a ] && continue
+      before=$(strong_counters)
+      bench strong3 ringkv "$a" "$w" --n 3 --bucket "$STRONG" --skip-load
+      strong_delta "${w^^}" "$before" "$(strong_counters)"
+    else
+      bench cluster3 "$t" "$a" "$w" --n 3 --r 2 --w 2 "${skip[@]}"
+      loaded="$loaded $t"
+    fi
   done
 done
 
@@ -131,24 +187,53 @@ python3 - "$OUT" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 res = {}
+proposer = {}
 for r in rows:
     if r["setup"] == "redis-benchmark":
         res[("rb", r["op"])] = r["throughput"]
+    elif r["setup"] == "strong3-proposer":
+        proposer[r["workload"]] = r
     else:
         res[(r["setup"], r["target"], r["workload"])] = r
 def tp(s, t, w):
     r = res.get((s, t, w)); return r["throughput"] if r else float("nan")
-def p99(s, t, w):
+def pct(s, t, w, field):
     r = res.get((s, t, w))
     if not r: return "-"
-    ps = [x["p99_us"] for x in (r.get("read"), r.get("update")) if x]
+    ps = [x[field] for x in (r.get("read"), r.get("update")) if x]
     return "%.1f" % (max(ps) / 1000)
+def p99(s, t, w):
+    return pct(s, t, w, "p99_us")
+def p50(s, t, w):
+    return pct(s, t, w, "p50_us")
 print()
 print("%-9s %-3s | %10s %10s %10s | %12s %12s | %s" % ("setup", "wl", "ringkv/s", "redis/s", "etcd/s", "ringkv/redis", "ringkv/etcd", "p99 ms ringkv/redis/etcd"))
-for s, ws in (("single", ["C", "W", "A", "B"]), ("cluster3", ["W", "C", "A"])):
+for s, ws in (("single", ["C", "W", "A", "B"]), ("cluster3", ["W", "C", "A"]), ("strong3", ["W", "C"])):
     for w in ws:
-        a, b, c = tp(s, "Ringkv", w), tp(s, "Redis", w), tp(s, "Etcd", w)
-        print("%-9s %-3s | %10.0f %10.0f %10.0f | %12.2f %12.2f | %s/%s/%s" % (s, w, a, b, c, a / b if b == b else float("nan"), a / c, p99(s, "Ringkv", w), p99(s, "Redis", w), p99(s, "Etcd", w)))
+        # A strong bucket is compared with the same 3-member etcd (puts; linearizable reads).
+        e = "cluster3" if s == "strong3" else s
+        a, b, c = tp(s, "Ringkv", w), tp(s, "Redis", w), tp(e, "Etcd", w)
+        print("%-9s %-3s | %10.0f %10.0f %10.0f | %12.2f %12.2f | %s/%s/%s" % (s, w, a, b, c, a / b if b == b else float("nan"), a / c, p99(s, "Ringkv", w), p99(s, "Redis", w), p99(e, "Etcd", w)))
+if proposer:
+    print()
+    print("strong bucket, 3 nodes n=3, 50 in flight, against the 3-member etcd (W: puts, C: linearizable reads):")
+    print("%-4s | %10s %10s %6s | %15s %15s | %7s %7s %8s %9s %7s %7s %9s %6s" % ("wl", "strong/s", "etcd/s", "ratio", "p50 ms str/etcd", "p99 ms str/etcd", "ops", "rt/op", "rt/batch", "ops/batch", "fwd/op", "1rt/op", "conflicts", "indet"))
+    for w in ("load", "W", "C"):
+        p = proposer.get(w)
+        if not p: continue
+        ops = max(p["ops"], 1)
+        batches = max(p.get("batches", p["ops"]), 1)
+        one = p["fast_writes"] + p["quorum_reads"]
+        if w == "load":
+            a = c = float("nan"); lat = ("-", "-")
+        else:
+            a, c = tp("strong3", "Ringkv", w), tp("cluster3", "Etcd", w)
+            lat = ("%s/%s" % (p50("strong3", "Ringkv", w), p50("cluster3", "Etcd", w)),
+                   "%s/%s" % (p99("strong3", "Ringkv", w), p99("cluster3", "Etcd", w)))
+        print("%-4s | %10.0f %10.0f %6.2f | %15s %15s | %7d %7.3f %8.3f %9.2f %7.3f %7.3f %9d %6d" % (w, a, c, a / c, lat[0], lat[1], p["ops"], p["round_trips"] / ops, p["round_trips"] / batches, ops / batches, p["forwarded"] / ops, one / ops, p["conflicts"], p["indeterminate"]))
+    print("rt/op: proposer round trips to the replicas per operation, rt/batch: per round of operations queued on one key (what each")
+    print("waits for), both from every node's `cluster status` (group strong); fwd/op: operations the node the client talks to forwarded")
+    print("to the key's proposer (one more cluster hop); 1rt/op: operations answered by a quorum read or an accept at a cached promise.")
 rb_get, rb_set = res.get(("rb", "GET")), res.get(("rb", "SET"))
 if rb_get and rb_set:
     print()

@@ -359,6 +359,7 @@ fn cli_round_trip() {
         "hints: delivered 0, pending 0, stored 0",
         "repair: ",
         "replica: batched_calls 0, batches 0",
+        "strong: batches 0, conflicts 0, fast_writes 0, forwarded 0, indeterminate 0, ops 0, quorum_reads 0, round_trips 0",
         "restarts: ",
     ] {
         assert!(status.contains(line), "{line:?} missing from:\n{status}");
@@ -407,6 +408,20 @@ fn cli_round_trip() {
     assert!(out.is_empty());
     assert!(err.contains("not found"), "{err}");
     assert_eq!(node.cli(&["delete", "cli", "never"], None).0, 1);
+
+    // A strong bucket, made so before its first write. Its proposer's counters show in
+    // `cluster status`: a first put takes both phases, a read one round of acceptor reads.
+    let (code, _, err) = node.cli(&["bucket", "set", "locks", "consistency=strong"], None);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        node.cli(&["put", "--blind", "locks", "l1", "held"], None).0,
+        0
+    );
+    assert_eq!(node.cli(&["get", "locks", "l1"], None).1, b"held");
+    let (_, out, _) = node.cli(&["cluster", "status"], None);
+    let status = String::from_utf8_lossy(&out);
+    let line = "strong: batches 2, conflicts 0, fast_writes 0, forwarded 0, indeterminate 0, ops 2, quorum_reads 1, round_trips 3";
+    assert!(status.contains(line), "{line:?} missing from:\n{status}");
 
     // Bad input from the CLI gets the server's message.
     let long = "k".repeat(500);

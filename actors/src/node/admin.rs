@@ -69,6 +69,11 @@ pub struct ClusterStatus {
     /// Replica calls: `batches` of merges and reads sent to other nodes (one cluster message
     /// each) and the `batched_calls` they carried, since start.
     pub replica: std::collections::BTreeMap<&'static str, u64>,
+    /// Strong buckets' proposer on this node, since start
+    /// ([`crate::strong::ProposerStats`]): `ops` proposed here, the `round_trips` to
+    /// replicas they took, `quorum_reads` and `fast_writes` (one round trip each),
+    /// `conflicts`, `indeterminate` answers, and the operations `forwarded` to another node.
+    pub strong: std::collections::BTreeMap<&'static str, u64>,
     /// This node's data: `keys` and `bytes` summed over its partitions
     /// ([`ringkv_storage::PartitionStats`]: each key's LMDB key plus its record, values as
     /// stored, so compressed ones count their compressed size; page overhead not counted).
@@ -162,6 +167,7 @@ impl Node {
             repair,
             restarts,
             replica,
+            strong: self.peers.ctx.strong.stats.snapshot(),
             storage: {
                 let (mut keys, mut bytes) = (0, 0);
                 for p in &self.data.partitions {

@@ -83,7 +83,17 @@ impl Node {
             };
             // The proposer gets the request's time; the call a little more, for the way back.
             let wait = timeout + Duration::from_millis(200);
-            match self.peers.call(&leader, request, wait).await {
+            let answer = self.peers.call(&leader, request, wait).await;
+            let unsent = matches!(
+                answer,
+                Err(ReplicaError::Unreachable(_)
+                    | ReplicaError::Overloaded { .. }
+                    | ReplicaError::TooLarge { .. })
+            );
+            if !unsent {
+                crate::stats::add(&self.peers.ctx.strong.stats.forwarded, 1);
+            }
+            match answer {
                 Ok(Ok(mut reply)) => {
                     reply.forwarded = true;
                     return Ok(reply);

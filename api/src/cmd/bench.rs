@@ -2,7 +2,7 @@
 
 use super::{AddrArg, QuorumArgs};
 use clap::Args;
-use ringkv_api::bench::{BenchSpec, KeyChoice, Target, Workload};
+use ringkv_api::bench::{BenchSpec, KeyChoice, Target, Workload, DEFAULT_BUCKET};
 use std::process::ExitCode;
 
 #[derive(Args)]
@@ -12,6 +12,10 @@ pub struct BenchArgs {
     /// System under load (its address is --addr; Redis 127.0.0.1:6379, etcd 127.0.0.1:2379).
     #[arg(long, value_enum, default_value_t = Target::Ringkv)]
     pub target: Target,
+    /// ringkv bucket of the keys; a strong one (`bucket set B consistency=strong`, before the
+    /// load) makes every get and put linearizable. Redis and etcd ignore it.
+    #[arg(long, default_value = DEFAULT_BUCKET)]
+    pub bucket: String,
     /// A: 50% reads 50% updates; B: 95/5; C: reads only; W: updates only.
     #[arg(long, value_enum, default_value_t = Workload::A)]
     pub workload: Workload,
@@ -51,6 +55,7 @@ pub async fn bench(b: Box<BenchArgs>) -> anyhow::Result<ExitCode> {
     let spec = BenchSpec {
         target: b.target,
         addr: b.addr.addr().to_string(),
+        bucket: b.bucket.into_bytes(),
         workload: b.workload,
         keys: b.distribution,
         records: b.records.max(1),
