@@ -364,7 +364,7 @@ pub fn print_admin(op: &str, info: &serde_json::Value) {
                 );
             }
             // Counters of the answering node: `group: name value, ...`.
-            for group in ["gossip", "hints", "repair", "replica", "restarts"] {
+            for group in ["gossip", "hints", "repair", "replica", "strong", "restarts"] {
                 if let Some(counters) = info[group].as_object() {
                     let fields: Vec<String> =
                         counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
