@@ -420,7 +420,7 @@ fn cli_round_trip() {
     assert_eq!(node.cli(&["get", "locks", "l1"], None).1, b"held");
     let (_, out, _) = node.cli(&["cluster", "status"], None);
     let status = String::from_utf8_lossy(&out);
-    let line = "strong: batches 2, conflicts 0, fast_writes 0, forwarded 0, indeterminate 0, ops 2, quorum_reads 1, round_trips 3";
+    let line = "strong: batches 1, conflicts 0, fast_writes 0, forwarded 0, indeterminate 0, ops 2, quorum_reads 1, round_trips 3";
     assert!(status.contains(line), "{line:?} missing from:\n{status}");
 
     // Bad input from the CLI gets the server's message.
