@@ -158,6 +158,7 @@ async fn workload(
         c,
         &NODES,
         routed,
+        MIX,
         seed,
         clients,
         ops_per_client,
@@ -167,12 +168,20 @@ async fn workload(
     .await
 }
 
-/// [`workload`] with clients spread over `nodes`.
+/// Percent of gets, puts and cases of a workload; the rest are deletes.
+type Mix = [u32; 3];
+/// The usual mix: 40 % get, 25 % put, 25 % cas, 10 % delete.
+const MIX: Mix = [40, 25, 25];
+/// Half of the writes delete: 35 % get, 20 % put, 20 % cas, 25 % delete.
+const DELETES: Mix = [35, 20, 20];
+
+/// [`workload`] with clients spread over `nodes`, with the operation mix `mix`.
 #[allow(clippy::too_many_arguments)]
 async fn workload_on(
     c: &Cluster,
     nodes: &[&'static str],
     routed: bool,
+    mix: Mix,
     seed: u64,
     clients: u64,
     ops_per_client: usize,
@@ -197,14 +206,18 @@ async fn workload_on(
                 let k = rng.gen_range(0..keys);
                 let key = format!("k{k}").into_bytes();
                 let fresh = format!("c{client}-{i}").into_bytes();
-                let op = match rng.gen_range(0..100) {
-                    0..40 => Op::Get,
-                    40..65 => Op::Put(fresh),
-                    65..90 => Op::Cas {
+                let roll = rng.gen_range(0..100);
+                let op = if roll < mix[0] {
+                    Op::Get
+                } else if roll < mix[0] + mix[1] {
+                    Op::Put(fresh)
+                } else if roll < mix[0] + mix[1] + mix[2] {
+                    Op::Cas {
                         expect: last[k].clone(),
                         new: Some(fresh),
-                    },
-                    _ => Op::Delete,
+                    }
+                } else {
+                    Op::Delete
                 };
                 let seen = run_op(&net, routed, &rec, client, at, &key, op.clone()).await;
                 if matches!(op, Op::Get | Op::Cas { .. }) || seen.is_some() {
@@ -460,7 +473,7 @@ async fn layout_change(carry: bool) -> (ringkv_tests::linearizability::Report, u
         }
         (tasks.len(), carried)
     });
-    let hot = workload_on(&c, &ALL, true, 5, 8, 2000, 4, run_for).await;
+    let hot = workload_on(&c, &ALL, true, MIX, 5, 8, 2000, 4, run_for).await;
     let (tasks, carried) = change.await.unwrap();
     // The old set is gone: read the cold keys through n2 with n1 cut off.
     c.net.cut("n1");
@@ -532,7 +545,7 @@ async fn erasing_deleted_keys_keeps_histories_linearizable() {
         }
         erased
     });
-    let rec = workload_deletes(&c, 9, 6, 400, 8, run_for).await;
+    let rec = workload_on(&c, &NODES, true, DELETES, 9, 6, 400, 8, run_for).await;
     let erased = gc.await.unwrap();
     faults.await.unwrap();
     c.net.heal_all();
@@ -547,54 +560,6 @@ async fn erasing_deleted_keys_keeps_histories_linearizable() {
     assert!(oks > 200, "too few operations completed: {oks}");
     assert!(report.is_linearizable(), "{report:?}");
     c.net.shutdown().await;
-}
-
-/// A routed workload in which half of the writes are deletes.
-async fn workload_deletes(
-    c: &Cluster,
-    seed: u64,
-    clients: u64,
-    ops_per_client: usize,
-    keys: usize,
-    stop_after: Duration,
-) -> Recorder {
-    let rec = Recorder::new();
-    let deadline = Instant::now() + stop_after;
-    let mut tasks = Vec::new();
-    for client in 0..clients {
-        let net = c.net.clone();
-        let rec = rec.clone();
-        let at = NODES[client as usize % NODES.len()];
-        tasks.push(tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(seed * 1000 + client);
-            let mut last: Vec<Option<Vec<u8>>> = vec![None; keys];
-            for i in 0..ops_per_client {
-                if Instant::now() > deadline {
-                    break;
-                }
-                let k = rng.gen_range(0..keys);
-                let key = format!("k{k}").into_bytes();
-                let fresh = format!("c{client}-{i}").into_bytes();
-                let op = match rng.gen_range(0..100) {
-                    0..35 => Op::Get,
-                    35..55 => Op::Put(fresh),
-                    55..75 => Op::Cas {
-                        expect: last[k].clone(),
-                        new: Some(fresh),
-                    },
-                    _ => Op::Delete,
-                };
-                let seen = run_op(&net, true, &rec, client, at, &key, op.clone()).await;
-                if matches!(op, Op::Get | Op::Cas { .. }) || seen.is_some() {
-                    last[k] = seen;
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    rec
 }
 
 /// Concurrent operations on one hot key share rounds: 8 clients at once on one key take far
