@@ -16,6 +16,7 @@
 //! rules, so packets are lost as on a real network and TCP sessions stall.
 
 pub mod churn;
+pub mod fuzz;
 pub mod linearizability;
 pub mod netns;
 pub mod workload;
