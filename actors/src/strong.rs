@@ -567,7 +567,26 @@ struct Run<'a, T: ReplicaTransport> {
     round_trips: u8,
 }
 
-impl<T: ReplicaTransport> Run<'_, T> {
+impl<'a, T: ReplicaTransport> Run<'a, T> {
+    fn new(
+        peers: &'a T,
+        proposer: &'a Proposer,
+        partition: u32,
+        bucket: &'a [u8],
+        key: &'a [u8],
+        deadline: Instant,
+    ) -> Self {
+        Run {
+            peers,
+            proposer,
+            partition,
+            bucket,
+            key,
+            deadline,
+            round_trips: 0,
+        }
+    }
+
     fn weak(&self) -> bool {
         self.proposer.weakened()
     }
@@ -745,15 +764,7 @@ pub async fn propose<T: ReplicaTransport>(
     proposer.stats.ops.fetch_add(1, Ordering::Relaxed);
     let mut read_trips = 0u8;
     if matches!(op, StrongOp::Get) {
-        let mut run = Run {
-            peers,
-            proposer: &proposer,
-            partition,
-            bucket,
-            key,
-            deadline,
-            round_trips: 0,
-        };
+        let mut run = Run::new(peers, &proposer, partition, bucket, key, deadline);
         let read = quorum_read(&mut run, n).await;
         read_trips = run.round_trips;
         proposer
@@ -891,15 +902,7 @@ async fn run_key<T: ReplicaTransport>(
         proposer.stats.batches.fetch_add(1, Ordering::Relaxed);
         let deadline = batch.iter().map(|p| p.deadline).min().unwrap_or(now);
         let ops: Vec<StrongOp> = batch.iter().map(|p| p.op.clone()).collect();
-        let mut run = Run {
-            peers,
-            proposer: &proposer,
-            partition,
-            bucket,
-            key,
-            deadline,
-            round_trips: 0,
-        };
+        let mut run = Run::new(peers, &proposer, partition, bucket, key, deadline);
         let result = run_ops(&mut run, &cache_key, &ops, n).await;
         proposer
             .stats

@@ -1436,52 +1436,28 @@ impl Writer {
         deltas: &mut Vec<LeafDelta>,
     ) -> Result<Chunk, Abort> {
         let prefix = short(p).to_be_bytes();
-        let mut last: Option<Vec<u8>> = None;
-        let mut deleted = 0;
-        for entry in self
-            .dbs
-            .kv
-            .prefix_iter(wtxn, &prefix)?
-            .take(self.clear_chunk)
-        {
-            let (key, bytes) = entry?;
-            // A malformed key is deleted too; it was never counted (an open refuses it).
-            if let Ok((_, segment, stored)) = split_key(key) {
-                deltas.push(LeafDelta {
-                    partition: p,
-                    segment,
-                    delta: merkle::entry_hash(stored, bytes),
-                    keys: -1,
-                    bytes: -((key.len() + bytes.len()) as i64),
-                });
-            }
-            deleted += 1;
-            last = Some(key.to_vec());
-        }
-        if let Some(last) = &last {
-            // Exactly the keys just read: the range starts before the partition's first key.
-            let range = (
-                Bound::Included(&prefix[..]),
-                Bound::Included(last.as_slice()),
-            );
-            self.dbs.kv.delete_range(wtxn, &range)?;
-        }
+        let mut deleted = delete_first(
+            self.dbs.kv,
+            wtxn,
+            &prefix,
+            self.clear_chunk,
+            |key, bytes| {
+                // A malformed key is deleted too; it was never counted (an open refuses it).
+                if let Ok((_, segment, stored)) = split_key(key) {
+                    deltas.push(LeafDelta {
+                        partition: p,
+                        segment,
+                        delta: merkle::entry_hash(stored, bytes),
+                        keys: -1,
+                        bytes: -((key.len() + bytes.len()) as i64),
+                    });
+                }
+            },
+        )?;
         // Then the partition's acceptor states (strong buckets), in the room left.
         let room = self.clear_chunk - deleted;
         if room > 0 {
-            let mut last: Option<Vec<u8>> = None;
-            for entry in self.dbs.paxos.prefix_iter(wtxn, &prefix)?.take(room) {
-                let (key, _) = entry?;
-                deleted += 1;
-                last = Some(key.to_vec());
-            }
-            if let Some(last) = &last {
-                let range = (
-                    Bound::Included(&prefix[..]),
-                    Bound::Included(last.as_slice()),
-                );
-                self.dbs.paxos.delete_range(wtxn, &range)?;
-            }
+            deleted += delete_first(self.dbs.paxos, wtxn, &prefix, room, |_, _| {})?;
         }
         let finished = if deleted < self.clear_chunk {
             let fresh: ReplicaId = rand::random();
@@ -1494,6 +1470,31 @@ impl Writer {
         };
         Ok(Chunk { deleted, finished })
     }
+}
+
+/// Deletes the first `max` keys of `db` that start with `prefix` (calling `seen` with each key
+/// and value first); answers how many.
+fn delete_first(
+    db: Database<'static, Bytes, Bytes>,
+    wtxn: &mut RwTxn,
+    prefix: &[u8],
+    max: usize,
+    mut seen: impl FnMut(&[u8], &[u8]),
+) -> Result<usize, Abort> {
+    let mut last: Option<Vec<u8>> = None;
+    let mut deleted = 0;
+    for entry in db.prefix_iter(wtxn, prefix)?.take(max) {
+        let (key, value) = entry?;
+        seen(key, value);
+        deleted += 1;
+        last = Some(key.to_vec());
+    }
+    if let Some(last) = &last {
+        // Exactly the keys just read: the range starts before the prefix's first key.
+        let range = (Bound::Included(prefix), Bound::Included(last.as_slice()));
+        db.delete_range(wtxn, &range)?;
+    }
+    Ok(deleted)
 }
 
 /// Deletes every key of partition `p` (data, identity, checkpoint) from the data env at

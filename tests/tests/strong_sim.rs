@@ -284,20 +284,18 @@ async fn strong_operations_stay_linearizable_under_a_seeded_fault_schedule() {
     assert!(!log.is_empty());
     assert!(report.is_linearizable(), "seed {seed}: {report:?}");
     // Every node answered reads in one round trip when its majority agreed.
-    let quorum_reads: u64 = NODES
-        .iter()
-        .map(|n| {
-            c.net
-                .peer(n)
-                .context()
-                .strong
-                .stats
-                .quorum_reads
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .sum();
+    let quorum_reads = stat(&c, "quorum_reads");
     assert!(quorum_reads > 0);
     c.net.shutdown().await;
+}
+
+/// Counter `name` of the proposers ([`ringkv_actors::strong::ProposerStats::snapshot`]),
+/// summed over the three nodes.
+fn stat(c: &Cluster, name: &str) -> u64 {
+    NODES
+        .iter()
+        .map(|n| c.net.peer(n).context().strong.stats.snapshot()[name])
+        .sum()
 }
 
 fn rec_ok_count(h: &ringkv_tests::linearizability::History) -> usize {
@@ -326,18 +324,7 @@ async fn duelling_proposers_stay_linearizable() {
     );
     assert!(oks > 100, "too few operations completed: {oks}");
     assert!(report.is_linearizable(), "{report:?}");
-    let conflicts: u64 = NODES
-        .iter()
-        .map(|n| {
-            c.net
-                .peer(n)
-                .context()
-                .strong
-                .stats
-                .conflicts
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .sum();
+    let conflicts = stat(&c, "conflicts");
     assert!(conflicts > 0, "the proposers never duelled");
     c.net.shutdown().await;
 }
@@ -587,14 +574,8 @@ async fn concurrent_operations_on_a_hot_key_share_rounds() {
     for t in tasks {
         t.await.unwrap();
     }
-    let stats = |f: fn(&ringkv_actors::strong::ProposerStats) -> u64| -> u64 {
-        NODES
-            .iter()
-            .map(|n| f(&c.net.peer(n).context().strong.stats))
-            .sum()
-    };
-    let ops = stats(|s| s.ops.load(std::sync::atomic::Ordering::Relaxed));
-    let trips = stats(|s| s.round_trips.load(std::sync::atomic::Ordering::Relaxed));
+    let ops = stat(&c, "ops");
+    let trips = stat(&c, "round_trips");
     let history = rec.history();
     let report = history.check(&CheckOptions::default());
     println!("hot key: {ops} operations in {trips} round trips: {report:?}");
