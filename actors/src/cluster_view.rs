@@ -44,6 +44,10 @@ pub struct ClusterView {
 pub struct Placements {
     /// The newest layout version these were computed from (0: none).
     pub version: u64,
+    /// The layout version `prefs` come from: the read version
+    /// ([`ClusterState::read_layout`]), older than `version` while a layout change moves
+    /// data (0: none). What a partition-aware client routes by (op `layout`).
+    pub read_version: u64,
     /// Preference list of each partition in the read version.
     pub prefs: Vec<Vec<String>>,
     /// Per partition, the other live versions' preference lists that differ from `prefs`
@@ -65,6 +69,7 @@ impl Placements {
             .unzip();
         Placements {
             version: state.layout_version(),
+            read_version: state.read_layout().map_or(0, |c| c.version),
             prefs,
             also_write,
             fallbacks: (0..q).map(|p| state.fallback_list(p)).collect(),

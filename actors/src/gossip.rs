@@ -92,6 +92,8 @@ pub struct GossipArgs {
     pub seeds: Vec<String>,
     /// Tick period.
     pub interval: Duration,
+    /// Mutual TLS on the connections this node dials (`cluster-tls-ca`).
+    pub tls: Option<Arc<crate::tls::ClusterTls>>,
     /// Whether fault injection (`InjectPanic`) is allowed.
     pub fault_injection: bool,
 }
@@ -135,8 +137,9 @@ impl Gossip {
         entry.delay = (entry.delay * 2).min(DIAL_BACKOFF_MAX);
         let server = state.args.node_server.clone();
         let addr = addr.to_string();
+        let tls = state.args.tls.clone();
         state.tasks.spawn(async move {
-            match crate::transport::dial(&server, addr.as_str()).await {
+            match crate::transport::dial(&server, addr.as_str(), tls.as_deref()).await {
                 Ok(()) => tracing::debug!(%addr, "cluster connection opened"),
                 Err(e) => tracing::debug!(%addr, error = %e, "cluster connection failed"),
             }

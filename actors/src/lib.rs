@@ -20,7 +20,8 @@
 //!  |                        to their owners once reachable, deletes each after its ack
 //!  |- Repair                (with --cluster-addr, repair-interval-ms > 0) Merkle tree
 //!  |                        anti-entropy with the other replicas of each partition held;
-//!  |                        tombstone purge once every replica holds a tombstone
+//!  |                        tombstone purge once every replica holds a tombstone;
+//!  |                        remembers each pair's last exchange (`ringkv explain`)
 //!  |- Transfer              (with --cluster-addr) pulls the partition replicas this node
 //!  |                        gains in a layout change from their holders: bounded, resumable,
 //!  |                        throttled chunks, then Merkle verification (`transfer`)
@@ -53,6 +54,7 @@ pub mod cluster_view;
 pub mod context;
 pub mod coordinator;
 pub mod directory;
+pub mod explain;
 pub mod gossip;
 pub mod handoff;
 pub mod large;
@@ -65,6 +67,7 @@ pub mod sim;
 pub mod stats;
 pub mod strong;
 pub mod supervision;
+pub mod tls;
 pub mod transfer;
 pub mod transition;
 pub mod transport;

@@ -114,6 +114,8 @@ pub struct Transport {
     pub seeds: Vec<String>,
     /// Gossip tick.
     pub interval: Duration,
+    /// Mutual TLS on the cluster links (`cluster-tls-ca`).
+    pub tls: Option<Arc<crate::tls::ClusterTls>>,
 }
 
 /// The children a NodeSupervisor restarts.
@@ -231,6 +233,7 @@ impl NodeSupervisor {
                         node_server: t.node_server,
                         seeds: t.seeds,
                         interval: t.interval,
+                        tls: t.tls,
                         fault_injection: ctx.fault_injection,
                     },
                     sup,
@@ -507,6 +510,7 @@ pub(crate) async fn open_data(config: &NodeConfig) -> Result<Arc<DataDir>, NodeE
 }
 
 mod admin;
+mod explain;
 mod strong;
 pub use admin::{ClusterStatus, MemberRow, PlanReport, TransfersReport, PLAN_SIZES_TIMEOUT};
 pub use strong::STRONG_OVERHEAD;
@@ -518,20 +522,38 @@ impl Node {
     /// [`NodeError`] if the configuration is invalid, the data directory cannot be opened, or
     /// an actor does not start.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        Self::start_bound(config, None).await
+    }
+
+    /// As [`Node::start`], serving the cluster address on `cluster`, a listener already bound
+    /// to `cluster-addr` (non-blocking), if given. `ringkv start` binds it before the client
+    /// listener: a client listener on port 0 bound first could take the very port a caller
+    /// had just found free for the cluster address.
+    ///
+    /// # Errors
+    /// As [`Node::start`].
+    pub async fn start_bound(
+        config: NodeConfig,
+        cluster: Option<std::net::TcpListener>,
+    ) -> Result<Node, NodeError> {
         let data = open_data(&config).await?;
         let directory = Arc::new(VNodeDirectory::new(config.partitions));
         let name = config.node_name();
         let view = Arc::new(Self::load_view(&config, &name, &data)?);
 
         let mut transport_exit = None;
+        let cluster_tls = crate::tls::ClusterTls::from_config(&config)
+            .map_err(|e| NodeError::Spawn(format!("cluster TLS: {e}")))?;
         let (node_server, cluster_listener) = match config.cluster_addr {
             Some(addr) => {
                 // ringkv serves the cluster address itself (`transport`: keepalive and
                 // TCP_USER_TIMEOUT on every cluster socket); the NodeServer's own listener
                 // gets an ephemeral loopback port that nothing dials.
-                let listener = crate::transport::bind(addr)
-                    .await
-                    .map_err(|e| NodeError::Spawn(format!("cluster transport on {addr}: {e}")))?;
+                let listener = match cluster {
+                    Some(bound) => tokio::net::TcpListener::from_std(bound),
+                    None => crate::transport::bind(addr).await,
+                }
+                .map_err(|e| NodeError::Spawn(format!("cluster transport on {addr}: {e}")))?;
                 let server = NodeServer::new(
                     0,
                     config.cookie.clone().unwrap_or_default(),
@@ -549,7 +571,11 @@ impl Node {
                     .map_err(|e| NodeError::Spawn(format!("cluster transport on {addr}: {e}")))?;
                 transport_exit = Some(server_join);
                 crate::transport_events::subscribe(&server, view.clone());
-                let accept = tokio::spawn(crate::transport::listen(listener, server.clone()));
+                let accept = tokio::spawn(crate::transport::listen(
+                    listener,
+                    server.clone(),
+                    cluster_tls.clone(),
+                ));
                 (Some(server), Some(accept))
             }
             None => (None, None),
@@ -577,6 +603,7 @@ impl Node {
                     node_server,
                     seeds: config.join.clone(),
                     interval: Duration::from_millis(config.heartbeat_ms),
+                    tls: cluster_tls.clone(),
                 }),
                 handoff_interval: Duration::from_millis(config.handoff_interval_ms),
                 repair_interval: (config.repair_interval_ms > 0)

@@ -18,6 +18,12 @@
 //!
 //! So the cost of an exchange grows with the difference, not with the data.
 //!
+//! **The last exchange of each pair.** Every exchange a sweep runs is remembered on the node
+//! that ran it, in memory ([`ExchangeLog`]: per partition, per peer, the time, the keys
+//! repaired and the outcome, at most [`EXCHANGE_LOG_PEERS`] peers per partition), for
+//! `ringkv explain`, which asks the replicas of a key's partition for it (as `riak-admin
+//! aae-status` shows Riak's last exchanges).
+//!
 //! **Bucket `n`.** A key lives on the first `n` nodes of its partition's preference list (its
 //! bucket's `n`, [`key_replicas`]); an exchange moves only differing keys whose replicas
 //! include both nodes.
@@ -146,6 +152,108 @@ pub struct ExchangeReport {
     pub repaired: u64,
 }
 
+/// Most peers [`ExchangeLog`] remembers per partition (a partition has at most 3 other
+/// replicas in one layout; during layout changes it may have had more): the least recent
+/// is forgotten first.
+pub const EXCHANGE_LOG_PEERS: usize = 8;
+
+/// Longest error message [`ExchangeLog`] keeps, bytes (longer ones are cut at a character
+/// boundary).
+pub const EXCHANGE_ERROR_BYTES: usize = 256;
+
+/// The last anti-entropy exchange this node ran with one peer for one partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LastExchange {
+    /// The other replica.
+    pub peer: String,
+    /// When the exchange ended, ms since the Unix epoch on this node's clock.
+    pub at_ms: u64,
+    /// Whether it completed.
+    pub ok: bool,
+    /// Keys it found different (0 when it failed).
+    #[serde(default)]
+    pub keys_differing: u64,
+    /// Keys it repaired: merged here plus sent there (0 when it failed; keys merged before
+    /// the failure stay merged and are counted in `cluster status`).
+    #[serde(default)]
+    pub keys_repaired: u64,
+    /// Keys the exchanges of this pair repaired since this node started, this one included.
+    #[serde(default)]
+    pub keys_repaired_total: u64,
+    /// Why it failed, cut to [`EXCHANGE_ERROR_BYTES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the last exchange with this peer that completed ended (this one, if it did),
+    /// ms since the Unix epoch; `None` if none completed since this node started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ok_ms: Option<u64>,
+}
+
+/// The last exchange per partition and peer, kept in memory on the node that ran it (lost
+/// at a restart), bounded by [`EXCHANGE_LOG_PEERS`] per partition.
+#[derive(Debug, Default)]
+pub struct ExchangeLog {
+    by_partition: std::sync::Mutex<std::collections::HashMap<u32, Vec<LastExchange>>>,
+}
+
+impl ExchangeLog {
+    /// Records that the exchange of partition `p` with `peer` ended at `at_ms` (ms since the
+    /// Unix epoch) with `outcome`: its report, or why it failed. Replaces the previous record
+    /// of that pair; keeps the time of the last completed one.
+    pub fn record(&self, p: u32, peer: &str, at_ms: u64, outcome: Result<&ExchangeReport, String>) {
+        let mut map = self.by_partition.lock().unwrap_or_else(|e| e.into_inner());
+        let rows = map.entry(p).or_default();
+        let previous = rows.iter().find(|r| r.peer == peer);
+        let previous_ok = previous.and_then(|r| r.last_ok_ms);
+        let previous_total = previous.map_or(0, |r| r.keys_repaired_total);
+        rows.retain(|r| r.peer != peer);
+        let row = match outcome {
+            Ok(report) => LastExchange {
+                peer: peer.to_string(),
+                at_ms,
+                ok: true,
+                keys_differing: report.differing,
+                keys_repaired: report.repaired,
+                keys_repaired_total: previous_total.saturating_add(report.repaired),
+                error: None,
+                last_ok_ms: Some(at_ms),
+            },
+            Err(mut error) => {
+                if error.len() > EXCHANGE_ERROR_BYTES {
+                    let mut cut = EXCHANGE_ERROR_BYTES;
+                    while !error.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    error.truncate(cut);
+                }
+                LastExchange {
+                    peer: peer.to_string(),
+                    at_ms,
+                    ok: false,
+                    keys_differing: 0,
+                    keys_repaired: 0,
+                    keys_repaired_total: previous_total,
+                    error: Some(error),
+                    last_ok_ms: previous_ok,
+                }
+            }
+        };
+        rows.push(row);
+        if rows.len() > EXCHANGE_LOG_PEERS {
+            rows.sort_by_key(|r| std::cmp::Reverse(r.at_ms));
+            rows.truncate(EXCHANGE_LOG_PEERS);
+        }
+    }
+
+    /// The last exchange with each peer of partition `p`, by peer name.
+    pub fn of(&self, p: u32) -> Vec<LastExchange> {
+        let map = self.by_partition.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rows = map.get(&p).cloned().unwrap_or_default();
+        rows.sort_by(|a, b| a.peer.cmp(&b.peer));
+        rows
+    }
+}
+
 /// One sweep over every partition this node holds. A partition whose replicas are changing
 /// (a layout transition gives it other nodes) is left to the transfer, which copies it and
 /// verifies it with exchanges of its own; the sweep takes it up again once the newest version
@@ -157,9 +265,22 @@ pub async fn sweep<T: ReplicaTransport>(peers: &T, delays: PurgeDelays) {
         for other in prefs.iter().filter(|o| **o > local) {
             if !peers.reachable(other) {
                 complete = false;
+                peers.context().stats.repair.last.record(
+                    p,
+                    other,
+                    crate::coordinator::now_ms(),
+                    Err(format!("skipped: node {other} is unreachable")),
+                );
                 continue;
             }
-            match exchange(peers, p, other).await {
+            let outcome = exchange(peers, p, other).await;
+            peers.context().stats.repair.last.record(
+                p,
+                other,
+                crate::coordinator::now_ms(),
+                outcome.as_ref().map_err(ToString::to_string),
+            );
+            match outcome {
                 Ok(report) => {
                     let r = &peers.context().stats.repair;
                     add(&r.exchanges, 1);
@@ -562,4 +683,62 @@ pub async fn purge<T: ReplicaTransport>(
         "purged tombstones and expired values held by every replica"
     );
     Ok(purged_here)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(differing: u64, repaired: u64) -> ExchangeReport {
+        ExchangeReport {
+            differing,
+            repaired,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_exchange_log_keeps_the_last_exchange_per_peer_within_its_bound() {
+        let log = ExchangeLog::default();
+        assert!(log.of(7).is_empty());
+        log.record(7, "n3", 1_000, Ok(&report(2, 4)));
+        log.record(7, "n2", 1_100, Ok(&report(0, 0)));
+        log.record(8, "n2", 1_200, Ok(&report(1, 1)));
+        let rows = log.of(7);
+        assert_eq!(
+            rows.iter().map(|r| r.peer.as_str()).collect::<Vec<_>>(),
+            vec!["n2", "n3"]
+        );
+        assert_eq!((rows[1].keys_differing, rows[1].keys_repaired), (2, 4));
+        assert_eq!(rows[1].last_ok_ms, Some(1_000));
+
+        // A failure replaces the pair's record and keeps when it last completed.
+        log.record(7, "n3", 2_000, Err("x".repeat(1000)));
+        let n3 = log.of(7).into_iter().find(|r| r.peer == "n3").unwrap();
+        assert!(!n3.ok);
+        assert_eq!((n3.at_ms, n3.keys_repaired), (2_000, 0));
+        assert_eq!(n3.last_ok_ms, Some(1_000));
+        assert_eq!(n3.keys_repaired_total, 4, "kept across a failure");
+        assert_eq!(
+            n3.error.as_ref().map(String::len),
+            Some(EXCHANGE_ERROR_BYTES)
+        );
+        log.record(7, "n3", 2_050, Ok(&report(1, 3)));
+        let n3 = log.of(7).into_iter().find(|r| r.peer == "n3").unwrap();
+        assert_eq!((n3.keys_repaired, n3.keys_repaired_total), (3, 7));
+        assert_eq!((n3.last_ok_ms, n3.error), (Some(2_050), None));
+        // Multi-byte characters are cut at a boundary.
+        log.record(7, "n3", 2_100, Err("é".repeat(EXCHANGE_ERROR_BYTES)));
+        let n3 = log.of(7).into_iter().find(|r| r.peer == "n3").unwrap();
+        assert!(n3.error.unwrap().len() <= EXCHANGE_ERROR_BYTES);
+
+        // At most EXCHANGE_LOG_PEERS peers per partition: the least recent goes first.
+        for i in 0..20u64 {
+            log.record(9, &format!("p{i:02}"), 10_000 + i, Ok(&report(0, 0)));
+        }
+        let rows = log.of(9);
+        assert_eq!(rows.len(), EXCHANGE_LOG_PEERS);
+        assert_eq!(rows[0].peer, format!("p{:02}", 20 - EXCHANGE_LOG_PEERS));
+        assert_eq!(log.of(8).len(), 1, "partitions are apart");
+    }
 }

@@ -859,6 +859,41 @@ impl Rpc for HoldsBucket {
     }
 }
 
+/// `ringkv explain`: what this node can say about one key ([`crate::explain`]): its replica
+/// of the key if `read` asks (read with `local` semantics, summarised without values), the
+/// hints it holds for the key, and the last anti-entropy exchange it ran for the partition
+/// with each peer. The answer is bounded ([`crate::explain::MAX_HINTS_LISTED`],
+/// [`crate::explain::MAX_SIBLINGS_LISTED`]); a part that fails is reported in it, so the call
+/// fails only for an invalid bucket or key (or as any call: unreachable, timeout).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explain {
+    /// Partition of the key.
+    pub partition: u32,
+    /// Bucket.
+    pub bucket: ByteBuf,
+    /// Key.
+    pub key: ByteBuf,
+    /// What to read of this node's replica of the key.
+    #[serde(default)]
+    pub read: crate::explain::ExplainRead,
+}
+
+impl Rpc for Explain {
+    type Response = crate::explain::ExplainAnswer;
+
+    fn into_request(self) -> ReplicaRequest {
+        ReplicaRequest::Explain(self)
+    }
+
+    async fn serve(
+        self,
+        ctx: &Arc<ReplicaContext>,
+        timeout: Duration,
+    ) -> Result<Self::Response, ReplicaFailure> {
+        crate::explain::serve(ctx, self, timeout).await
+    }
+}
+
 /// The wire form of every replica operation: it only dispatches, each variant holding the
 /// request struct of that operation (see the module docs for the format).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -903,6 +938,8 @@ pub enum ReplicaRequest {
     Strong(StrongRequest),
     /// [`HoldsBucket`].
     HoldsBucket(HoldsBucket),
+    /// [`Explain`].
+    Explain(Explain),
 }
 
 impl ReplicaRequest {
@@ -937,6 +974,7 @@ impl ReplicaRequest {
             ReplicaRequest::PaxosKeys(r) => answer(r, ctx, timeout).await,
             ReplicaRequest::Strong(r) => answer(r, ctx, timeout).await,
             ReplicaRequest::HoldsBucket(r) => answer(r, ctx, timeout).await,
+            ReplicaRequest::Explain(r) => answer(r, ctx, timeout).await,
         }
     }
 }

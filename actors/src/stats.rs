@@ -29,6 +29,8 @@ pub struct RepairStats {
     pub bytes_sent: AtomicU64,
     /// Tombstones and expired values purged here after every replica was seen to hold them.
     pub tombstones_purged: AtomicU64,
+    /// The last exchange this node ran per partition and peer (`ringkv explain`).
+    pub last: crate::repair::ExchangeLog,
 }
 
 /// Replica call counters (since start).

@@ -21,12 +21,20 @@
 //!
 //! The NodeServer itself is told to listen on an ephemeral port of `127.0.0.1`, which nothing
 //! dials: the cluster address is served by [`listen`].
+//!
+//! With cluster TLS ([`crate::tls::ClusterTls`], `cluster-tls-ca`) each accepted or dialled
+//! connection first runs a mutual TLS handshake, in a task of its own and within
+//! `tls-handshake-timeout-ms`, and is handed over only once it is done, with the peer's
+//! name check in its read half (see [`crate::tls`]). At most [`MAX_HANDSHAKES`] incoming
+//! handshakes run at once; connections past that are closed at once.
 
+use crate::tls::{ClusterTls, TlsLink};
 use ractor::ActorRef;
 use ractor_cluster::{NetworkStream, NodeServerMessage};
 use socket2::{SockRef, TcpKeepalive};
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -41,6 +49,8 @@ pub const KEEPALIVE_PROBES: u32 = 3;
 pub const USER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest time an outgoing cluster connect may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most incoming TLS handshakes on the cluster address at once.
+pub const MAX_HANDSHAKES: usize = 64;
 
 /// Sets the options of the module docs on a cluster connection.
 ///
@@ -58,32 +68,92 @@ pub fn configure(stream: &TcpStream) -> io::Result<()> {
     sock.set_tcp_user_timeout(Some(USER_TIMEOUT))
 }
 
-/// Hands a connected, configured stream to the NodeServer.
-fn hand_over(
+/// Hands a connected stream to the NodeServer: as it is, or (with `tls`) once the TLS
+/// handshake is done within its timeout.
+async fn hand_over(
     server: &ActorRef<NodeServerMessage>,
     stream: TcpStream,
     is_server: bool,
+    tls: Option<&ClusterTls>,
 ) -> io::Result<()> {
     configure(&stream)?;
     let (peer_addr, local_addr) = (stream.peer_addr()?, stream.local_addr()?);
-    server
-        .cast(NodeServerMessage::ConnectionOpened {
-            stream: Box::new(NetworkStream::Raw {
+    let stopped = |e| io::Error::other(format!("the cluster transport stopped: {e}"));
+    let Some(tls) = tls else {
+        return server
+            .cast(NodeServerMessage::ConnectionOpened {
+                stream: Box::new(NetworkStream::Raw {
+                    peer_addr,
+                    local_addr,
+                    stream,
+                }),
+                is_server,
+            })
+            .map_err(stopped);
+    };
+    let handshake = async {
+        let link: Box<dyn ractor_cluster::ClusterBidiStream> = if is_server {
+            let stream = tls.acceptor.accept(stream).await?;
+            let peer_cert = peer_cert(stream.get_ref().1.peer_certificates())?;
+            Box::new(TlsLink {
+                stream,
+                peer_cert,
                 peer_addr,
                 local_addr,
+            })
+        } else {
+            let stream = tls.connector.connect(ClusterTls::sni(), stream).await?;
+            let peer_cert = peer_cert(stream.get_ref().1.peer_certificates())?;
+            Box::new(TlsLink {
                 stream,
-            }),
+                peer_cert,
+                peer_addr,
+                local_addr,
+            })
+        };
+        io::Result::Ok(link)
+    };
+    let link = tokio::time::timeout(tls.handshake_timeout, handshake)
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no TLS handshake within {:?} (tls-handshake-timeout-ms)",
+                    tls.handshake_timeout
+                ),
+            )
+        })?
+        .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake: {e}")))?;
+    server
+        .cast(NodeServerMessage::ConnectionOpenedExternal {
+            stream: link,
             is_server,
         })
-        .map_err(|e| io::Error::other(format!("the cluster transport stopped: {e}")))
+        .map_err(stopped)
+}
+
+/// The end-entity certificate a finished mutual TLS handshake got from the peer.
+fn peer_cert(
+    certs: Option<&[rustls::pki_types::CertificateDer<'static>]>,
+) -> io::Result<rustls::pki_types::CertificateDer<'static>> {
+    certs
+        .and_then(|c| c.first())
+        .cloned()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "no peer certificate"))
 }
 
 /// Dials the cluster address `addr` (`host:port`) within [`CONNECT_TIMEOUT`] and hands the
-/// connection to `server` as an outgoing session.
+/// connection to `server` as an outgoing session, after a TLS handshake if `tls` is set.
 ///
 /// # Errors
-/// The address does not resolve, the connect failed or timed out, or the NodeServer stopped.
-pub async fn dial(server: &ActorRef<NodeServerMessage>, addr: &str) -> io::Result<()> {
+/// The address does not resolve, the connect or the handshake failed or timed out, or the
+/// NodeServer stopped.
+pub async fn dial(
+    server: &ActorRef<NodeServerMessage>,
+    addr: &str,
+    tls: Option<&ClusterTls>,
+) -> io::Result<()> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| {
@@ -92,7 +162,7 @@ pub async fn dial(server: &ActorRef<NodeServerMessage>, addr: &str) -> io::Resul
                 format!("no connection within {CONNECT_TIMEOUT:?}"),
             )
         })??;
-    hand_over(server, stream, false)
+    hand_over(server, stream, false, tls).await
 }
 
 /// Binds the cluster address `addr`.
@@ -104,12 +174,31 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Accepts cluster connections on `listener` and hands each to `server` as an incoming
-/// session, until the NodeServer stops. Run it as a task and abort it at shutdown.
-pub async fn listen(listener: TcpListener, server: ActorRef<NodeServerMessage>) {
+/// session, until the NodeServer stops. Run it as a task and abort it at shutdown (its
+/// handshake tasks end with it).
+pub async fn listen(
+    listener: TcpListener,
+    server: ActorRef<NodeServerMessage>,
+    tls: Option<Arc<ClusterTls>>,
+) {
+    let mut handshakes = tokio::task::JoinSet::new();
     loop {
         match listener.accept().await {
+            Ok((stream, addr)) if tls.is_some() => {
+                while handshakes.try_join_next().is_some() {}
+                if handshakes.len() >= MAX_HANDSHAKES {
+                    tracing::warn!(%addr, max = MAX_HANDSHAKES, "cluster connection closed: too many TLS handshakes in progress");
+                    continue;
+                }
+                let (server, tls) = (server.clone(), tls.clone());
+                handshakes.spawn(async move {
+                    if let Err(e) = hand_over(&server, stream, true, tls.as_deref()).await {
+                        tracing::warn!(%addr, error = %e, "cluster connection refused");
+                    }
+                });
+            }
             Ok((stream, addr)) => {
-                if let Err(e) = hand_over(&server, stream, true) {
+                if let Err(e) = hand_over(&server, stream, true, None).await {
                     tracing::warn!(%addr, error = %e, "cluster connection dropped");
                     if matches!(
                         server.get_status(),

@@ -15,11 +15,16 @@
 //! back to learn the new context. Concurrent updates to a hot key become siblings that the
 //! next update of each worker resolves, so the number of siblings stays bounded.
 //!
+//! `--route cluster` sends each ringkv request straight to the first usable replica of its
+//! key (a [`ClusterClient`] per worker, with the layout learnt from `--addr`) instead of
+//! through the node at `--addr` (`--route node`, the default).
+//!
 //! `--bucket` picks the ringkv bucket (default `usertable`). On a bucket made strong before
 //! the load (`ringkv bucket set B consistency=strong`) the same gets and puts are
 //! linearizable ([`ringkv_actors::strong`]); their context is then empty and ignored.
 
-use crate::client::{CallOptions, Client, ClientError};
+use crate::client::{CallOptions, Client, ClientError, ClusterClient, ClusterOptions};
+use crate::protocol::{RequestFrame, ResponseFrame};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
@@ -75,6 +80,18 @@ pub enum Target {
     Etcd,
 }
 
+/// How ringkv requests reach the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Route {
+    /// Every request through the node at `--addr`, which coordinates it (forwarding to the
+    /// key's replicas as needed).
+    Node,
+    /// Partition-aware: each worker's [`ClusterClient`] learns the layout from `--addr` and
+    /// sends each request to the first usable replica of its key.
+    Cluster,
+}
+
 /// Settings of a run.
 #[derive(Clone, Debug)]
 pub struct BenchSpec {
@@ -82,6 +99,10 @@ pub struct BenchSpec {
     pub target: Target,
     /// Its address, `HOST:PORT`.
     pub addr: String,
+    /// ringkv over TLS (`--tls-ca`); plain TCP if `None`.
+    pub tls: Option<ringkv_client::ClientTls>,
+    /// How ringkv requests reach the cluster (Redis and etcd ignore it).
+    pub route: Route,
     /// ringkv bucket of the keys (Redis and etcd have none).
     pub bucket: Vec<u8>,
     /// Operation mix.
@@ -130,6 +151,8 @@ pub struct OpStats {
 pub struct BenchResult {
     /// The system.
     pub target: Target,
+    /// How ringkv requests reached the cluster.
+    pub route: Route,
     /// Operation mix.
     pub workload: Workload,
     /// Key choice.
@@ -169,10 +192,39 @@ impl From<reqwest::Error> for DriverError {
     }
 }
 
+/// A worker's way into ringkv.
+enum RingkvClient {
+    /// One connection to the node at `--addr`.
+    Node(Client),
+    /// A partition-aware client (a connection per node, opened as needed).
+    Cluster(ClusterClient),
+}
+
+impl RingkvClient {
+    async fn get(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        opts: &CallOptions,
+    ) -> Result<crate::client::Fetched, ClientError> {
+        match self {
+            RingkvClient::Node(c) => c.get_with(bucket, key, opts).await,
+            RingkvClient::Cluster(c) => c.get_with(bucket, key, opts).await,
+        }
+    }
+
+    async fn request(&self, frame: RequestFrame) -> Result<ResponseFrame, ClientError> {
+        match self {
+            RingkvClient::Node(c) => c.request(frame).await,
+            RingkvClient::Cluster(c) => c.request(frame).await,
+        }
+    }
+}
+
 /// One connection to the system under load.
 enum Driver {
     Ringkv {
-        client: Client,
+        client: RingkvClient,
         bucket: Vec<u8>,
         opts: CallOptions,
         /// The context of the last answer about each key, kept only when the workload updates
@@ -193,7 +245,19 @@ impl Driver {
     async fn connect(spec: &BenchSpec) -> Result<Driver, DriverError> {
         Ok(match spec.target {
             Target::Ringkv => Driver::Ringkv {
-                client: Client::connect(spec.addr.as_str()).await?,
+                client: match spec.route {
+                    Route::Node => RingkvClient::Node(
+                        Client::connect_with(spec.addr.as_str(), spec.tls.as_ref()).await?,
+                    ),
+                    Route::Cluster => RingkvClient::Cluster(
+                        ClusterClient::connect(
+                            &[spec.addr.as_str()],
+                            spec.tls.as_ref(),
+                            ClusterOptions::default(),
+                        )
+                        .await?,
+                    ),
+                },
                 bucket: spec.bucket.clone(),
                 opts: spec.quorum.clone(),
                 contexts: (spec.workload.read_fraction() < 1.0).then(HashMap::new),
@@ -219,7 +283,7 @@ impl Driver {
                 opts,
                 contexts,
             } => {
-                let got = client.get_with(bucket, key, opts).await?;
+                let got = client.get(bucket, key, opts).await?;
                 if let Some(contexts) = contexts {
                     contexts.insert(key.to_vec(), got.context);
                 }
@@ -246,7 +310,7 @@ impl Driver {
                     .as_ref()
                     .and_then(|c| c.get(key).cloned())
                     .unwrap_or_default();
-                let mut frame = crate::protocol::RequestFrame {
+                let mut frame = RequestFrame {
                     op: "put".into(),
                     bucket: Some(bucket.clone().into()),
                     key: Some(key.to_vec().into()),
@@ -482,6 +546,7 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchResult> {
     pb.finish_and_clear();
     Ok(BenchResult {
         target: spec.target,
+        route: spec.route,
         workload: spec.workload,
         keys: spec.keys,
         concurrency: spec.concurrency,
@@ -495,9 +560,13 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchResult> {
 
 impl std::fmt::Display for BenchResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let route = match (self.target, self.route) {
+            (Target::Ringkv, Route::Cluster) => " routed to replicas",
+            _ => "",
+        };
         writeln!(
             f,
-            "{:?} workload {:?} ({:?} keys), {} in flight, {} B values: {:.0} ops/s in {:.1} s",
+            "{:?}{route} workload {:?} ({:?} keys), {} in flight, {} B values: {:.0} ops/s in {:.1} s",
             self.target,
             self.workload,
             self.keys,

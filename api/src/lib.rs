@@ -5,8 +5,11 @@
 pub mod bench;
 pub use ringkv_client as client;
 pub mod load;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 
-pub use client::{CallOptions, Client, ClientError, WriteCondition};
+pub use client::{
+    CallOptions, Client, ClientError, ClientTls, ClusterClient, ClusterOptions, WriteCondition,
+};
 pub use server::Server;

@@ -3,7 +3,7 @@
 mod cmd;
 
 use clap::{Parser, Subcommand};
-use cmd::{admin, bench, kv, load, start, AddrArg};
+use cmd::{admin, bench, cert, explain, kv, load, start, AddrArg};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -22,6 +22,8 @@ struct Cli {
         env = "RINGKV_ADDR"
     )]
     addr: String,
+    #[command(flatten)]
+    tls: cmd::TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,12 +32,13 @@ impl Command {
     /// The address flag of a client command (none for `start`).
     fn addr_mut(&mut self) -> Option<&mut AddrArg> {
         match self {
-            Command::Start(_) => None,
+            Command::Start(_) | Command::Cert(_) => None,
             Command::Ping(a) => Some(a),
             Command::Put(a) => Some(&mut a.addr),
             Command::Get(a) => Some(&mut a.addr),
             Command::Delete(a) => Some(&mut a.addr),
             Command::Cas(a) => Some(&mut a.addr),
+            Command::Explain(a) => Some(&mut a.addr),
             Command::Load(a) => Some(&mut a.addr),
             Command::Cluster(a) => Some(&mut a.addr),
             Command::Bucket(a) => Some(&mut a.addr),
@@ -62,6 +65,10 @@ enum Command {
     /// --expect, --delete instead of NEW). A key that does not hold what was expected exits
     /// with status 3 and prints its current value on stdout.
     Cas(kv::CasArgs),
+    /// Where a key lives and why it reads as it does: its partition, preference list and
+    /// fallbacks (with liveness), each replica's version vector and siblings (read locally),
+    /// the hints held for it, and the partition's last anti-entropy exchanges.
+    Explain(explain::ExplainArgs),
     /// Store every file under DIR (key = relative path, value = bytes) and verify each
     /// reads back byte for byte.
     Load(load::LoadArgs),
@@ -72,6 +79,9 @@ enum Command {
     /// YCSB-style load against ringkv, Redis or etcd (workloads A, B, C, W; uniform or
     /// zipfian keys); prints throughput and p50/p99/p99.9 per operation type.
     Bench(Box<bench::BenchArgs>),
+    /// Make a CA and node or client certificates for trying TLS out: `ringkv cert ca --dir D`,
+    /// then `ringkv cert node NAME --dir D [--host H]`.
+    Cert(cert::CertArgs),
 }
 
 /// mimalloc: the node's request path allocates small buffers per request (frames, records,
@@ -116,6 +126,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         if a.addr.is_none() {
             a.addr = Some(cli.addr.clone());
         }
+        a.tls.inherit(&cli.tls);
     }
     match cli.command {
         Command::Start(args) => start::start(*args).await,
@@ -124,9 +135,11 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(args) => kv::get(args).await,
         Command::Delete(args) => kv::delete(args).await,
         Command::Cas(args) => kv::cas(args).await,
+        Command::Explain(args) => explain::explain(args).await,
         Command::Load(args) => load::load(args).await,
         Command::Cluster(args) => admin::cluster(args).await,
         Command::Bucket(args) => admin::bucket(args).await,
         Command::Bench(b) => bench::bench(b).await,
+        Command::Cert(args) => cert::cert(args),
     }
 }

@@ -265,6 +265,19 @@ pub enum Request {
         /// Per-request settings (`n`, `timeout_ms`).
         opts: RequestOptions,
     },
+    /// Where a key lives and what every node holds of it (`ringkv explain`): see
+    /// [`ringkv_actors::explain`]. Answered in `info`.
+    Explain {
+        /// Bucket.
+        bucket: Vec<u8>,
+        /// Key.
+        key: Vec<u8>,
+        /// Time limit of each node's answer (`timeout_ms`); `None`: the default, 2 s.
+        timeout: Option<Duration>,
+    },
+    /// The layout a partition-aware client routes by ([`ringkv_proto::LayoutInfo`]), in
+    /// `info`.
+    Layout,
     /// Testing only (needs `fault-injection`): see [`Fault`].
     InjectFault(Fault),
     /// Delete a key (write a tombstone).
@@ -307,7 +320,77 @@ fn required_str(field: Option<String>, name: &str, op: &str) -> Result<String, P
     })
 }
 
+/// A decoded request frame ([`Request::decode_routed`]).
+#[derive(Clone, Debug)]
+pub struct Decoded {
+    /// The request's id.
+    pub id: u64,
+    /// The validated request.
+    pub request: Request,
+    /// The layout version the client routes by (request field `layout`), if it sent one: the
+    /// answer then carries the node's own ([`ResponseFrame::layout`]) when they differ.
+    pub layout: Option<u64>,
+}
+
+/// The wire name of every op a request may name, each exactly once ([`Request::op`] gives
+/// one of these for every decoded request).
+pub const OPS: [&str; 23] = [
+    "ping",
+    "get",
+    "put",
+    "delete",
+    "cas",
+    "put_begin",
+    "put_chunk",
+    "put_commit",
+    "put_abort",
+    "get_range",
+    "explain",
+    "layout",
+    "cluster_status",
+    "cluster_plan",
+    "cluster_commit",
+    "cluster_leave",
+    "cluster_set",
+    "cluster_replace",
+    "cluster_revert",
+    "cluster_transfers",
+    "bucket_get",
+    "bucket_set",
+    "inject_fault",
+];
+
 impl Request {
+    /// The op's wire name (`"get"`, `"put_chunk"`, ...): the `op` label of the request
+    /// metrics. A `get` with `meta` is a `get`.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Ping => "ping",
+            Request::Get { .. } => "get",
+            Request::PutBegin { .. } => "put_begin",
+            Request::PutChunk { .. } => "put_chunk",
+            Request::PutCommit { .. } => "put_commit",
+            Request::PutAbort { .. } => "put_abort",
+            Request::GetRange { .. } => "get_range",
+            Request::Put { .. } => "put",
+            Request::ClusterStatus => "cluster_status",
+            Request::ClusterPlan => "cluster_plan",
+            Request::ClusterCommit => "cluster_commit",
+            Request::ClusterLeave { .. } => "cluster_leave",
+            Request::ClusterSet { .. } => "cluster_set",
+            Request::ClusterReplace { .. } => "cluster_replace",
+            Request::ClusterRevert => "cluster_revert",
+            Request::ClusterTransfers => "cluster_transfers",
+            Request::BucketGet { .. } => "bucket_get",
+            Request::BucketSet { .. } => "bucket_set",
+            Request::Cas { .. } => "cas",
+            Request::InjectFault(_) => "inject_fault",
+            Request::Delete { .. } => "delete",
+            Request::Explain { .. } => "explain",
+            Request::Layout => "layout",
+        }
+    }
+
     /// Decodes a frame body into its id and the validated request. The body must be one
     /// msgpack map with string keys and nothing after it, nested at most
     /// [`shape::MAX_NESTING`] levels deep. The id is recovered whenever that map has an
@@ -318,6 +401,15 @@ impl Request {
     /// `(id, error)`: [`ErrorCode::MalformedRequest`] or [`ErrorCode::UnknownOp`], with the id
     /// (0 if unreadable).
     pub fn decode(body: &[u8]) -> Result<(u64, Request), (u64, ProtocolError)> {
+        Self::decode_routed(body).map(|d| (d.id, d.request))
+    }
+
+    /// [`Request::decode`], keeping the request's `layout` field (the layout version a
+    /// partition-aware client routes by) beside it.
+    ///
+    /// # Errors
+    /// As [`Request::decode`].
+    pub fn decode_routed(body: &[u8]) -> Result<Decoded, (u64, ProtocolError)> {
         let shape = shape::check(body);
         let id = shape.id.unwrap_or(0);
         let malformed =
@@ -334,8 +426,13 @@ impl Request {
                 "request is not a msgpack map of the documented fields: {e}"
             ))
         })?;
+        let layout = frame.layout;
         Self::from_frame(frame)
-            .map(|r| (id, r))
+            .map(|request| Decoded {
+                id,
+                request,
+                layout,
+            })
             .map_err(|e| (id, e))
     }
 
@@ -430,6 +527,12 @@ impl Request {
                 context: f.context.map(ByteBuf::into_vec).unwrap_or_default(),
                 opts,
             },
+            "explain" => Request::Explain {
+                bucket: required(f.bucket, "bucket", op)?,
+                key: required(f.key, "key", op)?,
+                timeout: opts.timeout,
+            },
+            "layout" => Request::Layout,
             "cluster_status" => Request::ClusterStatus,
             "cluster_plan" => Request::ClusterPlan,
             "cluster_commit" => Request::ClusterCommit,
@@ -492,7 +595,7 @@ impl Request {
             other => {
                 return Err(ProtocolError::new(
                     ErrorCode::UnknownOp,
-                    format!("unknown op {other:?}; known ops: ping, get, put, delete, cas, put_begin, put_chunk, put_commit, put_abort, get_range, cluster_status, cluster_plan, cluster_commit, cluster_leave, cluster_set, cluster_replace, cluster_revert, cluster_transfers, bucket_get, bucket_set"),
+                    format!("unknown op {other:?}; known ops: ping, get, put, delete, cas, put_begin, put_chunk, put_commit, put_abort, get_range, explain, layout, cluster_status, cluster_plan, cluster_commit, cluster_leave, cluster_set, cluster_replace, cluster_revert, cluster_transfers, bucket_get, bucket_set"),
                 ))
             }
         })
@@ -544,6 +647,57 @@ mod tests {
 
     fn body(frame: &RequestFrame) -> Vec<u8> {
         encode_frame(frame)[4..].to_vec()
+    }
+
+    #[test]
+    fn every_known_op_decodes_to_a_request_of_that_op() {
+        for op in OPS {
+            let f = RequestFrame {
+                id: 1,
+                op: op.into(),
+                bucket: Some(ByteBuf::from(b"b".to_vec())),
+                key: Some(ByteBuf::from(b"k".to_vec())),
+                value: Some(ByteBuf::from(b"v".to_vec())),
+                upload: Some(1),
+                seq: Some(0),
+                data: Some(ByteBuf::from(b"d".to_vec())),
+                node: Some("n1".into()),
+                replacement: Some("n2".into()),
+                props: Some(BucketPropsFrame::default()),
+                ..Default::default()
+            };
+            let (_, req) = Request::decode(&body(&f)).unwrap_or_else(|e| panic!("{op}: {e:?}"));
+            assert_eq!(req.op(), op);
+        }
+    }
+
+    #[test]
+    fn the_layout_field_is_kept_beside_the_request() {
+        let f = RequestFrame {
+            id: 3,
+            op: "get".into(),
+            bucket: Some(ByteBuf::from(b"b".to_vec())),
+            key: Some(ByteBuf::from(b"k".to_vec())),
+            layout: Some(7),
+            ..Default::default()
+        };
+        let d = Request::decode_routed(&body(&f)).unwrap();
+        assert_eq!((d.id, d.layout), (3, Some(7)));
+        assert!(matches!(d.request, Request::Get { .. }));
+        let without = RequestFrame { layout: None, ..f };
+        assert_eq!(
+            Request::decode_routed(&body(&without)).unwrap().layout,
+            None
+        );
+        let layout_op = RequestFrame {
+            id: 4,
+            op: "layout".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Request::decode(&body(&layout_op)),
+            Ok((4, Request::Layout))
+        ));
     }
 
     #[test]
@@ -643,6 +797,29 @@ mod tests {
         let (id, e) = ttl(Some(MAX_TTL_MS + 1)).unwrap_err();
         assert_eq!((id, e.code), (9, ErrorCode::MalformedRequest));
         assert!(e.message.contains("100 years"), "{}", e.message);
+    }
+
+    #[test]
+    fn explain_decodes_and_names_missing_fields() {
+        let f = RequestFrame {
+            id: 4,
+            op: "explain".into(),
+            bucket: Some(ByteBuf::from(b"b".to_vec())),
+            key: Some(ByteBuf::from(b"k".to_vec())),
+            timeout_ms: Some(500),
+            ..Default::default()
+        };
+        let (id, req) = Request::decode(&body(&f)).unwrap();
+        assert_eq!(id, 4);
+        assert!(matches!(
+            req,
+            Request::Explain { bucket, key, timeout: Some(t) }
+                if bucket == b"b" && key == b"k" && t == Duration::from_millis(500)
+        ));
+        let no_key = RequestFrame { key: None, ..f };
+        let (id, e) = Request::decode(&body(&no_key)).unwrap_err();
+        assert_eq!((id, e.code), (4, ErrorCode::MalformedRequest));
+        assert!(e.message.contains("key"), "{}", e.message);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! unanswered at once: past that, the reader waits, which pushes back on the client through
 //! TCP.
 
+use crate::metrics::{Metrics, UNDECODED_OP};
 use crate::protocol::{
     BucketPropsFrame, ErrorCode, Fault, FrameError, ProtocolError, Request, ResponseFrame,
 };
@@ -28,6 +29,7 @@ use tracing::Instrument;
 
 mod connection;
 mod strong;
+mod tls;
 mod uploads;
 use connection::{
     write_answers, write_directly, Answer, ConnState, FrameReader, SharedWriter, SHUTDOWN_QUIET,
@@ -38,6 +40,8 @@ use uploads::Uploads;
 pub struct Server {
     listener: std::net::TcpListener,
     node: Arc<Node>,
+    tls: Option<Arc<tls::ListenerTls>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// What every incarnation of the listener and every connection share.
@@ -51,17 +55,74 @@ struct Shared {
     current: std::sync::Mutex<Option<ActorRef<ListenerMsg>>>,
     /// Set by the accept loop once it stopped accepting after a shutdown.
     drained: watch::Sender<bool>,
+    /// TLS of the listener (`tls-cert`), or none for plain TCP.
+    tls: Option<Arc<tls::ListenerTls>>,
+    /// Where answered requests and open connections are counted, if anywhere.
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Shared {
+    /// Counts one answered request (see [`Metrics::observe`]).
+    fn observe(&self, op: &'static str, code: Option<&str>, started: Instant) {
+        if let Some(m) = &self.metrics {
+            m.observe(op, code, started.elapsed());
+        }
+    }
 }
 
 impl Server {
-    /// Binds the node's `listen` address.
+    /// Binds a client listener on `addr` (port 0 picks a free port). Done before the node
+    /// starts, so that a taken address stops `ringkv start` at once and the node announces
+    /// the address it got as its `client_addr` (which partition-aware clients dial).
     ///
     /// # Errors
     /// The bind error (address in use, permission).
-    pub async fn bind(node: Arc<Node>) -> std::io::Result<Server> {
-        let listener = std::net::TcpListener::bind(node.config().listen)?;
+    pub fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+        let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
-        Ok(Server { listener, node })
+        Ok(listener)
+    }
+
+    /// The client listener of `node` on `listener` (from [`Server::listen`] of the node's
+    /// `listen` address), with the node's TLS files loaded if `tls-cert` is set. Logs a
+    /// warning if the address is not a loopback one and TLS is off.
+    ///
+    /// # Errors
+    /// A TLS file that cannot be used (`InvalidInput`, naming the file).
+    pub async fn bind(node: Arc<Node>, listener: std::net::TcpListener) -> std::io::Result<Server> {
+        let config = node.config();
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let server =
+                    ringkv_actors::tls::server_config(cert, key, config.tls_client_ca.as_deref())
+                        .map_err(|e| {
+                        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("TLS: {e}"))
+                    })?;
+                Some(Arc::new(tls::ListenerTls {
+                    acceptor: tokio_rustls::TlsAcceptor::from(server),
+                    handshake_timeout: Duration::from_millis(config.tls_handshake_timeout_ms),
+                }))
+            }
+            _ => None,
+        };
+        if tls.is_none() && !config.listen.ip().is_loopback() {
+            tracing::warn!(listen = %config.listen, "the client listener is plain TCP on a non-loopback address: requests and values cross the network unencrypted and any host that reaches it can use it; set tls-cert and tls-key (README, Security)");
+        }
+        Ok(Server {
+            listener,
+            node,
+            tls,
+            metrics: None,
+        })
+    }
+
+    /// Counts every answered request and open connection in `metrics` (without it, nothing
+    /// is counted).
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Server {
+        Server {
+            metrics: Some(metrics),
+            ..self
+        }
     }
 
     /// The address actually bound (useful with port 0).
@@ -90,6 +151,8 @@ impl Server {
             shutdown: shutdown.clone(),
             current: std::sync::Mutex::new(None),
             drained: watch::channel(false).0,
+            tls: self.tls.clone(),
+            metrics: self.metrics.clone(),
         });
         let spawned = Actor::spawn(
             None,
@@ -267,7 +330,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                         let shared = shared.clone();
                         tokio::spawn(
                             async move {
-                                serve_connection(stream, shared).await;
+                                serve_connection(stream, peer, shared).await;
                                 drop(permit);
                             }
                             .instrument(tracing::debug_span!("connection", %peer)),
@@ -275,7 +338,15 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     }
                     Err(_) => {
                         tracing::warn!(%peer, max = config.max_connections, "refusing connection: too many open");
-                        tokio::spawn(refuse(stream, config.max_connections));
+                        shared.observe(
+                            UNDECODED_OP,
+                            Some(ErrorCode::TooManyConnections.as_str()),
+                            Instant::now(),
+                        );
+                        // A TLS client could not read a plain answer: it sees the close.
+                        if shared.tls.is_none() {
+                            tokio::spawn(refuse(stream, config.max_connections));
+                        }
                     }
                 }
             }
@@ -402,10 +473,13 @@ impl Drop for Reserved {
 /// On shutdown the connection stops starting requests: the requests already read are
 /// answered, every frame read after is answered `shutting_down`, and the connection is
 /// closed once everything is answered and no frame arrived for [`SHUTDOWN_QUIET`].
-async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let (node, mut shutdown) = (shared.node.clone(), shared.shutdown.clone());
+    let _open = shared.metrics.as_ref().map(|m| m.connection_opened());
     let config = node.config().clone();
-    let (rd, wr) = stream.into_split();
+    let Some((rd, wr)) = tls::open(stream, shared.tls.as_deref(), peer).await else {
+        return;
+    };
     let mut reader = FrameReader {
         rd: BufReader::with_capacity(16 << 10, rd),
         frame_timeout: Duration::from_millis(config.frame_timeout_ms),
@@ -529,6 +603,7 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
                 ErrorCode::FrameTooLarge,
                 format!("frame of {len} bytes is over the maximum of {} bytes (max-frame-bytes); closing the connection", config.max_frame_bytes),
             );
+            shared.observe(UNDECODED_OP, Some(e.code.as_str()), Instant::now());
             queue(ResponseFrame::error(0, &e).encode(), Some(permit)).await;
             break;
         }
@@ -552,16 +627,29 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
                     config.max_in_flight_bytes
                 ),
             );
+            shared.observe(UNDECODED_OP, Some(e.code.as_str()), Instant::now());
             queue(ResponseFrame::error(id, &e).encode(), Some(permit)).await;
             continue;
         }
-        match Request::decode(&buf) {
+        let started = Instant::now();
+        let (decoded, layout) = match Request::decode_routed(&buf) {
+            Ok(d) => (Ok((d.id, d.request)), d.layout),
+            Err(e) => (Err(e), None),
+        };
+        let op = decoded.as_ref().map_or(UNDECODED_OP, |(_, r)| r.op());
+        match decoded {
             Ok((id, _)) | Err((id, _)) if stopping => {
                 let e = crate::protocol::error_of(ringkv_actors::KvError::ShuttingDown);
+                shared.observe(op, Some(e.code.as_str()), started);
                 queue(ResponseFrame::error(id, &e).encode(), Some(permit)).await;
             }
             Ok((id, Request::Ping)) => {
-                queue(ResponseFrame::ok(id).encode(), Some(permit)).await;
+                shared.observe(op, None, started);
+                let answer = ResponseFrame {
+                    layout: newer_layout(&node, layout),
+                    ..ResponseFrame::ok(id)
+                };
+                queue(answer.encode(), Some(permit)).await;
             }
             Ok((id, Request::InjectFault(Fault::PanicActor(actor)))) if actor == "listener" => {
                 let answer = if !config.fault_injection {
@@ -580,30 +668,42 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
                     }
                     ResponseFrame::ok(id)
                 };
+                shared.observe(op, answer.code.as_deref(), started);
                 queue(answer.encode(), Some(permit)).await;
             }
             Ok((id, request)) => {
-                let (node, uploads, tx, conn, budget, wr) = (
+                let (node, uploads, tx, conn, budget, wr, shared) = (
                     node.clone(),
                     uploads.clone(),
                     tx.clone(),
                     conn.clone(),
                     shared.budget.clone(),
                     wr.clone(),
+                    shared.clone(),
                 );
                 let max_frame = config.max_frame_bytes;
                 conn.executing.fetch_add(1, Ordering::AcqRel);
                 let fut = async move {
-                    let answer = execute(&node, &uploads, id, request).await.encode();
+                    let mut frame = execute(&node, &uploads, id, request).await;
+                    let layout = newer_layout(&node, layout);
+                    frame.layout = layout;
+                    let answer = frame.encode();
                     let answer = if answer.len() > max_frame + 4 {
                         let e = ProtocolError::new(
                             ErrorCode::RecordTooLarge,
                             format!("the answer would be {} bytes, over the maximum of {max_frame} bytes (max-frame-bytes): the key's siblings together are too large to return", answer.len()),
                         );
-                        ResponseFrame::error(id, &e).encode()
+                        shared.observe(op, Some(e.code.as_str()), started);
+                        ResponseFrame {
+                            layout,
+                            ..ResponseFrame::error(id, &e)
+                        }
+                        .encode()
                     } else {
+                        shared.observe(op, frame.code.as_deref(), started);
                         answer
                     };
+                    drop(frame);
                     conn.answered(answer.len());
                     if write_directly(&wr, &answer).await {
                         conn.executing.fetch_sub(1, Ordering::AcqRel);
@@ -626,6 +726,7 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
                 tokio::spawn(fut);
             }
             Err((id, e)) => {
+                shared.observe(op, Some(e.code.as_str()), started);
                 queue(ResponseFrame::error(id, &e).encode(), Some(permit)).await;
             }
         }
@@ -634,6 +735,14 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     let _ = in_flight.acquire_many(max_in_flight as u32).await;
     drop(tx);
     let _ = writer.await;
+}
+
+/// The answer's `layout` field: this node's routing version ([`Node::routing_version`]) if
+/// the request named another one (`client`), else nothing.
+fn newer_layout(node: &Node, client: Option<u64>) -> Option<u64> {
+    let client = client?;
+    let ours = node.routing_version();
+    (ours != client).then_some(ours)
 }
 
 fn info<T: serde::Serialize>(id: u64, value: &T) -> ResponseFrame {
@@ -855,6 +964,15 @@ async fn execute(
             .put(&bucket, &key, value, &context, &opts)
             .await
             .map(|f| crate::protocol::fetched(id, f)),
+        Request::Explain {
+            bucket,
+            key,
+            timeout,
+        } => node
+            .explain(&bucket, &key, timeout)
+            .await
+            .map(|report| info(id, &report)),
+        Request::Layout => node.routing_layout().map(|layout| info(id, &layout)),
         Request::ClusterStatus => Ok(info(id, &node.cluster_status())),
         Request::ClusterPlan => node
             .cluster_plan()

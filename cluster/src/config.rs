@@ -55,6 +55,15 @@ pub enum ConfigError {
         /// Why the order matters.
         why: &'static str,
     },
+    /// The TLS settings do not fit together.
+    #[error("{0}")]
+    Tls(String),
+    /// `metrics-listen` is the client or cluster address.
+    #[error("metrics-listen ({addr}) must differ from listen and cluster-addr")]
+    MetricsAddr {
+        /// metrics-listen.
+        addr: SocketAddr,
+    },
     /// `initial-map-bytes` is over `max-map-bytes`.
     #[error("initial-map-bytes ({initial}) must be at most max-map-bytes ({max})")]
     MapSizes {
@@ -75,6 +84,11 @@ pub struct NodeConfig {
     /// Address the client (msgpack TCP) listener binds. Port 0 picks a free port; the bound
     /// address is printed on stdout. Default `127.0.0.1:7379`.
     pub listen: SocketAddr,
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`, HTTP/1.1, text format
+    /// 0.0.4). Port 0 picks a free port; the bound address is printed on stdout
+    /// (`ringkv: metrics on http://ADDR/metrics`). Default none: no endpoint and no
+    /// metrics kept.
+    pub metrics_listen: Option<SocketAddr>,
     /// Number of partitions Q: a power of two, fixed when the data directory is created.
     /// Default 64.
     pub partitions: u32,
@@ -208,6 +222,30 @@ pub struct NodeConfig {
     /// group-committing writer absorbs, so client writes keep most of both; a 100 GB node
     /// refills in about 27 minutes).
     pub transfer_max_bytes_per_sec: u64,
+    /// PEM file of the client listener's certificate chain (leaf first). With `tls-key`, the
+    /// client listener speaks only TLS 1.2/1.3 (rustls); without, plain TCP. Default none.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the private key of `tls-cert` (PKCS#8, PKCS#1 or SEC1). Default none.
+    pub tls_key: Option<PathBuf>,
+    /// PEM file of the CA certificates that sign client certificates: with it, a client must
+    /// present a certificate signed by one of them (mutual TLS). Needs `tls-cert`. Default
+    /// none.
+    pub tls_client_ca: Option<PathBuf>,
+    /// A TLS handshake (client or cluster) that has not finished this long after the
+    /// connection was accepted or dialled is abandoned and its connection closed, ms. Each
+    /// handshake runs in its own task, so a stalled one delays no other connection.
+    /// Default 5000.
+    pub tls_handshake_timeout_ms: u64,
+    /// PEM file of the cluster CA: with it, every connection between nodes is mutual TLS,
+    /// both ends presenting a certificate signed by this CA, and a peer must be named in its
+    /// certificate (a DNS subject alternative name equal to its node name). The cookie stays
+    /// a second factor. Default none (plain TCP between nodes).
+    pub cluster_tls_ca: Option<PathBuf>,
+    /// PEM file of this node's certificate chain for the cluster links: a DNS subject
+    /// alternative name must be the node's `name`. Default: `tls-cert`.
+    pub cluster_tls_cert: Option<PathBuf>,
+    /// PEM file of the private key of `cluster-tls-cert`. Default: `tls-key`.
+    pub cluster_tls_key: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -215,6 +253,7 @@ impl Default for NodeConfig {
         Self {
             data_dir: PathBuf::from("./ringkv-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 7379)),
+            metrics_listen: None,
             partitions: 64,
             max_frame_bytes: 8 << 20,
             max_value_bytes: 1 << 30,
@@ -253,6 +292,13 @@ impl Default for NodeConfig {
             max_clock_skew_ms: 1000,
             transfer_concurrency: 2,
             transfer_max_bytes_per_sec: 64 << 20,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_handshake_timeout_ms: 5000,
+            cluster_tls_ca: None,
+            cluster_tls_cert: None,
+            cluster_tls_key: None,
         }
     }
 }
@@ -401,19 +447,125 @@ impl NodeConfig {
                 name: "heartbeat-ms",
             });
         }
+        if let Some(addr) = self.metrics_listen {
+            if addr.port() != 0 && (addr == self.listen || Some(addr) == self.cluster_addr) {
+                return Err(ConfigError::MetricsAddr { addr });
+            }
+        }
         if self.initial_map_bytes > self.max_map_bytes {
             return Err(ConfigError::MapSizes {
                 initial: self.initial_map_bytes,
                 max: self.max_map_bytes,
             });
         }
+        self.validate_tls()
+    }
+
+    /// The TLS settings' dependencies on one another (the files themselves are read at
+    /// start).
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let tls = |why: String| Err(ConfigError::Tls(why));
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return tls("tls-cert and tls-key go together: set both or neither".into());
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return tls("tls-client-ca needs tls-cert and tls-key".into());
+        }
+        if self.tls_handshake_timeout_ms == 0 {
+            return Err(ConfigError::Zero {
+                name: "tls-handshake-timeout-ms",
+            });
+        }
+        if self.cluster_tls_cert.is_some() != self.cluster_tls_key.is_some() {
+            return tls(
+                "cluster-tls-cert and cluster-tls-key go together: set both or neither".into(),
+            );
+        }
+        let cluster_files = self.cluster_tls_cert.is_some() || self.cluster_tls_key.is_some();
+        if cluster_files && self.cluster_tls_ca.is_none() {
+            return tls("cluster-tls-cert needs cluster-tls-ca (the cluster CA)".into());
+        }
+        if self.cluster_tls_ca.is_some() {
+            if self.cluster_tls_cert.is_none() && self.tls_cert.is_none() {
+                return tls(
+                    "cluster-tls-ca needs this node's certificate: cluster-tls-cert and \
+                     cluster-tls-key, or tls-cert and tls-key"
+                        .into(),
+                );
+            }
+            let name = self.node_name();
+            if !is_dns_name(&name) {
+                return tls(format!(
+                    "with cluster-tls-ca the node name must be a DNS name (letters, digits, \
+                     '-' and '.'), as in its certificate; {name:?} is not: set `name`"
+                ));
+            }
+        }
         Ok(())
     }
+}
+
+/// True if `name` is a DNS host name as a certificate's subject alternative name carries it:
+/// dot-separated labels of ASCII letters, digits and `-`, each 1 to 63 bytes, not starting
+/// or ending with `-`, 253 bytes at most.
+pub fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let files = |c: &str| Some(PathBuf::from(c));
+        let ok = NodeConfig {
+            tls_cert: files("c.pem"),
+            tls_key: files("k.pem"),
+            tls_client_ca: files("ca.pem"),
+            cluster_tls_ca: files("ca.pem"),
+            name: Some("n1".into()),
+            ..Default::default()
+        };
+        ok.validate().unwrap();
+        for bad in [
+            NodeConfig {
+                tls_key: None,
+                ..ok.clone()
+            },
+            NodeConfig {
+                tls_cert: None,
+                tls_key: None,
+                ..ok.clone()
+            },
+            NodeConfig {
+                name: Some("n_1".into()),
+                ..ok.clone()
+            },
+            NodeConfig {
+                cluster_tls_ca: None,
+                cluster_tls_cert: files("c.pem"),
+                cluster_tls_key: files("k.pem"),
+                ..ok.clone()
+            },
+            NodeConfig {
+                tls_handshake_timeout_ms: 0,
+                ..ok.clone()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        assert!(is_dns_name("node-1.rack2"));
+        assert!(!is_dns_name("127.0.0.1:7000") && !is_dns_name("-a") && !is_dns_name(""));
+    }
 
     #[test]
     fn defaults_are_valid() {
@@ -439,6 +591,21 @@ mod tests {
             c.validate(),
             Err(ConfigError::ValueOverFrame { .. })
         ));
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_of_its_own() {
+        let listen = NodeConfig::default().listen;
+        let c = NodeConfig {
+            metrics_listen: Some(listen),
+            ..Default::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::MetricsAddr { addr: listen }));
+        let c = NodeConfig {
+            metrics_listen: Some("127.0.0.1:9100".parse().unwrap()),
+            ..Default::default()
+        };
+        c.validate().unwrap();
     }
 
     #[test]

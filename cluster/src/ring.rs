@@ -5,32 +5,11 @@
 //! The hash is XXH3-64 with seed 0 (xxHash's specification, frozen since 0.8.0) over
 //! `[len(bucket) as u8] ++ bucket ++ key`, so it is the same on every platform, build and
 //! version of ringkv. The length prefix keeps `("ab", "c")` and `("a", "bc")` apart.
+//!
+//! The functions live in [`ringkv_proto::ring`] and are re-exported here: the partition-aware
+//! client routes each key with the very same code the nodes place it with.
 
-use xxhash_rust::xxh3::Xxh3;
-
-/// Largest partition count.
-pub const MAX_PARTITIONS: u32 = 1 << 16;
-
-/// The 64-bit ring position of `(bucket, key)`. Buckets longer than 255 bytes are not valid
-/// anywhere in ringkv; only the low byte of the length enters the hash.
-pub fn ring_position(bucket: &[u8], key: &[u8]) -> u64 {
-    let mut h = Xxh3::new();
-    h.update(&[bucket.len() as u8]);
-    h.update(bucket);
-    h.update(key);
-    h.digest()
-}
-
-/// The partition, in `0..partitions`, that owns `(bucket, key)`. `partitions` must be a power
-/// of two (see [`crate::config::NodeConfig::validate`]).
-pub fn partition_for(bucket: &[u8], key: &[u8], partitions: u32) -> u32 {
-    debug_assert!(partitions.is_power_of_two());
-    let bits = partitions.trailing_zeros();
-    if bits == 0 {
-        return 0;
-    }
-    (ring_position(bucket, key) >> (64 - bits)) as u32
-}
+pub use ringkv_proto::ring::{partition_for, ring_position, MAX_PARTITIONS};
 
 #[cfg(test)]
 mod tests {
@@ -64,6 +43,28 @@ mod tests {
                               bits in 0u32..17) {
             let q = 1u32 << bits;
             prop_assert!(partition_for(&bucket, &key, q) < q);
+        }
+
+        /// The client's partition (the proto crate's function, which `ringkv_client` calls)
+        /// is the nodes' for any key, and both are the top bits of a one-shot XXH3-64 of the
+        /// length-prefixed bytes, as PROTOCOL.md tells clients in other languages.
+        #[test]
+        fn client_and_nodes_agree(bucket in prop::collection::vec(any::<u8>(), 1..65),
+                                  key in prop::collection::vec(any::<u8>(), 1..443),
+                                  bits in 0u32..17) {
+            let q = 1u32 << bits;
+            let nodes = crate::partition_for(&bucket, &key, q);
+            let client = ringkv_proto::ring::partition_for(&bucket, &key, q);
+            prop_assert_eq!(nodes, client);
+            let mut bytes = vec![bucket.len() as u8];
+            bytes.extend_from_slice(&bucket);
+            bytes.extend_from_slice(&key);
+            let reference = if bits == 0 {
+                0
+            } else {
+                (xxhash_rust::xxh3::xxh3_64(&bytes) >> (64 - bits)) as u32
+            };
+            prop_assert_eq!(nodes, reference);
         }
     }
 }

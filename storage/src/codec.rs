@@ -262,6 +262,25 @@ pub fn decompress(codec: Codec, stored: &[u8], max_len: usize) -> Result<Vec<u8>
     }
 }
 
+/// The length of the value that `stored` (bytes encoded with `codec`) decodes to, read from
+/// the encoding's header without decoding: the bytes themselves for [`Codec::None`], the zstd
+/// frame's declared content size, the LZ4 length prefix. `None` for a [`Codec::Manifest`]
+/// (the length is in the manifest, [`crate::large::Manifest::size`]) and for stored bytes
+/// whose header does not declare a length (a corrupt value). For inspection
+/// (`ringkv explain`): reads check the length again when they decode.
+pub fn declared_len(codec: Codec, stored: &[u8]) -> Option<u64> {
+    match codec {
+        Codec::None => Some(stored.len() as u64),
+        Codec::Zstd => zstd::zstd_safe::get_frame_content_size(stored)
+            .ok()
+            .flatten(),
+        Codec::Lz4 => stored
+            .first_chunk::<4>()
+            .map(|head| u64::from(u32::from_le_bytes(*head))),
+        Codec::Manifest => None,
+    }
+}
+
 fn corrupt(codec: &str, why: &str) -> StorageError {
     StorageError::Corrupt(format!("compressed value ({codec}): {why}"))
 }
@@ -275,6 +294,24 @@ fn too_long(codec: &str, size: u64, max: usize) -> StorageError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn declared_len_reads_the_header_of_every_codec() {
+        let value = text(10_000);
+        for codec in [Codec::None, Codec::Zstd, Codec::Lz4] {
+            let (used, stored) = compress(codec, value.clone());
+            assert_eq!(used, codec, "{codec}: text compresses");
+            assert_eq!(declared_len(used, &stored), Some(10_000), "{codec}");
+        }
+        assert_eq!(declared_len(Codec::None, b""), Some(0));
+        assert_eq!(
+            declared_len(Codec::Lz4, b"\x01\x02"),
+            None,
+            "shorter than the prefix"
+        );
+        assert_eq!(declared_len(Codec::Zstd, b"not zstd"), None);
+        assert_eq!(declared_len(Codec::Manifest, b"anything"), None);
+    }
 
     fn text(len: usize) -> Vec<u8> {
         let words = [

@@ -137,6 +137,22 @@ impl From<heed::Error> for Abort {
     }
 }
 
+/// How much of an LMDB env's map is in use (`ringkv cluster status`, the `ringkv_lmdb_map_*`
+/// metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MapUsage {
+    /// Bytes of the map's pages up to the highest page ever used (LMDB's last page number
+    /// plus one, times the page size): the file's high-water mark. Freed pages below it are
+    /// reused, so the data may take less; a write that needs pages past the map's end grows
+    /// the map.
+    pub used_bytes: u64,
+    /// The map size now, bytes: it doubles when full, up to `max_bytes`.
+    pub map_bytes: u64,
+    /// The largest map size allowed, bytes (`max-map-bytes` for the data env); past it,
+    /// writes fail as full.
+    pub max_bytes: u64,
+}
+
 /// An env whose map doubles on `MapFull` up to a maximum.
 ///
 /// LMDB allows a resize only while the process has no transaction open on the env, so
@@ -175,6 +191,19 @@ impl GrowableEnv {
     /// Current map size, bytes.
     pub(crate) fn map_size(&self) -> usize {
         self.env.info().map_size
+    }
+
+    /// How much of the map is used ([`MapUsage`]). Holds the gate (shared), so that it never
+    /// reads the env's meta pages while a resize remaps them.
+    pub(crate) fn usage(&self) -> MapUsage {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let info = self.env.info();
+        let page = u64::from(self.env.unnamed_database_stat().page_size);
+        MapUsage {
+            used_bytes: (info.last_page_number as u64).saturating_add(1) * page,
+            map_bytes: info.map_size as u64,
+            max_bytes: self.max_map_bytes as u64,
+        }
     }
 
     /// Runs `f` in a read transaction, holding the gate (shared) until the transaction ends,

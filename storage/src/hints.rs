@@ -56,6 +56,30 @@ pub struct Hint {
     pub record: DvvSet,
 }
 
+/// One hint for a key, as [`HintStore::hints_for`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldHint {
+    /// The node the hint is for (the replica that was unreachable).
+    pub owner: String,
+    /// The hint's store-wide sequence number ([`HintId::seq`]): later hints have larger ones.
+    pub seq: u64,
+    /// The key's state the hint carries.
+    pub record: DvvSet,
+}
+
+/// What [`HintStore::hints_for`] found for one key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyHints {
+    /// Hints pending for the key, over all owners (the key index's count).
+    pub pending: u64,
+    /// The first of them in store order, at most the `max_listed` asked for.
+    pub listed: Vec<HeldHint>,
+    /// Stored hints the scan looked at (of every key).
+    pub scanned: u64,
+    /// False if the scan stopped at its bound before it found every pending hint of the key.
+    pub complete: bool,
+}
+
 /// Identity of one stored hint (its LMDB key: `[owner length][owner][seq: u64 BE]`), as
 /// returned by [`HintStore::batch`] and given back to [`HintStore::remove`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -364,6 +388,90 @@ impl HintStore {
         )
     }
 
+    /// The hints this node holds for `(partition, bucket, key)`, with their owners: the first
+    /// `max_listed` in store order (owner, then age), for inspection (`ringkv explain`).
+    ///
+    /// The key index answers at once when no hint of the key is pending. Otherwise the hints
+    /// are scanned in store order, decoding only the partition, bucket and key of each until
+    /// one matches, and the scan stops once it has seen as many matches as the index counts,
+    /// or after `max_scanned` entries (then [`KeyHints::complete`] is false and some of the
+    /// key's hints may be left out of [`KeyHints::listed`]). One read transaction; call it off
+    /// the async workers.
+    ///
+    /// # Errors
+    /// [`StorageError::Corrupt`] for a malformed key or an undecodable hint of this key,
+    /// [`StorageError::Io`].
+    pub fn hints_for(
+        &self,
+        partition: u32,
+        bucket: &[u8],
+        key: &[u8],
+        max_listed: usize,
+        max_scanned: usize,
+    ) -> Result<KeyHints, StorageError> {
+        /// The fields of a stored hint that say which key it is for (the record is skipped).
+        #[derive(Deserialize)]
+        struct Head {
+            partition: u32,
+            bucket: ByteBuf,
+            key: ByteBuf,
+        }
+        let probe = Hint {
+            partition,
+            bucket: ByteBuf::from(bucket.to_vec()),
+            key: ByteBuf::from(key.to_vec()),
+            record: DvvSet::new(),
+        };
+        let index = index_key(&probe);
+        self.genv.read(|rtxn| {
+            let pending = match self.by_key.get(rtxn, &index).map_err(StorageError::io)? {
+                Some(bytes) => u64::from(decode_indexed(bytes)?.0),
+                None => 0,
+            };
+            let mut out = KeyHints {
+                pending,
+                listed: Vec::new(),
+                scanned: 0,
+                complete: true,
+            };
+            let mut found = 0u64;
+            if pending == 0 {
+                return Ok(out);
+            }
+            for entry in self.db.iter(rtxn).map_err(StorageError::io)? {
+                if found >= pending {
+                    break;
+                }
+                if out.scanned >= max_scanned as u64 {
+                    out.complete = false;
+                    break;
+                }
+                out.scanned += 1;
+                let (stored_key, value) = entry.map_err(StorageError::io)?;
+                let head: Option<Head> = match value.split_first() {
+                    Some((&HINT_V1, body)) => rmp_serde::from_slice(body).ok(),
+                    _ => None,
+                };
+                let Some(head) = head else { continue };
+                if head.partition != partition || head.bucket != bucket || head.key != key {
+                    continue;
+                }
+                found += 1;
+                if out.listed.len() < max_listed {
+                    let (prefix, seq) = split_key(stored_key)?;
+                    let owner = String::from_utf8_lossy(&prefix[1..]).into_owned();
+                    let hint = decode_hint(value)?;
+                    out.listed.push(HeldHint {
+                        owner,
+                        seq,
+                        record: hint.record,
+                    });
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// Every owner with pending hints and how many, in owner-key order (by name length, then
     /// name). Scans the whole store.
     ///
@@ -423,6 +531,12 @@ impl HintStore {
     pub fn len(&self) -> Result<u64, StorageError> {
         self.genv
             .read(|rtxn| self.db.len(rtxn).map_err(StorageError::io))
+    }
+
+    /// How much of the hint env's map is used: the high-water mark, the map size and its
+    /// maximum.
+    pub fn map_usage(&self) -> crate::MapUsage {
+        self.genv.usage()
     }
 
     /// True if no hint is stored.
@@ -661,6 +775,44 @@ mod tests {
     }
 
     #[test]
+    fn hints_for_a_key_name_their_owners_within_the_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = HintStore::open(dir.path()).unwrap();
+        let none = s.hints_for(3, b"b", b"k", 10, 1000).unwrap();
+        assert_eq!((none.pending, none.scanned, none.complete), (0, 0, true));
+        // Other keys' hints first, so that the scan has to pass them.
+        for i in 0..20u8 {
+            put(&s, "node-a", hint(&[b'x', i], b"other")).unwrap();
+        }
+        put(&s, "node-b", hint(b"k", b"v1")).unwrap();
+        put(&s, "node-a", hint(b"k", b"v2")).unwrap();
+        put(&s, "node-c", hint(b"k", b"v3")).unwrap();
+        let mut other_partition = hint(b"k", b"p4");
+        other_partition.partition = 4;
+        put(&s, "node-a", other_partition).unwrap();
+
+        let all = s.hints_for(3, b"b", b"k", 10, 1000).unwrap();
+        assert_eq!(all.pending, 3);
+        assert!(all.complete);
+        let owners: Vec<&str> = all.listed.iter().map(|h| h.owner.as_str()).collect();
+        // Store order: by owner name length, then name.
+        assert_eq!(owners, vec!["node-a", "node-b", "node-c"]);
+        assert_eq!(all.listed[0].record, hint(b"k", b"v2").record);
+        assert!(all.listed[1].seq < all.listed[2].seq);
+
+        let capped = s.hints_for(3, b"b", b"k", 1, 1000).unwrap();
+        assert_eq!((capped.pending, capped.listed.len()), (3, 1));
+        assert!(capped.complete, "every hint was seen, one listed");
+
+        let bounded = s.hints_for(3, b"b", b"k", 10, 5).unwrap();
+        assert_eq!((bounded.scanned, bounded.complete), (5, false));
+        assert!(
+            bounded.listed.is_empty(),
+            "the first 5 entries are other keys'"
+        );
+    }
+
+    #[test]
     fn hints_and_seq_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let last_seq = {
@@ -747,6 +899,12 @@ mod tests {
     fn the_map_grows_then_reports_full() {
         let dir = tempfile::tempdir().unwrap();
         let s = HintStore::open_with_map(dir.path(), 1 << 20, 4 << 20).unwrap();
+        let empty = s.map_usage();
+        assert_eq!((empty.map_bytes, empty.max_bytes), (1 << 20, 4 << 20));
+        assert!(
+            empty.used_bytes > 0 && empty.used_bytes < 64 << 10,
+            "{empty:?}"
+        );
         let value = vec![7u8; 64 << 10];
         let mut stored = 0u32;
         let err = loop {
@@ -758,6 +916,12 @@ mod tests {
         };
         assert!(matches!(err, StorageError::HintStoreFull(_)), "{err}");
         assert!(s.genv.map_size() > 1 << 20);
+        let full = s.map_usage();
+        assert!(
+            full.used_bytes > 3 << 20 && full.used_bytes <= full.map_bytes,
+            "a full map reports its pages used: {full:?}"
+        );
+        assert_eq!(full.map_bytes, full.max_bytes);
         assert!(stored > 16, "only {stored} hints fit");
         assert_eq!(s.len().unwrap(), u64::from(stored));
     }

@@ -43,8 +43,9 @@ mod writer;
 pub use codec::Codec;
 pub use condition::Condition;
 pub use dvv::{Dot, DvvSet, ReplicaId, Sibling, VersionVector};
+pub use env::MapUsage;
 pub use error::StorageError;
-pub use hints::{Hint, HintId, HintStore};
+pub use hints::{HeldHint, Hint, HintId, HintStore, KeyHints};
 pub use merkle::MerkleTree;
 pub use partition::{
     Identity, Partition, PartitionOptions, PartitionStats, PurgeReply, ScanChunk, WriteReply,

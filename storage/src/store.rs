@@ -605,6 +605,11 @@ impl DataStore {
         self.genv.map_size()
     }
 
+    /// How much of the env's map is used: the high-water mark, the map size and its maximum.
+    pub fn map_usage(&self) -> crate::MapUsage {
+        self.genv.usage()
+    }
+
     /// Stops taking writes, lets the writer thread commit and answer everything already
     /// queued (clears included, to their last chunk), waits for it, then checkpoints every
     /// open partition's tree and counts in one commit (see the module docs), so that the next

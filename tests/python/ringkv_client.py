@@ -25,9 +25,17 @@ Written from ``api/PROTOCOL.md`` alone. Summary of the wire format it implements
   ``get_range`` reads part of a value; ``get_stream`` reads a whole value by pipelined
   ``get_range`` requests and checks its CRC-32 at the end. Memory stays bounded by the windows.
 
+* TLS (section "TLS"): a node started with ``tls-cert`` speaks only TLS; pass ``tls_ca`` (the
+  CA that signed its certificate) and, for a node with ``tls-client-ca``, ``tls_cert`` and
+  ``tls_key``. The frames inside are the same. A plain connection to such a node is answered
+  ``tls_required``.
+* An error answer with ``id`` 0 is about the connection itself (``too_many_connections``,
+  ``tls_required``): the call waiting raises it.
+
 Example::
 
     c = Client("127.0.0.1", 7379)
+    t = Client("db1.example", 7379, tls_ca="ca.pem")  # TLS
     values, ctx = c.get(b"cart", b"alice")
     c.put(b"cart", b"alice", b"milk", context=ctx)
     c.cas(b"locks", b"job-7", None, b"worker-1")  # strong bucket: create only
@@ -39,6 +47,7 @@ Example::
 """
 
 import socket
+import ssl
 import struct
 import zlib
 
@@ -146,9 +155,29 @@ class Client:
     pipelined ``send`` calls) are kept and returned later by ``recv``/``recv_id``.
     """
 
-    def __init__(self, host, port, timeout=10.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, host, port, timeout=10.0, tls_ca=None, tls_cert=None, tls_key=None,
+                 server_hostname=None):
+        """Connect to ``host:port``; with ``tls_ca`` (a PEM file), over TLS.
+
+        The node's certificate is checked against ``tls_ca`` and ``server_hostname`` (default:
+        ``host``). ``tls_cert`` and ``tls_key`` (PEM files) are the client certificate for a
+        node that requires one.
+        """
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls_ca is not None:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls_ca)
+            if tls_cert is not None:
+                ctx.load_cert_chain(tls_cert, tls_key)
+            try:
+                sock = ctx.wrap_socket(sock, server_hostname=server_hostname or host)
+            except BaseException:
+                sock.close()
+                raise
+        elif tls_cert is not None:
+            sock.close()
+            raise ValueError("tls_cert needs tls_ca")
+        self.sock = sock
         self._buf = bytearray()
         self._next_id = 1
         self._stash = {}  # id -> list of answers read while waiting for another id
@@ -235,6 +264,8 @@ class Client:
             ans = self.recv_frame()
             if isinstance(ans, dict) and ans.get("id") == want_id:
                 return ans
+            if isinstance(ans, dict) and ans.get("id") == 0 and ans.get("ok") is False:
+                return ans  # the node refuses the connection itself
             key = ans.get("id") if isinstance(ans, dict) else None
             self._stash.setdefault(key, []).append(ans)
 
@@ -373,6 +404,17 @@ class Client:
         properties after the change. A refused change raises :class:`RingkvError`
         (``cluster_error`` for a refused ``consistency``)."""
         return self.call({"op": "bucket_set", "bucket": _b(bucket), "props": props}).get("info")
+
+    def explain(self, bucket, key, timeout_ms=None):
+        """Where a key lives and why it reads as it does: the ``info`` map of ``explain``
+        (partition, ``preference_list`` and ``fallbacks`` with liveness, each primary's
+        replica in ``replicas``, the ``hints`` held for the key, the partition's
+        ``exchanges``; PROTOCOL.md has every field). ``timeout_ms`` bounds each node's
+        answer."""
+        req = {"op": "explain", "bucket": _b(bucket), "key": _b(key)}
+        if timeout_ms is not None:
+            req["timeout_ms"] = timeout_ms
+        return self.call(req).get("info")
 
     # ------------------------------------------------------------- large values
 

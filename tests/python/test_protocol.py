@@ -250,6 +250,31 @@ def time_to_live():
 
 
 @scenario
+def explain_a_key_with_siblings():
+    """Two blind puts make two siblings; explain shows them on the answering node's replica,
+    each with its dot and size, under one clock; bad input is refused as get refuses it."""
+    k = b"explained"
+    with connect() as c:
+        c.put(BUCKET, k, b"one")
+        c.put(BUCKET, k, b"three")
+        info = c.explain(BUCKET, k)
+        check(info.get("bucket") == BUCKET.decode() and info.get("key") == "explained",
+              "names: %r" % (info,))
+        mine = [r for r in info.get("replicas", []) if r.get("node") == info.get("node")]
+        check(len(mine) == 1 and mine[0].get("status") == "ok", "own replica: %r" % (info,))
+        record = mine[0]["record"]
+        check(record.get("siblings") == 2 and record.get("live") == 2, "siblings: %r" % (record,))
+        sizes = sorted(s.get("size") for s in record.get("listed", []))
+        check(sizes == [3, 5], "sizes %r" % (sizes,))
+        for s in record["listed"]:
+            replica, counter = s["dot"].split(":")
+            check(record["clock"].get(replica, 0) >= int(counter), "dot %r not covered" % (s,))
+        expect_error(c, {"op": "explain", "bucket": b"", "key": k}, "invalid_bucket")
+        expect_error(c, {"op": "explain", "bucket": BUCKET, "key": b"x" * 443}, "invalid_key")
+        expect_error(c, {"op": "explain", "bucket": BUCKET}, "malformed_request")
+
+
+@scenario
 def strong_bucket_cas():
     """A fresh bucket made strong before its first write: cas creates, refuses a wrong
     expectation with the current value, swaps and deletes; get answers at most one value and

@@ -23,39 +23,20 @@ use std::time::{Duration, Instant};
 /// An input that takes longer than this to decode counts as a hang.
 pub const HANG: Duration = Duration::from_secs(1);
 
-/// The ops a request may name (and a few it may not).
-const OPS: [&str; 27] = [
-    "ping",
-    "get",
-    "put",
-    "delete",
-    "cas",
-    "put_begin",
-    "put_chunk",
-    "put_commit",
-    "put_abort",
-    "get_range",
-    "cluster_status",
-    "cluster_plan",
-    "cluster_commit",
-    "cluster_leave",
-    "cluster_set",
-    "cluster_replace",
-    "cluster_revert",
-    "cluster_transfers",
-    "bucket_get",
-    "bucket_set",
-    "inject_fault",
-    "",
-    "GET",
-    "get\0",
-    "nonexistent_op",
-    "put_chunk_",
-    "é",
-];
+/// Op names no request may use, beside the real ones ([`ringkv_api::protocol::OPS`]).
+const NOT_OPS: [&str; 6] = ["", "GET", "get\0", "nonexistent_op", "put_chunk_", "é"];
+
+/// An op name: a real one (most of the time) or one of [`NOT_OPS`].
+fn op_name(rng: &mut StdRng) -> &'static str {
+    let ops = &ringkv_api::protocol::OPS;
+    let i = rng.gen_range(0..ops.len() + NOT_OPS.len());
+    ops.get(i)
+        .copied()
+        .unwrap_or_else(|| NOT_OPS[i - ops.len()])
+}
 
 /// Field names of requests (and a few unknown ones).
-const FIELDS: [&str; 40] = [
+const FIELDS: [&str; 41] = [
     "id",
     "op",
     "bucket",
@@ -93,6 +74,7 @@ const FIELDS: [&str; 40] = [
     "consistency",
     "compression",
     "sloppy_quorum",
+    "layout",
     "unknown",
     "",
     "idid",
@@ -120,7 +102,7 @@ fn value(rng: &mut StdRng, depth: u32) -> rmpv::Value {
                     .into(),
             )
         }
-        9 => V::String(OPS[rng.gen_range(0..OPS.len())].into()),
+        9 => V::String(op_name(rng).into()),
         10 if depth > 0 => V::Array(
             (0..rng.gen_range(0..4))
                 .map(|_| value(rng, depth - 1))
@@ -157,10 +139,7 @@ fn request(rng: &mut StdRng) -> Vec<u8> {
         ));
     }
     if rng.gen_bool(0.95) {
-        entries.push((
-            V::from("op"),
-            V::String(OPS[rng.gen_range(0..OPS.len())].into()),
-        ));
+        entries.push((V::from("op"), V::String(op_name(rng).into())));
     }
     for _ in 0..rng.gen_range(0..8) {
         let name = FIELDS[rng.gen_range(0..FIELDS.len())];

@@ -128,6 +128,12 @@ pub struct NodeProcess {
     netns: Option<String>,
     /// The client address the node printed.
     pub addr: SocketAddr,
+    /// Environment of the client commands run by [`NodeProcess::cli`] (`RINGKV_TLS_CA` and
+    /// the like, for a node that speaks TLS).
+    pub cli_env: Vec<(String, String)>,
+    /// The metrics address the node printed (`ringkv: metrics on http://ADDR/metrics`), if
+    /// it was started with `--metrics-listen`.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl NodeProcess {
@@ -162,7 +168,7 @@ impl NodeProcess {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let netns = netns.map(str::to_string);
-        let (child, addr) = Self::spawn(
+        let (child, addr, metrics_addr) = Self::spawn(
             netns.as_deref(),
             dir.path(),
             &extra,
@@ -176,6 +182,8 @@ impl NodeProcess {
             envs,
             netns,
             addr,
+            cli_env: Vec::new(),
+            metrics_addr,
         }
     }
 
@@ -185,7 +193,7 @@ impl NodeProcess {
         extra: &[String],
         envs: &[(String, String)],
         listen: &str,
-    ) -> (Child, SocketAddr) {
+    ) -> (Child, SocketAddr, Option<SocketAddr>) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -216,14 +224,19 @@ impl NodeProcess {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            // The metrics line, if any, comes before the client listener's.
+            let mut metrics = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("ringkv: metrics on http://") {
+                    metrics = a.trim().trim_end_matches("/metrics").parse().ok();
+                }
                 if let Some(a) = line.strip_prefix("ringkv: listening on ") {
-                    let _ = tx.send(a.trim().parse::<SocketAddr>().ok());
+                    let _ = tx.send(a.trim().parse::<SocketAddr>().ok().map(|a| (a, metrics)));
                 }
             }
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Some(addr)) => (child, addr),
+            Ok(Some((addr, metrics))) => (child, addr, metrics),
             other => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -329,7 +342,7 @@ impl NodeProcess {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart a node that has stopped");
         self.mark_log("restart");
-        let (child, addr) = Self::spawn(
+        let (child, addr, metrics_addr) = Self::spawn(
             self.netns.as_deref(),
             self.dir.path(),
             &self.extra,
@@ -338,6 +351,7 @@ impl NodeProcess {
         );
         self.child = Some(child);
         self.addr = addr;
+        self.metrics_addr = metrics_addr;
     }
 
     /// Runs a `ringkv` client command against this node; returns (status, stdout, stderr).
@@ -347,6 +361,7 @@ impl NodeProcess {
             .args(args)
             .arg("--addr")
             .arg(self.addr.to_string())
+            .envs(self.cli_env.iter().map(|(k, v)| (k, v)))
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -473,6 +488,19 @@ impl Cluster {
     }
 
     fn start_with(size: usize, extra: &[&str], net: Option<Netns>) -> Cluster {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::start_each(size, |_| extra.clone(), &[], net)
+    }
+
+    /// As [`Cluster::start`], with the flags `per_node(i)` for node `n{i}` (1-based), and
+    /// `cli_env` as the environment of every client command the harness runs (see
+    /// [`NodeProcess::cli_env`]).
+    pub fn start_each(
+        size: usize,
+        per_node: impl Fn(usize) -> Vec<String>,
+        cli_env: &[(String, String)],
+        net: Option<Netns>,
+    ) -> Cluster {
         let mut nodes: Vec<NodeProcess> = Vec::with_capacity(size);
         let mut seed = String::new();
         for i in 1..=size {
@@ -485,16 +513,14 @@ impl Cluster {
                 }
             };
             let cluster_addr = format!("{ip}:{port}");
-            let owned = node_args(i, &cluster_addr, (i > 1).then_some(seed.as_str()));
-            let mut args: Vec<&str> = owned.iter().map(String::as_str).collect();
-            args.extend(extra);
+            let mut owned = node_args(i, &cluster_addr, (i > 1).then_some(seed.as_str()));
+            owned.extend(per_node(i));
+            let args: Vec<&str> = owned.iter().map(String::as_str).collect();
             let ns = net.as_ref().map(|n| n.node_ns(i));
-            nodes.push(NodeProcess::start_in(
-                ns.as_deref(),
-                &ip,
-                &args,
-                &[("RINGKV_COOKIE", TEST_COOKIE)],
-            ));
+            let mut node =
+                NodeProcess::start_in(ns.as_deref(), &ip, &args, &[("RINGKV_COOKIE", TEST_COOKIE)]);
+            node.cli_env = cli_env.to_vec();
+            nodes.push(node);
             if i == 1 {
                 seed = cluster_addr.clone();
             }

@@ -543,3 +543,240 @@ fn conditional_writes_answer_condition_failed_and_the_cli_flags_use_them() {
     );
     assert_eq!(status, 2, "clap refuses both flags: {err}");
 }
+
+/// The keys of a JSON object, sorted.
+fn keys_of(v: &serde_json::Value) -> Vec<String> {
+    let mut keys: Vec<String> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn sorted(names: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    out.sort();
+    out
+}
+
+/// `explain` answers the `info` map PROTOCOL.md documents, field for field, and checks its
+/// bucket and key as `get` does.
+#[test]
+fn explain_answers_the_documented_shape_and_checks_its_input() {
+    let node = NodeProcess::start(&[]);
+    let mut c = Conn::open(&node);
+    assert!(c.call(&put(60, b"k", b"hello", b"")).ok);
+    let a = c.call(&map(&[
+        ("id", v(61u64)),
+        ("op", v("explain")),
+        ("bucket", v("conf")),
+        ("key", v("k")),
+        // Over the 60 s most: lowered to it, not refused (and never an overflow).
+        ("timeout_ms", v(u64::MAX)),
+    ]));
+    assert!(a.ok && a.id == 61, "{a:?}");
+    let info = a.info.expect("explain answers in info");
+    assert_eq!(
+        keys_of(&info),
+        sorted(&[
+            "node",
+            "now_ms",
+            "bucket",
+            "key",
+            "partition",
+            "partitions",
+            "consistency",
+            "n",
+            "sloppy_quorum",
+            "layout_version",
+            "preference_list",
+            "pending",
+            "fallbacks",
+            "replicas",
+            "hints",
+            "hints_more",
+            "hints_incomplete",
+            "unreachable",
+            "exchanges",
+        ])
+    );
+    assert_eq!(
+        (info["bucket"].as_str(), info["key"].as_str()),
+        (Some("conf"), Some("k"))
+    );
+    assert_eq!(info["n"], 1, "a single node keeps one replica");
+    let me = &info["preference_list"][0];
+    assert_eq!(keys_of(me), sorted(&["node", "up", "phi", "reachable"]));
+    let row = &info["replicas"][0];
+    assert_eq!(keys_of(row), sorted(&["node", "status", "record"]));
+    assert_eq!(row["status"], "ok");
+    let record = &row["record"];
+    assert_eq!(
+        keys_of(record),
+        sorted(&[
+            "clock",
+            "clock_more",
+            "siblings",
+            "live",
+            "tombstone",
+            "listed",
+            "siblings_more",
+            "bytes",
+        ])
+    );
+    assert_eq!(
+        keys_of(&record["listed"][0]),
+        sorted(&[
+            "dot",
+            "tombstone",
+            "size",
+            "stored_bytes",
+            "codec",
+            "large",
+            "timestamp_ms",
+            "expired",
+        ])
+    );
+    assert_eq!(record["listed"][0]["size"], 5);
+    // A key never written: its replica holds no record.
+    let a = c.call(&map(&[
+        ("id", v(62u64)),
+        ("op", v("explain")),
+        ("bucket", bin(b"conf")),
+        ("key", bin(b"never")),
+    ]));
+    let info = a.info.expect("info");
+    assert_eq!(keys_of(&info["replicas"][0]), sorted(&["node", "status"]));
+    assert_eq!(info["replicas"][0]["status"], "no_record");
+
+    let explain = |id: u64, bucket: &[u8], key: &[u8]| {
+        map(&[
+            ("id", v(id)),
+            ("op", v("explain")),
+            ("bucket", bin(bucket)),
+            ("key", bin(key)),
+        ])
+    };
+    c.expect_error(&explain(63, b"", b"k"), 63, "invalid_bucket");
+    c.expect_error(&explain(64, &[b'b'; 65], b"k"), 64, "invalid_bucket");
+    c.expect_error(&explain(65, b"\x00sys", b"k"), 65, "invalid_bucket");
+    c.expect_error(&explain(66, b"b", b""), 66, "invalid_key");
+    c.expect_error(&explain(67, b"b", &[b'k'; 443]), 67, "invalid_key");
+    let msg = c.expect_error(
+        &map(&[
+            ("id", v(68u64)),
+            ("op", v("explain")),
+            ("bucket", bin(b"b")),
+        ]),
+        68,
+        "malformed_request",
+    );
+    assert!(msg.contains("key"), "{msg}");
+    c.ping();
+}
+
+/// `layout` answers the `info` map PROTOCOL.md documents; a request's `layout` field gets the
+/// node's version back exactly when it differs (on error answers too), and nothing otherwise;
+/// and the partition PROTOCOL.md's formula gives is the one the node places the key in.
+#[test]
+fn layout_answers_the_documented_shape_and_answers_carry_the_version() {
+    let node = NodeProcess::start(&[]);
+    let mut c = Conn::open(&node);
+    let a = c.call(&map(&[("id", v(70u64)), ("op", v("layout"))]));
+    assert!(a.ok && a.id == 70 && a.layout.is_none(), "{a:?}");
+    let info = a.info.expect("layout answers in info");
+    assert_eq!(
+        keys_of(&info),
+        sorted(&[
+            "node",
+            "version",
+            "layout_version",
+            "partitions",
+            "nodes",
+            "preference_lists",
+        ])
+    );
+    let version = info["version"].as_u64().expect("version");
+    assert!(version > 0);
+    assert_eq!(info["layout_version"], version);
+    let q = info["partitions"].as_u64().expect("partitions");
+    assert_eq!(q, 64);
+    let nodes = info["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(keys_of(&nodes[0]), sorted(&["name", "client_addr", "up"]));
+    assert_eq!(nodes[0]["up"], true);
+    // The address the node bound (the harness starts it on port 0).
+    assert_eq!(nodes[0]["client_addr"], node.addr.to_string());
+    let lists = info["preference_lists"].as_array().expect("lists");
+    assert_eq!(lists.len() as u64, q);
+    assert!(lists.iter().all(|l| l == &serde_json::json!([0])));
+
+    // The formula of PROTOCOL.md against the node's own placement (explain's partition).
+    for k in ["alice", "bob", "k-17"] {
+        let mut bytes = vec![4u8];
+        bytes.extend_from_slice(b"conf");
+        bytes.extend_from_slice(k.as_bytes());
+        let want = xxhash_rust::xxh3::xxh3_64(&bytes) >> (64 - 6);
+        let a = c.call(&map(&[
+            ("id", v(71u64)),
+            ("op", v("explain")),
+            ("bucket", v("conf")),
+            ("key", v(k)),
+        ]));
+        assert_eq!(a.info.expect("info")["partition"], want, "key {k}");
+    }
+    assert_eq!(
+        ringkv_api::protocol::ring::partition_for(b"users", b"alice", 64),
+        18
+    );
+
+    // The version comes back only when it differs.
+    let get = |id: u64, layout: Option<u64>| {
+        let mut entries = vec![
+            ("id", v(id)),
+            ("op", v("get")),
+            ("bucket", v("conf")),
+            ("key", v("k")),
+        ];
+        if let Some(l) = layout {
+            entries.push(("layout", v(l)));
+        }
+        map(&entries)
+    };
+    let a = c.call(&get(72, None));
+    assert!(a.ok && a.layout.is_none(), "{a:?}");
+    let a = c.call(&get(73, Some(version)));
+    assert!(a.ok && a.layout.is_none(), "{a:?}");
+    let a = c.call(&get(74, Some(version + 5)));
+    assert!(a.ok && a.layout == Some(version), "{a:?}");
+    let a = c.call(&get(75, Some(0)));
+    assert_eq!(a.layout, Some(version), "{a:?}");
+    // On error answers and pings too.
+    let a = c.call(&map(&[
+        ("id", v(76u64)),
+        ("op", v("get")),
+        ("bucket", v("conf")),
+        ("key", bin(b"")),
+        ("layout", v(version + 1)),
+    ]));
+    assert_eq!(
+        (a.ok, a.code.as_deref(), a.layout),
+        (false, Some("invalid_key"), Some(version))
+    );
+    let a = c.call(&map(&[
+        ("id", v(77u64)),
+        ("op", v("ping")),
+        ("layout", v(version + 1)),
+    ]));
+    assert!(a.ok && a.layout == Some(version), "{a:?}");
+    // A layout that is not an unsigned integer is a malformed request.
+    c.expect_error(
+        &map(&[("id", v(78u64)), ("op", v("ping")), ("layout", v("2"))]),
+        78,
+        "malformed_request",
+    );
+    c.ping();
+}

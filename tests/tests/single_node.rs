@@ -351,7 +351,7 @@ fn cli_round_trip() {
     assert_eq!(code, 0);
     assert!(String::from_utf8_lossy(&out).contains("pong"));
 
-    // `cluster status` shows the members and the self-healing counters.
+    // `cluster status` shows the members, the self-healing counters and the LMDB map use.
     let (code, out, err) = node.cli(&["cluster", "status"], None);
     assert_eq!(code, 0, "{err}");
     let status = String::from_utf8_lossy(&out);
@@ -361,6 +361,7 @@ fn cli_round_trip() {
         "replica: batched_calls 0, batches 0",
         "strong: batches 0, conflicts 0, fast_writes 0, forwarded 0, indeterminate 0, ops 0, quorum_reads 0, round_trips 0",
         "restarts: ",
+        "lmdb: data ",
     ] {
         assert!(status.contains(line), "{line:?} missing from:\n{status}");
     }

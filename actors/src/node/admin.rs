@@ -78,6 +78,9 @@ pub struct ClusterStatus {
     /// ([`ringkv_storage::PartitionStats`]: each key's LMDB key plus its record, values as
     /// stored, so compressed ones count their compressed size; page overhead not counted).
     pub storage: std::collections::BTreeMap<&'static str, u64>,
+    /// LMDB map use of this node's envs: `data` (every partition) and `hints`
+    /// ([`ringkv_storage::MapUsage`]: pages used, map size and its maximum, bytes).
+    pub lmdb: std::collections::BTreeMap<&'static str, ringkv_storage::MapUsage>,
 }
 
 /// Longest `cluster plan` waits for one member's partition sizes.
@@ -178,7 +181,76 @@ impl Node {
                 }
                 [("keys", keys), ("bytes", bytes)].into_iter().collect()
             },
+            lmdb: [
+                ("data", self.data.store.map_usage()),
+                ("hints", self.data.hints.map_usage()),
+            ]
+            .into_iter()
+            .collect(),
         }
+    }
+
+    /// The layout a partition-aware client routes by (op `layout`): this node's read version
+    /// and, for every partition, the preference list its coordinators use now (the read
+    /// version's: reads ask it, a write is coordinated by its first reachable replica, and a
+    /// strong key's proposer is its first reachable replica), with every live member's client
+    /// address and liveness as this node's failure detector sees it. Dynamo's client-driven
+    /// coordination (section 6.4) and Cassandra's token-aware drivers route by the same.
+    ///
+    /// # Errors
+    /// [`KvError::NoLayout`] before the first commit.
+    pub fn routing_layout(&self) -> Result<ringkv_proto::LayoutInfo, KvError> {
+        let placements = self.view.placements();
+        if placements.read_version == 0 {
+            return Err(KvError::NoLayout);
+        }
+        let (partitions, members): (u32, Vec<(String, String)>) = {
+            let state = self.view.read();
+            (
+                state.partitions,
+                state
+                    .live_members()
+                    .map(|m| (m.name.clone(), m.client_addr.clone()))
+                    .collect(),
+            )
+        };
+        let index: std::collections::HashMap<&str, u32> = members
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| (name.as_str(), i as u32))
+            .collect();
+        let preference_lists = placements
+            .prefs
+            .iter()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|name| index.get(name.as_str()).copied())
+                    .collect()
+            })
+            .collect();
+        let nodes = members
+            .iter()
+            .map(|(name, client_addr)| ringkv_proto::LayoutNode {
+                up: self.view.is_up(name),
+                name: name.clone(),
+                client_addr: client_addr.clone(),
+            })
+            .collect();
+        Ok(ringkv_proto::LayoutInfo {
+            node: self.peers.local.clone(),
+            version: placements.read_version,
+            layout_version: placements.version,
+            partitions,
+            nodes,
+            preference_lists,
+        })
+    }
+
+    /// The layout version a partition-aware client should route by: the one
+    /// [`Node::routing_layout`] answers (0 before the first commit). Cheap: the placements
+    /// are computed once per change of the cluster state.
+    pub fn routing_version(&self) -> u64 {
+        self.view.placements().read_version
     }
 
     /// The layout the next commit would install, with the staged changes, and what it moves

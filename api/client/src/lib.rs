@@ -54,10 +54,14 @@
 //! ```
 #![warn(missing_docs)]
 
+mod cluster;
 mod stream;
+pub mod tls;
+pub use cluster::{ClusterClient, ClusterOptions};
+pub use tls::{ClientTls, TlsError};
 
 use ringkv_proto::{encode_frame, read_frame, write_frames, RequestFrame, ResponseFrame};
-pub use ringkv_proto::{ErrorCode, Fetched, ValueMeta};
+pub use ringkv_proto::{ErrorCode, Fetched, LayoutInfo, LayoutNode, ValueMeta};
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,6 +87,16 @@ pub enum ClientError {
     /// The connection closed before the answer came.
     #[error("connection closed")]
     Closed,
+    /// A [`ClusterClient`] call waited longer than its answer timeout
+    /// ([`ClusterOptions::answer_timeout`]) for the node it sent the request to (paused,
+    /// overloaded, or cut off). A write may or may not have been applied.
+    #[error("no answer from {node} within {waited:?}")]
+    NoAnswer {
+        /// The node the request went to.
+        node: String,
+        /// How long the call waited.
+        waited: std::time::Duration,
+    },
     /// The server answered with an error.
     #[error("{code}: {message}")]
     Server {
@@ -126,6 +140,9 @@ pub enum ClientError {
         /// Bytes received.
         size: u64,
     },
+    /// A TLS setting of the client cannot be used (see [`ClientTls`]).
+    #[error("tls: {0}")]
+    Tls(String),
     /// Reading the value of a streamed put failed.
     #[error("reading the value to upload: {0}")]
     Source(std::io::Error),
@@ -240,6 +257,16 @@ struct Inner {
     frames: mpsc::UnboundedSender<Vec<u8>>,
     pending: Pending,
     next_id: AtomicU64,
+    /// The reader task: stopped when the last clone of the client goes, so that a
+    /// connection to a node that never answers or closes (paused, cut off) does not outlive
+    /// its client.
+    reader: tokio::task::AbortHandle,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 /// A connection to a ringkv node.
@@ -249,7 +276,7 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to a node's client address.
+    /// Connects to a node's client address (plain TCP).
     ///
     /// # Errors
     /// [`ClientError::Connect`].
@@ -259,11 +286,60 @@ impl Client {
             .map_err(ClientError::Connect)?;
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
+        Ok(Self::over(rd, wr))
+    }
+
+    /// Connects to a node's client address `addr` (`host:port`) over TLS, checking the
+    /// node's certificate against `tls`'s roots and the host of `addr` (or the server name
+    /// set on `tls`). Nodes with `tls-cert` accept only TLS; see README "Security".
+    ///
+    /// # Errors
+    /// [`ClientError::Tls`] if `addr`'s host cannot be checked; [`ClientError::Connect`] if the
+    /// connection or the handshake fails (an untrusted or misnamed certificate, a node that
+    /// does not speak TLS, a node that wants a client certificate and got none).
+    pub async fn connect_tls(addr: &str, tls: &ClientTls) -> Result<Client, ClientError> {
+        let name = tls
+            .server_name(addr)
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(ClientError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let stream = tls.connector().connect(name, stream).await.map_err(|e| {
+            ClientError::Connect(std::io::Error::new(
+                e.kind(),
+                format!("TLS handshake with {addr} failed: {e} (does the node listen with TLS, and does its certificate name this host and chain to the CA given?)"),
+            ))
+        })?;
+        let (rd, wr) = tokio::io::split(stream);
+        Ok(Self::over(rd, wr))
+    }
+
+    /// Connects with TLS if `tls` is given, else over plain TCP.
+    ///
+    /// # Errors
+    /// As [`Client::connect`] and [`Client::connect_tls`].
+    pub async fn connect_with(addr: &str, tls: Option<&ClientTls>) -> Result<Client, ClientError> {
+        match tls {
+            Some(tls) => Self::connect_tls(addr, tls).await,
+            None => Self::connect(addr).await,
+        }
+    }
+
+    /// Runs the connection's writer and reader tasks over a connected byte stream.
+    ///
+    /// An error answer with id 0 is about the connection itself (the node refuses it:
+    /// `too_many_connections`, `tls_required`): every call waiting then gets that error.
+    fn over<R, W>(rd: R, wr: W) -> Client
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (frames, rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         tokio::spawn(write_frames(wr, rx));
         let reader_pending = pending.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut rd = BufReader::with_capacity(64 << 10, rd);
             let mut buf = Vec::new();
             while let Ok(true) = read_frame(&mut rd, &mut buf, MAX_ANSWER_BYTES).await {
@@ -271,11 +347,21 @@ impl Client {
                     tracing::warn!("undecodable answer from server; closing connection");
                     break;
                 };
-                let waiter = reader_pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .as_mut()
-                    .and_then(|m| m.remove(&answer.id));
+                let mut pending = reader_pending.lock().unwrap_or_else(|p| p.into_inner());
+                if answer.id == 0 && !answer.ok {
+                    // The node refuses the connection: tell every waiting call why.
+                    if let Some(waiting) = pending.take() {
+                        for (id, w) in waiting {
+                            let _ = w.send(ResponseFrame {
+                                id,
+                                ..answer.clone()
+                            });
+                        }
+                    }
+                    break;
+                }
+                let waiter = pending.as_mut().and_then(|m| m.remove(&answer.id));
+                drop(pending);
                 if let Some(w) = waiter {
                     let _ = w.send(answer);
                 }
@@ -286,13 +372,61 @@ impl Client {
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
         });
-        Ok(Client {
+        Client {
             inner: Arc::new(Inner {
                 frames,
                 pending,
                 next_id: AtomicU64::new(1),
+                reader: reader.abort_handle(),
             }),
-        })
+        }
+    }
+
+    /// Connects to a cluster for partition-aware routing: learns the layout from the first of
+    /// `seeds` (client addresses, `host:port`) that answers, then sends each request straight
+    /// to a replica of its key (see [`ClusterClient`]), over TLS if `tls` is given (every
+    /// node is then dialled with it).
+    ///
+    /// # Errors
+    /// The last seed's error if none answered the `layout` op (a connection error, or
+    /// `no_layout` from a node of a cluster with no committed layout).
+    pub async fn connect_cluster(
+        seeds: &[&str],
+        tls: Option<&ClientTls>,
+    ) -> Result<ClusterClient, ClientError> {
+        ClusterClient::connect(seeds, tls, ClusterOptions::default()).await
+    }
+
+    /// True once the connection has ended (the node closed it, refused it, or an answer did
+    /// not decode): every call then fails with [`ClientError::Closed`]; connect again.
+    pub fn is_closed(&self) -> bool {
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
+    /// The layout to route requests by (op `layout`): the node's layout version, Q, every
+    /// member's client address and liveness, and each partition's preference list, checked
+    /// by [`LayoutInfo::check`].
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] (`no_layout` before the first commit); [`ClientError::Protocol`]
+    /// for an answer that is not a usable layout.
+    pub async fn layout(&self) -> Result<LayoutInfo, ClientError> {
+        let info = self
+            .admin(RequestFrame {
+                op: "layout".into(),
+                ..Default::default()
+            })
+            .await?;
+        let layout: LayoutInfo = serde_json::from_value(info)
+            .map_err(|e| ClientError::Protocol(format!("layout answer: {e}")))?;
+        layout
+            .check()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(layout)
     }
 
     /// Sends a request (its `id` is set by the client) and waits for its answer, whatever it
@@ -311,6 +445,15 @@ impl Client {
         &self,
         mut frame: RequestFrame,
     ) -> Result<oneshot::Receiver<ResponseFrame>, ClientError> {
+        self.send_ref(&mut frame)
+    }
+
+    /// As [`Client::send`], without taking the frame (its `id` is overwritten): a failure
+    /// here means the frame was not sent, and the caller may send it elsewhere.
+    fn send_ref(
+        &self,
+        frame: &mut RequestFrame,
+    ) -> Result<oneshot::Receiver<ResponseFrame>, ClientError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         frame.id = id;
         let (tx, rx) = oneshot::channel();
@@ -324,7 +467,7 @@ impl Client {
             Some(m) => m.insert(id, tx),
             None => return Err(ClientError::Closed),
         };
-        if self.inner.frames.send(encode_frame(&frame)).is_err() {
+        if self.inner.frames.send(encode_frame(&*frame)).is_err() {
             return Err(ClientError::Closed);
         }
         Ok(rx)
@@ -365,15 +508,7 @@ impl Client {
         key: &[u8],
         opts: &CallOptions,
     ) -> Result<Fetched, ClientError> {
-        let answer = self
-            .call(opts.apply(RequestFrame {
-                op: "get".into(),
-                bucket: Some(ByteBuf::from(bucket)),
-                key: Some(ByteBuf::from(key)),
-                ..Default::default()
-            }))
-            .await?;
-        fetched(answer)
+        fetched(self.call(opts.apply(get_frame(bucket, key))).await?)
     }
 
     /// [`Client::put`] with per-request options.
@@ -404,15 +539,9 @@ impl Client {
         context: &[u8],
         opts: &CallOptions,
     ) -> Result<(), ClientError> {
-        self.call(opts.apply(RequestFrame {
-            op: "delete".into(),
-            bucket: Some(ByteBuf::from(bucket)),
-            key: Some(ByteBuf::from(key)),
-            context: Some(ByteBuf::from(context)),
-            ..Default::default()
-        }))
-        .await
-        .map(|_| ())
+        self.call(opts.apply(delete_frame(bucket, key, context)))
+            .await
+            .map(|_| ())
     }
 
     /// Runs an administration op (`cluster_status`, `cluster_plan`, `cluster_commit`,
@@ -427,6 +556,30 @@ impl Client {
             .await?
             .info
             .unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Explains `(bucket, key)` (op `explain`): its partition, preference list and
+    /// fallbacks with their liveness, each primary's replica (version vector, siblings and
+    /// their sizes, tombstone), the hints held for it and the partition's last anti-entropy
+    /// exchanges, as the answering node gathers them; the `info` map PROTOCOL.md describes.
+    /// `timeout_ms` bounds each node's answer (default 2000, at most 60000).
+    ///
+    /// # Errors
+    /// [`ClientError`]; `invalid_bucket`, `invalid_key`, `no_layout` from the server.
+    pub async fn explain(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        timeout_ms: Option<u64>,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.admin(RequestFrame {
+            op: "explain".into(),
+            bucket: Some(ByteBuf::from(bucket)),
+            key: Some(ByteBuf::from(key)),
+            timeout_ms,
+            ..Default::default()
+        })
+        .await
     }
 
     /// Writes `value`, replacing the versions `context` (from a get; empty for a blind write)
@@ -504,34 +657,51 @@ impl Client {
         new: Option<&[u8]>,
         opts: &CallOptions,
     ) -> Result<CasOutcome, ClientError> {
-        let answer = self
-            .request(RequestFrame {
-                op: "cas".into(),
-                bucket: Some(ByteBuf::from(bucket)),
-                key: Some(ByteBuf::from(key)),
-                expect: expect.map(ByteBuf::from),
-                value: new.map(ByteBuf::from),
-                n: opts.n.map(u64::from),
-                timeout_ms: opts.timeout_ms,
-                ..Default::default()
-            })
-            .await?;
-        if !answer.ok && answer.code.as_deref() == Some(ErrorCode::ConditionFailed.as_str()) {
-            let values = answer.values.ok_or_else(|| {
-                ClientError::Protocol("condition_failed answer to a cas has no values".into())
-            })?;
-            let mut values = values.into_iter().map(ByteBuf::into_vec);
-            let current = values.next();
-            if values.next().is_some() {
-                return Err(ClientError::Protocol(
-                    "condition_failed answer to a cas has more than one value".into(),
-                ));
-            }
-            return Ok(CasOutcome::ConditionFailed { current });
-        }
-        checked(answer)?;
-        Ok(CasOutcome::Swapped)
+        cas_outcome(
+            self.request(cas_frame(bucket, key, expect, new, opts))
+                .await?,
+        )
     }
+}
+
+/// The request of [`Client::cas`].
+fn cas_frame(
+    bucket: &[u8],
+    key: &[u8],
+    expect: Option<&[u8]>,
+    new: Option<&[u8]>,
+    opts: &CallOptions,
+) -> RequestFrame {
+    RequestFrame {
+        op: "cas".into(),
+        bucket: Some(ByteBuf::from(bucket)),
+        key: Some(ByteBuf::from(key)),
+        expect: expect.map(ByteBuf::from),
+        value: new.map(ByteBuf::from),
+        n: opts.n.map(u64::from),
+        timeout_ms: opts.timeout_ms,
+        ..Default::default()
+    }
+}
+
+/// What the answer to a `cas` says: swapped, refused with the key's current value, or an
+/// error.
+fn cas_outcome(answer: ResponseFrame) -> Result<CasOutcome, ClientError> {
+    if !answer.ok && answer.code.as_deref() == Some(ErrorCode::ConditionFailed.as_str()) {
+        let values = answer.values.ok_or_else(|| {
+            ClientError::Protocol("condition_failed answer to a cas has no values".into())
+        })?;
+        let mut values = values.into_iter().map(ByteBuf::into_vec);
+        let current = values.next();
+        if values.next().is_some() {
+            return Err(ClientError::Protocol(
+                "condition_failed answer to a cas has more than one value".into(),
+            ));
+        }
+        return Ok(CasOutcome::ConditionFailed { current });
+    }
+    checked(answer)?;
+    Ok(CasOutcome::Swapped)
 }
 
 /// What a [`Client::cas`] did.
@@ -546,6 +716,25 @@ pub enum CasOutcome {
         /// The key's value (`None`: absent).
         current: Option<Vec<u8>>,
     },
+}
+
+fn get_frame(bucket: &[u8], key: &[u8]) -> RequestFrame {
+    RequestFrame {
+        op: "get".into(),
+        bucket: Some(ByteBuf::from(bucket)),
+        key: Some(ByteBuf::from(key)),
+        ..Default::default()
+    }
+}
+
+fn delete_frame(bucket: &[u8], key: &[u8], context: &[u8]) -> RequestFrame {
+    RequestFrame {
+        op: "delete".into(),
+        bucket: Some(ByteBuf::from(bucket)),
+        key: Some(ByteBuf::from(key)),
+        context: Some(ByteBuf::from(context)),
+        ..Default::default()
+    }
 }
 
 fn put_frame(

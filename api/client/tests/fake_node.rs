@@ -3,7 +3,8 @@
 //! and "Strong buckets" sections ask a node to answer), so the client's pipelining window,
 //! checksums, aborts and error mapping are checked without a real node, including failures a
 //! real node does not produce on demand (ranges whose bytes do not match the value's CRC-32, a
-//! lower `max-range-bytes`, `no_majority` and `indeterminate` answers).
+//! lower `max-range-bytes`, `no_majority` and `indeterminate` answers). The partition-aware
+//! client's layout refresh and its refusal of unusable layouts are checked the same way.
 
 use ringkv_client::{
     CallOptions, CasOutcome, Client, ClientError, ErrorCode, GetStreamOptions, PutStreamOptions,
@@ -618,4 +619,109 @@ async fn cas_failures_are_typed() {
         .await
         .unwrap_err();
     assert!(matches!(e, ClientError::Protocol(_)), "{e}");
+}
+
+/// The `info` of a `layout` answer for one node at `addr`: Q = 4, every list `[0]`.
+fn layout_info(addr: std::net::SocketAddr, version: u64, partitions: u32) -> serde_json::Value {
+    serde_json::json!({
+        "node": "n1",
+        "version": version,
+        "layout_version": version,
+        "partitions": partitions,
+        "nodes": [{"name": "n1", "client_addr": addr.to_string(), "up": true}],
+        "preference_lists": vec![vec![0u32]; 4],
+    })
+}
+
+/// A node's answer naming a newer layout version makes the routed client fetch the layout
+/// again, in the background, on the connection it has; answers that carry no version change
+/// nothing, and the request that learnt it got its answer as it was.
+#[tokio::test]
+async fn a_newer_version_in_an_answer_makes_the_cluster_client_refresh() {
+    let addr_cell = Arc::new(Mutex::new(None::<std::net::SocketAddr>));
+    let current = Arc::new(Mutex::new(1u64));
+    let (cell, now) = (addr_cell.clone(), current.clone());
+    let (addr, mut seen) = scripted(move |req| {
+        let addr = cell.lock().unwrap().expect("address known");
+        let version = *now.lock().unwrap();
+        match req.op.as_str() {
+            "layout" => vec![ResponseFrame {
+                info: Some(layout_info(addr, version, 4)),
+                ..ok(req.id)
+            }],
+            _ => vec![ResponseFrame {
+                values: Some(vec![]),
+                context: Some(ByteBuf::new()),
+                layout: (req.layout != Some(version)).then_some(version),
+                ..ok(req.id)
+            }],
+        }
+    })
+    .await;
+    *addr_cell.lock().unwrap() = Some(addr);
+    let seed = addr.to_string();
+    let cluster = ringkv_client::ClusterClient::connect(
+        &[seed.as_str()],
+        None,
+        ringkv_client::ClusterOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((cluster.layout_version(), cluster.refreshes()), (1, 1));
+    assert!(cluster.get(b"b", b"k").await.unwrap().values.is_empty());
+    assert_eq!(cluster.refreshes(), 1, "same version: no refresh");
+
+    *current.lock().unwrap() = 2;
+    assert!(cluster.get(b"b", b"k").await.unwrap().values.is_empty());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while cluster.layout_version() != 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no refresh");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(cluster.refreshes(), 2);
+    let requests = cluster.requests_by_node();
+    assert_eq!(requests.get("n1"), Some(&2), "{requests:?}");
+    // Every request carried the version the client routed by at the time.
+    let layouts: Vec<(String, Option<u64>)> = drain(&mut seen)
+        .into_iter()
+        .map(|r| (r.op, r.layout))
+        .collect();
+    assert_eq!(
+        layouts,
+        vec![
+            ("layout".to_string(), None),
+            ("get".to_string(), Some(1)),
+            ("get".to_string(), Some(1)),
+            ("layout".to_string(), None),
+        ]
+    );
+}
+
+/// A layout answer a client cannot route by (Q not a power of two, an index past the node
+/// list) is refused with a protocol error, never a panic.
+#[tokio::test]
+async fn an_unusable_layout_is_refused() {
+    for bad in 0..2 {
+        let cell = Arc::new(Mutex::new(None::<std::net::SocketAddr>));
+        let c2 = cell.clone();
+        let (addr, _seen) = scripted(move |req| {
+            let addr = c2.lock().unwrap().expect("address known");
+            let mut info = layout_info(addr, 1, if bad == 0 { 3 } else { 4 });
+            if bad == 1 {
+                info["preference_lists"][2] = serde_json::json!([0, 5]);
+            }
+            vec![ResponseFrame {
+                info: Some(info),
+                ..ok(req.id)
+            }]
+        })
+        .await;
+        *cell.lock().unwrap() = Some(addr);
+        let seed = addr.to_string();
+        let err = match ringkv_client::Client::connect_cluster(&[seed.as_str()], None).await {
+            Ok(_) => panic!("layout {bad} accepted"),
+            Err(e) => e,
+        };
+        assert!(matches!(err, ClientError::Protocol(_)), "{err}");
+    }
 }

@@ -12,7 +12,11 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+pub mod layout;
+pub mod ring;
 pub mod shape;
+
+pub use layout::{LayoutError, LayoutInfo, LayoutNode};
 
 /// What a read returns: the live sibling values and the causal context to write back with.
 /// No values means the key was never written or is deleted.
@@ -52,6 +56,9 @@ pub enum ErrorCode {
     Timeout,
     /// The server has `max-connections` open; the connection is closed after this answer.
     TooManyConnections,
+    /// The node's client listener speaks only TLS and this connection's first bytes were
+    /// not a TLS handshake; the connection is closed after this answer.
+    TlsRequired,
     /// The node is shutting down.
     ShuttingDown,
     /// Fewer replicas answered than the read or write quorum needs.
@@ -121,6 +128,7 @@ impl ErrorCode {
             ErrorCode::StorageError => "storage_error",
             ErrorCode::Timeout => "timeout",
             ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::TlsRequired => "tls_required",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::QuorumFailed => "quorum_failed",
             ErrorCode::InvalidQuorum => "invalid_quorum",
@@ -153,7 +161,7 @@ impl std::str::FromStr for ErrorCode {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         use ErrorCode::*;
         // Every variant: a new code goes here as well as in `as_str`.
-        const ALL: [ErrorCode; 33] = [
+        const ALL: [ErrorCode; 34] = [
             MalformedRequest,
             FrameTooLarge,
             UnknownOp,
@@ -166,6 +174,7 @@ impl std::str::FromStr for ErrorCode {
             StorageError,
             Timeout,
             TooManyConnections,
+            TlsRequired,
             ShuttingDown,
             QuorumFailed,
             InvalidQuorum,
@@ -225,8 +234,8 @@ impl ProtocolError {
 pub struct RequestFrame {
     /// Client-chosen request id, echoed in the answer.
     pub id: u64,
-    /// `"ping"`, `"get"`, `"put"`, `"delete"`, `"cas"` (strong buckets), the streaming and
-    /// administration ops of PROTOCOL.md (or `"inject_fault"`, for tests).
+    /// `"ping"`, `"get"`, `"put"`, `"delete"`, `"cas"` (strong buckets), `"explain"`, the
+    /// streaming and administration ops of PROTOCOL.md (or `"inject_fault"`, for tests).
     pub op: String,
     /// Bucket name (bin or str), 1 to 64 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -334,6 +343,11 @@ pub struct RequestFrame {
     /// get_range: bytes to read (default and most: `max-range-bytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub length: Option<u64>,
+    /// Any op: the layout version the client routes by (a `layout` answer's `version`). If
+    /// the answering node's version differs, the answer carries its own in `layout`; absent,
+    /// nothing changes (no extra bytes either way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<u64>,
 }
 
 /// What a `get` with `meta` says about one value, at the same index as the value.
@@ -394,7 +408,8 @@ pub struct ResponseFrame {
     /// get, and put with `return_body`: the causal context to write back with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<ByteBuf>,
-    /// Administration answers (cluster_*, bucket_get): a map described in PROTOCOL.md.
+    /// Administration answers (cluster_*, bucket_get) and explain: a map described in
+    /// PROTOCOL.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<serde_json::Value>,
     /// get with `meta`: one entry per value of `values`, in the same order.
@@ -433,6 +448,10 @@ pub struct ResponseFrame {
     /// Error message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The answering node's layout version ([`LayoutInfo::version`]), present only when the
+    /// request carried `layout` and that differs: the client should fetch the layout again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<u64>,
 }
 
 impl ResponseFrame {

@@ -371,6 +371,21 @@ pub fn print_admin(op: &str, info: &serde_json::Value) {
                     println!("{group}: {}", fields.join(", "));
                 }
             }
+            if let Some(envs) = info["lmdb"].as_object() {
+                let fields: Vec<String> = envs
+                    .iter()
+                    .map(|(env, u)| {
+                        let b = |k: &str| human_bytes(u[k].as_u64().unwrap_or(0));
+                        format!(
+                            "{env} {} of map {} (max {})",
+                            b("used_bytes"),
+                            b("map_bytes"),
+                            b("max_bytes")
+                        )
+                    })
+                    .collect();
+                println!("lmdb: {}", fields.join(", "));
+            }
         }
         "cluster_plan" | "cluster_commit" => {
             let verb = if op == "cluster_plan" {

@@ -2,7 +2,7 @@
 
 use super::{AddrArg, QuorumArgs};
 use clap::Args;
-use ringkv_api::bench::{BenchSpec, KeyChoice, Target, Workload, DEFAULT_BUCKET};
+use ringkv_api::bench::{BenchSpec, KeyChoice, Route, Target, Workload, DEFAULT_BUCKET};
 use std::process::ExitCode;
 
 #[derive(Args)]
@@ -12,6 +12,11 @@ pub struct BenchArgs {
     /// System under load (its address is --addr; Redis 127.0.0.1:6379, etcd 127.0.0.1:2379).
     #[arg(long, value_enum, default_value_t = Target::Ringkv)]
     pub target: Target,
+    /// How ringkv requests reach the cluster: `node` sends every request to --addr, which
+    /// coordinates it; `cluster` learns the layout from --addr and sends each request to the
+    /// first usable replica of its key (partition-aware routing, `Client::connect_cluster`).
+    #[arg(long, value_enum, default_value_t = Route::Node)]
+    pub route: Route,
     /// ringkv bucket of the keys; a strong one (`bucket set B consistency=strong`, before the
     /// load) makes every get and put linearizable. Redis and etcd ignore it.
     #[arg(long, default_value = DEFAULT_BUCKET)]
@@ -55,6 +60,8 @@ pub async fn bench(b: Box<BenchArgs>) -> anyhow::Result<ExitCode> {
     let spec = BenchSpec {
         target: b.target,
         addr: b.addr.addr().to_string(),
+        tls: b.addr.tls.client_tls()?,
+        route: b.route,
         bucket: b.bucket.into_bytes(),
         workload: b.workload,
         keys: b.distribution,

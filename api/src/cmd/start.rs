@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Args;
 use ringkv_actors::{Node, NodeConfig};
+use ringkv_api::metrics::{Metrics, MetricsListener};
 use ringkv_api::Server;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -21,6 +22,9 @@ pub struct StartArgs {
     /// Client listen address; port 0 picks a free one [default: 127.0.0.1:7379].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics at http://ADDR/metrics; port 0 picks a free one [default: off].
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Partitions (a power of two, fixed at creation) [default: 64].
     #[arg(long)]
     pub partitions: Option<u32>,
@@ -139,6 +143,27 @@ pub struct StartArgs {
     /// [default: 67108864 (64 MiB/s)].
     #[arg(long)]
     pub transfer_max_bytes_per_sec: Option<u64>,
+    /// PEM certificate chain of the client listener: with --tls-key, clients must speak TLS.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates that sign client certificates: clients must present one (mutual TLS).
+    #[arg(long)]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Time a TLS handshake (client or cluster) may take, ms [default: 5000].
+    #[arg(long)]
+    pub tls_handshake_timeout_ms: Option<u64>,
+    /// PEM cluster CA: links between nodes are mutual TLS, each node named in its certificate.
+    #[arg(long)]
+    pub cluster_tls_ca: Option<PathBuf>,
+    /// PEM certificate chain of this node for cluster links [default: --tls-cert].
+    #[arg(long)]
+    pub cluster_tls_cert: Option<PathBuf>,
+    /// PEM private key of --cluster-tls-cert [default: --tls-key].
+    #[arg(long)]
+    pub cluster_tls_key: Option<PathBuf>,
 }
 
 impl StartArgs {
@@ -188,7 +213,19 @@ impl StartArgs {
             tombstone_grace_ms,
             max_clock_skew_ms,
             transfer_concurrency,
-            transfer_max_bytes_per_sec
+            transfer_max_bytes_per_sec,
+            tls_handshake_timeout_ms
+        );
+        macro_rules! set_some {
+            ($($f:ident),*) => { $( if self.$f.is_some() { c.$f = self.$f.clone(); } )* };
+        }
+        set_some!(
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            cluster_tls_ca,
+            cluster_tls_cert,
+            cluster_tls_key
         );
         if self.chunk_bytes.is_some() {
             c.chunk_bytes = self.chunk_bytes;
@@ -202,6 +239,9 @@ impl StartArgs {
         }
         if self.cluster_addr.is_some() {
             c.cluster_addr = self.cluster_addr;
+        }
+        if self.metrics_listen.is_some() {
+            c.metrics_listen = self.metrics_listen;
         }
         if !self.join.is_empty() {
             c.join = self.join.clone();
@@ -226,12 +266,45 @@ pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = args.config()?;
+    let mut config = args.config()?;
     raise_open_files_limit(config.max_connections);
-    let node = Arc::new(Node::start(config).await?);
-    let server = Server::bind(node.clone())
+    // The cluster address first: a client listener on port 0 bound before it could take the
+    // port a caller (a test harness) had just found free for it.
+    let cluster_listener = match config.cluster_addr {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("binding the cluster address {addr}"))?;
+            l.set_nonblocking(true)?;
+            Some(l)
+        }
+        None => None,
+    };
+    // Bound before the node starts: a taken address stops `ringkv start` at once, and the
+    // node announces the port it got (with port 0) as its client address.
+    let client_listener =
+        Server::listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
+    config.listen = client_listener.local_addr()?;
+    // Bound before the node starts: a taken address stops `ringkv start` at once.
+    let metrics_listener =
+        match config.metrics_listen {
+            Some(addr) => Some(MetricsListener::bind(addr).await.with_context(|| {
+                format!("binding the metrics listener {addr} (metrics-listen)")
+            })?),
+            None => None,
+        };
+    let node = Arc::new(Node::start_bound(config, cluster_listener).await?);
+    let mut server = Server::bind(node.clone(), client_listener)
         .await
         .with_context(|| format!("binding {}", node.config().listen))?;
+    let mut metrics_task = None;
+    if let Some(listener) = metrics_listener {
+        let metrics = Metrics::new(node.clone()).context("making the metrics registry")?;
+        let addr = listener.local_addr()?;
+        server = server.with_metrics(metrics.clone());
+        metrics_task = Some(tokio::spawn(listener.run(metrics)));
+        println!("ringkv: metrics on http://{addr}/metrics");
+        tracing::info!(%addr, "serving metrics");
+    }
     let addr = server.local_addr()?;
     println!("ringkv: listening on {addr}");
     std::io::stdout().flush()?;
@@ -252,6 +325,9 @@ pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let _ = stop_tx.send(true);
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     if !listener_failed {
         let _ = serving.await;
     }

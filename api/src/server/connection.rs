@@ -2,13 +2,13 @@
 //! for the writer task, or written by the request's own task when the connection is idle), and
 //! the per-connection counters that pace the reader. [`super::serve_connection`] drives them.
 
+use super::tls::{ClientRead, ClientWrite};
 use super::Reserved;
 use crate::protocol::FrameError;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 
 /// An encoded answer on its way to the writer, with everything it holds until written: the
@@ -94,11 +94,11 @@ pub(super) async fn write_answers(
 
 /// The write half of a client connection, shared by the writer task and the request tasks.
 /// Its buffer is empty whenever the lock is free (whoever writes, flushes before unlocking).
-pub(super) type SharedWriter = Arc<tokio::sync::Mutex<tokio::io::BufWriter<OwnedWriteHalf>>>;
+pub(super) type SharedWriter = Arc<tokio::sync::Mutex<tokio::io::BufWriter<ClientWrite>>>;
 
 /// Writes `answer` from the request's own task when nobody else is writing to the connection
-/// and the socket takes it without waiting (the common case with one request in flight): no
-/// queue, no wake of the writer task. False if the answer must be queued instead; true if it
+/// and the socket takes it without waiting (the common case with one request in flight), or,
+/// over TLS, whenever nobody else is writing: no queue, no wake of the writer task. False if the answer must be queued instead; true if it
 /// was written, or if the connection failed while writing it (the reader then ends).
 pub(super) async fn write_directly(wr: &SharedWriter, answer: &[u8]) -> bool {
     let Ok(mut w) = wr.try_lock() else {
@@ -106,6 +106,16 @@ pub(super) async fn write_directly(wr: &SharedWriter, answer: &[u8]) -> bool {
     };
     if !w.buffer().is_empty() {
         return false;
+    }
+    if w.get_ref().is_tls() {
+        // rustls takes the record into its buffer and writes what the socket takes; the
+        // rest is written now, holding the connection, as for a partial plain write.
+        let _ = async {
+            w.write_all(answer).await?;
+            w.flush().await
+        }
+        .await;
+        return true;
     }
     match w.get_ref().try_write(answer) {
         Ok(n) if n == answer.len() => true,
@@ -125,7 +135,7 @@ pub(super) async fn write_directly(wr: &SharedWriter, answer: &[u8]) -> bool {
 
 /// Reads the next frame of a client connection into `buf`.
 pub(super) struct FrameReader {
-    pub(super) rd: BufReader<OwnedReadHalf>,
+    pub(super) rd: BufReader<ClientRead>,
     pub(super) frame_timeout: Duration,
 }
 
