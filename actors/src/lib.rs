@@ -50,6 +50,7 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod client_filter;
 pub mod cluster_view;
 pub mod context;
 pub mod coordinator;

@@ -487,6 +487,10 @@ pub struct Node {
     node_server: Option<ActorRef<NodeServerMessage>>,
     /// The accept loop of the cluster address ([`crate::transport::listen`]).
     cluster_listener: Option<tokio::task::JoinHandle<()>>,
+    /// Cluster TLS (`cluster-tls-ca`), also asked of client nodes.
+    cluster_tls: Option<Arc<crate::tls::ClusterTls>>,
+    /// The accept loop of `actor-listen` ([`crate::client_filter::listen`]), once started.
+    actor_listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     stopped: watch::Receiver<bool>,
     /// Set when [`Node::shutdown`] begins (the transport's exit is then expected).
     stopping: Arc<std::sync::atomic::AtomicBool>,
@@ -655,6 +659,8 @@ impl Node {
             supervisor,
             node_server,
             cluster_listener,
+            cluster_tls,
+            actor_listener: std::sync::Mutex::new(None),
             stopped,
             stopping,
             transfers,
@@ -1207,6 +1213,42 @@ impl Node {
         *self.stopped.borrow()
     }
 
+    /// Serves client nodes (`actor-listen`) on `listener`: accepts their connections and
+    /// hands them to the cluster transport behind a [`crate::client_filter::ClientFilter`]
+    /// (after a mutual TLS handshake with cluster TLS). The KvGateway they call is the
+    /// caller's (the client listener's crate). Stopped by [`Node::shutdown`].
+    ///
+    /// # Errors
+    /// [`NodeError::Spawn`] if the node has no cluster transport (`cluster-addr`) or the
+    /// listener cannot be used.
+    pub fn serve_client_nodes(&self, listener: std::net::TcpListener) -> Result<(), NodeError> {
+        let Some(server) = self.node_server.clone() else {
+            return Err(NodeError::Spawn(
+                "actor-listen needs the cluster transport (cluster-addr)".into(),
+            ));
+        };
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| NodeError::Spawn(format!("actor-listen: {e}")))?;
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| NodeError::Spawn(format!("actor-listen: {e}")))?;
+        let task = tokio::spawn(crate::client_filter::listen(
+            listener,
+            server,
+            self.cluster_tls.clone(),
+            self.config.max_frame_bytes + crate::client_filter::ENVELOPE_SLACK,
+        ));
+        if let Some(old) = self
+            .actor_listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(task)
+        {
+            old.abort();
+        }
+        Ok(())
+    }
+
     /// Stops the supervision tree, then lets every partition's writer commit and answer what
     /// is queued, and closes the envs' writers. Callers should stop sending requests first.
     pub async fn shutdown(&self) {
@@ -1217,6 +1259,14 @@ impl Node {
             .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
             .await;
         if let Some(accept) = &self.cluster_listener {
+            accept.abort();
+        }
+        if let Some(accept) = self
+            .actor_listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             accept.abort();
         }
         if let Some(server) = &self.node_server {

@@ -79,8 +79,8 @@ pub struct StatsSnapshot {
 }
 
 /// Actor types whose restarts are counted.
-pub const ACTOR_TYPES: [&str; 7] = [
-    "vnodes", "vnode", "replica", "gossip", "handoff", "repair", "listener",
+pub const ACTOR_TYPES: [&str; 8] = [
+    "vnodes", "vnode", "replica", "gossip", "handoff", "repair", "listener", "gateway",
 ];
 
 impl NodeStats {

@@ -28,12 +28,14 @@ use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 mod connection;
+mod gateway;
 mod strong;
 mod tls;
 mod uploads;
 use connection::{
     write_answers, write_directly, Answer, ConnState, FrameReader, SharedWriter, SHUTDOWN_QUIET,
 };
+pub use gateway::Gateway;
 use uploads::Uploads;
 
 /// The client listener of one node.
@@ -42,6 +44,8 @@ pub struct Server {
     node: Arc<Node>,
     tls: Option<Arc<tls::ListenerTls>>,
     metrics: Option<Arc<Metrics>>,
+    /// Node-wide client bytes in flight (`max-in-flight-bytes`), shared with the KvGateway.
+    budget: Arc<ByteBudget>,
 }
 
 /// What every incarnation of the listener and every connection share.
@@ -110,6 +114,7 @@ impl Server {
         }
         Ok(Server {
             listener,
+            budget: ByteBudget::new(config.max_in_flight_bytes),
             node,
             tls,
             metrics: None,
@@ -123,6 +128,17 @@ impl Server {
             metrics: Some(metrics),
             ..self
         }
+    }
+
+    /// Where requests are counted, if anywhere ([`Server::with_metrics`]).
+    pub fn metrics(&self) -> Option<Arc<Metrics>> {
+        self.metrics.clone()
+    }
+
+    /// The node-wide budget of client bytes in flight (`max-in-flight-bytes`), for the
+    /// KvGateway to share.
+    pub fn budget(&self) -> Arc<ByteBudget> {
+        self.budget.clone()
     }
 
     /// The address actually bound (useful with port 0).
@@ -147,7 +163,7 @@ impl Server {
         let shared = Arc::new(Shared {
             node: self.node.clone(),
             connections: Arc::new(Semaphore::new(config.max_connections)),
-            budget: ByteBudget::new(config.max_in_flight_bytes),
+            budget: self.budget.clone(),
             shutdown: shutdown.clone(),
             current: std::sync::Mutex::new(None),
             drained: watch::channel(false).0,

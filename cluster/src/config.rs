@@ -89,6 +89,13 @@ pub struct NodeConfig {
     /// (`ringkv: metrics on http://ADDR/metrics`). Default none: no endpoint and no
     /// metrics kept.
     pub metrics_listen: Option<SocketAddr>,
+    /// Address where Rust services connect as ractor_cluster client nodes
+    /// (`ringkv_client::actor::KvRef`) with the cluster cookie, to call this node's
+    /// KvGateway in typed actor messages. Port 0 picks a free port; the bound address is
+    /// printed on stdout (`ringkv: actor clients on ADDR`). Needs `cluster-addr`. With
+    /// cluster TLS, clients must present a certificate of the cluster CA naming them.
+    /// Default none.
+    pub actor_listen: Option<SocketAddr>,
     /// Number of partitions Q: a power of two, fixed when the data directory is created.
     /// Default 64.
     pub partitions: u32,
@@ -254,6 +261,7 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("./ringkv-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 7379)),
             metrics_listen: None,
+            actor_listen: None,
             partitions: 64,
             max_frame_bytes: 8 << 20,
             max_value_bytes: 1 << 30,
@@ -433,6 +441,32 @@ impl NodeConfig {
         )?;
         if self.cluster_addr.is_some() && self.cookie.as_deref().is_none_or(str::is_empty) {
             return Err(ConfigError::NoCookie);
+        }
+        if let Some(addr) = self.actor_listen {
+            if self.cluster_addr.is_none() {
+                return Err(ConfigError::Cluster(
+                    "actor-listen needs cluster-addr (client nodes join the cluster transport)"
+                        .into(),
+                ));
+            }
+            if addr.port() != 0
+                && (addr == self.listen
+                    || Some(addr) == self.cluster_addr
+                    || Some(addr) == self.metrics_listen)
+            {
+                return Err(ConfigError::Cluster(format!(
+                    "actor-listen ({addr}) must differ from listen, cluster-addr and metrics-listen"
+                )));
+            }
+        }
+        if self
+            .node_name()
+            .starts_with(ringkv_proto::CLIENT_NAME_PREFIX)
+        {
+            return Err(ConfigError::Cluster(format!(
+                "node names may not start with {:?}: it marks client nodes",
+                ringkv_proto::CLIENT_NAME_PREFIX
+            )));
         }
         if self.capacity == 0 {
             return Err(ConfigError::Cluster("capacity must be at least 1".into()));

@@ -54,6 +54,8 @@
 //! ```
 #![warn(missing_docs)]
 
+#[cfg(feature = "actor")]
+pub mod actor;
 mod cluster;
 mod stream;
 pub mod tls;
@@ -97,6 +99,17 @@ pub enum ClientError {
         /// How long the call waited.
         waited: std::time::Duration,
     },
+    /// An actor-client call ([`actor::KvRef`]) whose node's session ended before the
+    /// answer came (the node died, or the link to it broke). A write may or may not have
+    /// been applied.
+    #[error("lost node {node} before its answer came")]
+    NodeLost {
+        /// The node (its name, or its gateway's actor id) the request went to.
+        node: String,
+    },
+    /// An actor-client call found no ringkv node to send it to.
+    #[error("no node: {0}")]
+    NoNode(String),
     /// The server answered with an error.
     #[error("{code}: {message}")]
     Server {

@@ -18,6 +18,17 @@ pub mod shape;
 
 pub use layout::{LayoutError, LayoutInfo, LayoutNode};
 
+/// The process group (ractor `pg`) of every node's KvGateway actor: the actors a client node
+/// (`ringkv_client::actor`) calls, with requests in this protocol's msgpack.
+pub const KV_GROUP: &str = "ringkv.kv";
+/// Process group of one node's KvGateway: this prefix, then the node's name.
+pub const KV_NODE_GROUP_PREFIX: &str = "ringkv.kv.";
+/// Names of client nodes start with this (before the `@host`); node names may not.
+pub const CLIENT_NAME_PREFIX: &str = "client-";
+/// Version byte in front of every request and answer a client node exchanges with a
+/// KvGateway (then the msgpack body of a request or answer frame, without its length).
+pub const ACTOR_WIRE_V1: u8 = 1;
+
 /// What a read returns: the live sibling values and the causal context to write back with.
 /// No values means the key was never written or is deleted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

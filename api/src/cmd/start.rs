@@ -25,6 +25,10 @@ pub struct StartArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics; port 0 picks a free one [default: off].
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve Rust services that connect as ractor_cluster client nodes (ringkv_client::actor)
+    /// on ADDR; needs --cluster-addr; port 0 picks a free one [default: off].
+    #[arg(long)]
+    pub actor_listen: Option<SocketAddr>,
     /// Partitions (a power of two, fixed at creation) [default: 64].
     #[arg(long)]
     pub partitions: Option<u32>,
@@ -243,6 +247,9 @@ impl StartArgs {
         if self.metrics_listen.is_some() {
             c.metrics_listen = self.metrics_listen;
         }
+        if self.actor_listen.is_some() {
+            c.actor_listen = self.actor_listen;
+        }
         if !self.join.is_empty() {
             c.join = self.join.clone();
         }
@@ -292,6 +299,14 @@ pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
             })?),
             None => None,
         };
+    // Bound before the node starts: a taken address stops `ringkv start` at once.
+    let actor_listener =
+        match config.actor_listen {
+            Some(addr) => Some(std::net::TcpListener::bind(addr).with_context(|| {
+                format!("binding the actor client address {addr} (actor-listen)")
+            })?),
+            None => None,
+        };
     let node = Arc::new(Node::start_bound(config, cluster_listener).await?);
     let mut server = Server::bind(node.clone(), client_listener)
         .await
@@ -304,6 +319,18 @@ pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
         metrics_task = Some(tokio::spawn(listener.run(metrics)));
         println!("ringkv: metrics on http://{addr}/metrics");
         tracing::info!(%addr, "serving metrics");
+    }
+    let mut gateway = None;
+    if let Some(listener) = actor_listener {
+        let addr = listener.local_addr()?;
+        gateway = Some(
+            ringkv_api::server::Gateway::start(node.clone(), server.budget(), server.metrics())
+                .await
+                .context("starting the KvGateway")?,
+        );
+        node.serve_client_nodes(listener)?;
+        println!("ringkv: actor clients on {addr}");
+        tracing::info!(%addr, "serving client nodes");
     }
     let addr = server.local_addr()?;
     println!("ringkv: listening on {addr}");
@@ -331,6 +358,7 @@ pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
     if !listener_failed {
         let _ = serving.await;
     }
+    drop(gateway);
     node.shutdown().await;
     Ok(if escalated {
         ExitCode::from(3)
