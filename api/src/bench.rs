@@ -17,7 +17,9 @@
 //!
 //! `--route cluster` sends each ringkv request straight to the first usable replica of its
 //! key (a [`ClusterClient`] per worker, with the layout learnt from `--addr`) instead of
-//! through the node at `--addr` (`--route node`, the default).
+//! through the node at `--addr` (`--route node`, the default). `--route actor` sends them as
+//! typed actor messages from one client node (`KvRef`) dialled at `--addr`, a node's
+//! `actor-listen`.
 //!
 //! `--bucket` picks the ringkv bucket (default `usertable`). On a bucket made strong before
 //! the load (`ringkv bucket set B consistency=strong`) the same gets and puts are
@@ -90,7 +92,16 @@ pub enum Route {
     /// Partition-aware: each worker's [`ClusterClient`] learns the layout from `--addr` and
     /// sends each request to the first usable replica of its key.
     Cluster,
+    /// Typed actor messages: one client node for the whole run
+    /// ([`crate::client::actor::KvRef`]) dials `--addr`, a node's `actor-listen`, with the
+    /// cookie in `RINGKV_COOKIE`, and sends each request to the KvGateway of a replica.
+    Actor,
 }
+
+/// The one client node of `--route actor` runs (every worker shares it: a process holds one
+/// actor registry).
+static ACTOR_CLIENT: tokio::sync::OnceCell<crate::client::actor::KvRef> =
+    tokio::sync::OnceCell::const_new();
 
 /// Settings of a run.
 #[derive(Clone, Debug)]
@@ -198,6 +209,8 @@ enum RingkvClient {
     Node(Client),
     /// A partition-aware client (a connection per node, opened as needed).
     Cluster(ClusterClient),
+    /// The run's client node.
+    Actor(crate::client::actor::KvRef),
 }
 
 impl RingkvClient {
@@ -210,6 +223,7 @@ impl RingkvClient {
         match self {
             RingkvClient::Node(c) => c.get_with(bucket, key, opts).await,
             RingkvClient::Cluster(c) => c.get_with(bucket, key, opts).await,
+            RingkvClient::Actor(c) => c.get(bucket, key, opts).await,
         }
     }
 
@@ -217,6 +231,7 @@ impl RingkvClient {
         match self {
             RingkvClient::Node(c) => c.request(frame).await,
             RingkvClient::Cluster(c) => c.request(frame).await,
+            RingkvClient::Actor(c) => c.request(frame).await,
         }
     }
 }
@@ -256,6 +271,27 @@ impl Driver {
                             ClusterOptions::default(),
                         )
                         .await?,
+                    ),
+                    Route::Actor => RingkvClient::Actor(
+                        ACTOR_CLIENT
+                            .get_or_try_init(|| async {
+                                let cookie = std::env::var("RINGKV_COOKIE").map_err(|_| {
+                                    ClientError::Protocol(
+                                        "--route actor needs the cluster cookie in RINGKV_COOKIE"
+                                            .into(),
+                                    )
+                                })?;
+                                crate::client::actor::KvRef::connect(
+                                    crate::client::actor::ActorClientConfig::new(
+                                        &format!("bench-{}", std::process::id()),
+                                        &cookie,
+                                        [spec.addr.clone()],
+                                    ),
+                                )
+                                .await
+                            })
+                            .await?
+                            .clone(),
                     ),
                 },
                 bucket: spec.bucket.clone(),
@@ -562,6 +598,7 @@ impl std::fmt::Display for BenchResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let route = match (self.target, self.route) {
             (Target::Ringkv, Route::Cluster) => " routed to replicas",
+            (Target::Ringkv, Route::Actor) => " as a client node (actor messages)",
             _ => "",
         };
         writeln!(

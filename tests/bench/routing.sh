@@ -11,7 +11,10 @@
 # alternating (node first in odd rounds, cluster first in even ones):
 #   1. usertable (n=3 r=2 w=2): `--route node --addr n1` against `--route cluster`;
 #   2. strongtable: `--route node --addr n2` (n2 forwards every operation to the key's
-#      proposer) against `--route cluster` with n2 as the seed.
+#      proposer) against `--route cluster` with n2 as the seed;
+# and in both, `--route actor` (typed actor messages from one client node, `KvRef`, dialled at
+# the same node's actor-listen, port 7493), routed to replicas as `cluster` is: its ratio to
+# `cluster` is the cost of the actor transport against the TCP client.
 # Prints ops/s, p50 and p99 per run. Raw results go to $OUT (default
 # $CARGO_TARGET_DIR/routing.jsonl, else target/routing.jsonl).
 # Everything listens on 127.0.0.x and is stopped on exit.
@@ -56,7 +59,7 @@ export RINGKV_COOKIE=routing-cookie
 for i in 1 2 3; do
   join=(); [ $i -gt 1 ] && join=(--join 127.0.0.1:7511)
   $BIN start --name n$i --data-dir "$WORK/n$i" --listen 127.0.0.$i:7492 \
-    --cluster-addr 127.0.0.$i:751$i --zone z$i "${join[@]}" > /dev/null 2> "$WORK/n$i.log" & PIDS+=($!)
+    --cluster-addr 127.0.0.$i:751$i --actor-listen 127.0.0.$i:7493 --zone z$i "${join[@]}" > /dev/null 2> "$WORK/n$i.log" & PIDS+=($!)
 done
 for i in 1 2 3; do wait_port 127.0.0.$i 7492; done
 for _ in $(seq 1 100); do
@@ -116,8 +119,9 @@ $BIN bench --addr 127.0.0.1:7492 --bucket "$STRONG" --records "$RECORDS" --value
 
 run() { # round setup via workload route [extra...]
   local round=$1 setup=$2 via=$3 w=$4 route=$5; shift 5
-  echo "  round $round: $setup, workload ${w^^}, --route $route, --addr $via" >&2
-  $BIN bench --addr "$via:7492" --route "$route" --workload "$w" --distribution zipfian \
+  local port=7492; [ "$route" = actor ] && port=7493
+  echo "  round $round: $setup, workload ${w^^}, --route $route, --addr $via:$port" >&2
+  $BIN bench --addr "$via:$port" --route "$route" --workload "$w" --distribution zipfian \
     --records "$RECORDS" --duration-secs "$DURATION" --concurrency 50 --value-size 256 \
     --skip-load --json "$@" \
     | sed "s/^{/{\"round\":$round,\"setup\":\"$setup\",\"via\":\"$via\",/" >> "$OUT"
@@ -127,7 +131,7 @@ run() { # round setup via workload route [extra...]
 # Odd rounds run `node` first, even rounds `cluster` first (ABBA), so that a drift during the
 # runs (the data growing under A, other load on the machine) does not favour either route.
 routes() { # round
-  if [ $(($1 % 2)) = 1 ]; then echo node cluster; else echo cluster node; fi
+  if [ $(($1 % 2)) = 1 ]; then echo node cluster actor; else echo actor cluster node; fi
 }
 for round in $(seq 1 "$ROUNDS"); do
   for w in c a; do
@@ -161,19 +165,22 @@ print("|---|---|---|---|---|---|---|")
 order = lambda r: (r["setup"] != "eventual", r["workload"] != "C", r["round"], r["route"] != "node")
 for r in sorted(rows, key=order):
     via = "n" + r["via"].rsplit(".", 1)[1]
-    route = f"through {via}" if r["route"] == "node" else f"routed (seed {via})"
+    route = {"node": f"through {via}", "cluster": f"routed (seed {via})",
+             "actor": f"actor client (seed {via})"}[r["route"]]
     print(f"| {r['setup']} | {r['workload']} | {route} | {r['round']} | {r['throughput']:,.0f} "
           f"| {cell(r.get('read'))} | {cell(r.get('update'))} |")
 print()
 for setup in ("eventual", "strong"):
     for w in ("C", "A"):
         tp = {k: [r["throughput"] for r in rows if r["setup"] == setup and r["workload"] == w
-                  and r["route"] == k] for k in ("node", "cluster")}
-        if tp["node"] and tp["cluster"]:
-            n = sum(tp["node"]) / len(tp["node"])
-            c = sum(tp["cluster"]) / len(tp["cluster"])
-            print(f"{setup} {w}: routed / through one node, throughput {c / n:.2f} "
-                  f"(means of {len(tp['cluster'])} runs)")
+                  and r["route"] == k] for k in ("node", "cluster", "actor")}
+        mean = {k: sum(v) / len(v) for k, v in tp.items() if v}
+        if "node" in mean and "cluster" in mean:
+            print(f"{setup} {w}: routed / through one node, throughput "
+                  f"{mean['cluster'] / mean['node']:.2f} (means of {len(tp['cluster'])} runs)")
+        if "actor" in mean and "cluster" in mean:
+            print(f"{setup} {w}: actor client / routed TCP client, throughput "
+                  f"{mean['actor'] / mean['cluster']:.2f} (means of {len(tp['actor'])} runs)")
 errors = sum((r.get(k) or {}).get("errors", 0) for r in rows for k in ("read", "update"))
 print(f"errors: {errors}")
 PY

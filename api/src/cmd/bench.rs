@@ -14,7 +14,9 @@ pub struct BenchArgs {
     pub target: Target,
     /// How ringkv requests reach the cluster: `node` sends every request to --addr, which
     /// coordinates it; `cluster` learns the layout from --addr and sends each request to the
-    /// first usable replica of its key (partition-aware routing, `Client::connect_cluster`).
+    /// first usable replica of its key (partition-aware routing, `Client::connect_cluster`);
+    /// `actor` joins as a ractor_cluster client node through --addr, a node's actor-listen,
+    /// with the cookie in RINGKV_COOKIE, and calls the replicas' KvGateways (`KvRef`).
     #[arg(long, value_enum, default_value_t = Route::Node)]
     pub route: Route,
     /// ringkv bucket of the keys; a strong one (`bucket set B consistency=strong`, before the
