@@ -14,7 +14,9 @@ use ractor::Actor;
 use ractor_cluster::{NodeServer, NodeServerMessage};
 use ringkv_api::client::{ClientTls, ErrorCode};
 use ringkv_api::Client;
-use ringkv_tests::{block_on, quorum, ringkv_bin, run_python, wait_until, Cluster, TEST_COOKIE};
+use ringkv_tests::{
+    block_on, quorum, ringkv_bin, run_python, runtime, wait_until, Cluster, TEST_COOKIE,
+};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -67,6 +69,14 @@ fn a_cluster_with_mutual_tls_everywhere() {
         );
     }
     cert(&dir, &["node", "app"]);
+    cert(&dir, &["node", "client-app"]);
+    let actor_addrs: Vec<String> = (1..=3)
+        .map(|i| {
+            let ip = format!("127.0.0.{i}");
+            format!("{ip}:{}", ringkv_tests::free_port(&ip))
+        })
+        .collect();
+    let actor_flags = actor_addrs.clone();
     let d = dir.clone();
     let per_node = move |i: usize| -> Vec<String> {
         vec![
@@ -80,6 +90,8 @@ fn a_cluster_with_mutual_tls_everywhere() {
             path(&d, "ca.pem"),
             "--tls-handshake-timeout-ms".into(),
             HANDSHAKE_MS.to_string(),
+            "--actor-listen".into(),
+            actor_flags[i - 1].clone(),
         ]
     };
     let cli_env = vec![
@@ -97,6 +109,7 @@ fn a_cluster_with_mutual_tls_everywhere() {
     .expect("client TLS");
 
     rust_client_over_tls(&c, &tls);
+    actor_client_over_tls(&dir, &actor_addrs);
     let addrs: Vec<String> = c.addrs().iter().map(|a| a.to_string()).collect();
     let mut args = vec![
         "--ca".to_string(),
@@ -111,6 +124,57 @@ fn a_cluster_with_mutual_tls_everywhere() {
     plain_and_anonymous_clients_are_refused(&c, &dir);
     stalled_handshakes_delay_no_one(&c, &tls);
     a_node_cannot_use_another_nodes_certificate(&c, &dir);
+}
+
+/// A `KvRef` without TLS, and one whose certificate names another client, never get a
+/// gateway on `actor-listen`; one with a certificate naming its client node works.
+fn actor_client_over_tls(dir: &Path, actor_addrs: &[String]) {
+    use ringkv_api::client::actor::{ActorClientConfig, KvRef};
+    let rt = runtime();
+    let config = |name: &str, identity: Option<&str>| {
+        let mut c = ActorClientConfig::new(name, TEST_COOKIE, actor_addrs.to_vec());
+        c.connect_timeout = Duration::from_secs(3);
+        c.tls = identity.map(|id| {
+            ClientTls::from_files(
+                &dir.join("ca.pem"),
+                Some((
+                    &dir.join(format!("{id}.pem")),
+                    &dir.join(format!("{id}.key")),
+                )),
+            )
+            .expect("client TLS")
+        });
+        c
+    };
+    for (name, identity, why) in [
+        ("plain", None, "without TLS"),
+        (
+            "other",
+            Some("client-app"),
+            "with another client's certificate",
+        ),
+    ] {
+        match rt.block_on(KvRef::connect(config(name, identity))) {
+            Err(ringkv_api::client::ClientError::NoNode(_)) => {}
+            Err(e) => panic!("client node {why}: unexpected error {e}"),
+            Ok(_) => panic!("a client node {why} was accepted"),
+        }
+    }
+    // Last: the refused ones above must not find this one's gateways in the process groups.
+    let kv = rt
+        .block_on(KvRef::connect(config("app", Some("client-app"))))
+        .expect("a client node with its certificate connects over TLS");
+    rt.block_on(async {
+        let o = ringkv_api::client::CallOptions::default();
+        kv.put(b"tls", b"actor", b"v".to_vec(), &[], &o)
+            .await
+            .unwrap();
+        assert_eq!(
+            kv.get(b"tls", b"actor", &o).await.unwrap().values,
+            vec![b"v".to_vec()]
+        );
+    });
+    drop(kv);
 }
 
 fn rust_client_over_tls(c: &Cluster, tls: &ClientTls) {

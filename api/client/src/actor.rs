@@ -101,6 +101,10 @@ pub struct ActorClientConfig {
     pub connect_timeout: Duration,
     /// Period of the reconnect attempts to nodes without a session. Default 500 ms.
     pub reconnect_every: Duration,
+    /// Mutual TLS to nodes with cluster TLS: the cluster CA, and a certificate of it that
+    /// names this client node (`ringkv cert node client-NAME`); the node's certificate is
+    /// checked against the host dialled (or the server name set on it). Default none.
+    pub tls: Option<crate::ClientTls>,
 }
 
 impl ActorClientConfig {
@@ -117,6 +121,7 @@ impl ActorClientConfig {
             call_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             reconnect_every: Duration::from_millis(500),
+            tls: None,
         }
     }
 
@@ -219,14 +224,15 @@ impl Actor for KvClient {
                         continue;
                     }
                     let (server, addr) = (state.server.clone(), addr.clone());
+                    let tls = state.config.tls.clone();
                     // In a task of its own: a dial into a partition waits out its timeout
                     // without holding up the other nodes.
                     tokio::spawn(async move {
-                        let dial = ractor_cluster::client_connect(&server, addr.as_str());
-                        match tokio::time::timeout(Duration::from_secs(1), dial).await {
+                        let dialled = dial(&server, &addr, tls.as_ref());
+                        match tokio::time::timeout(Duration::from_secs(5), dialled).await {
                             Ok(Ok(())) => tracing::debug!(%addr, "client node dialled"),
                             Ok(Err(e)) => {
-                                tracing::debug!(%addr, error = %e, "client node dial failed")
+                                tracing::warn!(%addr, error = %e, "client node dial failed")
                             }
                             Err(_) => tracing::debug!(%addr, "client node dial timed out"),
                         }
@@ -257,6 +263,67 @@ impl Actor for KvClient {
     ) -> Result<(), ActorProcessingErr> {
         state.server.stop(None);
         Ok(())
+    }
+}
+
+/// Dials the node at `addr` and hands the connection to the client node's `server`: plain
+/// TCP, or a finished TLS handshake with `tls`.
+async fn dial(
+    server: &ActorRef<NodeServerMessage>,
+    addr: &str,
+    tls: Option<&crate::ClientTls>,
+) -> Result<(), String> {
+    let Some(tls) = tls else {
+        return ractor_cluster::client_connect(server, addr)
+            .await
+            .map_err(|e| e.to_string());
+    };
+    let name = tls.server_name(addr).map_err(|e| e.to_string())?;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let (peer_addr, local_addr) = (
+        stream.peer_addr().map_err(|e| e.to_string())?,
+        stream.local_addr().map_err(|e| e.to_string())?,
+    );
+    let stream = tls
+        .connector()
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    ractor_cluster::client_connect_external(
+        server,
+        Box::new(TlsLink {
+            stream,
+            peer_addr,
+            local_addr,
+        }),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// A client node's finished TLS connection, handed to its NodeServer. Its peer label is the
+/// node's address, as a plain session's is.
+struct TlsLink {
+    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    peer_addr: std::net::SocketAddr,
+    local_addr: std::net::SocketAddr,
+}
+
+impl ractor_cluster::ClusterBidiStream for TlsLink {
+    fn split(self: Box<Self>) -> (ractor_cluster::BoxRead, ractor_cluster::BoxWrite) {
+        let (rd, wr) = tokio::io::split(self.stream);
+        (Box::new(rd), Box::new(wr))
+    }
+
+    fn peer_label(&self) -> Option<String> {
+        Some(self.peer_addr.to_string())
+    }
+
+    fn local_label(&self) -> Option<String> {
+        Some(self.local_addr.to_string())
     }
 }
 
