@@ -364,7 +364,9 @@ enum Resend {
 
 impl KvRef {
     /// Starts the client node, dials `config.nodes`, and waits up to
-    /// `config.connect_timeout` for the first gateway.
+    /// `config.connect_timeout` for the first gateway. A process holds one client node at a
+    /// time (ractor's registry and process groups are process-wide): share one `KvRef` by
+    /// cloning it.
     ///
     /// # Errors
     /// [`ClientError::Protocol`] if the client node cannot start (a name already in use in
