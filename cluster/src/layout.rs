@@ -68,7 +68,9 @@
 //! 6. **Primaries.** A partition keeps its previous primary if still a replica; otherwise the
 //!    replica furthest below `replicas / N` primaries, relative to that share, becomes primary,
 //!    ties by `xxh3(name, partition)`; then a few passes hand a primary to another replica of
-//!    the same partition while that lowers the larger of their primaries/replicas ratios.
+//!    the same partition while that lowers the larger of their primaries/replicas ratios. A
+//!    kept primary is handed over only while its node leads more than `ceil(replicas / N)`
+//!    partitions (a cluster grown from its founder, which led them all, spreads them).
 //!
 //! Determinism: nodes are sorted by name, zones by name, every tie is broken by an index or a
 //! seeded XXH3-64 (xxHash's frozen specification); no randomness and no hash-map iteration.
@@ -1833,11 +1835,25 @@ impl<'a> State<'a> {
         }
         // The greedy pass above decides early partitions before later ones are seen: hand a
         // primary over to another replica while that lowers the larger of the two ratios
-        // primaries / replicas (compared by cross-multiplication).
+        // primaries / replicas (compared by cross-multiplication). A kept primary is handed
+        // over only while its node leads more than its share (ceil(replicas / N)): a cluster
+        // grown from one node, which led every partition, spreads its primaries, while a
+        // balanced layout keeps every primary where it is.
+        let mut kept = vec![true; self.pb.q];
+        for &p in &open {
+            kept[p] = false;
+        }
         for _ in 0..PRIMARY_PASSES {
             let mut changed = false;
-            for &p in &open {
+            for p in 0..self.pb.q {
                 let set = &mut self.sets[p];
+                if kept[p] {
+                    let Some(&i) = set.first() else { continue };
+                    let load = i64::from(self.load[i as usize]);
+                    if primaries[i as usize] * n <= load + n - 1 {
+                        continue;
+                    }
+                }
                 let ratio_after = |k: usize, extra: i64| {
                     let i = set[k] as usize;
                     (primaries[i] + extra, i64::from(self.load[i]).max(1))
@@ -2150,6 +2166,24 @@ mod tests {
         let mut out_of_range = good.replicas.clone();
         out_of_range[5] = 9;
         assert!(Layout::try_from(raw(out_of_range)).is_err());
+    }
+
+    /// A cluster grown from its founder: the founder led every partition, and the layout of
+    /// three nodes spreads the primaries evenly; computing it again moves none.
+    #[test]
+    fn a_founders_primaries_spread_when_the_cluster_grows() {
+        let one = vec![NodeSpec::new("n1", "z1", 1)];
+        let founder = Layout::compute(&one, 64, 1, None).unwrap();
+        let three: Vec<NodeSpec> = (1..=3)
+            .map(|i| NodeSpec::new(format!("n{i}"), format!("z{i}"), 1))
+            .collect();
+        let grown = Layout::compute(&three, 64, 3, Some(&founder)).unwrap();
+        let primaries: Vec<u32> = grown.loads().iter().map(|l| l.primaries).collect();
+        assert!(primaries.iter().all(|&c| (21..=22).contains(&c)), "{primaries:?}");
+        let again = Layout::compute(&three, 64, 3, Some(&grown)).unwrap();
+        for p in 0..64 {
+            assert_eq!(again.replicas(p), grown.replicas(p), "partition {p}");
+        }
     }
 
     /// The acceptance case: Q = 4096, N = 3, 100 nodes of capacity 1..8 in 4 zones.
