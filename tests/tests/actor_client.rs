@@ -62,6 +62,7 @@ fn kvref_and_the_cart_service_on_three_nodes() {
         )))
         .expect("KvRef connects");
     let tcp = rt.block_on(Client::connect(cluster.nodes[0].addr)).unwrap();
+    let nodes: Vec<std::net::SocketAddr> = cluster.addrs();
     wait_until(
         "the KvRef sees three nodes",
         Duration::from_secs(10),
@@ -119,6 +120,29 @@ fn kvref_and_the_cart_service_on_three_nodes() {
         })
         .await
         .unwrap();
+        // The property must reach the keys' proposers (any node) before the first cas.
+        for node in &nodes {
+            let c = Client::connect(node).await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let props = c
+                    .admin(ringkv_api::protocol::RequestFrame {
+                        op: "bucket_get".into(),
+                        bucket: Some(serde_bytes::ByteBuf::from(b"locks".to_vec())),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                if props["consistency"] == "strong" {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{node} never saw locks as strong"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         assert_eq!(
             kv.cas(b"locks", b"job", None, Some(b"w1"), &o)
                 .await

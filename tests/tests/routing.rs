@@ -355,7 +355,11 @@ fn routed_requests_agree_reach_replicas_follow_a_join_and_survive_a_kill() {
         let got = rt.block_on(routed.get(b"routed", &key(k))).unwrap();
         assert_eq!(
             sorted(got.values),
-            sorted(m_routed[&k].iter().map(|(v, _)| v.clone()).collect())
+            sorted(
+                m_routed
+                    .get(&k)
+                    .map_or_else(Vec::new, |vs| vs.iter().map(|(v, _)| v.clone()).collect())
+            )
         );
         assert_eq!(
             one_more(&before, &counts(&routed)).as_deref(),
