@@ -2179,7 +2179,10 @@ mod tests {
             .collect();
         let grown = Layout::compute(&three, 64, 3, Some(&founder)).unwrap();
         let primaries: Vec<u32> = grown.loads().iter().map(|l| l.primaries).collect();
-        assert!(primaries.iter().all(|&c| (21..=22).contains(&c)), "{primaries:?}");
+        assert!(
+            primaries.iter().all(|&c| (21..=22).contains(&c)),
+            "{primaries:?}"
+        );
         let again = Layout::compute(&three, 64, 3, Some(&grown)).unwrap();
         for p in 0..64 {
             assert_eq!(again.replicas(p), grown.replicas(p), "partition {p}");
