@@ -423,6 +423,7 @@ mod tests {
             status: MemberStatus::Joining,
             version: 0,
             incarnation: 1,
+            actor_addr: String::new(),
         }
     }
 

@@ -690,6 +690,9 @@ impl Node {
             status: MemberStatus::Joining,
             version: 0,
             incarnation: crate::coordinator::now_ms(),
+            actor_addr: config
+                .actor_listen
+                .map_or_else(String::new, |a| a.to_string()),
         };
         let founding = config.join.is_empty();
         let q = config.partitions;

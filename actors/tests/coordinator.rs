@@ -555,6 +555,7 @@ fn commit_layout(c: &Cluster) {
             status: MemberStatus::Joining,
             version: 0,
             incarnation: 1,
+            actor_addr: String::new(),
         });
     }
     state.commit().unwrap();
@@ -683,6 +684,7 @@ async fn hints_for_a_node_that_left_the_layout_go_to_the_partitions_current_repl
             status: MemberStatus::Joining,
             version: 0,
             incarnation: 1,
+            actor_addr: String::new(),
         });
     }
     state.commit().unwrap();

@@ -85,6 +85,10 @@ pub struct Member {
     /// earlier one, tombstones included.
     #[serde(default)]
     pub incarnation: u64,
+    /// Address where it serves client nodes (`--actor-listen`), `HOST:PORT`; empty without
+    /// one. Partition-aware actor clients dial it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub actor_addr: String,
 }
 
 impl Member {
@@ -673,6 +677,7 @@ pub(crate) mod tests {
             status: MemberStatus::Joining,
             version: 0,
             incarnation: 0,
+            actor_addr: String::new(),
         }
     }
 

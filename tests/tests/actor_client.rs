@@ -9,7 +9,8 @@
 //!    acknowledged item is lost, and the service saw the node leave and come back as
 //!    supervision events; requests in flight to a node that dies (n1, killed -9) fail with a
 //!    typed error, none hangs;
-//!    finally a fourth node joins and the `KvRef` picks up the new layout version.
+//!    finally a fourth node joins and the `KvRef` picks up the new layout version and dials
+//!    n4. The `KvRef` is given n2's address only: it learns the others from the layout.
 //!
 //! `actor_client_limits.rs` has the hostile client nodes: a process holds one client node at
 //! a time (ractor's registry is process-wide), so they run in a test binary of their own.

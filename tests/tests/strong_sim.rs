@@ -65,6 +65,7 @@ fn member(name: &str, i: usize) -> Member {
         status: MemberStatus::Joining,
         version: 0,
         incarnation: 1,
+        actor_addr: String::new(),
     }
 }
 

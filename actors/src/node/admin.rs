@@ -204,20 +204,21 @@ impl Node {
         if placements.read_version == 0 {
             return Err(KvError::NoLayout);
         }
-        let (partitions, members): (u32, Vec<(String, String)>) = {
+        type Named = (String, String, String);
+        let (partitions, members): (u32, Vec<Named>) = {
             let state = self.view.read();
             (
                 state.partitions,
                 state
                     .live_members()
-                    .map(|m| (m.name.clone(), m.client_addr.clone()))
+                    .map(|m| (m.name.clone(), m.client_addr.clone(), m.actor_addr.clone()))
                     .collect(),
             )
         };
         let index: std::collections::HashMap<&str, u32> = members
             .iter()
             .enumerate()
-            .map(|(i, (name, _))| (name.as_str(), i as u32))
+            .map(|(i, (name, _, _))| (name.as_str(), i as u32))
             .collect();
         let preference_lists = placements
             .prefs
@@ -230,10 +231,11 @@ impl Node {
             .collect();
         let nodes = members
             .iter()
-            .map(|(name, client_addr)| ringkv_proto::LayoutNode {
+            .map(|(name, client_addr, actor_addr)| ringkv_proto::LayoutNode {
                 up: self.view.is_up(name),
                 name: name.clone(),
                 client_addr: client_addr.clone(),
+                actor_addr: (!actor_addr.is_empty()).then(|| actor_addr.clone()),
             })
             .collect();
         Ok(ringkv_proto::LayoutInfo {

@@ -14,7 +14,8 @@
 //! * **Transport**: [`KvRef::connect`] starts a ractor_cluster `NodeServer` named
 //!   `client-NAME` (the [`ringkv_proto::CLIENT_NAME_PREFIX`] marks client nodes) in Isolated
 //!   mode and dials each address given (the nodes' `actor-listen`) with the cluster cookie,
-//!   again every [`ActorClientConfig::reconnect_every`] while a session is missing.
+//!   then every node's `actor-listen` the layout lists (`actor_addr`), again every
+//!   [`ActorClientConfig::reconnect_every`] while a session is missing.
 //! * **Requests**: the KvGateway of every node is in the process group
 //!   [`ringkv_proto::KV_GROUP`] (and in `ringkv.kv.NODE`), found through ractor's `pg`, never by
 //!   actor id. A request is a [`GatewayMsg::Call`] whose payload is
@@ -167,6 +168,9 @@ pub fn node_change(event: &SupervisionEvent) -> Option<NodeChange> {
 pub enum KvClientMsg {
     /// Dial the nodes that have no session.
     Reconnect,
+    /// The `actor-listen` addresses of the layout's nodes, dialled besides the configured
+    /// ones (replacing those learnt before).
+    Learn(Vec<String>),
 }
 
 /// The KvClient actor: owns the client node's NodeServer and keeps a session to every
@@ -176,6 +180,8 @@ struct KvClient;
 struct KvClientState {
     server: ActorRef<NodeServerMessage>,
     config: ActorClientConfig,
+    /// Addresses learnt from the layout ([`KvClientMsg::Learn`]).
+    learnt: Vec<String>,
 }
 
 impl Actor for KvClient {
@@ -200,22 +206,38 @@ impl Actor for KvClient {
         let (server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
         myself.send_interval(config.reconnect_every, || KvClientMsg::Reconnect);
         let _ = myself.cast(KvClientMsg::Reconnect);
-        Ok(KvClientState { server, config })
+        Ok(KvClientState {
+            server,
+            config,
+            learnt: Vec::new(),
+        })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            KvClientMsg::Learn(addrs) => {
+                if addrs != state.learnt {
+                    state.learnt = addrs;
+                    let _ = myself.cast(KvClientMsg::Reconnect);
+                }
+            }
             KvClientMsg::Reconnect => {
                 let sessions = ractor::call_t!(state.server, NodeServerMessage::GetSessions, 1000)
                     .unwrap_or_default();
                 let connected: Vec<String> =
                     sessions.values().map(|s| s.peer_addr.clone()).collect();
-                for addr in &state.config.nodes {
+                let mut targets = state.config.nodes.clone();
+                for a in &state.learnt {
+                    if !targets.contains(a) {
+                        targets.push(a.clone());
+                    }
+                }
+                for addr in &targets {
                     let resolved: Vec<String> = match tokio::net::lookup_host(addr.as_str()).await {
                         Ok(a) => a.map(|a| a.to_string()).collect(),
                         Err(_) => continue,
@@ -473,6 +495,12 @@ impl KvRef {
             };
             if let Ok(layout) = serde_json::from_value::<LayoutInfo>(info) {
                 if layout.check().is_ok() {
+                    let addrs = layout
+                        .nodes
+                        .iter()
+                        .filter_map(|n| n.actor_addr.clone())
+                        .collect();
+                    let _ = self.inner.client.cast(KvClientMsg::Learn(addrs));
                     *self
                         .inner
                         .routing

@@ -21,6 +21,9 @@ pub struct LayoutNode {
     pub client_addr: String,
     /// Up as the answering node's failure detector sees it (the answering node is always up).
     pub up: bool,
+    /// Where it serves client nodes (`--actor-listen`), `host:port`; absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor_addr: Option<String>,
 }
 
 /// The layout a client routes by: the `info` of a `layout` answer.
@@ -123,6 +126,7 @@ mod tests {
                     name: format!("n{}", i + 1),
                     client_addr: format!("127.0.0.{}:7379", i + 1),
                     up: true,
+                    actor_addr: None,
                 })
                 .collect(),
             preference_lists: (0..q)
