@@ -9,7 +9,8 @@
 # 3. Three nodes: a ringkv cluster (n=3 r=2 w=2) and a 3-member etcd cluster; W, C and A.
 #    On the same ringkv cluster a strong bucket (consistency=strong, set before its load: every
 #    get and put linearizable, CASPaxos per key) runs W and C against etcd's puts and
-#    linearizable reads, with the proposers' counters (`cluster status`, group `strong`) read
+#    linearizable reads (ringkv with `--route cluster`: each operation at its key's
+#    proposer), with the proposers' counters (`cluster status`, group `strong`) read
 #    from every node before and after each run: round trips per operation.
 # Prints one table with the ratios; raw results go to $OUT (default target/bench-results.jsonl).
 # Installs redis-server, redis-tools and etcd-server with apt-get when they are missing.
@@ -174,7 +175,9 @@ for w in w c a; do
     if [ $t = strong ]; then
       [ $w = a ] && continue
       before=$(strong_counters)
-      bench strong3 ringkv "$a" "$w" --n 3 --bucket "$STRONG" --skip-load
+      # Routed: the proposers are spread over the nodes, and a partition-aware client sends
+      # each operation to its key's proposer (through one node, two thirds are forwarded).
+      bench strong3 ringkv "$a" "$w" --n 3 --bucket "$STRONG" --skip-load --route cluster
       strong_delta "${w^^}" "$before" "$(strong_counters)"
     else
       bench cluster3 "$t" "$a" "$w" --n 3 --r 2 --w 2 "${skip[@]}"

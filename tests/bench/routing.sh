@@ -140,8 +140,8 @@ for round in $(seq 1 "$ROUNDS"); do
     done
   done
 done
-# Strong keys through n2, which is not their proposer (n1 leads every partition of a cluster
-# grown from n1): every operation is forwarded to n1, unless the client routes it there.
+# Strong keys through n2, which proposes for about a third of them (the layout spreads the
+# primaries): the rest is forwarded to the key's proposer, unless the client routes it there.
 for round in $(seq 1 "$ROUNDS"); do
   for w in c a; do
     for route in $(routes "$round"); do
