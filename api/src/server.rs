@@ -29,6 +29,7 @@ use tracing::Instrument;
 
 mod connection;
 mod gateway;
+mod restarting;
 mod strong;
 mod tls;
 mod uploads;
@@ -36,6 +37,7 @@ use connection::{
     write_answers, write_directly, Answer, ConnState, FrameReader, SharedWriter, SHUTDOWN_QUIET,
 };
 pub use gateway::Gateway;
+use restarting::{Restarting, RestartingArgs};
 use uploads::Uploads;
 
 /// The client listener of one node.
@@ -153,7 +155,7 @@ impl Server {
     /// stops reading requests, and waits up to `shutdown-grace-secs` for the answers to the
     /// requests already read.
     ///
-    /// The accept loop runs in a ClientListener actor under a ListenerSupervisor that
+    /// The accept loop runs in a ClientListener actor under a supervisor that
     /// restarts it within a budget (5 in 10 s) on the same bound socket; open connections
     /// live on across a restart. Returns false if the listener failed past its budget (the
     /// caller should stop the node), true after a requested shutdown.
@@ -172,11 +174,12 @@ impl Server {
         });
         let spawned = Actor::spawn(
             None,
-            ListenerSupervisor,
-            ListenerSupervisorArgs {
-                listener: Arc::new(self.listener),
-                shared: shared.clone(),
-                budget: Restarts::new(ringkv_actors::node::config_budget(&config)),
+            Restarting::<ClientListener>::new(),
+            RestartingArgs {
+                child: (Arc::new(self.listener), shared.clone()),
+                node: self.node.clone(),
+                kind: "listener",
+                what: "client listener",
             },
         )
         .await;
@@ -235,6 +238,7 @@ impl Drop for AcceptLoop {
 }
 
 /// Accepts client connections and starts a task for each.
+#[derive(Default)]
 struct ClientListener;
 
 impl Actor for ClientListener {
@@ -261,61 +265,6 @@ impl Actor for ClientListener {
         match message {
             ListenerMsg::InjectPanic => panic!("client listener: injected panic"),
         }
-    }
-}
-
-struct ListenerSupervisorArgs {
-    listener: Arc<std::net::TcpListener>,
-    shared: Arc<Shared>,
-    budget: Restarts,
-}
-
-/// Restarts the ClientListener within its budget, then stops (which stops the node).
-struct ListenerSupervisor;
-
-impl Actor for ListenerSupervisor {
-    type Msg = ();
-    type State = ListenerSupervisorArgs;
-    type Arguments = ListenerSupervisorArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: ListenerSupervisorArgs,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Actor::spawn_linked(
-            None,
-            ClientListener,
-            (args.listener.clone(), args.shared.clone()),
-            myself.get_cell(),
-        )
-        .await?;
-        Ok(args)
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        event: SupervisionEvent,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let SupervisionEvent::ActorFailed(_, error) = event else {
-            return Ok(());
-        };
-        state.budget.admit(
-            "listener",
-            "client listener",
-            &error.to_string(),
-            state.shared.node.stats(),
-        )?;
-        Actor::spawn_linked(
-            None,
-            ClientListener,
-            (state.listener.clone(), state.shared.clone()),
-            myself.get_cell(),
-        )
-        .await?;
-        Ok(())
     }
 }
 

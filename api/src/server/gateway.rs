@@ -1,8 +1,8 @@
 //! The KvGateway: the actor client nodes call (`ringkv_client::actor`, served on
 //! `actor-listen`, see `ringkv_actors::client_filter`).
 //!
-//! One per node, in the process groups [`KV_GROUP`] and `ringkv.kv.NODE`, under a
-//! GatewaySupervisor that restarts it within the node's restart budget. A
+//! One per node, in the process groups [`KV_GROUP`] and `ringkv.kv.NODE`, under a supervisor
+//! that restarts it within the node's restart budget. A
 //! [`GatewayMsg::Call`] carries a request of the TCP protocol (its msgpack body behind a
 //! version byte); the gateway gives it exactly a TCP request's treatment: the same decoder
 //! and validation ([`Request::decode_routed`]), the same `max-frame-bytes` on request and
@@ -11,11 +11,11 @@
 //! nodes together (`overloaded` past it), and the same [`execute`]. Streamed uploads belong to
 //! a TCP connection and are refused (`unknown_op`).
 
+use super::restarting::{Restarting, RestartingArgs};
 use super::{execute, newer_layout, ByteBudget, Uploads};
 use crate::metrics::{Metrics, UNDECODED_OP};
 use crate::protocol::{ErrorCode, ProtocolError, Request, ResponseFrame};
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use ringkv_actors::supervision::Restarts;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ringkv_actors::Node;
 use ringkv_client::actor::{encode_answer, unwrap_version, GatewayMsg};
 use ringkv_proto::{KV_GROUP, KV_NODE_GROUP_PREFIX};
@@ -109,7 +109,8 @@ impl GatewayShared {
 }
 
 /// The gateway actor (module docs).
-struct KvGateway;
+#[derive(Default)]
+pub(super) struct KvGateway;
 
 impl Actor for KvGateway {
     type Msg = GatewayMsg;
@@ -180,48 +181,6 @@ impl Actor for KvGateway {
     }
 }
 
-struct GatewaySupervisor;
-
-struct SupervisorState {
-    shared: GatewayShared,
-    budget: Restarts,
-}
-
-impl Actor for GatewaySupervisor {
-    type Msg = ();
-    type State = SupervisorState;
-    type Arguments = GatewayShared;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        shared: GatewayShared,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Actor::spawn_linked(None, KvGateway, shared.clone(), myself.get_cell()).await?;
-        let budget = Restarts::new(ringkv_actors::node::config_budget(shared.node.config()));
-        Ok(SupervisorState { shared, budget })
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        event: SupervisionEvent,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let SupervisionEvent::ActorFailed(_, error) = event else {
-            return Ok(());
-        };
-        state.budget.admit(
-            "gateway",
-            "kv gateway",
-            &error.to_string(),
-            state.shared.node.stats(),
-        )?;
-        Actor::spawn_linked(None, KvGateway, state.shared.clone(), myself.get_cell()).await?;
-        Ok(())
-    }
-}
-
 /// A running KvGateway and its supervisor; stopped when dropped.
 pub struct Gateway {
     supervisor: ActorRef<()>,
@@ -245,7 +204,13 @@ impl Gateway {
             budget,
             metrics,
         };
-        let (supervisor, _) = Actor::spawn(None, GatewaySupervisor, shared).await?;
+        let args = RestartingArgs {
+            node: shared.node.clone(),
+            child: shared,
+            kind: "gateway",
+            what: "kv gateway",
+        };
+        let (supervisor, _) = Actor::spawn(None, Restarting::<KvGateway>::new(), args).await?;
         Ok(Gateway { supervisor })
     }
 }
