@@ -12,9 +12,8 @@ use crate::metrics::{Metrics, UNDECODED_OP};
 use crate::protocol::{
     BucketPropsFrame, ErrorCode, Fault, FrameError, ProtocolError, Request, ResponseFrame,
 };
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
-use ringkv_actors::supervision::Restarts;
 use ringkv_actors::{KvError, Node};
 use ringkv_cluster::membership::{BucketProps, LAYOUT_REPLICAS};
 use ringkv_storage::keys::validate_bucket;
