@@ -1845,12 +1845,12 @@ impl<'a> State<'a> {
         }
         for _ in 0..PRIMARY_PASSES {
             let mut changed = false;
-            for p in 0..self.pb.q {
-                let set = &mut self.sets[p];
-                if kept[p] {
+            for (set, &kept) in self.sets.iter_mut().zip(&kept) {
+                if kept {
                     let Some(&i) = set.first() else { continue };
+                    // Within its share: at most ceil(load / n) primaries.
                     let load = i64::from(self.load[i as usize]);
-                    if primaries[i as usize] * n <= load + n - 1 {
+                    if primaries[i as usize] * n < load + n {
                         continue;
                     }
                 }
