@@ -37,22 +37,8 @@ fi
 cargo build --release -q -p ringkv-api
 BIN=target/release/ringkv
 
-WORK=$(mktemp -d -t ringkv-compare-XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-wait_port() { # host port
-  for _ in $(seq 1 200); do
-    if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listens on $1:$2" >&2; exit 1
-}
+. tests/bench/lib.sh
+bench_workdir compare
 
 bench() { # label target addr workload [extra...]
   local label=$1 target=$2 addr=$3 workload=$4; shift 4
@@ -129,39 +115,10 @@ for i in 1 2 3; do
     --listen-peer-urls http://127.0.0.$i:2381$i --initial-advertise-peer-urls http://127.0.0.$i:2381$i \
     --initial-cluster "$CLUSTER" --initial-cluster-state new > "$WORK/etcd3-$i.log" 2>&1 & PIDS+=($!)
 done
-for i in 1 2 3; do
-  join=(); [ $i -gt 1 ] && join=(--join 127.0.0.1:7411)
-  $BIN start --name n$i --data-dir "$WORK/rk3-$i" --listen 127.0.0.$i:7392 \
-    --cluster-addr 127.0.0.$i:741$i --zone z$i "${join[@]}" > /dev/null 2> "$WORK/rk3-$i.log" & PIDS+=($!)
-done
-for i in 1 2 3; do wait_port 127.0.0.$i 2380$i; wait_port 127.0.0.$i 7392; done
-for _ in $(seq 1 100); do
-  n=$($BIN cluster status --json --addr 127.0.0.1:7392 | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["members"]))')
-  [ "$n" = 3 ] && break
-  sleep 0.1
-done
-$BIN cluster commit --addr 127.0.0.1:7392 > /dev/null
-# Until the transition to the 3-node layout is over on every node (one live version): before
-# that, writes go to both layouts' replica sets, and each new replica carries the strong keys
-# over with Paxos rounds of its own that duel with the proposer.
-for i in 1 2 3; do
-  for _ in $(seq 1 300); do
-    v=$($BIN cluster status --json --addr 127.0.0.$i:7392 | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["layout_version"], len(d["live_versions"]))')
-    [ "$v" = "2 1" ] && break
-    sleep 0.1
-  done
-  [ "$v" = "2 1" ] || { echo "node $i: layout version and live versions $v, not 2 1" >&2; exit 1; }
-done
+start_cluster3 "$BIN" 7392 741
+for i in 1 2 3; do wait_port 127.0.0.$i 2380$i; done
 # The strong bucket, known to every node before its load.
-$BIN bucket set "$STRONG" consistency=strong --addr 127.0.0.1:7392 > /dev/null
-for i in 1 2 3; do
-  for _ in $(seq 1 100); do
-    c=$($BIN bucket get "$STRONG" --addr 127.0.0.$i:7392 | python3 -c 'import json,sys; print(json.load(sys.stdin)["consistency"])')
-    [ "$c" = strong ] && break
-    sleep 0.1
-  done
-  [ "$c" = strong ] || { echo "node $i does not see $STRONG as strong" >&2; exit 1; }
-done
+make_strong "$BIN" 7392 "$STRONG"
 echo "  strong: load of $STRONG" >&2
 before=$(strong_counters)
 $BIN bench --target ringkv --addr 127.0.0.1:7392 --bucket "$STRONG" --n 3 --records "$RECORDS" \

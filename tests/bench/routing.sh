@@ -38,44 +38,11 @@ OUT=${OUT:-$TARGET/routing.jsonl}
 cargo build --release -q -p ringkv-api --bin ringkv
 BIN=$TARGET/release/ringkv
 
-WORK=$(mktemp -d -t ringkv-routing-XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-wait_port() { # host port
-  for _ in $(seq 1 200); do
-    if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listens on $1:$2" >&2; exit 1
-}
+. tests/bench/lib.sh
+bench_workdir routing
 
 export RINGKV_COOKIE=routing-cookie
-for i in 1 2 3; do
-  join=(); [ $i -gt 1 ] && join=(--join 127.0.0.1:7511)
-  $BIN start --name n$i --data-dir "$WORK/n$i" --listen 127.0.0.$i:7492 \
-    --cluster-addr 127.0.0.$i:751$i --actor-listen 127.0.0.$i:7493 --zone z$i "${join[@]}" > /dev/null 2> "$WORK/n$i.log" & PIDS+=($!)
-done
-for i in 1 2 3; do wait_port 127.0.0.$i 7492; done
-for _ in $(seq 1 100); do
-  n=$($BIN cluster status --json --addr 127.0.0.1:7492 | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["members"]))')
-  [ "$n" = 3 ] && break
-  sleep 0.1
-done
-$BIN cluster commit --addr 127.0.0.1:7492 > /dev/null
-for i in 1 2 3; do
-  for _ in $(seq 1 300); do
-    v=$($BIN cluster status --json --addr 127.0.0.$i:7492 | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["layout_version"], len(d["live_versions"]))')
-    [ "$v" = "2 1" ] && break
-    sleep 0.1
-  done
-  [ "$v" = "2 1" ] || { echo "node $i: layout version and live versions $v, not 2 1" >&2; exit 1; }
-done
+start_cluster3 "$BIN" 7492 751 --actor-listen '127.0.0.{i}:7493'
 
 # Which node is first in how many preference lists (op `layout`, read with msgpack).
 python3 - <<'PY' >&2
@@ -101,15 +68,7 @@ print(f"layout version {info['version']}, Q={info['partitions']}: first replica 
 PY
 
 # The strong bucket, known to every node before its load.
-$BIN bucket set "$STRONG" consistency=strong --addr 127.0.0.1:7492 > /dev/null
-for i in 1 2 3; do
-  for _ in $(seq 1 100); do
-    c=$($BIN bucket get "$STRONG" --addr 127.0.0.$i:7492 | python3 -c 'import json,sys; print(json.load(sys.stdin)["consistency"])')
-    [ "$c" = strong ] && break
-    sleep 0.1
-  done
-  [ "$c" = strong ] || { echo "node $i does not see $STRONG as strong" >&2; exit 1; }
-done
+make_strong "$BIN" 7492 "$STRONG"
 
 echo "load of $RECORDS keys into usertable and $STRONG" >&2
 $BIN bench --addr 127.0.0.1:7492 --records "$RECORDS" --value-size 256 --concurrency 50 \

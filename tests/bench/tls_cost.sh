@@ -25,14 +25,8 @@ done
 
 cargo build --release -q -p ringkv-api
 BIN=target/release/ringkv
-WORK=$(mktemp -d -t ringkv-tls-cost-XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. tests/bench/lib.sh
+bench_workdir tls-cost
 
 "$BIN" cert ca --dir "$WORK/certs" >/dev/null
 "$BIN" cert node n1 --dir "$WORK/certs" >/dev/null

@@ -27,14 +27,8 @@ while [ $# -gt 0 ]; do
 done
 cargo build --release -q -p ringkv-api
 BIN=$PWD/target/release/ringkv
-WORK=$(mktemp -d -t ringkv-transfer-XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. tests/bench/lib.sh
+bench_workdir transfer
 export RINGKV_COOKIE=transfer-bench
 PORT=17501
 start() { # name index extra...
