@@ -42,6 +42,8 @@ use tokio::net::{TcpListener, TcpStream};
 /// Bytes a client's frame may carry beyond `max-frame-bytes`: ractor_cluster's envelope of
 /// a call (target, tag, variant name, timeout) around the request.
 pub const ENVELOPE_SLACK: usize = 4096;
+/// Most bytes one read of a client's connection takes in.
+const SCRATCH_BYTES: usize = 64 << 10;
 /// Peer label prefix of sessions accepted on `actor-listen` (the NodeServer's session
 /// events carry it as `peer_addr`).
 pub const CLIENT_LABEL: &str = "client/";
@@ -168,6 +170,8 @@ pub struct ClientFilter<R> {
     peer: String,
     /// Frames dropped so far (logged).
     dropped: u64,
+    /// Where reads land before they join `pending` (allocated at the first read).
+    scratch: Vec<u8>,
 }
 
 impl<R> ClientFilter<R> {
@@ -182,6 +186,7 @@ impl<R> ClientFilter<R> {
             max_frame,
             peer,
             dropped: 0,
+            scratch: Vec::new(),
         }
     }
 
@@ -250,9 +255,11 @@ impl<R: AsyncRead + Unpin> AsyncRead for ClientFilter<R> {
                 let len = u64::from_be_bytes(this.pending[..8].try_into().expect("8 bytes"));
                 (8 + len as usize).saturating_sub(this.pending.len()).max(1)
             }
-            .min(64 << 10);
-            let mut chunk = vec![0u8; want];
-            let mut rb = ReadBuf::new(&mut chunk);
+            .min(SCRATCH_BYTES);
+            if this.scratch.is_empty() {
+                this.scratch = vec![0u8; SCRATCH_BYTES];
+            }
+            let mut rb = ReadBuf::new(&mut this.scratch[..want]);
             match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) => {}
                 other => return other,
@@ -262,7 +269,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for ClientFilter<R> {
                 // End of stream (a partial frame is dropped with it).
                 return Poll::Ready(Ok(()));
             }
-            this.pending.extend_from_slice(&chunk[..got]);
+            this.pending.extend_from_slice(&this.scratch[..got]);
             this.judge_pending()?;
         }
     }

@@ -190,7 +190,10 @@ if proposer:
             a, c = tp("strong3", "Ringkv", w), tp("cluster3", "Etcd", w)
             lat = ("%s/%s" % (p50("strong3", "Ringkv", w), p50("cluster3", "Etcd", w)),
                    "%s/%s" % (p99("strong3", "Ringkv", w), p99("cluster3", "Etcd", w)))
-        print("%-4s | %10.0f %10.0f %6.2f | %15s %15s | %7d %7.3f %8.3f %9.2f %7.3f %7.3f %9d %6d" % (w, a, c, a / c, lat[0], lat[1], p["ops"], p["round_trips"] / ops, p["round_trips"] / batches, ops / batches, p["forwarded"] / ops, one / ops, p["conflicts"], p["indeterminate"]))
+        # Reads run no write rounds (a stray repair write may count one): per-round figures
+        # are for writes only.
+        per_round = ("%8.3f" % (p["round_trips"] / batches), "%9.2f" % (ops / batches)) if w != "C" else ("-", "-")
+        print("%-4s | %10.0f %10.0f %6.2f | %15s %15s | %7d %7.3f %8s %9s %7.3f %7.3f %9d %6d" % (w, a, c, a / c, lat[0], lat[1], p["ops"], p["round_trips"] / ops, per_round[0], per_round[1], p["forwarded"] / ops, one / ops, p["conflicts"], p["indeterminate"]))
     print("rt/op: proposer round trips to the replicas per operation, rt/batch: per round of operations queued on one key (what each")
     print("waits for), both from every node's `cluster status` (group strong); fwd/op: operations the node the client talks to forwarded")
     print("to the key's proposer (one more cluster hop); 1rt/op: operations answered by a quorum read or an accept at a cached promise.")
