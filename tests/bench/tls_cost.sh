@@ -31,7 +31,7 @@ bench_workdir tls-cost
 "$BIN" cert ca --dir "$WORK/certs" >/dev/null
 "$BIN" cert node n1 --dir "$WORK/certs" >/dev/null
 
-start() { # name, extra flags...
+start() { # name, extra flags... (sets ADDR; not in a subshell, so that PIDS keeps the node)
   local name=$1; shift
   "$BIN" start --data-dir "$WORK/$name" --listen 127.0.0.1:0 "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
   PIDS+=($!)
@@ -39,10 +39,10 @@ start() { # name, extra flags...
     if grep -q "listening on" "$WORK/$name.out" 2>/dev/null; then break; fi
     sleep 0.1
   done
-  sed -n 's/^ringkv: listening on //p' "$WORK/$name.out"
+  ADDR=$(sed -n 's/^ringkv: listening on //p' "$WORK/$name.out")
 }
-PLAIN=$(start plain)
-TLS=$(start tls --tls-cert "$WORK/certs/n1.pem" --tls-key "$WORK/certs/n1.key")
+start plain; PLAIN=$ADDR
+start tls --tls-cert "$WORK/certs/n1.pem" --tls-key "$WORK/certs/n1.key"; TLS=$ADDR
 TLSARGS=(--tls-ca "$WORK/certs/ca.pem")
 
 bench() { # addr, workload, load|skip, extra...
