@@ -3,6 +3,8 @@
 //! scenario waits for conditions by polling with a deadline, never a fixed sleep; transfers
 //! that must be caught mid-stream are slowed down by their own throttle.
 
+mod common;
+use common::until_within;
 use ractor::{Actor, ActorRef};
 use ringkv_actors::rpc::{MergeStored, ReplicaTransport};
 use ringkv_actors::sim::{SimNetwork, SimPeer};
@@ -172,17 +174,9 @@ fn task(version: u64, partition: u32, sources: &[&str]) -> TransferTask {
     }
 }
 
-/// Polls `check` every 2 ms until it is `Ok`; fails the test with its last `Err` after 20 s.
-async fn until(mut check: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match check() {
-            Ok(()) => return,
-            Err(why) => assert!(Instant::now() < deadline, "{why}"),
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
+/// How long a transfer test waits for a condition, and how often it looks.
+const WAIT: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(2);
 
 /// Polls the actor's status until `check` accepts it; returns that status.
 async fn until_status(
@@ -220,7 +214,7 @@ async fn a_new_replica_pulls_a_partition_in_chunks_and_verifies_it() {
     let (actor, _) = transfer(&c, "b", &handle, &events, 2, FAST).await;
 
     handle.want(vec![task(1, p, &["a"])]);
-    until(|| match events.calls(1, p) {
+    until_within(WAIT, POLL, || match events.calls(1, p) {
         0 => Err("not done".into()),
         _ => Ok(()),
     })
@@ -256,7 +250,7 @@ async fn a_new_replica_pulls_a_partition_in_chunks_and_verifies_it() {
 
     // Wanted again (as after a restart of the node): reported again, not streamed again.
     handle.want(vec![task(1, p, &["a"])]);
-    until(|| match events.calls(1, p) {
+    until_within(WAIT, POLL, || match events.calls(1, p) {
         1 => Err("not reported again".into()),
         _ => Ok(()),
     })
@@ -280,7 +274,7 @@ async fn writes_made_on_the_source_during_the_stream_reach_the_new_replica() {
     // Halfway through, the source takes writes the new replica does not (as if the
     // coordinator's copy to it were lost): overwrites of keys on both sides of the stream's
     // position, and new keys.
-    until(|| match keys_fetched(&handle) {
+    until_within(WAIT, POLL, || match keys_fetched(&handle) {
         k if k >= 1500 => Ok(()),
         k => Err(format!("{k} keys fetched")),
     })
@@ -291,7 +285,7 @@ async fn writes_made_on_the_source_during_the_stream_reach_the_new_replica() {
     c.load(&["a"], p, &changed).await;
     c.load(&["a"], p, &added).await;
 
-    until(|| match events.calls(1, p) {
+    until_within(WAIT, POLL, || match events.calls(1, p) {
         0 => Err("not done".into()),
         _ => Ok(()),
     })
@@ -332,7 +326,7 @@ async fn a_source_cut_mid_stream_is_replaced_by_the_next_from_the_same_position(
     let fetched_at_cut = keys_fetched(&handle);
     assert!(fetched_at_cut < 3000, "{fetched_at_cut}");
 
-    until(|| match events.calls(1, p) {
+    until_within(WAIT, POLL, || match events.calls(1, p) {
         0 => Err("not done".into()),
         _ => Ok(()),
     })
@@ -360,7 +354,7 @@ async fn a_killed_transfer_actor_resumes_from_its_last_merged_chunk() {
     let (handle, events) = (TransferHandle::new(), Arc::new(Events::default()));
     let (actor, join) = transfer(&c, "b", &handle, &events, 2, 300 << 10).await;
     handle.want(vec![task(4, p, &["a"])]);
-    until(|| match keys_fetched(&handle) {
+    until_within(WAIT, POLL, || match keys_fetched(&handle) {
         k if k >= 1500 => Ok(()),
         k => Err(format!("{k} keys fetched")),
     })
@@ -375,7 +369,7 @@ async fn a_killed_transfer_actor_resumes_from_its_last_merged_chunk() {
 
     // The next incarnation takes the Want the handle remembers and goes on from there.
     let (actor, _) = transfer(&c, "b", &handle, &events, 2, FAST).await;
-    until(|| match events.calls(4, p) {
+    until_within(WAIT, POLL, || match events.calls(4, p) {
         0 => Err("not done".into()),
         _ => Ok(()),
     })
@@ -457,7 +451,7 @@ async fn a_task_left_out_of_want_stops() {
     let (handle, events) = (TransferHandle::new(), Arc::new(Events::default()));
     let (actor, _) = transfer(&c, "b", &handle, &events, 2, 300 << 10).await;
     handle.want(vec![task(1, p, &["a"])]);
-    until(|| match c.keys("b", p) {
+    until_within(WAIT, POLL, || match c.keys("b", p) {
         k if k >= 300 => Ok(()),
         k => Err(format!("{k} keys merged")),
     })
@@ -469,7 +463,7 @@ async fn a_task_left_out_of_want_stops() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].partition, other);
     let at_cancel = c.keys("b", p);
-    until(|| match events.calls(1, other) {
+    until_within(WAIT, POLL, || match events.calls(1, other) {
         0 => Err("the other partition is not done".into()),
         _ => Ok(()),
     })
@@ -505,7 +499,7 @@ async fn a_task_with_no_reachable_source_shows_failed_and_takes_new_sources_at_o
 
     // The node learns of another holder: the task is retried now, not after its backoff.
     handle.want(vec![task(1, p, &["c"])]);
-    until(|| match events.calls(1, p) {
+    until_within(WAIT, POLL, || match events.calls(1, p) {
         0 => Err("not done".into()),
         _ => Ok(()),
     })
@@ -540,7 +534,7 @@ async fn verification_needs_a_majority_of_the_sources() {
     assert_eq!(events.calls(1, p), 0);
     c.net.heal("d");
     handle.want(vec![task(1, p, &["a", "c", "d"])]);
-    until(|| match events.calls(1, p) {
+    until_within(WAIT, POLL, || match events.calls(1, p) {
         0 => Err("not done".into()),
         _ => Ok(()),
     })
