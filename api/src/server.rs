@@ -652,20 +652,15 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
                     let layout = newer_layout(&node, layout);
                     frame.layout = layout;
                     let answer = frame.encode();
-                    let answer = if answer.len() > max_frame + 4 {
-                        let e = ProtocolError::new(
-                            ErrorCode::RecordTooLarge,
-                            format!("the answer would be {} bytes, over the maximum of {max_frame} bytes (max-frame-bytes): the key's siblings together are too large to return", answer.len()),
-                        );
-                        shared.observe(op, Some(e.code.as_str()), started);
-                        ResponseFrame {
-                            layout,
-                            ..ResponseFrame::error(id, &e)
+                    let answer = match oversized_answer(id, answer.len() - 4, max_frame, layout) {
+                        Some(refused) => {
+                            shared.observe(op, refused.code.as_deref(), started);
+                            refused.encode()
                         }
-                        .encode()
-                    } else {
-                        shared.observe(op, frame.code.as_deref(), started);
-                        answer
+                        None => {
+                            shared.observe(op, frame.code.as_deref(), started);
+                            answer
+                        }
                     };
                     drop(frame);
                     conn.answered(answer.len());
@@ -699,6 +694,26 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     let _ = in_flight.acquire_many(max_in_flight as u32).await;
     drop(tx);
     let _ = writer.await;
+}
+
+/// The `record_too_large` answer that replaces an answer whose body is `body_len` bytes, over
+/// `max-frame-bytes` (`max_frame`), keeping its `layout`; `None` if the answer fits.
+fn oversized_answer(
+    id: u64,
+    body_len: usize,
+    max_frame: usize,
+    layout: Option<u64>,
+) -> Option<ResponseFrame> {
+    (body_len > max_frame).then(|| {
+        let e = ProtocolError::new(
+            ErrorCode::RecordTooLarge,
+            format!("the answer would be {body_len} bytes, over the maximum of {max_frame} bytes (max-frame-bytes): the key's siblings together are too large to return"),
+        );
+        ResponseFrame {
+            layout,
+            ..ResponseFrame::error(id, &e)
+        }
+    })
 }
 
 /// The answer's `layout` field: this node's routing version ([`Node::routing_version`]) if

@@ -12,7 +12,7 @@
 //! a TCP connection and are refused (`unknown_op`).
 
 use super::restarting::{Restarting, RestartingArgs};
-use super::{execute, newer_layout, ByteBudget, Uploads};
+use super::{execute, newer_layout, oversized_answer, ByteBudget, Uploads};
 use crate::metrics::{Metrics, UNDECODED_OP};
 use crate::protocol::{ErrorCode, ProtocolError, Request, ResponseFrame};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -92,16 +92,9 @@ impl GatewayShared {
         let mut frame = execute(node, &self.uploads, id, decoded.request).await;
         frame.layout = newer_layout(node, decoded.layout);
         let answer = encode_answer(&frame);
-        if answer.len() > max_frame + 1 {
-            let e = ProtocolError::new(
-                ErrorCode::RecordTooLarge,
-                format!("the answer would be {} bytes, over the maximum of {max_frame} bytes (max-frame-bytes): the key's siblings together are too large to return", answer.len()),
-            );
-            self.observe(op, Some(e.code.as_str()), started);
-            return encode_answer(&ResponseFrame {
-                layout: frame.layout,
-                ..ResponseFrame::error(id, &e)
-            });
+        if let Some(refused) = oversized_answer(id, answer.len() - 1, max_frame, frame.layout) {
+            self.observe(op, refused.code.as_deref(), started);
+            return encode_answer(&refused);
         }
         self.observe(op, frame.code.as_deref(), started);
         answer
