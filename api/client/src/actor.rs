@@ -349,6 +349,10 @@ impl ractor_cluster::ClusterBidiStream for TlsLink {
     }
 }
 
+/// Gateways a request is sent to at most: its first choice, and one more for a `get` whose
+/// first node was lost or silent.
+const ATTEMPTS: usize = 2;
+
 /// A layout to route by.
 struct Routing {
     layout: LayoutInfo,
@@ -557,11 +561,11 @@ impl KvRef {
         }
     }
 
-    /// The gateways to try for `key`, best first, each with its node's name: the replicas
-    /// of its partition that have a gateway, in preference order, then every other gateway
-    /// (round robin).
+    /// The gateways to try for `key`, best first, at most [`ATTEMPTS`], each with its node's
+    /// name: the replicas of its partition that have a gateway, in preference order, then the
+    /// other gateways (round robin).
     fn route(&self, key: Option<(&[u8], &[u8])>) -> Vec<(String, ActorCell)> {
-        let mut order: Vec<(String, ActorCell)> = Vec::new();
+        let mut order: Vec<(String, ActorCell)> = Vec::with_capacity(ATTEMPTS);
         if let (Some(routing), Some((bucket, k))) = (self.routing(), key) {
             let layout = &routing.layout;
             let p = ringkv_proto::ring::partition_for(bucket, k, layout.partitions) as usize;
@@ -575,6 +579,9 @@ impl KvRef {
                 };
                 if let Some(g) = self.node_gateways(&node.name).into_iter().next() {
                     order.push((node.name.clone(), g));
+                    if order.len() == ATTEMPTS {
+                        return order;
+                    }
                 }
             }
         }
@@ -584,6 +591,9 @@ impl KvRef {
             let g = &all[(start + k) % all.len()];
             if !order.iter().any(|(_, o)| o.get_id() == g.get_id()) {
                 order.push((format!("{}", g.get_id()), g.clone()));
+                if order.len() == ATTEMPTS {
+                    break;
+                }
             }
         }
         order
@@ -609,7 +619,7 @@ impl KvRef {
             )));
         }
         let mut last = None;
-        for (node, gateway) in order.iter().take(2) {
+        for (node, gateway) in &order {
             match self.call_gateway(gateway, &frame, node).await {
                 Ok(answer) => {
                     if answer.layout.is_some_and(|v| Some(v) != frame.layout) {
